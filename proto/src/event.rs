@@ -1,0 +1,103 @@
+//! Session events: what a worker reports about a session it runs.
+//!
+//! Every event names its session and carries the fencing number of the
+//! session's leases, so the coordinator can ignore a stale or duplicated
+//! event (contract 4).
+
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::Message;
+
+/// One report about one session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionEvent {
+    pub batch_id: String,
+    pub unit_id: String,
+    pub session_id: String,
+    pub attempt: u32,
+    /// Fencing number returned by the lease acquisition; 0 before any.
+    pub fencing: u64,
+    /// The worker's name (host and pid), for status and leases listings.
+    pub worker: String,
+    /// Milliseconds since the epoch, on the worker's clock.
+    pub at_ms: i64,
+    pub kind: EventKind,
+}
+
+impl Message for SessionEvent {
+    const KIND: &'static str = "event";
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// The leases are held and the session's command has been spawned.
+    Started,
+    /// The worker could not get the leases and handed the order back; it
+    /// will be re-published by the coordinator.
+    Deferred { reason: String },
+    /// The session is over, one way or another.
+    Finished {
+        outcome: Outcome,
+        exit_code: Option<i32>,
+        duration_ms: u64,
+        /// Why it failed, in words a reviewer can act on.
+        reason: Option<String>,
+        /// The last lines of the session's log.
+        log_tail: String,
+        /// Where the full log lives on the worker's disk.
+        log_path: String,
+        gates: Vec<GateReport>,
+    },
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The command and every required gate passed.
+    Succeeded,
+    /// The command exited non-zero, a gate escalated, or an output is missing.
+    Failed,
+    /// The deadline passed and the session was killed.
+    TimedOut,
+    /// The worker lost its leases and killed the session.
+    Lost,
+    /// The worker shut down before the session ended; not the unit's fault.
+    Interrupted,
+    /// The batch was cancelled and the session was killed.
+    Cancelled,
+}
+
+impl Outcome {
+    /// Says whether this outcome uses up one of the unit's retries.
+    pub fn counts_as_attempt(self) -> bool {
+        matches!(self, Outcome::Failed | Outcome::TimedOut | Outcome::Lost)
+    }
+}
+
+/// The result of one verification gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateReport {
+    pub name: String,
+    pub passed: bool,
+    pub required: bool,
+    /// How many times `fix` ran.
+    pub repairs: u32,
+    pub duration_ms: u64,
+}
+
+impl SessionEvent {
+    /// A small event for tests and examples.
+    pub fn example(kind: EventKind) -> Self {
+        SessionEvent {
+            batch_id: "b-1".into(),
+            unit_id: "customer-pkg".into(),
+            session_id: "s-1".into(),
+            attempt: 1,
+            fencing: 7,
+            worker: "host-1:42".into(),
+            at_ms: 1_764_064_800_000,
+            kind,
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The Redis key schema, all under the fleet's namespace.
+//!
+//! ```text
+//! {ns}:batches                      zset  batch id -> creation time (ms)
+//! {ns}:batch:{b}                    hash  batch record: manifest, state, times
+//! {ns}:batch:{b}:units              hash  unit id -> unit record (JSON)
+//! {ns}:batch:{b}:sessions           hash  session id -> session record (JSON)
+//! {ns}:sem:{b}                      zset  the batch's concurrency cap: holder -> expiry (ms)
+//! {ns}:sem:res:{r}                  zset  a shared resource's slots: holder#k -> expiry
+//! {ns}:sem:file:{path}              zset  a touched file's mutex: holder -> expiry
+//! {ns}:leases                       zset  session id -> lease expiry (ms), for the reaper
+//! {ns}:lease:{s}                    hash  the lease record of session s
+//! {ns}:fence                        counter of fencing numbers
+//! ```
+
+use crate::names::validate_namespace;
+use crate::Error;
+
+/// The Redis keys of one fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    ns: String,
+}
+
+impl Keys {
+    pub fn new(namespace: &str) -> Result<Self, Error> {
+        validate_namespace(namespace)?;
+        Ok(Keys {
+            ns: namespace.to_owned(),
+        })
+    }
+
+    pub fn batches(&self) -> String {
+        format!("{}:batches", self.ns)
+    }
+
+    pub fn batch(&self, batch: &str) -> String {
+        format!("{}:batch:{batch}", self.ns)
+    }
+
+    pub fn units(&self, batch: &str) -> String {
+        format!("{}:batch:{batch}:units", self.ns)
+    }
+
+    pub fn sessions(&self, batch: &str) -> String {
+        format!("{}:batch:{batch}:sessions", self.ns)
+    }
+
+    /// The semaphore of the batch's concurrency cap.
+    pub fn batch_semaphore(&self, batch: &str) -> String {
+        format!("{}:sem:{batch}", self.ns)
+    }
+
+    /// The semaphore of a resource; `file:` resources map to per-file mutexes,
+    /// shared by every batch of the fleet, since a file is a file.
+    pub fn resource_semaphore(&self, resource: &str) -> String {
+        match resource.strip_prefix("file:") {
+            Some(path) => format!("{}:sem:file:{path}", self.ns),
+            None => format!("{}:sem:res:{resource}", self.ns),
+        }
+    }
+
+    pub fn leases(&self) -> String {
+        format!("{}:leases", self.ns)
+    }
+
+    pub fn lease(&self, session: &str) -> String {
+        format!("{}:lease:{session}", self.ns)
+    }
+
+    pub fn fence(&self) -> String {
+        format!("{}:fence", self.ns)
+    }
+
+    /// The pattern that matches every key of this namespace (for cleanup in tests).
+    pub fn everything(&self) -> String {
+        format!("{}:*", self.ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_carry_the_namespace_and_do_not_collide() {
+        let keys = Keys::new("t1").expect("valid");
+        let all = [
+            keys.batches(),
+            keys.batch("b"),
+            keys.units("b"),
+            keys.sessions("b"),
+            keys.batch_semaphore("b"),
+            keys.resource_semaphore("orders-db"),
+            keys.resource_semaphore("file:schema/a.sql"),
+            keys.leases(),
+            keys.lease("s"),
+            keys.fence(),
+        ];
+        assert!(all.iter().all(|k| k.starts_with("t1:")));
+        let unique: std::collections::BTreeSet<_> = all.iter().collect();
+        assert_eq!(unique.len(), all.len());
+        assert_eq!(
+            keys.resource_semaphore("file:schema/a.sql"),
+            "t1:sem:file:schema/a.sql"
+        );
+    }
+}

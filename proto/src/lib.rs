@@ -1,0 +1,34 @@
+//! The contract between regatta's coordinator and its workers.
+//!
+//! Both sides depend on this crate and on nothing of each other, so it stays
+//! passive: plain types, names and script texts, no I/O.
+//!
+//! The data path:
+//!
+//! - the coordinator builds a [`WorkOrder`] per unit attempt, seals it in an
+//!   [`envelope`] (format version + HMAC-SHA256) and publishes it on the work
+//!   queue named by [`Names`];
+//! - a worker opens the envelope (refusing an unknown version or a bad
+//!   signature), claims the unit's leases with the [`scripts`] in Redis under
+//!   the keys of [`Keys`], runs the session and reports [`SessionEvent`]s on
+//!   the events queue, sealed the same way.
+
+pub mod envelope;
+pub mod error;
+pub mod event;
+pub mod keys;
+pub mod names;
+pub mod order;
+pub mod scripts;
+pub mod sign;
+
+pub use envelope::{open, seal, Message, FORMAT_VERSION};
+pub use error::Error;
+pub use event::{EventKind, GateReport, Outcome, SessionEvent};
+pub use keys::Keys;
+pub use names::{Names, QueueArgument, QueueSpec, REASON_HEADER};
+pub use order::{GateSpec, LeaseDemand, WorkOrder};
+pub use sign::Signer;
+
+/// The namespace used when none is configured.
+pub const DEFAULT_NAMESPACE: &str = "regatta";

@@ -1,0 +1,132 @@
+//! AMQP queue names, all under the fleet's namespace.
+//!
+//! Every name carries the namespace so that several fleets (staging and
+//! production, or tests running in parallel) share one broker without
+//! seeing each other's work. Messages go through the default exchange with
+//! the queue name as routing key, published `mandatory` so that a missing
+//! queue is an error, not a silent drop.
+
+use crate::Error;
+
+/// The AMQP names of one fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    namespace: String,
+}
+
+impl Names {
+    /// Checks the namespace and derives the names from it.
+    pub fn new(namespace: &str) -> Result<Self, Error> {
+        validate_namespace(namespace)?;
+        Ok(Names {
+            namespace: namespace.to_owned(),
+        })
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Work orders, coordinator to workers (quorum, durable).
+    pub fn work_queue(&self) -> String {
+        format!("{}.work", self.namespace)
+    }
+
+    /// Session events, workers to coordinator (quorum, durable).
+    pub fn events_queue(&self) -> String {
+        format!("{}.events", self.namespace)
+    }
+
+    /// Messages that can never be processed, with their reason in the
+    /// `x-regatta-reason` header.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.namespace)
+    }
+}
+
+/// A queue to declare, as plain data so that both sides declare the same
+/// topology whatever AMQP client they use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSpec {
+    pub name: String,
+    /// Queue arguments (`x-queue-type`, dead-lettering, ...).
+    pub arguments: Vec<(&'static str, QueueArgument)>,
+}
+
+/// The value of a queue argument.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueArgument {
+    Text(String),
+    Number(i64),
+}
+
+impl Names {
+    /// Every queue of the fleet: durable quorum queues; the work and events
+    /// queues dead-letter into the dead-letter queue once a message has been
+    /// delivered `delivery_limit` times (a poison message that crashes its
+    /// consumer), instead of looping forever.
+    pub fn queues(&self, delivery_limit: i64) -> Vec<QueueSpec> {
+        let quorum = || ("x-queue-type", QueueArgument::Text("quorum".into()));
+        let dead_lettered = |name: String| QueueSpec {
+            name,
+            arguments: vec![
+                quorum(),
+                ("x-dead-letter-exchange", QueueArgument::Text(String::new())),
+                (
+                    "x-dead-letter-routing-key",
+                    QueueArgument::Text(self.dead_letter_queue()),
+                ),
+                ("x-delivery-limit", QueueArgument::Number(delivery_limit)),
+            ],
+        };
+        vec![
+            QueueSpec {
+                name: self.dead_letter_queue(),
+                arguments: vec![quorum()],
+            },
+            dead_lettered(self.work_queue()),
+            dead_lettered(self.events_queue()),
+        ]
+    }
+}
+
+/// The header that carries a dead-lettered message's reason.
+pub const REASON_HEADER: &str = "x-regatta-reason";
+
+/// Checks that a namespace is safe in queue names, Redis keys and paths.
+pub fn validate_namespace(namespace: &str) -> Result<(), Error> {
+    let ok = !namespace.is_empty()
+        && namespace.len() <= 64
+        && namespace
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Namespace(namespace.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_namespace() {
+        let names = Names::new("staging").expect("valid");
+        assert_eq!(names.work_queue(), "staging.work");
+        assert_eq!(names.events_queue(), "staging.events");
+        assert_eq!(names.dead_letter_queue(), "staging.dead");
+        assert_ne!(
+            Names::new("prod").expect("valid").work_queue(),
+            names.work_queue()
+        );
+    }
+
+    #[test]
+    fn bad_namespaces_are_refused() {
+        for bad in ["", "a b", "a:b", "ünï", &"x".repeat(65)] {
+            assert!(Names::new(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}

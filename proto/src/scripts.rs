@@ -1,0 +1,132 @@
+//! The Lua scripts that make leases atomic.
+//!
+//! Each script reads the time from Redis (`TIME`), never from a worker, and
+//! does all its checks before any write, so a lease is acquired all or none
+//! (no hold-and-wait deadlock) and a semaphore never over-admits.
+//!
+//! A semaphore is a sorted set whose members are `session#k` (one per unit
+//! of weight) scored by their expiry in milliseconds; expired members are
+//! trimmed before counting. A lease record (`Keys::lease`) lists the
+//! semaphores it holds, so whoever reaps it can give every slot back.
+
+/// Acquires every semaphore of a session, all or none.
+///
+/// KEYS: leases zset, lease hash, fence counter, then each semaphore key.
+/// ARGV: session id, ttl ms, owner JSON, then per semaphore capacity and weight.
+/// Returns `{1, fence, expiry_ms}` on success, `{0, key}` naming the first
+/// semaphore that is full, or `{-1, reason}` if the session already holds a lease.
+pub const ACQUIRE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local session = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local n = #KEYS - 3
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  return {-1, 'session already holds a lease'}
+end
+for i = 1, n do
+  local key = KEYS[3 + i]
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+  local capacity = tonumber(ARGV[2 + 2 * i])
+  local weight = tonumber(ARGV[3 + 2 * i])
+  if redis.call('ZCARD', key) + weight > capacity then
+    return {0, key}
+  end
+end
+local expiry = now + ttl
+local held = {}
+for i = 1, n do
+  local key = KEYS[3 + i]
+  local weight = tonumber(ARGV[3 + 2 * i])
+  for k = 1, weight do
+    redis.call('ZADD', key, expiry, session .. '#' .. k)
+  end
+  held[#held + 1] = key .. '\t' .. weight
+end
+local fence = redis.call('INCR', KEYS[3])
+redis.call('HSET', KEYS[2], 'owner', ARGV[3], 'fence', fence, 'expiry', expiry,
+  'semaphores', table.concat(held, '\n'))
+redis.call('ZADD', KEYS[1], expiry, session)
+return {1, fence, expiry}
+"#;
+
+/// Extends every semaphore of a session, if it still holds all of them.
+///
+/// KEYS: leases zset, lease hash. ARGV: session id, ttl ms, fence.
+/// Returns the new expiry in ms, or 0 when the lease is lost (expired,
+/// reaped, or taken over): the holder must then kill its session.
+pub const RENEW: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local session = ARGV[1]
+local fence = redis.call('HGET', KEYS[2], 'fence')
+if (not fence) or fence ~= ARGV[3] then return 0 end
+local current = redis.call('ZSCORE', KEYS[1], session)
+if (not current) or tonumber(current) <= now then return 0 end
+local held = redis.call('HGET', KEYS[2], 'semaphores') or ''
+local semaphores = {}
+for line in string.gmatch(held, '[^\n]+') do
+  local key, weight = string.match(line, '^(.*)\t(%d+)$')
+  for k = 1, tonumber(weight) do
+    local score = redis.call('ZSCORE', key, session .. '#' .. k)
+    if (not score) or tonumber(score) <= now then return 0 end
+  end
+  semaphores[#semaphores + 1] = {key, tonumber(weight)}
+end
+local expiry = now + tonumber(ARGV[2])
+for _, s in ipairs(semaphores) do
+  for k = 1, s[2] do
+    redis.call('ZADD', s[1], 'XX', expiry, session .. '#' .. k)
+  end
+end
+redis.call('HSET', KEYS[2], 'expiry', expiry)
+redis.call('ZADD', KEYS[1], 'XX', expiry, session)
+return expiry
+"#;
+
+/// Gives back every slot of a session at once.
+///
+/// KEYS: leases zset, lease hash. ARGV: session id.
+/// Returns 1 when a lease was released, 0 when there was none.
+pub const RELEASE: &str = r#"
+local session = ARGV[1]
+local held = redis.call('HGET', KEYS[2], 'semaphores')
+redis.call('ZREM', KEYS[1], session)
+if not held then return 0 end
+for line in string.gmatch(held, '[^\n]+') do
+  local key, weight = string.match(line, '^(.*)\t(%d+)$')
+  for k = 1, tonumber(weight) do
+    redis.call('ZREM', key, session .. '#' .. k)
+  end
+end
+redis.call('DEL', KEYS[2])
+return 1
+"#;
+
+/// Reaps leases whose holder stopped renewing them, and gives their slots back.
+///
+/// KEYS: leases zset. ARGV: the lease hash key prefix (`{ns}:lease:`), max count.
+/// Returns a flat list `session, owner JSON, session, owner JSON, ...` of the
+/// reaped leases, so the coordinator can re-run their units.
+pub const REAP: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, session in ipairs(expired) do
+  local lease = ARGV[1] .. session
+  local owner = redis.call('HGET', lease, 'owner') or ''
+  local held = redis.call('HGET', lease, 'semaphores') or ''
+  for line in string.gmatch(held, '[^\n]+') do
+    local key, weight = string.match(line, '^(.*)\t(%d+)$')
+    for k = 1, tonumber(weight) do
+      redis.call('ZREM', key, session .. '#' .. k)
+    end
+  end
+  redis.call('DEL', lease)
+  redis.call('ZREM', KEYS[1], session)
+  out[#out + 1] = session
+  out[#out + 1] = owner
+end
+return out
+"#;

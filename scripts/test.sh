@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every check and every test of regatta, the way CI does.
+#
+# 1. makes sure RabbitMQ, Redis and PostgreSQL answer on localhost
+#    (starting or installing them: see scripts/services.sh);
+# 2. cargo fmt --check, cargo clippy -D warnings;
+# 3. every test of the workspace, including the integration tests against
+#    the real services and several worker processes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/services.sh rabbitmq redis postgres
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "== cargo test"
+# Integration tests spawn the release-free debug binaries of regatta and
+# regatta-worker; build them first so tests do not race to build them.
+cargo build --workspace --bins --locked
+cargo test --workspace --locked -- --test-threads="${REGATTA_TEST_THREADS:-4}"
