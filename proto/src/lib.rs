@@ -17,6 +17,7 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod keys;
+pub mod lease;
 pub mod names;
 pub mod order;
 pub mod scripts;
@@ -26,8 +27,9 @@ pub use envelope::{open, seal, Message, FORMAT_VERSION};
 pub use error::Error;
 pub use event::{EventKind, GateReport, Outcome, SessionEvent};
 pub use keys::Keys;
+pub use lease::LeaseOwner;
 pub use names::{Names, QueueArgument, QueueSpec, REASON_HEADER};
-pub use order::{GateSpec, LeaseDemand, WorkOrder};
+pub use order::{GateSpec, LeaseDemand, ResourceDemand, WorkOrder};
 pub use sign::Signer;
 
 /// The namespace used when none is configured.

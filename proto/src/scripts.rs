@@ -11,21 +11,25 @@
 
 /// Acquires every semaphore of a session, all or none.
 ///
-/// KEYS: leases zset, lease hash, fence counter, then each semaphore key.
-/// ARGV: session id, ttl ms, owner JSON, then per semaphore capacity and weight.
-/// Returns `{1, fence, expiry_ms}` on success, `{0, key}` naming the first
-/// semaphore that is full, or `{-1, reason}` if the session already holds a lease.
+/// KEYS: leases zset, lease hash, fence counter, batch record, then each
+/// semaphore key. ARGV: session id, ttl ms, owner, then per semaphore
+/// capacity and weight. Returns `{1, fence, expiry_ms}` on success, `{0, key}`
+/// naming the first semaphore that is full, `{-1, reason}` if the session
+/// already holds a lease, or `{-2, reason}` if the batch was cancelled.
 pub const ACQUIRE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local session = ARGV[1]
 local ttl = tonumber(ARGV[2])
-local n = #KEYS - 3
+local n = #KEYS - 4
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {-1, 'session already holds a lease'}
 end
+if redis.call('HGET', KEYS[4], 'state') == 'cancelled' then
+  return {-2, 'batch cancelled'}
+end
 for i = 1, n do
-  local key = KEYS[3 + i]
+  local key = KEYS[4 + i]
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   local capacity = tonumber(ARGV[2 + 2 * i])
   local weight = tonumber(ARGV[3 + 2 * i])
@@ -36,7 +40,7 @@ end
 local expiry = now + ttl
 local held = {}
 for i = 1, n do
-  local key = KEYS[3 + i]
+  local key = KEYS[4 + i]
   local weight = tonumber(ARGV[3 + 2 * i])
   for k = 1, weight do
     redis.call('ZADD', key, expiry, session .. '#' .. k)
@@ -52,13 +56,15 @@ return {1, fence, expiry}
 
 /// Extends every semaphore of a session, if it still holds all of them.
 ///
-/// KEYS: leases zset, lease hash. ARGV: session id, ttl ms, fence.
-/// Returns the new expiry in ms, or 0 when the lease is lost (expired,
-/// reaped, or taken over): the holder must then kill its session.
+/// KEYS: leases zset, lease hash, batch record. ARGV: session id, ttl ms, fence.
+/// Returns the new expiry in ms; 0 when the lease is lost (expired, reaped,
+/// or taken over), or -1 when the batch was cancelled: either way the holder
+/// must kill its session.
 pub const RENEW: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local session = ARGV[1]
+if redis.call('HGET', KEYS[3], 'state') == 'cancelled' then return -1 end
 local fence = redis.call('HGET', KEYS[2], 'fence')
 if (not fence) or fence ~= ARGV[3] then return 0 end
 local current = redis.call('ZSCORE', KEYS[1], session)

@@ -105,3 +105,173 @@ pub fn binary(name: &str) -> PathBuf {
     );
     path
 }
+
+/// A coordinator and some workers, as real processes, in their own namespace.
+pub struct Fleet {
+    pub namespace: String,
+    pub api: String,
+    pub secret: String,
+    coordinator: std::process::Child,
+    pub workers: Vec<std::process::Child>,
+    worker_dir: tempfile::TempDir,
+    lease_ttl: String,
+}
+
+impl Fleet {
+    /// Starts a coordinator on a free port and `workers` workers with `slots` slots each.
+    pub async fn start(test: &str, workers: usize, slots: usize, lease_ttl: &str) -> Fleet {
+        // Fail early, with how to start them, if the services are down.
+        drop(rabbitmq().await);
+        drop(redis().await);
+        let namespace = unique_namespace(test);
+        let secret = format!("secret-{namespace}");
+        let mut coordinator = std::process::Command::new(binary("regatta"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--reap-interval",
+                "200ms",
+            ])
+            .env("REGATTA_NAMESPACE", &namespace)
+            .env("REGATTA_SECRET", &secret)
+            .env("REGATTA_AMQP_URL", amqp_url())
+            .env("REGATTA_REDIS_URL", redis_url())
+            .env("REGATTA_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start regatta serve");
+        let stdout = coordinator.stdout.take().expect("stdout");
+        let api = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let first = lines.next().and_then(Result::ok).unwrap_or_default();
+            // Keep draining so the coordinator never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            first
+        })
+        .await
+        .expect("read the coordinator's address");
+        let api = api
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("the coordinator did not start: first line was {api:?}"))
+            .to_owned();
+        let mut fleet = Fleet {
+            namespace,
+            api,
+            secret,
+            coordinator,
+            workers: Vec::new(),
+            worker_dir: tempfile::tempdir().expect("temp dir"),
+            lease_ttl: lease_ttl.to_owned(),
+        };
+        for _ in 0..workers {
+            fleet.add_worker(slots);
+        }
+        fleet
+    }
+
+    /// Starts one more worker.
+    pub fn add_worker(&mut self, slots: usize) {
+        let n = self.workers.len();
+        let worker = std::process::Command::new(binary("regatta-worker"))
+            .args([
+                "--slots",
+                &slots.to_string(),
+                "--lease-ttl",
+                &self.lease_ttl,
+                "--grace",
+                "2s",
+            ])
+            .arg("--work-dir")
+            .arg(self.worker_dir.path().join(format!("w{n}")))
+            .arg("--name")
+            .arg(format!("w{n}"))
+            .env("REGATTA_NAMESPACE", &self.namespace)
+            .env("REGATTA_SECRET", &self.secret)
+            .env("REGATTA_AMQP_URL", amqp_url())
+            .env("REGATTA_REDIS_URL", redis_url())
+            .env("REGATTA_LOG", "warn")
+            .spawn()
+            .expect("start regatta-worker");
+        self.workers.push(worker);
+    }
+
+    pub fn client(&self) -> regatta_coordinator::client::ApiClient {
+        regatta_coordinator::client::ApiClient::new(&self.api, None)
+    }
+
+    /// Waits until the batch ends, or fails the test after `timeout`.
+    pub async fn wait_for_end(
+        &self,
+        batch: &str,
+        timeout: std::time::Duration,
+    ) -> regatta_coordinator::service::BatchSummary {
+        let client = self.client();
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let summary = client.batch(batch).await.expect("batch summary");
+            if summary.state.is_terminal() {
+                return summary;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "batch {batch} did not end within {timeout:?}: {summary:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops every process and deletes the namespace's queues and keys.
+    pub async fn stop(mut self) {
+        self.kill_all();
+        let connection = rabbitmq().await;
+        delete_queues(&connection, &self.namespace).await;
+        let mut con = redis().await;
+        delete_keys(&mut con, &self.namespace).await;
+    }
+
+    fn kill_all(&mut self) {
+        for child in self
+            .workers
+            .iter_mut()
+            .chain(std::iter::once(&mut self.coordinator))
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.kill_all();
+    }
+}
+
+/// Writes a file (and its folders) under `dir`.
+pub fn write_file(dir: &std::path::Path, relative: &str, content: &str) {
+    let path = dir.join(relative);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("create folders");
+    }
+    std::fs::write(&path, content).expect("write file");
+    if relative.ends_with(".sh") {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+}
+
+/// Reads `<unit> <start_ms> <end_ms>` lines that sessions append to a file.
+pub fn read_timings(path: &std::path::Path) -> std::collections::BTreeMap<String, (i64, i64)> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.split_whitespace();
+            let unit = parts.next()?.to_owned();
+            let start = parts.next()?.parse().ok()?;
+            let end = parts.next()?.parse().ok()?;
+            Some((unit, (start, end)))
+        })
+        .collect()
+}

@@ -1,1 +1,147 @@
-fn main() {}
+//! `regatta-worker`: runs sessions of regatta batches.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use regatta_proto::{Keys, Names, Signer, DEFAULT_NAMESPACE};
+use regatta_worker::{leader, WorkerConfig};
+use tokio_util::sync::CancellationToken;
+
+/// Takes work orders off RabbitMQ and runs their sessions.
+///
+/// Each of the N slots runs one session at a time: it claims the unit's
+/// leases in Redis (batch concurrency cap, shared resources, touched files),
+/// runs the command in its own process group with a deadline, runs the
+/// verification gates, and reports the result to the coordinator. Orders are
+/// executed only when signed with the fleet's REGATTA_SECRET. On SIGTERM
+/// the worker stops taking work and lets running sessions finish within the
+/// grace period; the rest are killed and re-run elsewhere.
+#[derive(Debug, Parser)]
+#[command(name = "regatta-worker", version)]
+struct Args {
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "REGATTA_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+    /// Redis URL.
+    #[arg(
+        long,
+        env = "REGATTA_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/"
+    )]
+    redis_url: String,
+    /// The key that work orders are signed with; the coordinator's must match.
+    #[arg(long, env = "REGATTA_SECRET", hide_env_values = true)]
+    secret: String,
+    /// Prefix of every queue and Redis key, so that several fleets share one
+    /// broker and one Redis without seeing each other's work.
+    #[arg(long, env = "REGATTA_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    namespace: String,
+    /// How many sessions this worker runs at once.
+    #[arg(long, env = "REGATTA_SLOTS", default_value_t = 4)]
+    slots: usize,
+    /// Where session logs and artifact folders are kept.
+    #[arg(long, env = "REGATTA_WORK_DIR", default_value = ".regatta/worker")]
+    work_dir: PathBuf,
+    /// How long a lease lives without renewal (renewed every third of it).
+    #[arg(long, env = "REGATTA_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    lease_ttl: Duration,
+    /// On shutdown, how long running sessions may take to finish; also the
+    /// pause between SIGTERM and SIGKILL of a session past its deadline.
+    #[arg(long, env = "REGATTA_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    grace: Duration,
+    /// The name this worker gives in events and leases (default: host:pid).
+    #[arg(long, env = "REGATTA_WORKER_NAME")]
+    name: Option<String>,
+    /// The largest session log kept, in bytes.
+    #[arg(long, env = "REGATTA_MAX_LOG_BYTES", default_value_t = 10 * 1024 * 1024)]
+    max_log_bytes: u64,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "REGATTA_LOG_JSON")]
+    log_json: bool,
+}
+
+fn main() -> ExitCode {
+    // The hidden session-leader mode: see `leader`.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(leader::SUBCOMMAND) {
+        let worker_pid = argv.get(2).and_then(|p| p.parse().ok()).unwrap_or(0);
+        let command = argv.get(3).cloned().unwrap_or_default();
+        return leader::main(worker_pid, &command);
+    }
+    let args = Args::parse();
+    init_logging(args.log_json);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("regatta-worker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("regatta-worker: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.slots > 0, "--slots must be at least 1");
+    anyhow::ensure!(!args.secret.is_empty(), "REGATTA_SECRET must not be empty");
+    anyhow::ensure!(
+        args.lease_ttl >= Duration::from_secs(1),
+        "--lease-ttl must be at least 1s"
+    );
+    let config = WorkerConfig {
+        names: Names::new(&args.namespace)?,
+        keys: Keys::new(&args.namespace)?,
+        signer: Signer::new(args.secret.as_bytes()),
+        amqp_url: args.amqp_url,
+        redis_url: args.redis_url,
+        slots: args.slots,
+        work_dir: std::path::absolute(&args.work_dir).context("--work-dir")?,
+        lease_ttl: args.lease_ttl,
+        grace: args.grace,
+        name: args.name.unwrap_or_else(WorkerConfig::default_name),
+        max_log_bytes: args.max_log_bytes,
+        leader_exe: std::env::current_exe().context("cannot find the worker's own executable")?,
+    };
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        signals.cancel();
+    });
+    regatta_worker::run(config, shutdown).await?;
+    Ok(())
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REGATTA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,90 @@
+//! Bad input never takes a worker down: garbage and badly signed orders go
+//! to the dead-letter queue with their reason, and valid work goes on.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+use regatta_coordinator::broker;
+use regatta_coordinator::manifest::Manifest;
+use regatta_coordinator::scheduler::BatchState;
+use regatta_proto::{seal, Names, Signer, WorkOrder, REASON_HEADER};
+use regatta_tests::{rabbitmq, write_file, Fleet};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_and_forged_orders_are_dead_lettered_and_work_goes_on() {
+    let fleet = Fleet::start("dead", 1, 1, "3s").await;
+    let names = Names::new(&fleet.namespace).expect("names");
+    let connection = rabbitmq().await;
+    let channel = broker::confirm_channel(&connection).await.expect("channel");
+    broker::declare_topology(&channel, &names)
+        .await
+        .expect("topology");
+    let forged = seal(
+        &WorkOrder::example(),
+        &Signer::new(b"not the fleet's secret"),
+    );
+    for payload in [b"\x00garbage".to_vec(), forged] {
+        broker::publish_confirmed(
+            &channel,
+            &names.work_queue(),
+            &payload,
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish");
+    }
+
+    let mut dead = channel
+        .basic_consume(
+            names.dead_letter_queue().as_str().into(),
+            "test".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let mut reasons = Vec::new();
+    for _ in 0..2 {
+        let delivery = tokio::time::timeout(Duration::from_secs(20), dead.next())
+            .await
+            .expect("a dead letter within 20 s")
+            .expect("open")
+            .expect("delivery");
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        let reason = match headers.inner().get(REASON_HEADER) {
+            Some(AMQPValue::LongString(s)) => s.to_string(),
+            other => panic!("no reason header: {other:?}"),
+        };
+        reasons.push(reason);
+        delivery.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    assert!(
+        reasons.iter().any(|r| r.contains("not a regatta message")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("bad signature")),
+        "{reasons:?}"
+    );
+
+    // The worker is still there and runs valid work.
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_file(
+        dir.path(),
+        "manifest.yaml",
+        "batch: ok\nplaybook:\n  name: p\n  run: 'true'\nunits:\n  - id: fine\n",
+    );
+    let manifest = Manifest::load(&dir.path().join("manifest.yaml")).expect("valid");
+    let batch = fleet.client().enqueue(&manifest).await.expect("enqueue");
+    assert_eq!(
+        fleet
+            .wait_for_end(&batch, Duration::from_secs(30))
+            .await
+            .state,
+        BatchState::Succeeded
+    );
+    fleet.stop().await;
+}

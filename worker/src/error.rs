@@ -1,0 +1,32 @@
+//! The worker's errors, each saying what the operator can do.
+
+/// What can go wrong in a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("RabbitMQ at {url} is unreachable or failed: {source}; start it with `scripts/services.sh rabbitmq`")]
+    Broker {
+        url: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("publishing to '{queue}' failed: {reason}")]
+    Publish { queue: String, reason: String },
+    #[error("Redis at {url} is unreachable or failed: {source}; start it with `scripts/services.sh redis`")]
+    Redis {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error("Redis command failed: {0}")]
+    RedisCommand(#[from] redis::RedisError),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot prepare the session folder {path}: {source}")]
+    WorkDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the session: {0}")]
+    Spawn(#[source] std::io::Error),
+}

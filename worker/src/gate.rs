@@ -1,0 +1,90 @@
+//! Verification gates: after the session's command succeeds, each gate runs
+//! in order; a failing gate with a `fix` is repaired and re-run, up to its
+//! repair budget, then escalates.
+
+use std::time::{Duration, Instant};
+
+use regatta_proto::{GateReport, GateSpec};
+use tokio_util::sync::CancellationToken;
+
+use crate::session::{run_command, CommandSpec, Ending};
+use crate::Error;
+
+/// What the gates concluded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateVerdict {
+    pub reports: Vec<GateReport>,
+    /// Why the session fails, when a required gate could not be repaired.
+    pub escalation: Option<String>,
+    /// The gates were interrupted by `stop`.
+    pub stopped: bool,
+}
+
+/// Runs the gates in order; stops at the first required gate that escalates.
+pub async fn run_gates(
+    gates: &[GateSpec],
+    base: &CommandSpec,
+    stop: &CancellationToken,
+) -> Result<GateVerdict, Error> {
+    let mut reports = Vec::with_capacity(gates.len());
+    for gate in gates {
+        let started = Instant::now();
+        let spec = |command: &str| CommandSpec {
+            command: command.to_owned(),
+            timeout: gate
+                .timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(base.timeout),
+            ..base.clone()
+        };
+        let mut repairs = 0;
+        let passed = loop {
+            match run_command(&spec(&gate.run), stop).await?.0 {
+                Ending::Exited(0) => break true,
+                Ending::Stopped => {
+                    return Ok(GateVerdict {
+                        reports,
+                        escalation: None,
+                        stopped: true,
+                    })
+                }
+                Ending::Exited(_) | Ending::TimedOut => {}
+            }
+            let Some(fix) = gate.fix.as_deref() else {
+                break false;
+            };
+            if repairs >= gate.repairs {
+                break false;
+            }
+            repairs += 1;
+            tracing::info!(gate = %gate.name, repairs, "gate failed; running its fix");
+            if run_command(&spec(fix), stop).await?.0 == Ending::Stopped {
+                return Ok(GateVerdict {
+                    reports,
+                    escalation: None,
+                    stopped: true,
+                });
+            }
+        };
+        reports.push(GateReport {
+            name: gate.name.clone(),
+            passed,
+            required: gate.required,
+            repairs,
+            duration_ms: started.elapsed().as_millis() as u64,
+        });
+        if !passed && gate.required {
+            let escalation = format!("gate {} failed after {repairs} repairs", gate.name);
+            return Ok(GateVerdict {
+                reports,
+                escalation: Some(escalation),
+                stopped: false,
+            });
+        }
+    }
+    Ok(GateVerdict {
+        reports,
+        escalation: None,
+        stopped: false,
+    })
+}

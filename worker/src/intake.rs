@@ -1,0 +1,512 @@
+//! The worker's main loop: slots that take one unit at a time off the work
+//! queue, claim its leases, run its session and report the result.
+//!
+//! Intake control (contract 2): each slot has its own channel with a
+//! prefetch of one and consumes only while it is free. On a delivery it
+//! cancels its consumer *before* acking, so the broker cannot push it a
+//! second unit: a unit never waits in a busy worker's buffer, and a worker
+//! never holds more units than it has free slots. The ack follows the claim
+//! in Redis, so a session can run for hours without tripping RabbitMQ's
+//! `consumer_timeout`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
+use regatta_proto::{open, EventKind, LeaseOwner, Outcome, SessionEvent, WorkOrder};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::gate::run_gates;
+use crate::lease::{Claim, LeaseClient, Renewal};
+use crate::reporter::{self, Reporter};
+use crate::session::{log_tail, run_command, CommandSpec, Ending};
+use crate::{Error, WorkerConfig};
+
+/// What every slot shares.
+struct Shared {
+    config: WorkerConfig,
+    connection: Connection,
+    reporter: Reporter,
+    leases: LeaseClient,
+    /// Cancelled when the worker stops taking work.
+    shutdown: CancellationToken,
+    /// Cancelled when running sessions must be killed (grace period over).
+    kill_sessions: CancellationToken,
+}
+
+/// Runs a worker until `shutdown` is cancelled, then stops taking work,
+/// lets running sessions finish within the grace period, kills the rest
+/// (reporting them as interrupted, so the coordinator re-runs them), and
+/// returns.
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), Error> {
+    let connection = reporter::connect(&config.amqp_url, &config.name).await?;
+    let reporter = Reporter::new(&connection, config.names.clone(), config.signer.clone()).await?;
+    let leases = LeaseClient::connect(&config.redis_url, config.keys.clone()).await?;
+    tokio::fs::create_dir_all(&config.work_dir)
+        .await
+        .map_err(|source| Error::WorkDir {
+            path: config.work_dir.display().to_string(),
+            source,
+        })?;
+    let shared = Arc::new(Shared {
+        config,
+        connection,
+        reporter,
+        leases,
+        shutdown: shutdown.clone(),
+        kill_sessions: CancellationToken::new(),
+    });
+    tracing::info!(worker = %shared.config.name, slots = shared.config.slots, queue = %shared.config.names.work_queue(), "worker ready");
+
+    let mut slots = JoinSet::new();
+    for slot in 0..shared.config.slots {
+        slots.spawn(slot_loop(shared.clone(), slot));
+    }
+    shutdown.cancelled().await;
+    tracing::info!(grace = ?shared.config.grace, "shutting down: no new work; waiting for running sessions");
+    let grace = tokio::time::sleep(shared.config.grace);
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            next = slots.join_next() => if next.is_none() { break },
+            _ = &mut grace, if !shared.kill_sessions.is_cancelled() => {
+                tracing::warn!("grace period over: interrupting running sessions");
+                shared.kill_sessions.cancel();
+            }
+        }
+    }
+    let _ = shared.connection.close(200, "worker shutdown".into()).await;
+    Ok(())
+}
+
+/// One slot: consume one delivery, stop consuming, handle it, repeat.
+async fn slot_loop(shared: Arc<Shared>, slot: usize) {
+    let mut backoff = Duration::from_millis(200);
+    while !shared.shutdown.is_cancelled() {
+        match take_one(&shared, slot).await {
+            Ok(Some((channel, delivery))) => {
+                backoff = Duration::from_millis(200);
+                handle(&shared, delivery).await;
+                let _ = channel.close(200, "slot done".into()).await;
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(slot, error = %e, "cannot consume from the work queue; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shared.shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Waits for one delivery on a fresh prefetch-1 channel and cancels the
+/// consumer before returning it. `None` on shutdown.
+async fn take_one(
+    shared: &Shared,
+    slot: usize,
+) -> Result<Option<(Channel, Delivery)>, lapin::Error> {
+    let channel = shared.connection.create_channel().await?;
+    channel.basic_qos(1, BasicQosOptions::default()).await?;
+    let tag = format!(
+        "{}-slot{slot}-{}",
+        shared.config.name,
+        uuid::Uuid::new_v4().simple()
+    );
+    let mut consumer = channel
+        .basic_consume(
+            shared.config.names.work_queue().as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let delivery = tokio::select! {
+        next = consumer.next() => next,
+        _ = shared.shutdown.cancelled() => {
+            let _ = channel.close(200, "shutdown".into()).await;
+            return Ok(None);
+        }
+    };
+    // Stop intake first: with this delivery unacked and a prefetch of one,
+    // nothing else can be in flight to this channel.
+    channel
+        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .await?;
+    match delivery {
+        Some(Ok(delivery)) => Ok(Some((channel, delivery))),
+        Some(Err(e)) => Err(e),
+        None => Err(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+            lapin::ChannelState::Closed,
+            "consumer",
+        ))),
+    }
+}
+
+/// Opens, claims, runs and reports one delivery.
+async fn handle(shared: &Shared, delivery: Delivery) {
+    let order: WorkOrder = match open(&delivery.data, &shared.config.signer) {
+        Ok(order) => order,
+        Err(e) => {
+            let reason = e.to_string();
+            tracing::warn!(%reason, "refusing a work order: dead-lettered");
+            if let Err(e) = shared.reporter.dead_letter(&delivery.data, &reason).await {
+                tracing::error!(error = %e, "cannot dead-letter a bad order; it goes back to the queue");
+                let _ = delivery
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
+                return;
+            }
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+            return;
+        }
+    };
+    let span = tracing::info_span!("session", batch = %order.batch_id, unit = %order.unit_id, attempt = order.attempt, session = %order.session_id);
+    run_order(shared, delivery, order).instrument(span).await;
+}
+
+async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
+    let config = &shared.config;
+    let owner = LeaseOwner {
+        worker: config.name.clone(),
+        batch_id: order.batch_id.clone(),
+        unit_id: order.unit_id.clone(),
+        attempt: order.attempt,
+        session_id: order.session_id.clone(),
+    };
+    let event = |fencing: u64, kind: EventKind| SessionEvent {
+        batch_id: order.batch_id.clone(),
+        unit_id: order.unit_id.clone(),
+        session_id: order.session_id.clone(),
+        attempt: order.attempt,
+        fencing,
+        worker: config.name.clone(),
+        at_ms: chrono::Utc::now().timestamp_millis(),
+        kind,
+    };
+    let fence = match shared
+        .leases
+        .acquire(&order, &owner, config.lease_ttl)
+        .await
+    {
+        Ok(Claim::Held { fence, .. }) => fence,
+        Ok(Claim::Busy { semaphore }) => {
+            // The coordinator's accounting said there was room, but a lease
+            // is still held (a race, or a zombie about to expire): hand the
+            // unit back; the coordinator re-publishes it when room appears.
+            tracing::info!(%semaphore, "leases busy; handing the unit back");
+            let deferred = event(
+                0,
+                EventKind::Deferred {
+                    reason: format!("waiting for {semaphore}"),
+                },
+            );
+            let _ = shared.reporter.event(&deferred, &shared.shutdown).await;
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+            return;
+        }
+        Ok(Claim::Cancelled) => {
+            tracing::info!("batch cancelled; the order is dropped");
+            let cancelled = event(
+                0,
+                EventKind::Finished {
+                    outcome: Outcome::Cancelled,
+                    exit_code: None,
+                    duration_ms: 0,
+                    reason: Some("the batch was cancelled".into()),
+                    log_tail: String::new(),
+                    log_path: String::new(),
+                    gates: vec![],
+                },
+            );
+            let _ = shared.reporter.event(&cancelled, &shared.shutdown).await;
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+            return;
+        }
+        Ok(Claim::AlreadyHeld) => {
+            tracing::warn!(
+                "duplicate delivery of a session that already holds its leases; dropped"
+            );
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot claim leases; the order goes back to the queue");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+            return;
+        }
+    };
+    // The claim is recorded in Redis: from here on, a lost worker is found
+    // by the coordinator's reaper, not by RabbitMQ's redelivery.
+    if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+        tracing::warn!(error = %e, "ack after claim failed; the order may be redelivered and will be refused by its lease");
+    }
+    let _ = shared
+        .reporter
+        .event(&event(fence, EventKind::Started), &shared.shutdown)
+        .await;
+
+    let (outcome, exit_code, duration, reason, log_path, gates) =
+        run_session(shared, &order, fence).await;
+    let log_tail = log_tail(&log_path, 20).await;
+    if let Err(e) = shared.leases.release(&order.session_id).await {
+        tracing::warn!(error = %e, "releasing leases failed; they expire with their TTL");
+    }
+    let finished = EventKind::Finished {
+        outcome,
+        exit_code,
+        duration_ms: duration.as_millis() as u64,
+        reason,
+        log_tail,
+        log_path: log_path.display().to_string(),
+        gates,
+    };
+    tracing::info!(?outcome, exit_code, "session finished");
+    if let Err(e) = shared
+        .reporter
+        .event(&event(fence, finished), &shared.shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "cannot report the session's end; the coordinator will see its lease expire");
+    }
+}
+
+type SessionSummary = (
+    Outcome,
+    Option<i32>,
+    Duration,
+    Option<String>,
+    std::path::PathBuf,
+    Vec<regatta_proto::GateReport>,
+);
+
+/// Runs the session's command and gates while a heartbeat renews its leases.
+async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionSummary {
+    let config = &shared.config;
+    let started = Instant::now();
+    let session_dir = config
+        .work_dir
+        .join(&order.batch_id)
+        .join(&order.unit_id)
+        .join(&order.session_id);
+    let artifact_dir = session_dir.join("artifacts");
+    let log_path = session_dir.join("session.log");
+    if let Err(e) = tokio::fs::create_dir_all(&artifact_dir).await {
+        let reason = format!(
+            "cannot create the session folder {}: {e}",
+            session_dir.display()
+        );
+        return (
+            Outcome::Failed,
+            None,
+            started.elapsed(),
+            Some(reason),
+            log_path,
+            vec![],
+        );
+    }
+    let stop = shared.kill_sessions.child_token();
+    let lost = Arc::new(StopCause::default());
+    let heartbeat = tokio::spawn(heartbeat(
+        shared.leases.clone(),
+        order.batch_id.clone(),
+        order.session_id.clone(),
+        fence,
+        config.lease_ttl,
+        stop.clone(),
+        lost.clone(),
+    ));
+
+    let mut env: Vec<(String, String)> = order
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.extend([
+        ("REGATTA_BATCH_ID".into(), order.batch_id.clone()),
+        ("REGATTA_UNIT_ID".into(), order.unit_id.clone()),
+        ("REGATTA_TASK".into(), order.task.clone()),
+        ("REGATTA_INPUTS".into(), order.inputs.join("\n")),
+        ("REGATTA_OUTPUTS".into(), order.outputs.join("\n")),
+        ("REGATTA_ATTEMPT".into(), order.attempt.to_string()),
+        ("REGATTA_SESSION_ID".into(), order.session_id.clone()),
+        ("REGATTA_FENCING".into(), fence.to_string()),
+        ("REGATTA_WORKSPACE".into(), order.workdir.clone()),
+        (
+            "REGATTA_ARTIFACT_DIR".into(),
+            artifact_dir.display().to_string(),
+        ),
+    ]);
+    let spec = CommandSpec {
+        command: order.run.clone(),
+        workdir: order.workdir.clone().into(),
+        env,
+        timeout: Duration::from_millis(order.timeout_ms),
+        log_path: log_path.clone(),
+        max_log_bytes: config.max_log_bytes,
+        grace: config.grace.min(Duration::from_secs(30)),
+        leader_exe: config.leader_exe.clone(),
+    };
+    let stopped_outcome = |cause: &StopCause| {
+        if cause.cancelled.load(Ordering::SeqCst) {
+            (
+                Outcome::Cancelled,
+                "the batch was cancelled; the session was killed".to_owned(),
+            )
+        } else if cause.lost.load(Ordering::SeqCst) {
+            (
+                Outcome::Lost,
+                "the session's leases were lost; it was killed so it cannot overlap a re-run"
+                    .to_owned(),
+            )
+        } else {
+            (
+                Outcome::Interrupted,
+                "the worker shut down before the session ended".to_owned(),
+            )
+        }
+    };
+    let result = match run_command(&spec, &stop).await {
+        Err(e) => (Outcome::Failed, None, Some(e.to_string()), vec![]),
+        Ok((Ending::Exited(0), _)) => match run_gates(&order.gates, &spec, &stop).await {
+            Err(e) => (Outcome::Failed, Some(0), Some(e.to_string()), vec![]),
+            Ok(verdict) if verdict.stopped => {
+                let (outcome, reason) = stopped_outcome(&lost);
+                (outcome, Some(0), Some(reason), verdict.reports)
+            }
+            Ok(verdict) => match verdict.escalation {
+                Some(reason) => (Outcome::Failed, Some(0), Some(reason), verdict.reports),
+                None => match missing_output(order).await {
+                    Some(reason) => (Outcome::Failed, Some(0), Some(reason), verdict.reports),
+                    None => (Outcome::Succeeded, Some(0), None, verdict.reports),
+                },
+            },
+        },
+        Ok((Ending::Exited(code), _)) => (
+            Outcome::Failed,
+            Some(code),
+            Some(format!("the command exited with status {code}")),
+            vec![],
+        ),
+        Ok((Ending::TimedOut, _)) => (
+            Outcome::TimedOut,
+            None,
+            Some(format!(
+                "the deadline of {} passed; the session was killed",
+                humanize(spec.timeout)
+            )),
+            vec![],
+        ),
+        Ok((Ending::Stopped, _)) => {
+            let (outcome, reason) = stopped_outcome(&lost);
+            (outcome, None, Some(reason), vec![])
+        }
+    };
+    heartbeat.abort();
+    let (outcome, exit_code, reason, gates) = result;
+    (
+        outcome,
+        exit_code,
+        started.elapsed(),
+        reason,
+        log_path,
+        gates,
+    )
+}
+
+fn humanize(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    if secs >= 3600 && secs % 3600 == 0 {
+        format!("{}h", secs / 3600)
+    } else if secs >= 60 && secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else if duration.subsec_millis() == 0 {
+        format!("{secs}s")
+    } else {
+        format!("{}ms", duration.as_millis())
+    }
+}
+
+/// Names the first declared output that the session did not produce.
+async fn missing_output(order: &WorkOrder) -> Option<String> {
+    for output in &order.outputs {
+        let path = std::path::Path::new(&order.workdir).join(output);
+        if tokio::fs::metadata(&path).await.is_err() {
+            return Some(format!("declared output '{output}' is missing"));
+        }
+    }
+    None
+}
+
+/// Renews the leases every third of their TTL; when they are lost (taken
+/// over, reaped, or Redis unreachable for longer than the TTL), marks the
+/// session lost and stops it, so it cannot overlap a re-run.
+async fn heartbeat(
+    leases: LeaseClient,
+    batch_id: String,
+    session_id: String,
+    fence: u64,
+    ttl: Duration,
+    stop: CancellationToken,
+    cause: Arc<StopCause>,
+) {
+    let period = ttl / 3;
+    let mut last_renewal = Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = stop.cancelled() => return,
+        }
+        match tokio::time::timeout(period, leases.renew(&batch_id, &session_id, fence, ttl)).await {
+            Ok(Ok(Renewal::Renewed)) => last_renewal = Instant::now(),
+            Ok(Ok(Renewal::Cancelled)) => {
+                tracing::info!(session = %session_id, "batch cancelled: killing the session");
+                cause.cancelled.store(true, Ordering::SeqCst);
+                stop.cancel();
+                return;
+            }
+            Ok(Ok(Renewal::Lost)) => {
+                tracing::warn!(session = %session_id, "lease lost (expired or taken over): killing the session");
+                cause.lost.store(true, Ordering::SeqCst);
+                stop.cancel();
+                return;
+            }
+            Ok(Err(e)) => tracing::warn!(session = %session_id, error = %e, "lease renewal failed"),
+            Err(_) => tracing::warn!(session = %session_id, "lease renewal timed out"),
+        }
+        // Leave a margin of one period: kill before anyone else can reap.
+        if last_renewal.elapsed() + period >= ttl {
+            tracing::warn!(session = %session_id, "leases could not be renewed within their TTL: killing the session");
+            cause.lost.store(true, Ordering::SeqCst);
+            stop.cancel();
+            return;
+        }
+    }
+}
+
+/// Why the heartbeat stopped a session.
+#[derive(Default)]
+struct StopCause {
+    lost: AtomicBool,
+    cancelled: AtomicBool,
+}

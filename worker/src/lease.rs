@@ -1,0 +1,146 @@
+//! The worker's side of leases: acquire all at once, renew, release.
+//!
+//! The atomic logic lives in the Lua scripts of [`regatta_proto::scripts`];
+//! this module only chooses the keys and reads the answers.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::Script;
+use regatta_proto::{scripts, Keys, LeaseOwner, WorkOrder};
+
+use crate::Error;
+
+/// The answer to an acquisition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// Every lease is held; events of the session carry this fencing number.
+    Held { fence: u64, expiry_ms: i64 },
+    /// This semaphore is full; nothing was taken.
+    Busy { semaphore: String },
+    /// The session already holds a lease (a redelivered order).
+    AlreadyHeld,
+    /// The batch was cancelled: the order must not run.
+    Cancelled,
+}
+
+/// The answer to a renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    Renewed,
+    /// Expired, reaped or taken over: the session must die.
+    Lost,
+    /// The batch was cancelled: the session must die.
+    Cancelled,
+}
+
+/// Leases of one fleet in one Redis.
+#[derive(Clone)]
+pub struct LeaseClient {
+    connection: ConnectionManager,
+    keys: Keys,
+}
+
+impl LeaseClient {
+    /// Connects to Redis; the connection manager reconnects by itself.
+    pub async fn connect(url: &str, keys: Keys) -> Result<Self, Error> {
+        let redis_error = |source| Error::Redis {
+            url: url.to_owned(),
+            source,
+        };
+        let client = redis::Client::open(url).map_err(redis_error)?;
+        let connection = ConnectionManager::new(client).await.map_err(redis_error)?;
+        Ok(LeaseClient { connection, keys })
+    }
+
+    /// Acquires the batch slot and every resource share of an order, all or none.
+    pub async fn acquire(
+        &self,
+        order: &WorkOrder,
+        owner: &LeaseOwner,
+        ttl: Duration,
+    ) -> Result<Claim, Error> {
+        let script = Script::new(scripts::ACQUIRE);
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.keys.leases())
+            .key(self.keys.lease(&order.session_id))
+            .key(self.keys.fence())
+            .key(self.keys.batch(&order.batch_id))
+            .arg(&order.session_id)
+            .arg(ttl.as_millis() as u64)
+            .arg(owner.encode());
+        invocation
+            .key(self.keys.batch_semaphore(&order.batch_id))
+            .arg(order.leases.concurrency.max(1))
+            .arg(1);
+        for resource in &order.leases.resources {
+            invocation
+                .key(self.keys.resource_semaphore(&resource.name))
+                .arg(resource.capacity)
+                .arg(resource.weight);
+        }
+        let mut connection = self.connection.clone();
+        let answer: Vec<redis::Value> = invocation.invoke_async(&mut connection).await?;
+        Ok(parse_claim(&answer))
+    }
+
+    /// Extends a session's leases.
+    pub async fn renew(
+        &self,
+        batch_id: &str,
+        session_id: &str,
+        fence: u64,
+        ttl: Duration,
+    ) -> Result<Renewal, Error> {
+        let mut connection = self.connection.clone();
+        let expiry: i64 = Script::new(scripts::RENEW)
+            .key(self.keys.leases())
+            .key(self.keys.lease(session_id))
+            .key(self.keys.batch(batch_id))
+            .arg(session_id)
+            .arg(ttl.as_millis() as u64)
+            .arg(fence)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(match expiry {
+            e if e > 0 => Renewal::Renewed,
+            -1 => Renewal::Cancelled,
+            _ => Renewal::Lost,
+        })
+    }
+
+    /// Gives back every slot of a session at once.
+    pub async fn release(&self, session_id: &str) -> Result<(), Error> {
+        let mut connection = self.connection.clone();
+        let _: i64 = Script::new(scripts::RELEASE)
+            .key(self.keys.leases())
+            .key(self.keys.lease(session_id))
+            .arg(session_id)
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(())
+    }
+}
+
+fn parse_claim(answer: &[redis::Value]) -> Claim {
+    use redis::Value;
+    let int = |v: Option<&Value>| match v {
+        Some(Value::Int(n)) => *n,
+        _ => 0,
+    };
+    match int(answer.first()) {
+        1 => Claim::Held {
+            fence: int(answer.get(1)).max(0) as u64,
+            expiry_ms: int(answer.get(2)),
+        },
+        -2 => Claim::Cancelled,
+        0 => Claim::Busy {
+            semaphore: match answer.get(1) {
+                Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+                _ => String::new(),
+            },
+        },
+        _ => Claim::AlreadyHeld,
+    }
+}

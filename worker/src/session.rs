@@ -1,0 +1,170 @@
+//! Runs one command of a session: under a [`leader`](crate::leader), in its
+//! own process group, with a deadline, its output captured to a bounded log.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::{leader, Error};
+
+/// What to run and how.
+#[derive(Debug, Clone)]
+pub struct CommandSpec {
+    /// A shell command line, run with `/bin/sh -c`.
+    pub command: String,
+    pub workdir: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub timeout: Duration,
+    /// The log the command's stdout and stderr are appended to.
+    pub log_path: PathBuf,
+    pub max_log_bytes: u64,
+    /// Between SIGTERM and SIGKILL of the process group.
+    pub grace: Duration,
+    pub leader_exe: PathBuf,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// It exited by itself with this status (128 + n when killed by signal n).
+    Exited(i32),
+    /// The deadline passed; the group was terminated.
+    TimedOut,
+    /// The caller stopped it (lease lost, cancel, shutdown); the group was terminated.
+    Stopped,
+}
+
+/// Runs a command to its end, or until its deadline or `stop`.
+///
+/// Whatever happens, no process of the group is left running on return.
+pub async fn run_command(
+    spec: &CommandSpec,
+    stop: &CancellationToken,
+) -> Result<(Ending, Duration), Error> {
+    let log = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log_path)
+        .await
+        .map_err(|source| Error::WorkDir {
+            path: spec.log_path.display().to_string(),
+            source,
+        })?;
+    let (reader, writer) = std::io::pipe().map_err(Error::Spawn)?;
+    let writer_err = writer.try_clone().map_err(Error::Spawn)?;
+    let mut command = tokio::process::Command::new(&spec.leader_exe);
+    command
+        .arg(leader::SUBCOMMAND)
+        .arg(std::process::id().to_string())
+        .arg(&spec.command)
+        .current_dir(&spec.workdir)
+        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::from(writer_err))
+        .process_group(0)
+        .kill_on_drop(false);
+    let started = Instant::now();
+    let mut child = command.spawn().map_err(Error::Spawn)?;
+    // Our copies of the pipe's write end went into the child; once every
+    // process of the session closes it, the capture sees end of file.
+    drop(command);
+    let capture = tokio::spawn(capture(reader, log, spec.max_log_bytes));
+    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+
+    let ending = tokio::select! {
+        status = child.wait() => Ending::Exited(exit_code(status.ok())),
+        _ = tokio::time::sleep(spec.timeout) => {
+            terminate_group(pgid, &mut child, spec.grace).await;
+            Ending::TimedOut
+        }
+        _ = stop.cancelled() => {
+            terminate_group(pgid, &mut child, spec.grace).await;
+            Ending::Stopped
+        }
+    };
+    // A command may exit while its background children still run: they
+    // belong to the session and die with it.
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), capture).await;
+    Ok((ending, started.elapsed()))
+}
+
+fn exit_code(status: Option<std::process::ExitStatus>) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Some(status) => status
+            .code()
+            .or_else(|| status.signal().map(|s| 128 + s))
+            .unwrap_or(-1),
+        None => -1,
+    }
+}
+
+/// SIGTERM to the whole group, then SIGKILL after the grace period.
+async fn terminate_group(pgid: Option<Pid>, child: &mut tokio::process::Child, grace: Duration) {
+    let Some(pgid) = pgid else { return };
+    let _ = killpg(pgid, Signal::SIGTERM);
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = killpg(pgid, Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+}
+
+/// Copies the session's output into its log, keeping at most `limit` bytes
+/// and noting where output was dropped.
+async fn capture(reader: std::io::PipeReader, mut log: tokio::fs::File, limit: u64) {
+    let fd = std::os::fd::OwnedFd::from(reader);
+    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
+        return;
+    };
+    let mut written = log.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let mut truncated = false;
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let n = match pipe.read(&mut buffer).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if written >= limit {
+            if !truncated {
+                let _ = log
+                    .write_all(b"\n[regatta: log limit reached, further output dropped]\n")
+                    .await;
+                truncated = true;
+            }
+            continue;
+        }
+        let keep = (n as u64).min(limit - written) as usize;
+        if log.write_all(&buffer[..keep]).await.is_err() {
+            break;
+        }
+        written += keep as u64;
+    }
+    let _ = log.flush().await;
+}
+
+/// The last `lines` lines of a log, read from its end.
+pub async fn log_tail(path: &Path, lines: usize) -> String {
+    const WINDOW: u64 = 8 * 1024;
+    let Ok(mut file) = tokio::fs::File::open(path).await else {
+        return String::new();
+    };
+    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(WINDOW);
+    if file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes).await;
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
