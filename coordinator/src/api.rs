@@ -1,0 +1,335 @@
+//! The coordinator's HTTP API: the same data the CLI shows, for scripts and
+//! dashboards. Every route but `/healthz` wants `Authorization: Bearer
+//! <REGATTA_API_TOKEN>` when a token is configured.
+
+use std::net::SocketAddr;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::manifest::Manifest;
+use crate::scheduler::UnitState;
+use crate::service::{Control, Service};
+use crate::Error;
+
+/// The body of `POST /v1/batches`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EnqueueRequest {
+    pub manifest: Manifest,
+}
+
+/// The answer to `POST /v1/batches`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EnqueueResponse {
+    pub batch_id: String,
+}
+
+/// The body of `POST /v1/batches/{id}/retry` and `/skip`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct ReviewRequest {
+    pub unit: Option<String>,
+    #[serde(default)]
+    pub needs_review: bool,
+}
+
+/// One session (one attempt of one unit), as `regatta sessions` lists it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SessionView {
+    pub unit: String,
+    pub unit_state: UnitState,
+    pub session_id: String,
+    pub attempt: u32,
+    /// `queued`, `running`, or how it ended (`succeeded`, `failed`, `timed_out`, `lost`, ...).
+    pub state: String,
+    pub worker: Option<String>,
+    pub started_at_ms: Option<i64>,
+    pub ended_at_ms: Option<i64>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub gates: Vec<regatta_proto::GateReport>,
+}
+
+/// A unit's log, as `regatta logs` prints it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LogView {
+    pub unit: String,
+    pub session_id: Option<String>,
+    pub log_path: String,
+    pub tail: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct StateFilter {
+    state: Option<String>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    service: Service,
+    token: Option<String>,
+}
+
+/// Builds the router; `token` turns bearer authentication on.
+pub fn router(service: Service, token: Option<String>) -> Router {
+    let state = AppState { service, token };
+    let api = Router::new()
+        .route("/v1/batches", post(enqueue).get(list_batches))
+        .route("/v1/batches/{id}", get(show_batch))
+        .route("/v1/batches/{id}/units", get(list_units))
+        .route("/v1/batches/{id}/sessions", get(list_sessions))
+        .route("/v1/batches/{id}/units/{unit}/log", get(unit_log))
+        .route("/v1/batches/{id}/cancel", post(cancel))
+        .route("/v1/batches/{id}/pause", post(pause))
+        .route("/v1/batches/{id}/resume", post(resume))
+        .route("/v1/batches/{id}/retry", post(retry))
+        .route("/v1/batches/{id}/skip", post(skip))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(api)
+        .with_state(state)
+}
+
+/// Serves the API until `shutdown`.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+}
+
+async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if presented != Some(token.as_str()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(serde_json::json!({"error": "missing or wrong bearer token: set REGATTA_API_TOKEN"})),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::Invalid(_) | Error::Manifest(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, Json(serde_json::json!({"error": self.to_string()}))).into_response()
+    }
+}
+
+async fn enqueue(
+    State(state): State<AppState>,
+    Json(request): Json<EnqueueRequest>,
+) -> Result<(StatusCode, Json<EnqueueResponse>), Error> {
+    let batch_id = state.service.enqueue(request.manifest).await?;
+    Ok((StatusCode::CREATED, Json(EnqueueResponse { batch_id })))
+}
+
+async fn list_batches(State(state): State<AppState>) -> Json<Vec<crate::service::BatchSummary>> {
+    Json(state.service.batches())
+}
+
+async fn show_batch(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::service::BatchSummary>, Error> {
+    Ok(Json(state.service.batch(&id)?))
+}
+
+fn parse_state(filter: &StateFilter) -> Result<Option<UnitState>, Error> {
+    filter
+        .state
+        .as_deref()
+        .map(|s| {
+            UnitState::parse(s).ok_or_else(|| {
+                let known: Vec<&str> = UnitState::ALL.iter().map(|s| s.as_str()).collect();
+                Error::Invalid(format!("unknown state '{s}' (known: {})", known.join(", ")))
+            })
+        })
+        .transpose()
+}
+
+async fn list_units(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(filter): Query<StateFilter>,
+) -> Result<Json<Vec<crate::service::UnitView>>, Error> {
+    let wanted = parse_state(&filter)?;
+    Ok(Json(state.service.units(&id, wanted)?))
+}
+
+/// A session's state in words: queued, running, or its outcome.
+fn session_state(attempt: &crate::scheduler::Attempt) -> String {
+    match (attempt.outcome, attempt.started_at_ms) {
+        (Some(outcome), _) => serde_json::to_value(outcome)
+            .ok()
+            .and_then(|v| v.as_str().map(to_snake))
+            .unwrap_or_default(),
+        (None, Some(_)) => "running".into(),
+        (None, None) => "queued".into(),
+    }
+}
+
+fn to_snake(name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_lowercase());
+    }
+    out
+}
+
+async fn list_sessions(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(filter): Query<StateFilter>,
+) -> Result<Json<Vec<SessionView>>, Error> {
+    let units = state.service.units(&id, None)?;
+    let mut sessions = Vec::new();
+    for unit in units {
+        for attempt in &unit.history {
+            let view = SessionView {
+                unit: unit.id.clone(),
+                unit_state: unit.state,
+                session_id: attempt.session_id.clone(),
+                attempt: attempt.attempt,
+                state: session_state(attempt),
+                worker: attempt.worker.clone(),
+                started_at_ms: attempt.started_at_ms,
+                ended_at_ms: attempt.ended_at_ms,
+                exit_code: attempt.exit_code,
+                reason: attempt.reason.clone(),
+                gates: attempt.gates.clone(),
+            };
+            // A filter matches the session's own state or its unit's
+            // (`needs_review`, `blocked`), so both questions have an answer.
+            let keep = match filter.state.as_deref() {
+                None => true,
+                Some(wanted) => {
+                    view.state == wanted
+                        || unit.state.as_str() == wanted && Some(attempt) == unit.history.last()
+                }
+            };
+            if keep {
+                sessions.push(view);
+            }
+        }
+    }
+    Ok(Json(sessions))
+}
+
+async fn unit_log(
+    State(state): State<AppState>,
+    Path((id, unit)): Path<(String, String)>,
+) -> Result<Json<LogView>, Error> {
+    let units = state.service.units(&id, None)?;
+    let record = units
+        .into_iter()
+        .find(|u| u.id == unit)
+        .ok_or_else(|| Error::NotFound(format!("unit '{unit}' in batch '{id}'")))?;
+    let last = record.history.last();
+    let log_path = last.map(|a| a.log_path.clone()).unwrap_or_default();
+    // The full log is on the worker's disk; when it is shared with the
+    // coordinator (one machine, or a volume), serve a longer tail from it.
+    let tail = match tokio::fs::read(&log_path).await {
+        Ok(bytes) if !log_path.is_empty() => {
+            let text = String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(64 * 1024)..])
+                .into_owned();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(200)..].join("\n")
+        }
+        _ => last.map(|a| a.log_tail.clone()).unwrap_or_default(),
+    };
+    Ok(Json(LogView {
+        unit,
+        session_id: last.map(|a| a.session_id.clone()),
+        log_path,
+        tail,
+    }))
+}
+
+async fn control(
+    state: &AppState,
+    id: &str,
+    action: Control,
+) -> Result<Json<crate::service::BatchSummary>, Error> {
+    state.service.control(id, action).await?;
+    Ok(Json(state.service.batch(id)?))
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::service::BatchSummary>, Error> {
+    control(&state, &id, Control::Cancel).await
+}
+
+async fn pause(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::service::BatchSummary>, Error> {
+    control(&state, &id, Control::Pause).await
+}
+
+async fn resume(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::service::BatchSummary>, Error> {
+    control(&state, &id, Control::Resume).await
+}
+
+async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(request): Json<ReviewRequest>,
+) -> Result<Json<crate::service::BatchSummary>, Error> {
+    let action = match (request.unit, request.needs_review) {
+        (Some(unit), false) => Control::Retry(unit),
+        (None, true) => Control::RetryNeedsReview,
+        _ => {
+            return Err(Error::Invalid(
+                "give either a unit or needs_review: true".into(),
+            ))
+        }
+    };
+    control(&state, &id, action).await
+}
+
+async fn skip(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Json(request): Json<ReviewRequest>,
+) -> Result<Json<crate::service::BatchSummary>, Error> {
+    let unit = request
+        .unit
+        .ok_or_else(|| Error::Invalid("give the unit to skip".into()))?;
+    control(&state, &id, Control::Skip(unit)).await
+}

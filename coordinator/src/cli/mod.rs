@@ -1,0 +1,160 @@
+//! The `regatta` command line: flags, environment, and one module per group
+//! of commands.
+
+mod batch;
+mod serve;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use regatta_proto::DEFAULT_NAMESPACE;
+
+/// regatta runs large migrations as a fleet of parallel sessions.
+///
+/// A batch manifest splits a migration into units with dependencies; the
+/// coordinator (`regatta serve`) publishes each unit onto RabbitMQ as soon as
+/// its dependencies have succeeded; workers (`regatta-worker`) run each
+/// unit's session under Redis leases that cap concurrency and protect shared
+/// resources. The other commands validate manifests and steer batches through
+/// the coordinator's HTTP API (REGATTA_API).
+#[derive(Debug, Parser)]
+#[command(name = "regatta", version)]
+pub struct Args {
+    #[command(flatten)]
+    pub connection: Connection,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the fleet is; every setting also reads an environment variable.
+#[derive(Debug, clap::Args)]
+pub struct Connection {
+    /// The coordinator's HTTP API, for the commands that steer batches.
+    #[arg(
+        long,
+        global = true,
+        env = "REGATTA_API",
+        default_value = "http://127.0.0.1:7700"
+    )]
+    pub api: String,
+    /// Bearer token of the HTTP API; `serve` requires it from clients when set.
+    #[arg(long, global = true, env = "REGATTA_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// RabbitMQ URL (used by `serve`).
+    #[arg(
+        long,
+        global = true,
+        env = "REGATTA_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// Redis URL (used by `serve`).
+    #[arg(
+        long,
+        global = true,
+        env = "REGATTA_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/"
+    )]
+    pub redis_url: String,
+    /// The key work orders are signed with (used by `serve`); workers must have the same.
+    #[arg(long, global = true, env = "REGATTA_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+    /// Prefix of every queue and Redis key, so several fleets share one broker and one Redis.
+    #[arg(long, global = true, env = "REGATTA_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the coordinator daemon and its HTTP API.
+    Serve(serve::ServeArgs),
+    /// Checks a manifest; exit 0 with a summary, or exit 2 with every error.
+    Validate {
+        manifest: PathBuf,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Shows how a manifest would run: levels, critical path, resource demand.
+    Plan {
+        manifest: PathBuf,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validates a manifest and submits it; prints the batch id alone on the first line.
+    Enqueue {
+        manifest: PathBuf,
+        /// Block until the batch ends; exit 0 when it succeeded, 1 when not.
+        #[arg(long)]
+        wait: bool,
+        /// Show a live progress bar until the batch ends (implies --wait).
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Shows one batch (counts by state, resources, what ready units wait for) or all batches.
+    Status {
+        batch: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follows a batch with a live progress bar until it ends.
+    Watch { batch: String },
+    /// Lists a batch's sessions, optionally in one state (running, failed, needs_review, ...).
+    Sessions {
+        batch: String,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Runs a needs_review unit again (or every one with --needs-review); the units it blocked run too.
+    Retry {
+        batch: String,
+        unit: Option<String>,
+        #[arg(long, conflicts_with = "unit")]
+        needs_review: bool,
+    },
+    /// Marks a needs_review unit as done by hand; the units it blocked run.
+    Skip { batch: String, unit: String },
+    /// Stops a batch: nothing new starts and running sessions are killed.
+    Cancel { batch: String },
+    /// Holds new starts; running sessions finish.
+    Pause { batch: String },
+    /// Lets a paused batch go on.
+    Resume { batch: String },
+    /// Prints the log of a unit's latest session.
+    Logs { batch: String, unit: String },
+}
+
+/// Runs one command; the exit code follows each command's contract.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let connection = args.connection;
+    match args.command {
+        Command::Serve(serve_args) => serve::run(&connection, serve_args).await,
+        Command::Validate { manifest, json } => validate::validate(&manifest, json),
+        Command::Plan { manifest, json } => validate::plan(&manifest, json),
+        Command::Enqueue {
+            manifest,
+            wait,
+            watch,
+        } => batch::enqueue(&connection, &manifest, wait, watch).await,
+        Command::Status { batch, json } => batch::status(&connection, batch.as_deref(), json).await,
+        Command::Watch { batch } => batch::watch(&connection, &batch).await,
+        Command::Sessions { batch, state, json } => {
+            batch::sessions(&connection, &batch, state.as_deref(), json).await
+        }
+        Command::Retry {
+            batch,
+            unit,
+            needs_review,
+        } => batch::retry(&connection, &batch, unit.as_deref(), needs_review).await,
+        Command::Skip { batch, unit } => batch::skip(&connection, &batch, &unit).await,
+        Command::Cancel { batch } => batch::control(&connection, &batch, "cancel").await,
+        Command::Pause { batch } => batch::control(&connection, &batch, "pause").await,
+        Command::Resume { batch } => batch::control(&connection, &batch, "resume").await,
+        Command::Logs { batch, unit } => batch::logs(&connection, &batch, &unit).await,
+    }
+}

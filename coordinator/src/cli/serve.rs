@@ -1,0 +1,87 @@
+//! `regatta serve`: the coordinator daemon.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use regatta_coordinator::api;
+use regatta_coordinator::service::{Service, ServiceConfig};
+use regatta_proto::{Keys, Names, Signer};
+use tokio_util::sync::CancellationToken;
+
+use super::Connection;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address of the HTTP API.
+    #[arg(long, env = "REGATTA_LISTEN", default_value = "127.0.0.1:7700")]
+    pub listen: String,
+    /// How often expired leases (dead workers) are looked for.
+    #[arg(long, env = "REGATTA_REAP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub reap_interval: Duration,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "REGATTA_LOG_JSON")]
+    pub log_json: bool,
+}
+
+pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    init_logging(args.log_json);
+    let secret = connection
+        .secret
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .context(
+            "REGATTA_SECRET (or --secret) is required: it signs the work orders workers accept",
+        )?;
+    let config = ServiceConfig {
+        amqp_url: connection.amqp_url.clone(),
+        redis_url: connection.redis_url.clone(),
+        names: Names::new(&connection.namespace)?,
+        keys: Keys::new(&connection.namespace)?,
+        signer: Signer::new(secret.as_bytes()),
+        reap_interval: args.reap_interval,
+    };
+    let shutdown = CancellationToken::new();
+    let service = Service::start(config, shutdown.clone()).await?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    // Tests and scripts read this line to find a port chosen by the system.
+    println!("listening on http://{address}");
+    tracing::info!(%address, namespace = %connection.namespace, "coordinator ready");
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        signals.cancel();
+    });
+    api::serve(
+        listener,
+        api::router(service, connection.api_token.clone()),
+        shutdown,
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("REGATTA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

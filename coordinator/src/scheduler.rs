@@ -1,0 +1,711 @@
+//! The batch state machine: which units may be published now, and what an
+//! event from a worker does to a unit and to its descendants.
+//!
+//! Pure logic, no I/O: the [`crate::service`] feeds it events and persists
+//! and publishes what it returns. Units are numbered by their position in
+//! the manifest, which is also the DAG's node index.
+//!
+//! Lifecycle (DESIGN.md, "Unit lifecycle"):
+//!
+//! ```text
+//! pending --deps succeeded--> ready --published--> queued --claimed--> running
+//! running --> succeeded | retry (ready) | needs_review
+//! pending with a needs_review ancestor --> blocked
+//! any live state --cancel--> cancelled;  needs_review --retry--> ready, --skip--> skipped
+//! ```
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use regatta_proto::Outcome;
+use serde::{Deserialize, Serialize};
+
+use crate::dag::Dag;
+use crate::manifest::Manifest;
+
+/// Where a unit is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitState {
+    Pending,
+    Ready,
+    Queued,
+    Running,
+    Succeeded,
+    NeedsReview,
+    Blocked,
+    Cancelled,
+    Skipped,
+}
+
+impl UnitState {
+    pub const ALL: [UnitState; 9] = [
+        UnitState::Pending,
+        UnitState::Ready,
+        UnitState::Queued,
+        UnitState::Running,
+        UnitState::Succeeded,
+        UnitState::NeedsReview,
+        UnitState::Blocked,
+        UnitState::Cancelled,
+        UnitState::Skipped,
+    ];
+
+    /// Says whether the unit counts as done for its dependents.
+    pub fn satisfies_dependents(self) -> bool {
+        matches!(self, UnitState::Succeeded | UnitState::Skipped)
+    }
+
+    /// Says whether nothing more will happen to the unit without a human.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            UnitState::Succeeded
+                | UnitState::NeedsReview
+                | UnitState::Blocked
+                | UnitState::Cancelled
+                | UnitState::Skipped
+        )
+    }
+
+    /// Says whether a session of the unit is published or running.
+    pub fn is_in_flight(self) -> bool {
+        matches!(self, UnitState::Queued | UnitState::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitState::Pending => "pending",
+            UnitState::Ready => "ready",
+            UnitState::Queued => "queued",
+            UnitState::Running => "running",
+            UnitState::Succeeded => "succeeded",
+            UnitState::NeedsReview => "needs_review",
+            UnitState::Blocked => "blocked",
+            UnitState::Cancelled => "cancelled",
+            UnitState::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<UnitState> {
+        UnitState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// Where a batch is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchState {
+    Running,
+    Paused,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl BatchState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchState::Running => "running",
+            BatchState::Paused => "paused",
+            BatchState::Succeeded => "succeeded",
+            BatchState::Failed => "failed",
+            BatchState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            BatchState::Succeeded | BatchState::Failed | BatchState::Cancelled
+        )
+    }
+}
+
+/// One attempt of a unit, as its history shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub session_id: String,
+    pub worker: Option<String>,
+    pub fencing: u64,
+    pub published_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub ended_at_ms: Option<i64>,
+    pub outcome: Option<Outcome>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub log_tail: String,
+    pub log_path: String,
+    pub gates: Vec<regatta_proto::GateReport>,
+}
+
+/// The runtime record of one unit; stored in Redis as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnitRecord {
+    pub id: String,
+    pub state: UnitState,
+    /// How many attempts failed in a way that uses up a retry.
+    pub failures: u32,
+    /// The number of the latest attempt (0 before the first).
+    pub attempt: u32,
+    /// Why the unit is where it is (a failure, what blocks it, what it waits for).
+    pub reason: Option<String>,
+    pub history: Vec<Attempt>,
+}
+
+impl UnitRecord {
+    /// The attempt now in flight or last finished.
+    pub fn current(&self) -> Option<&Attempt> {
+        self.history.last()
+    }
+
+    fn current_mut(&mut self) -> Option<&mut Attempt> {
+        self.history.last_mut()
+    }
+}
+
+/// What the service must do after a change: publish these units, and
+/// persist these unit records.
+#[derive(Debug, Default, PartialEq)]
+pub struct Effects {
+    /// Units to publish, each with a fresh attempt already recorded.
+    pub publish: Vec<usize>,
+    /// Units whose record changed.
+    pub changed: BTreeSet<usize>,
+    /// Sessions whose leases must be revoked (a cancelled batch).
+    pub revoke: Vec<String>,
+}
+
+/// A session event, reduced to what the state machine needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    Started {
+        worker: String,
+        fencing: u64,
+        at_ms: i64,
+    },
+    Deferred {
+        reason: String,
+    },
+    Finished(Finish),
+}
+
+/// The end of a session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub at_ms: i64,
+    pub log_tail: String,
+    pub log_path: String,
+    pub gates: Vec<regatta_proto::GateReport>,
+    pub fencing: u64,
+}
+
+/// The live state of one batch.
+#[derive(Debug)]
+pub struct Batch {
+    pub id: String,
+    pub manifest: Manifest,
+    pub dag: Dag,
+    pub state: BatchState,
+    pub units: Vec<UnitRecord>,
+    /// Unfinished dependencies per unit.
+    remaining: Vec<u32>,
+    /// Ready units in start order: priority first, then manifest order.
+    ready: BTreeSet<(Reverse<i32>, usize)>,
+    /// Units deferred by a worker, with the time before which not to retry.
+    deferred_until: HashMap<usize, i64>,
+    in_flight: u32,
+    /// Resource shares in flight, per resource (including `file:` mutexes).
+    pub usage: BTreeMap<String, u32>,
+    /// Every resource demand per unit, touched files included.
+    demands: Vec<Vec<(String, u32)>>,
+    counts: BTreeMap<UnitState, usize>,
+    index: HashMap<String, usize>,
+}
+
+impl Batch {
+    /// Starts a batch: every unit without dependencies is ready.
+    pub fn new(id: String, manifest: Manifest, dag: Dag) -> Batch {
+        let units: Vec<UnitRecord> = manifest
+            .units
+            .iter()
+            .map(|unit| UnitRecord {
+                id: unit.id.clone(),
+                state: UnitState::Pending,
+                failures: 0,
+                attempt: 0,
+                reason: None,
+                history: Vec::new(),
+            })
+            .collect();
+        let remaining = (0..units.len())
+            .map(|i| dag.dependencies(i).count() as u32)
+            .collect();
+        let demands = manifest
+            .units
+            .iter()
+            .map(|unit| {
+                let mut demand: Vec<(String, u32)> =
+                    unit.uses.iter().map(|(r, w)| (r.clone(), *w)).collect();
+                demand.extend(unit.touches.iter().map(|f| (format!("file:{f}"), 1)));
+                demand
+            })
+            .collect();
+        let index = units
+            .iter()
+            .enumerate()
+            .map(|(i, u)| (u.id.clone(), i))
+            .collect();
+        let mut counts = BTreeMap::new();
+        counts.insert(UnitState::Pending, units.len());
+        let mut batch = Batch {
+            id,
+            manifest,
+            dag,
+            state: BatchState::Running,
+            units,
+            remaining,
+            ready: BTreeSet::new(),
+            deferred_until: HashMap::new(),
+            in_flight: 0,
+            usage: BTreeMap::new(),
+            demands,
+            counts,
+            index,
+        };
+        for i in 0..batch.units.len() {
+            if batch.remaining[i] == 0 {
+                batch.set_state(i, UnitState::Ready);
+            }
+        }
+        batch
+    }
+
+    pub fn index_of(&self, unit_id: &str) -> Option<usize> {
+        self.index.get(unit_id).copied()
+    }
+
+    /// How many units are in each state.
+    pub fn counts(&self) -> &BTreeMap<UnitState, usize> {
+        &self.counts
+    }
+
+    pub fn count(&self, state: UnitState) -> usize {
+        self.counts.get(&state).copied().unwrap_or(0)
+    }
+
+    /// The resource shares a unit needs, touched files included.
+    pub fn demand(&self, unit: usize) -> &[(String, u32)] {
+        &self.demands[unit]
+    }
+
+    /// The capacity of a resource: declared, or 1 for a touched file.
+    pub fn capacity(&self, resource: &str) -> u32 {
+        if resource.starts_with("file:") {
+            1
+        } else {
+            self.manifest.resources.get(resource).copied().unwrap_or(1)
+        }
+    }
+
+    fn set_state(&mut self, unit: usize, state: UnitState) {
+        let old = self.units[unit].state;
+        if old == state {
+            return;
+        }
+        if let Some(n) = self.counts.get_mut(&old) {
+            *n = n.saturating_sub(1);
+        }
+        *self.counts.entry(state).or_insert(0) += 1;
+        let key = (Reverse(self.manifest.units[unit].priority), unit);
+        if old == UnitState::Ready {
+            self.ready.remove(&key);
+        }
+        if state == UnitState::Ready {
+            self.ready.insert(key);
+        }
+        if old.is_in_flight() && !state.is_in_flight() {
+            self.in_flight = self.in_flight.saturating_sub(1);
+            for (resource, weight) in &self.demands[unit] {
+                if let Some(used) = self.usage.get_mut(resource) {
+                    *used = used.saturating_sub(*weight);
+                }
+            }
+        }
+        if !old.is_in_flight() && state.is_in_flight() {
+            self.in_flight += 1;
+            for (resource, weight) in &self.demands[unit] {
+                *self.usage.entry(resource.clone()).or_insert(0) += weight;
+            }
+        }
+        self.units[unit].state = state;
+    }
+
+    /// Picks the ready units that fit under the batch cap and the resources'
+    /// capacities, in start order, and records a new attempt for each.
+    ///
+    /// `fleet_usage` is the resource usage of every batch of the fleet (a
+    /// resource name means the same thing in every batch), updated here.
+    pub fn dispatch(
+        &mut self,
+        now_ms: i64,
+        fleet_usage: &mut BTreeMap<String, u32>,
+        new_session: &mut dyn FnMut() -> String,
+    ) -> Effects {
+        let mut effects = Effects::default();
+        if self.state != BatchState::Running {
+            return effects;
+        }
+        let cap = self.manifest.concurrency;
+        let mut chosen = Vec::new();
+        let mut free = cap.saturating_sub(self.in_flight);
+        for &(_, unit) in &self.ready {
+            if free == 0 {
+                break;
+            }
+            if self
+                .deferred_until
+                .get(&unit)
+                .is_some_and(|until| *until > now_ms)
+            {
+                continue;
+            }
+            let fits = self.demands[unit].iter().all(|(resource, weight)| {
+                let used = fleet_usage.get(resource).copied().unwrap_or(0);
+                used + weight <= self.capacity(resource)
+            });
+            if !fits {
+                continue;
+            }
+            for (resource, weight) in &self.demands[unit] {
+                *fleet_usage.entry(resource.clone()).or_insert(0) += weight;
+            }
+            free -= 1;
+            chosen.push(unit);
+        }
+        for unit in chosen {
+            self.deferred_until.remove(&unit);
+            self.set_state(unit, UnitState::Queued);
+            let record = &mut self.units[unit];
+            record.attempt += 1;
+            record.reason = None;
+            record.history.push(Attempt {
+                attempt: record.attempt,
+                session_id: new_session(),
+                worker: None,
+                fencing: 0,
+                published_at_ms: now_ms,
+                started_at_ms: None,
+                ended_at_ms: None,
+                outcome: None,
+                exit_code: None,
+                reason: None,
+                log_tail: String::new(),
+                log_path: String::new(),
+                gates: Vec::new(),
+            });
+            effects.publish.push(unit);
+            effects.changed.insert(unit);
+        }
+        effects
+    }
+
+    /// Applies a worker's report about a session. Reports about any session
+    /// but the unit's current one are stale and change nothing; so does a
+    /// report that repeats what is already known.
+    pub fn report(
+        &mut self,
+        unit: usize,
+        session_id: &str,
+        report: Report,
+        fleet_usage: &mut BTreeMap<String, u32>,
+    ) -> Effects {
+        let mut effects = Effects::default();
+        let state = self.units[unit].state;
+        let current = self.units[unit].current().map(|a| a.session_id.as_str());
+        if current != Some(session_id) || !state.is_in_flight() {
+            return effects;
+        }
+        match report {
+            Report::Started {
+                worker,
+                fencing,
+                at_ms,
+            } => {
+                if state != UnitState::Queued {
+                    return effects;
+                }
+                self.set_state(unit, UnitState::Running);
+                if let Some(attempt) = self.units[unit].current_mut() {
+                    attempt.worker = Some(worker);
+                    attempt.fencing = fencing;
+                    attempt.started_at_ms = Some(at_ms);
+                }
+                effects.changed.insert(unit);
+            }
+            Report::Deferred { reason } => {
+                self.release_usage(unit, fleet_usage);
+                self.set_state(unit, UnitState::Ready);
+                let record = &mut self.units[unit];
+                record.reason = Some(reason);
+                // The attempt never ran: it does not count.
+                record.history.pop();
+                record.attempt = record.attempt.saturating_sub(1);
+                let not_before = chrono::Utc::now().timestamp_millis() + 500;
+                self.deferred_until.insert(unit, not_before);
+                effects.changed.insert(unit);
+            }
+            Report::Finished(finish) => {
+                self.release_usage(unit, fleet_usage);
+                let outcome = finish.outcome;
+                let reason = finish.reason.clone();
+                if let Some(attempt) = self.units[unit].current_mut() {
+                    attempt.ended_at_ms = Some(finish.at_ms);
+                    attempt.outcome = Some(outcome);
+                    attempt.exit_code = finish.exit_code;
+                    attempt.reason = finish.reason;
+                    attempt.log_tail = finish.log_tail;
+                    attempt.log_path = finish.log_path;
+                    attempt.gates = finish.gates;
+                    if finish.fencing > 0 {
+                        attempt.fencing = finish.fencing;
+                    }
+                }
+                effects.changed.insert(unit);
+                match outcome {
+                    Outcome::Succeeded => {
+                        self.set_state(unit, UnitState::Succeeded);
+                        self.units[unit].reason = None;
+                        self.release_dependents(unit, &mut effects);
+                    }
+                    Outcome::Cancelled => {
+                        self.set_state(unit, UnitState::Cancelled);
+                        self.units[unit].reason = reason;
+                    }
+                    Outcome::Interrupted => {
+                        // Not the unit's fault: run it again, uncounted.
+                        self.set_state(unit, UnitState::Ready);
+                        self.units[unit].reason = reason;
+                    }
+                    Outcome::Failed | Outcome::TimedOut | Outcome::Lost => {
+                        let record = &mut self.units[unit];
+                        record.failures += 1;
+                        record.reason = reason;
+                        if record.failures <= self.manifest.retries {
+                            self.set_state(unit, UnitState::Ready);
+                        } else {
+                            self.set_state(unit, UnitState::NeedsReview);
+                            self.block_descendants(unit, &mut effects);
+                        }
+                    }
+                }
+            }
+        }
+        self.settle();
+        effects
+    }
+
+    fn release_usage(&mut self, unit: usize, fleet_usage: &mut BTreeMap<String, u32>) {
+        for (resource, weight) in &self.demands[unit] {
+            if let Some(used) = fleet_usage.get_mut(resource) {
+                *used = used.saturating_sub(*weight);
+            }
+        }
+    }
+
+    fn release_dependents(&mut self, unit: usize, effects: &mut Effects) {
+        let dependents: Vec<usize> = self.dag.dependents(unit).collect();
+        for dependent in dependents {
+            self.remaining[dependent] = self.remaining[dependent].saturating_sub(1);
+            if self.remaining[dependent] == 0 && self.units[dependent].state == UnitState::Pending {
+                self.set_state(dependent, UnitState::Ready);
+                effects.changed.insert(dependent);
+            }
+        }
+    }
+
+    fn block_descendants(&mut self, unit: usize, effects: &mut Effects) {
+        let id = self.units[unit].id.clone();
+        for descendant in self.dag.descendants(unit) {
+            if matches!(
+                self.units[descendant].state,
+                UnitState::Pending | UnitState::Ready
+            ) {
+                self.set_state(descendant, UnitState::Blocked);
+                self.units[descendant].reason =
+                    Some(format!("blocked by '{id}', which needs review"));
+                effects.changed.insert(descendant);
+            }
+        }
+    }
+
+    /// Ends the batch when nothing can move any more.
+    fn settle(&mut self) {
+        if self.state.is_terminal() {
+            return;
+        }
+        let live = self.count(UnitState::Pending)
+            + self.count(UnitState::Ready)
+            + self.count(UnitState::Queued)
+            + self.count(UnitState::Running);
+        if live > 0 {
+            return;
+        }
+        let done = self.count(UnitState::Succeeded) + self.count(UnitState::Skipped);
+        self.state = if done == self.units.len() {
+            BatchState::Succeeded
+        } else {
+            BatchState::Failed
+        };
+    }
+
+    /// Cancels the batch: nothing new starts, and every in-flight session
+    /// must be revoked.
+    pub fn cancel(&mut self, fleet_usage: &mut BTreeMap<String, u32>) -> Effects {
+        let mut effects = Effects::default();
+        if self.state.is_terminal() {
+            return effects;
+        }
+        self.state = BatchState::Cancelled;
+        for unit in 0..self.units.len() {
+            let state = self.units[unit].state;
+            if state.is_in_flight() {
+                self.release_usage(unit, fleet_usage);
+                if let Some(attempt) = self.units[unit].current() {
+                    effects.revoke.push(attempt.session_id.clone());
+                }
+            }
+            if !state.is_terminal() || state == UnitState::Blocked {
+                self.set_state(unit, UnitState::Cancelled);
+                self.units[unit].reason = Some("the batch was cancelled".into());
+                effects.changed.insert(unit);
+            }
+        }
+        effects
+    }
+
+    /// Holds new starts; running sessions go on.
+    pub fn pause(&mut self) -> bool {
+        if self.state == BatchState::Running {
+            self.state = BatchState::Paused;
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn resume(&mut self) -> bool {
+        if self.state == BatchState::Paused {
+            self.state = BatchState::Running;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Sends a `needs_review` unit back to `ready` with a fresh retry
+    /// budget; the units it blocked return to `pending`.
+    pub fn retry(&mut self, unit: usize) -> Result<Effects, String> {
+        self.review(unit, UnitState::Ready)
+    }
+
+    /// Marks a `needs_review` unit as done by hand; its dependents may run.
+    pub fn skip(&mut self, unit: usize) -> Result<Effects, String> {
+        self.review(unit, UnitState::Skipped)
+    }
+
+    fn review(&mut self, unit: usize, to: UnitState) -> Result<Effects, String> {
+        let record = &self.units[unit];
+        if record.state != UnitState::NeedsReview {
+            return Err(format!(
+                "unit '{}' is {}, not needs_review",
+                record.id,
+                record.state.as_str()
+            ));
+        }
+        if self.state == BatchState::Cancelled {
+            return Err(format!("batch '{}' is cancelled", self.id));
+        }
+        let mut effects = Effects::default();
+        self.units[unit].failures = 0;
+        self.units[unit].reason = None;
+        self.set_state(unit, to);
+        effects.changed.insert(unit);
+        // Unblock descendants that no other needs_review ancestor holds.
+        for descendant in self.dag.descendants(unit) {
+            if self.units[descendant].state != UnitState::Blocked {
+                continue;
+            }
+            let still_blocked = ancestors(&self.dag, descendant)
+                .into_iter()
+                .any(|a| a != unit && self.units[a].state == UnitState::NeedsReview);
+            if !still_blocked {
+                let next = if self.remaining[descendant] == 0 {
+                    UnitState::Ready
+                } else {
+                    UnitState::Pending
+                };
+                self.set_state(descendant, next);
+                self.units[descendant].reason = None;
+                effects.changed.insert(descendant);
+            }
+        }
+        if to == UnitState::Skipped {
+            self.release_dependents(unit, &mut effects);
+        }
+        if self.state.is_terminal() {
+            self.state = BatchState::Running;
+        }
+        self.settle();
+        Ok(effects)
+    }
+
+    /// Every unit in `needs_review`.
+    pub fn needs_review(&self) -> Vec<usize> {
+        (0..self.units.len())
+            .filter(|&u| self.units[u].state == UnitState::NeedsReview)
+            .collect()
+    }
+
+    /// Says what a ready unit waits for, for status displays.
+    pub fn waiting_for(&self, unit: usize, fleet_usage: &BTreeMap<String, u32>) -> Option<String> {
+        if self.units[unit].state != UnitState::Ready {
+            return None;
+        }
+        if self.state == BatchState::Paused {
+            return Some("the batch is paused".into());
+        }
+        if self.in_flight >= self.manifest.concurrency {
+            return Some(format!(
+                "the batch cap ({} sessions)",
+                self.manifest.concurrency
+            ));
+        }
+        for (resource, weight) in &self.demands[unit] {
+            let used = fleet_usage.get(resource).copied().unwrap_or(0);
+            if used + weight > self.capacity(resource) {
+                return Some(format!(
+                    "resource {resource} ({used}/{} in use)",
+                    self.capacity(resource)
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// Every unit that a unit depends on, directly or not.
+fn ancestors(dag: &Dag, unit: usize) -> Vec<usize> {
+    let mut seen = BTreeSet::new();
+    let mut stack: Vec<usize> = dag.dependencies(unit).collect();
+    while let Some(next) = stack.pop() {
+        if seen.insert(next) {
+            stack.extend(dag.dependencies(next));
+        }
+    }
+    seen.into_iter().collect()
+}

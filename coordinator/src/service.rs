@@ -1,0 +1,660 @@
+//! The coordinator daemon's core: it holds every live batch, publishes units
+//! as their dependencies clear, applies worker events, reaps lost sessions,
+//! and stores every change in Redis.
+//!
+//! State lives behind one mutex, held only for pure, short updates of the
+//! [`scheduler`](crate::scheduler); the I/O that follows (publishing, storing,
+//! acking) runs in tasks fed by channels, so a slow broker or Redis never
+//! blocks event handling.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+use regatta_proto::{
+    open, scripts, seal, EventKind, Keys, LeaseOwner, Names, Outcome, SessionEvent, Signer,
+};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker;
+use crate::dag::Dag;
+use crate::manifest::Manifest;
+use crate::order::work_order;
+use crate::scheduler::{Batch, BatchState, Effects, Finish, Report, UnitState};
+use crate::store::{Store, Write};
+use crate::Error;
+
+/// The coordinator's settings.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub amqp_url: String,
+    pub redis_url: String,
+    pub names: Names,
+    pub keys: Keys,
+    pub signer: Signer,
+    /// How often expired leases are looked for.
+    pub reap_interval: Duration,
+}
+
+/// A live batch and its timings.
+struct Entry {
+    batch: Batch,
+    created_ms: i64,
+    ended_ms: Option<i64>,
+}
+
+/// Every live batch, and the fleet-wide resource usage they share.
+#[derive(Default)]
+struct Fleet {
+    batches: HashMap<String, Entry>,
+    /// Resource shares published or running, over all batches.
+    usage: BTreeMap<String, u32>,
+}
+
+/// A cheap-to-clone handle on the running coordinator.
+#[derive(Clone)]
+pub struct Service {
+    fleet: Arc<Mutex<Fleet>>,
+    store: Store,
+    publisher: mpsc::UnboundedSender<Outgoing>,
+    config: Arc<ServiceConfig>,
+}
+
+/// A sealed order on its way to the work queue.
+struct Outgoing {
+    payload: Vec<u8>,
+    session_id: String,
+}
+
+impl Service {
+    /// Connects to RabbitMQ and Redis, declares the topology, and starts the
+    /// publisher, the event consumer and the reaper; they stop with `shutdown`.
+    pub async fn start(
+        config: ServiceConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Service, Error> {
+        let connection = broker::connect(&config.amqp_url, "regatta-coordinator")
+            .await
+            .map_err(|e| Error::broker(&config.amqp_url, e))?;
+        let publish_channel = broker::confirm_channel(&connection)
+            .await
+            .map_err(|e| Error::broker(&config.amqp_url, e))?;
+        broker::declare_topology(&publish_channel, &config.names)
+            .await
+            .map_err(|e| Error::broker(&config.amqp_url, e))?;
+        let store = Store::connect(&config.redis_url, config.keys.clone()).await?;
+        let (publisher, outgoing) = mpsc::unbounded_channel();
+        let service = Service {
+            fleet: Arc::new(Mutex::new(Fleet::default())),
+            store,
+            publisher,
+            config: Arc::new(config),
+        };
+        tokio::spawn(publish_loop(
+            publish_channel,
+            service.config.names.work_queue(),
+            outgoing,
+            shutdown.clone(),
+        ));
+        tokio::spawn(service.clone().consume_events(connection, shutdown.clone()));
+        tokio::spawn(service.clone().reap_loop(shutdown.clone()));
+        tokio::spawn(service.clone().tick_loop(shutdown));
+        Ok(service)
+    }
+
+    fn fleet(&self) -> MutexGuard<'_, Fleet> {
+        // A panic while holding the lock would be a bug; keep serving.
+        self.fleet
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Accepts a batch: re-validates the manifest, stores it, and publishes
+    /// every unit that can start. Returns the batch id.
+    pub async fn enqueue(&self, manifest: Manifest) -> Result<String, Error> {
+        manifest.check()?;
+        let dag = Dag::build(&manifest)?;
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let batch_id = format!("{}-{}", sanitize(&manifest.batch), &suffix[..8]);
+        let now = now_ms();
+        let manifest_json =
+            serde_json::to_string(&manifest).map_err(|e| Error::Invalid(e.to_string()))?;
+        let batch = Batch::new(batch_id.clone(), manifest, dag);
+        {
+            let mut fleet = self.fleet();
+            self.store.write(Write::Hash {
+                key: self.config.keys.batch(&batch_id),
+                fields: vec![
+                    ("manifest".into(), manifest_json),
+                    ("created_ms".into(), now.to_string()),
+                ],
+            });
+            self.store.write(Write::IndexBatch {
+                batch_id: batch_id.clone(),
+                created_ms: now,
+            });
+            let entry = Entry {
+                batch,
+                created_ms: now,
+                ended_ms: None,
+            };
+            let mut effects = Effects::default();
+            effects.changed.extend(0..entry.batch.units.len());
+            fleet.batches.insert(batch_id.clone(), entry);
+            self.settle(&mut fleet, &batch_id, effects);
+        }
+        self.store.flushed().await;
+        tracing::info!(batch = %batch_id, "batch enqueued");
+        Ok(batch_id)
+    }
+
+    /// Dispatches what can start, then stores and publishes every effect.
+    fn settle(&self, fleet: &mut Fleet, batch_id: &str, mut effects: Effects) {
+        let Fleet { batches, usage } = fleet;
+        let Some(entry) = batches.get_mut(batch_id) else {
+            return;
+        };
+        let now = now_ms();
+        let dispatched = entry.batch.dispatch(now, usage, &mut new_session_id);
+        effects.publish.extend(dispatched.publish);
+        effects.changed.extend(dispatched.changed);
+        let batch = &entry.batch;
+        if !effects.changed.is_empty() {
+            let fields = effects
+                .changed
+                .iter()
+                .filter_map(|&u| {
+                    serde_json::to_string(&batch.units[u])
+                        .ok()
+                        .map(|json| (batch.units[u].id.clone(), json))
+                })
+                .collect();
+            self.store.write(Write::Hash {
+                key: self.config.keys.units(batch_id),
+                fields,
+            });
+        }
+        for session_id in effects.revoke {
+            self.store.write(Write::Revoke { session_id });
+        }
+        for unit in effects.publish {
+            let order = work_order(batch, unit, now);
+            let session_id = order.session_id.clone();
+            tracing::debug!(batch = %batch_id, unit = %order.unit_id, attempt = order.attempt, session = %session_id, "publishing");
+            let _ = self.publisher.send(Outgoing {
+                payload: seal(&order, &self.config.signer),
+                session_id,
+            });
+        }
+        if batch.state.is_terminal() && entry.ended_ms.is_none() {
+            entry.ended_ms = Some(now);
+            tracing::info!(batch = %batch_id, state = batch.state.as_str(), "batch ended");
+        }
+        let counts: BTreeMap<&str, usize> = batch
+            .counts()
+            .iter()
+            .map(|(s, n)| (s.as_str(), *n))
+            .collect();
+        let mut fields = vec![
+            ("state".to_owned(), batch.state.as_str().to_owned()),
+            (
+                "counts".to_owned(),
+                serde_json::to_string(&counts).unwrap_or_default(),
+            ),
+        ];
+        if let Some(ended) = entry.ended_ms {
+            fields.push(("ended_ms".into(), ended.to_string()));
+        }
+        self.store.write(Write::Hash {
+            key: self.config.keys.batch(batch_id),
+            fields,
+        });
+    }
+
+    /// Applies one worker event; returns once its effects are stored.
+    pub async fn apply_event(&self, event: SessionEvent) {
+        {
+            let mut fleet = self.fleet();
+            let Fleet { batches, usage } = &mut *fleet;
+            let Some(entry) = batches.get_mut(&event.batch_id) else {
+                tracing::debug!(batch = %event.batch_id, "event for an unknown batch ignored");
+                return;
+            };
+            let Some(unit) = entry.batch.index_of(&event.unit_id) else {
+                tracing::warn!(batch = %event.batch_id, unit = %event.unit_id, "event for an unknown unit ignored");
+                return;
+            };
+            let report = match event.kind {
+                EventKind::Started => Report::Started {
+                    worker: event.worker,
+                    fencing: event.fencing,
+                    at_ms: event.at_ms,
+                },
+                EventKind::Deferred { reason } => Report::Deferred { reason },
+                EventKind::Finished {
+                    outcome,
+                    exit_code,
+                    reason,
+                    log_tail,
+                    log_path,
+                    gates,
+                    ..
+                } => Report::Finished(Finish {
+                    outcome,
+                    exit_code,
+                    reason,
+                    at_ms: event.at_ms,
+                    log_tail,
+                    log_path,
+                    gates,
+                    fencing: event.fencing,
+                }),
+            };
+            let effects = entry.batch.report(unit, &event.session_id, report, usage);
+            let batch_id = event.batch_id.clone();
+            self.settle(&mut fleet, &batch_id, effects);
+        }
+        self.store.flushed().await;
+    }
+
+    /// Consumes session events until shutdown; each is acked once stored.
+    async fn consume_events(self, connection: Connection, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(200);
+        while !shutdown.is_cancelled() {
+            match self.consume_events_once(&connection, &shutdown).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event consumer failed; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    async fn consume_events_once(
+        &self,
+        connection: &Connection,
+        shutdown: &CancellationToken,
+    ) -> Result<(), lapin::Error> {
+        let channel = connection.create_channel().await?;
+        broker::declare_topology(&channel, &self.config.names).await?;
+        channel.basic_qos(512, BasicQosOptions::default()).await?;
+        let mut consumer = channel
+            .basic_consume(
+                self.config.names.events_queue().as_str().into(),
+                "regatta-coordinator".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        loop {
+            let delivery = tokio::select! {
+                next = consumer.next() => next,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            let delivery = match delivery {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            };
+            match open::<SessionEvent>(&delivery.data, &self.config.signer) {
+                Ok(event) => self.apply_event(event).await,
+                Err(e) => tracing::warn!(reason = %e, "unreadable event dropped"),
+            }
+            delivery.ack(BasicAckOptions::default()).await?;
+        }
+    }
+
+    /// Re-runs the units of sessions whose leases expired (a dead worker).
+    async fn reap_loop(self, shutdown: CancellationToken) {
+        let mut interval = tokio::time::interval(self.config.reap_interval);
+        let mut connection = self.store.connection();
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let reaped: Result<Vec<String>, _> = redis::Script::new(scripts::REAP)
+                .key(self.config.keys.leases())
+                .arg(self.config.keys.lease(""))
+                .arg(1000)
+                .invoke_async(&mut connection)
+                .await;
+            let reaped = match reaped {
+                Ok(reaped) => reaped,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reaping expired leases failed");
+                    continue;
+                }
+            };
+            for pair in reaped.chunks(2) {
+                let [session_id, owner] = pair else { continue };
+                let Ok(owner) = LeaseOwner::decode(owner) else {
+                    tracing::warn!(session = %session_id, "reaped a lease without a readable owner");
+                    continue;
+                };
+                tracing::warn!(batch = %owner.batch_id, unit = %owner.unit_id, session = %session_id, worker = %owner.worker, "session lost: its worker stopped renewing its leases");
+                let event = SessionEvent {
+                    batch_id: owner.batch_id,
+                    unit_id: owner.unit_id,
+                    session_id: session_id.clone(),
+                    attempt: owner.attempt,
+                    fencing: 0,
+                    worker: owner.worker.clone(),
+                    at_ms: now_ms(),
+                    kind: EventKind::Finished {
+                        outcome: Outcome::Lost,
+                        exit_code: None,
+                        duration_ms: 0,
+                        reason: Some(format!(
+                            "lost: worker {} stopped renewing its leases",
+                            owner.worker
+                        )),
+                        log_tail: String::new(),
+                        log_path: String::new(),
+                        gates: vec![],
+                    },
+                };
+                self.apply_event(event).await;
+            }
+        }
+    }
+
+    /// Gives deferred units their next chance.
+    async fn tick_loop(self, shutdown: CancellationToken) {
+        let mut interval = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let mut fleet = self.fleet();
+            let live: Vec<String> = fleet
+                .batches
+                .iter()
+                .filter(|(_, e)| {
+                    e.batch.state == BatchState::Running && e.batch.count(UnitState::Ready) > 0
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            for batch_id in live {
+                self.settle(&mut fleet, &batch_id, Effects::default());
+            }
+        }
+    }
+
+    /// Applies a human's decision to a batch.
+    pub async fn control(&self, batch_id: &str, action: Control) -> Result<(), Error> {
+        {
+            let mut fleet = self.fleet();
+            let Fleet { batches, usage } = &mut *fleet;
+            let entry = batches
+                .get_mut(batch_id)
+                .ok_or_else(|| Error::NotFound(format!("batch '{batch_id}'")))?;
+            let batch = &mut entry.batch;
+            let unit_index = |batch: &Batch, unit: &str| {
+                batch
+                    .index_of(unit)
+                    .ok_or_else(|| Error::NotFound(format!("unit '{unit}' in batch '{batch_id}'")))
+            };
+            let effects = match action {
+                Control::Cancel => batch.cancel(usage),
+                Control::Pause => {
+                    if !batch.pause() {
+                        return Err(Error::Conflict(format!(
+                            "batch '{batch_id}' is {}, not running",
+                            batch.state.as_str()
+                        )));
+                    }
+                    Effects::default()
+                }
+                Control::Resume => {
+                    if !batch.resume() {
+                        return Err(Error::Conflict(format!(
+                            "batch '{batch_id}' is {}, not paused",
+                            batch.state.as_str()
+                        )));
+                    }
+                    Effects::default()
+                }
+                Control::Retry(unit) => {
+                    let unit = unit_index(batch, &unit)?;
+                    batch.retry(unit).map_err(Error::Conflict)?
+                }
+                Control::RetryNeedsReview => {
+                    let units = batch.needs_review();
+                    if units.is_empty() {
+                        return Err(Error::Conflict(format!(
+                            "batch '{batch_id}' has no unit in needs_review"
+                        )));
+                    }
+                    let mut all = Effects::default();
+                    for unit in units {
+                        if let Ok(effects) = batch.retry(unit) {
+                            all.changed.extend(effects.changed);
+                        }
+                    }
+                    all
+                }
+                Control::Skip(unit) => {
+                    let unit = unit_index(batch, &unit)?;
+                    batch.skip(unit).map_err(Error::Conflict)?
+                }
+            };
+            if !entry.batch.state.is_terminal() {
+                entry.ended_ms = None;
+            }
+            self.settle(&mut fleet, batch_id, effects);
+        }
+        self.store.flushed().await;
+        Ok(())
+    }
+
+    /// Every batch, newest first.
+    pub fn batches(&self) -> Vec<BatchSummary> {
+        let fleet = self.fleet();
+        let mut list: Vec<BatchSummary> = fleet
+            .batches
+            .iter()
+            .map(|(id, e)| summary(id, e, &fleet.usage))
+            .collect();
+        list.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(a.id.cmp(&b.id)));
+        list
+    }
+
+    pub fn batch(&self, batch_id: &str) -> Result<BatchSummary, Error> {
+        let fleet = self.fleet();
+        let entry = fleet
+            .batches
+            .get(batch_id)
+            .ok_or_else(|| Error::NotFound(format!("batch '{batch_id}'")))?;
+        Ok(summary(batch_id, entry, &fleet.usage))
+    }
+
+    /// The units of a batch, optionally only those in one state.
+    pub fn units(&self, batch_id: &str, state: Option<UnitState>) -> Result<Vec<UnitView>, Error> {
+        let fleet = self.fleet();
+        let entry = fleet
+            .batches
+            .get(batch_id)
+            .ok_or_else(|| Error::NotFound(format!("batch '{batch_id}'")))?;
+        let batch = &entry.batch;
+        Ok((0..batch.units.len())
+            .filter(|&u| state.is_none_or(|s| batch.units[u].state == s))
+            .map(|u| {
+                let record = &batch.units[u];
+                UnitView {
+                    id: record.id.clone(),
+                    state: record.state,
+                    attempt: record.attempt,
+                    failures: record.failures,
+                    reason: record.reason.clone(),
+                    waiting_for: batch.waiting_for(u, &fleet.usage),
+                    history: record.history.clone(),
+                }
+            })
+            .collect())
+    }
+}
+
+/// A human's decision about a batch.
+#[derive(Debug, Clone)]
+pub enum Control {
+    Cancel,
+    Pause,
+    Resume,
+    Retry(String),
+    RetryNeedsReview,
+    Skip(String),
+}
+
+/// What the API shows of a batch.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct BatchSummary {
+    pub id: String,
+    pub name: String,
+    pub state: BatchState,
+    pub total: usize,
+    pub counts: BTreeMap<UnitState, usize>,
+    pub created_ms: i64,
+    pub ended_ms: Option<i64>,
+    pub concurrency: u32,
+    pub resources: Vec<ResourceView>,
+}
+
+/// A shared resource as seen by the coordinator.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ResourceView {
+    pub name: String,
+    pub capacity: u32,
+    pub in_use: u32,
+}
+
+/// What the API shows of a unit.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct UnitView {
+    pub id: String,
+    pub state: UnitState,
+    pub attempt: u32,
+    pub failures: u32,
+    pub reason: Option<String>,
+    pub waiting_for: Option<String>,
+    pub history: Vec<crate::scheduler::Attempt>,
+}
+
+fn summary(id: &str, entry: &Entry, usage: &BTreeMap<String, u32>) -> BatchSummary {
+    let batch = &entry.batch;
+    BatchSummary {
+        id: id.to_owned(),
+        name: batch.manifest.batch.clone(),
+        state: batch.state,
+        total: batch.units.len(),
+        counts: batch
+            .counts()
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(s, n)| (*s, *n))
+            .collect(),
+        created_ms: entry.created_ms,
+        ended_ms: entry.ended_ms,
+        concurrency: batch.manifest.concurrency,
+        resources: batch
+            .manifest
+            .resources
+            .iter()
+            .map(|(name, capacity)| ResourceView {
+                name: name.clone(),
+                capacity: *capacity,
+                in_use: usage.get(name).copied().unwrap_or(0),
+            })
+            .collect(),
+    }
+}
+
+/// Publishes sealed orders with confirms, many in flight at once, and
+/// re-sends any that the broker did not confirm: an order is never dropped.
+async fn publish_loop(
+    channel: Channel,
+    queue: String,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
+    shutdown: CancellationToken,
+) {
+    let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Outgoing>();
+    let mut confirms = FuturesUnordered::new();
+    loop {
+        let next = tokio::select! {
+            Some(job) = outgoing.recv() => job,
+            Some(job) = retry_rx.recv() => job,
+            Some(()) = confirms.next() => continue,
+            _ = shutdown.cancelled() => return,
+        };
+        let sent = channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                lapin::options::BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &next.payload,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await;
+        let retry = retry_tx.clone();
+        let queue = queue.clone();
+        confirms.push(async move {
+            let result = match sent {
+                Ok(confirm) => match confirm.await {
+                    Ok(confirmation) => broker::check_confirmation(confirmation, &queue).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(reason) = result {
+                tracing::warn!(session = %next.session_id, %reason, "publishing an order failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = retry.send(next);
+            }
+        });
+    }
+}
+
+fn new_session_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Keeps batch names usable in keys and file names.
+fn sanitize(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(48)
+        .collect();
+    if clean.is_empty() {
+        "batch".into()
+    } else {
+        clean
+    }
+}

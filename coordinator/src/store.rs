@@ -1,0 +1,129 @@
+//! Batch state in Redis: the coordinator writes every change through here,
+//! so the CLI, the API and a restarted coordinator read the truth.
+//!
+//! Writes are queued to one task that sends them in pipelines, in order; a
+//! write can carry a completion signal so that an event is acked only once
+//! its effect is stored.
+
+use redis::aio::ConnectionManager;
+use regatta_proto::{scripts, Keys};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::Error;
+
+/// One change to store.
+#[derive(Debug)]
+pub enum Write {
+    /// Set fields of a hash.
+    Hash {
+        key: String,
+        fields: Vec<(String, String)>,
+    },
+    /// Add a batch to the index of batches.
+    IndexBatch { batch_id: String, created_ms: i64 },
+    /// Revoke a session's leases, so its worker kills it.
+    Revoke { session_id: String },
+    /// Signals when every write queued before it is stored.
+    Flush(oneshot::Sender<()>),
+}
+
+/// The sending side of the store.
+#[derive(Clone)]
+pub struct Store {
+    sender: mpsc::UnboundedSender<Write>,
+    pub keys: Keys,
+    connection: ConnectionManager,
+}
+
+impl Store {
+    /// Connects and starts the writer task.
+    pub async fn connect(url: &str, keys: Keys) -> Result<Store, Error> {
+        let client = redis::Client::open(url).map_err(|e| Error::redis(url, e))?;
+        let connection = ConnectionManager::new(client)
+            .await
+            .map_err(|e| Error::redis(url, e))?;
+        let (sender, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(writer(connection.clone(), keys.clone(), receiver));
+        Ok(Store {
+            sender,
+            keys,
+            connection,
+        })
+    }
+
+    pub fn write(&self, write: Write) {
+        // The writer lives as long as the runtime; a closed channel means shutdown.
+        let _ = self.sender.send(write);
+    }
+
+    /// Waits until every write queued so far is stored.
+    pub async fn flushed(&self) {
+        let (done, wait) = oneshot::channel();
+        self.write(Write::Flush(done));
+        let _ = wait.await;
+    }
+
+    /// A connection for reads and scripts.
+    pub fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+}
+
+async fn writer(
+    mut connection: ConnectionManager,
+    keys: Keys,
+    mut receiver: mpsc::UnboundedReceiver<Write>,
+) {
+    let mut batch = Vec::new();
+    while receiver.recv_many(&mut batch, 512).await > 0 {
+        let mut pipe = redis::pipe();
+        let mut commands = 0;
+        let mut flushes = Vec::new();
+        let mut revokes = Vec::new();
+        for write in batch.drain(..) {
+            match write {
+                Write::Hash { key, fields } => {
+                    if !fields.is_empty() {
+                        pipe.hset_multiple(key, &fields).ignore();
+                        commands += 1;
+                    }
+                }
+                Write::IndexBatch {
+                    batch_id,
+                    created_ms,
+                } => {
+                    pipe.zadd(keys.batches(), batch_id, created_ms).ignore();
+                    commands += 1;
+                }
+                Write::Revoke { session_id } => revokes.push(session_id),
+                Write::Flush(done) => flushes.push(done),
+            }
+        }
+        // Redis outages are waited out: the writes stay queued in order.
+        let mut backoff = std::time::Duration::from_millis(100);
+        while commands > 0 {
+            match pipe.query_async::<()>(&mut connection).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "storing batch state failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        }
+        for session_id in revokes {
+            let result: Result<i64, _> = redis::Script::new(scripts::RELEASE)
+                .key(keys.leases())
+                .key(keys.lease(&session_id))
+                .arg(&session_id)
+                .invoke_async(&mut connection)
+                .await;
+            if let Err(e) = result {
+                tracing::warn!(session = %session_id, error = %e, "revoking leases failed; they expire with their TTL");
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+}
