@@ -81,12 +81,14 @@ pub fn router(service: Service, token: Option<String>) -> Router {
     let api = Router::new()
         .route("/v1/batches", post(enqueue).get(list_batches))
         .route("/v1/batches/{id}", get(show_batch))
+        .route("/v1/leases", get(list_leases))
         .route("/v1/batches/{id}/units", get(list_units))
         .route("/v1/batches/{id}/sessions", get(list_sessions))
         .route("/v1/batches/{id}/units/{unit}/log", get(unit_log))
         .route("/v1/batches/{id}/cancel", post(cancel))
         .route("/v1/batches/{id}/pause", post(pause))
         .route("/v1/batches/{id}/resume", post(resume))
+        .route("/v1/batches/{id}/approve", post(approve))
         .route("/v1/batches/{id}/retry", post(retry))
         .route("/v1/batches/{id}/skip", post(skip))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -153,6 +155,12 @@ async fn enqueue(
 
 async fn list_batches(State(state): State<AppState>) -> Json<Vec<crate::service::BatchSummary>> {
     Json(state.service.batches())
+}
+
+async fn list_leases(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<crate::service::LeaseView>>, Error> {
+    Ok(Json(state.service.leases().await?))
 }
 
 async fn show_batch(
@@ -304,6 +312,13 @@ async fn resume(
     Path(id): Path<String>,
 ) -> Result<Json<crate::service::BatchSummary>, Error> {
     control(&state, &id, Control::Resume).await
+}
+
+async fn approve(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::service::BatchSummary>, Error> {
+    control(&state, &id, Control::Approve).await
 }
 
 async fn retry(

@@ -101,6 +101,10 @@ impl ApiClient {
         self.get("/v1/batches").await
     }
 
+    pub async fn leases(&self) -> Result<Vec<crate::service::LeaseView>, ClientError> {
+        self.get("/v1/leases").await
+    }
+
     pub async fn batch(&self, id: &str) -> Result<BatchSummary, ClientError> {
         self.get(&format!("/v1/batches/{id}")).await
     }

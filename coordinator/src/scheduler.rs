@@ -96,6 +96,11 @@ impl UnitState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum BatchState {
+    /// Only the first `calibration` units run; then a human (or the auto
+    /// ratio) approves the rest.
+    Calibrating,
+    /// The calibration units are done; nothing new starts until approved.
+    AwaitingApproval,
     Running,
     Paused,
     Succeeded,
@@ -106,6 +111,8 @@ pub enum BatchState {
 impl BatchState {
     pub fn as_str(self) -> &'static str {
         match self {
+            BatchState::Calibrating => "calibrating",
+            BatchState::AwaitingApproval => "awaiting_approval",
             BatchState::Running => "running",
             BatchState::Paused => "paused",
             BatchState::Succeeded => "succeeded",
@@ -173,8 +180,6 @@ pub struct Effects {
     pub publish: Vec<usize>,
     /// Units whose record changed.
     pub changed: BTreeSet<usize>,
-    /// Sessions whose leases must be revoked (a cancelled batch).
-    pub revoke: Vec<String>,
 }
 
 /// A session event, reduced to what the state machine needs.
@@ -225,6 +230,19 @@ pub struct Batch {
     demands: Vec<Vec<(String, u32)>>,
     counts: BTreeMap<UnitState, usize>,
     index: HashMap<String, usize>,
+    /// The units chosen to calibrate on, in dispatch order.
+    pub calibration_units: Vec<usize>,
+}
+
+/// How the calibration units went, for the human who approves the rest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationSummary {
+    pub units: usize,
+    pub succeeded: usize,
+    pub failed: usize,
+    pub success_rate: f64,
+    pub mean_duration_ms: Option<u64>,
+    pub max_duration_ms: Option<u64>,
 }
 
 impl Batch {
@@ -276,7 +294,11 @@ impl Batch {
             demands,
             counts,
             index,
+            calibration_units: Vec::new(),
         };
+        if batch.calibration_size().is_some() {
+            batch.state = BatchState::Calibrating;
+        }
         for i in 0..batch.units.len() {
             if batch.remaining[i] == 0 {
                 batch.set_state(i, UnitState::Ready);
@@ -357,15 +379,26 @@ impl Batch {
         new_session: &mut dyn FnMut() -> String,
     ) -> Effects {
         let mut effects = Effects::default();
-        if self.state != BatchState::Running {
+        let calibrating = self.state == BatchState::Calibrating;
+        if self.state != BatchState::Running && !calibrating {
             return effects;
         }
         let cap = self.manifest.concurrency;
         let mut chosen = Vec::new();
         let mut free = cap.saturating_sub(self.in_flight);
+        let mut calibration_room = self
+            .calibration_size()
+            .unwrap_or(0)
+            .saturating_sub(self.calibration_units.len());
         for &(_, unit) in &self.ready {
             if free == 0 {
                 break;
+            }
+            // While calibrating, only the calibration units (and their
+            // retries) may start.
+            let new_calibration_unit = calibrating && !self.calibration_units.contains(&unit);
+            if new_calibration_unit && calibration_room == 0 {
+                continue;
             }
             if self
                 .deferred_until
@@ -385,7 +418,17 @@ impl Batch {
                 *fleet_usage.entry(resource.clone()).or_insert(0) += weight;
             }
             free -= 1;
+            if new_calibration_unit {
+                calibration_room -= 1;
+            }
             chosen.push(unit);
+        }
+        if calibrating {
+            for &unit in &chosen {
+                if !self.calibration_units.contains(&unit) {
+                    self.calibration_units.push(unit);
+                }
+            }
         }
         for unit in chosen {
             self.deferred_until.remove(&unit);
@@ -460,6 +503,12 @@ impl Batch {
                 effects.changed.insert(unit);
             }
             Report::Finished(finish) => {
+                // A session's events carry its lease's fencing number; an
+                // older number is a zombie of a previous claim.
+                let known = self.units[unit].current().map(|a| a.fencing).unwrap_or(0);
+                if finish.fencing > 0 && known > 0 && finish.fencing != known {
+                    return effects;
+                }
                 self.release_usage(unit, fleet_usage);
                 let outcome = finish.outcome;
                 let reason = finish.reason.clone();
@@ -543,10 +592,31 @@ impl Batch {
         }
     }
 
-    /// Ends the batch when nothing can move any more.
+    /// Ends the calibration when its units are done, and the batch when
+    /// nothing can move any more.
     fn settle(&mut self) {
         if self.state.is_terminal() {
             return;
+        }
+        if self.state == BatchState::Calibrating {
+            let size = self.calibration_size().unwrap_or(0);
+            let done = self.calibration_units.len() >= size
+                && self
+                    .calibration_units
+                    .iter()
+                    .all(|&u| self.units[u].state.is_terminal());
+            if done {
+                let summary = self.calibration_summary();
+                let approved = self
+                    .manifest
+                    .calibration_auto
+                    .is_some_and(|ratio| summary.is_some_and(|s| s.success_rate >= ratio));
+                self.state = if approved {
+                    BatchState::Running
+                } else {
+                    BatchState::AwaitingApproval
+                };
+            }
         }
         let live = self.count(UnitState::Pending)
             + self.count(UnitState::Ready)
@@ -563,8 +633,10 @@ impl Batch {
         };
     }
 
-    /// Cancels the batch: nothing new starts, and every in-flight session
-    /// must be revoked.
+    /// Cancels the batch: nothing new starts. Running sessions are not
+    /// revoked here: their workers see the cancel at their next lease
+    /// renewal, kill them and only then release their slots, so a slot is
+    /// never handed on while its session is still dying (contract 6).
     pub fn cancel(&mut self, fleet_usage: &mut BTreeMap<String, u32>) -> Effects {
         let mut effects = Effects::default();
         if self.state.is_terminal() {
@@ -575,9 +647,6 @@ impl Batch {
             let state = self.units[unit].state;
             if state.is_in_flight() {
                 self.release_usage(unit, fleet_usage);
-                if let Some(attempt) = self.units[unit].current() {
-                    effects.revoke.push(attempt.session_id.clone());
-                }
             }
             if !state.is_terminal() || state == UnitState::Blocked {
                 self.set_state(unit, UnitState::Cancelled);
@@ -586,6 +655,64 @@ impl Batch {
             }
         }
         effects
+    }
+
+    /// How many units calibrate the batch, when it calibrates at all (a
+    /// calibration as large as the batch is just a run).
+    pub fn calibration_size(&self) -> Option<usize> {
+        self.manifest
+            .calibration
+            .map(|n| n as usize)
+            .filter(|&n| n > 0 && n < self.units.len())
+    }
+
+    /// How the calibration units went so far.
+    pub fn calibration_summary(&self) -> Option<CalibrationSummary> {
+        self.calibration_size()?;
+        let units = &self.calibration_units;
+        let succeeded = units
+            .iter()
+            .filter(|&&u| self.units[u].state.satisfies_dependents())
+            .count();
+        let failed = units
+            .iter()
+            .filter(|&&u| matches!(self.units[u].state, UnitState::NeedsReview))
+            .count();
+        let durations: Vec<u64> = units
+            .iter()
+            .filter_map(|&u| {
+                let attempt = self.units[u].current()?;
+                Some(attempt.ended_at_ms?.saturating_sub(attempt.started_at_ms?) as u64)
+            })
+            .collect();
+        let mean =
+            (!durations.is_empty()).then(|| durations.iter().sum::<u64>() / durations.len() as u64);
+        Some(CalibrationSummary {
+            units: units.len(),
+            succeeded,
+            failed,
+            success_rate: if units.is_empty() {
+                0.0
+            } else {
+                succeeded as f64 / units.len() as f64
+            },
+            mean_duration_ms: mean,
+            max_duration_ms: durations.iter().max().copied(),
+        })
+    }
+
+    /// Releases the rest of a calibrating or calibrated batch.
+    pub fn approve(&mut self) -> bool {
+        if matches!(
+            self.state,
+            BatchState::Calibrating | BatchState::AwaitingApproval
+        ) {
+            self.state = BatchState::Running;
+            self.settle();
+            true
+        } else {
+            false
+        }
     }
 
     /// Holds new starts; running sessions go on.

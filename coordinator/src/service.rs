@@ -181,9 +181,6 @@ impl Service {
                 fields,
             });
         }
-        for session_id in effects.revoke {
-            self.store.write(Write::Revoke { session_id });
-        }
         for unit in effects.publish {
             let order = work_order(batch, unit, now);
             let session_id = order.session_id.clone();
@@ -451,6 +448,15 @@ impl Service {
                     let unit = unit_index(batch, &unit)?;
                     batch.skip(unit).map_err(Error::Conflict)?
                 }
+                Control::Approve => {
+                    if !batch.approve() {
+                        return Err(Error::Conflict(format!(
+                            "batch '{batch_id}' is {}, not calibrating or awaiting approval",
+                            batch.state.as_str()
+                        )));
+                    }
+                    Effects::default()
+                }
             };
             if !entry.batch.state.is_terminal() {
                 entry.ended_ms = None;
@@ -459,6 +465,57 @@ impl Service {
         }
         self.store.flushed().await;
         Ok(())
+    }
+
+    /// Every live lease of the fleet, soonest expiry first.
+    pub async fn leases(&self) -> Result<Vec<LeaseView>, Error> {
+        let keys = &self.config.keys;
+        let mut connection = self.store.connection();
+        let redis_error = |e| Error::redis(&self.config.redis_url, e);
+        let sessions: Vec<(String, i64)> = redis::cmd("ZRANGE")
+            .arg(keys.leases())
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut connection)
+            .await
+            .map_err(redis_error)?;
+        let mut leases = Vec::with_capacity(sessions.len());
+        for (session_id, expires_at_ms) in sessions {
+            let record: HashMap<String, String> = redis::cmd("HGETALL")
+                .arg(keys.lease(&session_id))
+                .query_async(&mut connection)
+                .await
+                .map_err(redis_error)?;
+            let Some(owner) = record.get("owner").and_then(|o| LeaseOwner::decode(o).ok()) else {
+                continue;
+            };
+            let semaphores = record
+                .get("semaphores")
+                .map(|held| {
+                    held.lines()
+                        .filter_map(|line| {
+                            let (key, weight) = line.rsplit_once('\t')?;
+                            Some((key.to_owned(), weight.parse().ok()?))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            leases.push(LeaseView {
+                session_id,
+                worker: owner.worker,
+                batch_id: owner.batch_id,
+                unit_id: owner.unit_id,
+                attempt: owner.attempt,
+                fencing: record
+                    .get("fence")
+                    .and_then(|f| f.parse().ok())
+                    .unwrap_or(0),
+                expires_at_ms,
+                semaphores,
+            });
+        }
+        Ok(leases)
     }
 
     /// Every batch, newest first.
@@ -517,6 +574,7 @@ pub enum Control {
     Retry(String),
     RetryNeedsReview,
     Skip(String),
+    Approve,
 }
 
 /// What the API shows of a batch.
@@ -531,6 +589,8 @@ pub struct BatchSummary {
     pub ended_ms: Option<i64>,
     pub concurrency: u32,
     pub resources: Vec<ResourceView>,
+    /// How the calibration units went, when the batch calibrates.
+    pub calibration: Option<crate::scheduler::CalibrationSummary>,
 }
 
 /// A shared resource as seen by the coordinator.
@@ -538,7 +598,26 @@ pub struct BatchSummary {
 pub struct ResourceView {
     pub name: String,
     pub capacity: u32,
+    /// Shares in use over the whole fleet (every batch).
     pub in_use: u32,
+    /// This batch's units that hold a share (published or running).
+    pub holders: Vec<String>,
+    /// This batch's ready units that need it.
+    pub waiting: Vec<String>,
+}
+
+/// A live lease, as `regatta leases` lists it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct LeaseView {
+    pub session_id: String,
+    pub worker: String,
+    pub batch_id: String,
+    pub unit_id: String,
+    pub attempt: u32,
+    pub fencing: u64,
+    pub expires_at_ms: i64,
+    /// The semaphores held, with the weight held in each.
+    pub semaphores: Vec<(String, u32)>,
 }
 
 /// What the API shows of a unit.
@@ -569,14 +648,28 @@ fn summary(id: &str, entry: &Entry, usage: &BTreeMap<String, u32>) -> BatchSumma
         created_ms: entry.created_ms,
         ended_ms: entry.ended_ms,
         concurrency: batch.manifest.concurrency,
+        calibration: batch.calibration_summary(),
         resources: batch
             .manifest
             .resources
             .iter()
-            .map(|(name, capacity)| ResourceView {
-                name: name.clone(),
-                capacity: *capacity,
-                in_use: usage.get(name).copied().unwrap_or(0),
+            .map(|(name, capacity)| {
+                let needs = |u: &usize| batch.demand(*u).iter().any(|(r, _)| r == name);
+                let ids = |state: UnitState| -> Vec<String> {
+                    (0..batch.units.len())
+                        .filter(|u| batch.units[*u].state == state && needs(u))
+                        .map(|u| batch.units[u].id.clone())
+                        .collect()
+                };
+                let mut holders = ids(UnitState::Queued);
+                holders.extend(ids(UnitState::Running));
+                ResourceView {
+                    name: name.clone(),
+                    capacity: *capacity,
+                    in_use: usage.get(name).copied().unwrap_or(0),
+                    holders,
+                    waiting: ids(UnitState::Ready),
+                }
             })
             .collect(),
     }

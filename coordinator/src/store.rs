@@ -6,7 +6,7 @@
 //! its effect is stored.
 
 use redis::aio::ConnectionManager;
-use regatta_proto::{scripts, Keys};
+use regatta_proto::Keys;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Error;
@@ -21,8 +21,6 @@ pub enum Write {
     },
     /// Add a batch to the index of batches.
     IndexBatch { batch_id: String, created_ms: i64 },
-    /// Revoke a session's leases, so its worker kills it.
-    Revoke { session_id: String },
     /// Signals when every write queued before it is stored.
     Flush(oneshot::Sender<()>),
 }
@@ -79,7 +77,6 @@ async fn writer(
         let mut pipe = redis::pipe();
         let mut commands = 0;
         let mut flushes = Vec::new();
-        let mut revokes = Vec::new();
         for write in batch.drain(..) {
             match write {
                 Write::Hash { key, fields } => {
@@ -95,7 +92,6 @@ async fn writer(
                     pipe.zadd(keys.batches(), batch_id, created_ms).ignore();
                     commands += 1;
                 }
-                Write::Revoke { session_id } => revokes.push(session_id),
                 Write::Flush(done) => flushes.push(done),
             }
         }
@@ -109,17 +105,6 @@ async fn writer(
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
                 }
-            }
-        }
-        for session_id in revokes {
-            let result: Result<i64, _> = redis::Script::new(scripts::RELEASE)
-                .key(keys.leases())
-                .key(keys.lease(&session_id))
-                .arg(&session_id)
-                .invoke_async(&mut connection)
-                .await;
-            if let Err(e) = result {
-                tracing::warn!(session = %session_id, error = %e, "revoking leases failed; they expire with their TTL");
             }
         }
         for done in flushes {

@@ -275,3 +275,33 @@ pub fn read_timings(path: &std::path::Path) -> std::collections::BTreeMap<String
         })
         .collect()
 }
+
+/// The PostgreSQL connection string, from `REGATTA_TEST_PG` or the local default.
+pub fn postgres_url() -> String {
+    std::env::var("REGATTA_TEST_PG")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres dbname=postgres".to_owned())
+}
+
+/// Connects to PostgreSQL or fails the test saying how to start it.
+pub async fn postgres() -> tokio_postgres::Client {
+    match tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls).await {
+        Ok((client, connection)) => {
+            tokio::spawn(connection);
+            client
+        }
+        Err(e) => panic!(
+            "PostgreSQL is not reachable at '{}': {e}\n\
+             start it with `scripts/services.sh postgres`",
+            postgres_url()
+        ),
+    }
+}
+
+impl Fleet {
+    /// Kills one worker with SIGKILL, as a machine loss would.
+    pub fn kill_worker(&mut self, index: usize) {
+        let worker = &mut self.workers[index];
+        let _ = worker.kill();
+        let _ = worker.wait();
+    }
+}

@@ -287,3 +287,34 @@ pub async fn logs(connection: &Connection, batch: &str, unit: &str) -> anyhow::R
     println!("{}", log.tail);
     Ok(ExitCode::SUCCESS)
 }
+
+pub async fn leases(connection: &Connection, json: bool) -> anyhow::Result<ExitCode> {
+    let leases = client(connection).leases().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&leases)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if leases.is_empty() {
+        println!("no live leases");
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    for lease in &leases {
+        let held: Vec<String> = lease
+            .semaphores
+            .iter()
+            .map(|(k, w)| format!("{k}x{w}"))
+            .collect();
+        println!(
+            "{:<32} {:<16} {}/{} #{} fence {} expires in {} ms  {}",
+            lease.session_id,
+            lease.worker,
+            lease.batch_id,
+            lease.unit_id,
+            lease.attempt,
+            lease.fencing,
+            lease.expires_at_ms - now,
+            held.join(" ")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -125,6 +125,13 @@ pub enum Command {
     Pause { batch: String },
     /// Lets a paused batch go on.
     Resume { batch: String },
+    /// Releases the rest of a batch after its calibration units.
+    Approve { batch: String },
+    /// Lists live leases: owner worker, session, fencing number, expiry, semaphores.
+    Leases {
+        #[arg(long)]
+        json: bool,
+    },
     /// Prints the log of a unit's latest session.
     Logs { batch: String, unit: String },
 }
@@ -155,6 +162,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Cancel { batch } => batch::control(&connection, &batch, "cancel").await,
         Command::Pause { batch } => batch::control(&connection, &batch, "pause").await,
         Command::Resume { batch } => batch::control(&connection, &batch, "resume").await,
+        Command::Approve { batch } => batch::control(&connection, &batch, "approve").await,
+        Command::Leases { json } => batch::leases(&connection, json).await,
         Command::Logs { batch, unit } => batch::logs(&connection, &batch, &unit).await,
     }
 }
