@@ -92,6 +92,22 @@ impl UnitState {
     }
 }
 
+impl BatchState {
+    pub const ALL: [BatchState; 7] = [
+        BatchState::Calibrating,
+        BatchState::AwaitingApproval,
+        BatchState::Running,
+        BatchState::Paused,
+        BatchState::Succeeded,
+        BatchState::Failed,
+        BatchState::Cancelled,
+    ];
+
+    pub fn parse(text: &str) -> Option<BatchState> {
+        BatchState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
 /// Where a batch is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -305,6 +321,63 @@ impl Batch {
             }
         }
         batch
+    }
+
+    /// Rebuilds a batch from its stored unit records (a restarted
+    /// coordinator): succeeded units stay succeeded, in-flight ones keep
+    /// their sessions, and what was ready is ready again.
+    pub fn restore(
+        id: String,
+        manifest: Manifest,
+        dag: Dag,
+        state: BatchState,
+        mut records: HashMap<String, UnitRecord>,
+    ) -> Batch {
+        let mut batch = Batch::new(id, manifest, dag);
+        batch.state = state;
+        // Start from a clean slate of counts, then apply each record.
+        for unit in 0..batch.units.len() {
+            let key = (Reverse(batch.manifest.units[unit].priority), unit);
+            batch.ready.remove(&key);
+        }
+        batch.counts.clear();
+        batch.counts.insert(UnitState::Pending, batch.units.len());
+        for unit in 0..batch.units.len() {
+            batch.units[unit].state = UnitState::Pending;
+            if let Some(record) = records.remove(&batch.units[unit].id) {
+                let state = record.state;
+                batch.units[unit] = UnitRecord {
+                    state: UnitState::Pending,
+                    ..record
+                };
+                batch.set_state(unit, state);
+            }
+            if batch.units[unit]
+                .history
+                .iter()
+                .any(|a| a.started_at_ms.is_some() || a.outcome.is_some())
+                && batch.calibration_size().is_some()
+            {
+                batch.calibration_units.push(unit);
+            }
+        }
+        for unit in 0..batch.units.len() {
+            batch.remaining[unit] = batch
+                .dag
+                .dependencies(unit)
+                .filter(|&d| !batch.units[d].state.satisfies_dependents())
+                .count() as u32;
+            if batch.remaining[unit] == 0 && batch.units[unit].state == UnitState::Pending {
+                batch.set_state(unit, UnitState::Ready);
+            }
+        }
+        batch
+    }
+
+    /// Units whose session was published or running when the state was
+    /// stored; used to restore the fleet-wide resource usage.
+    pub fn in_flight_units(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.units.len()).filter(|&u| self.units[u].state.is_in_flight())
     }
 
     pub fn index_of(&self, unit_id: &str) -> Option<usize> {

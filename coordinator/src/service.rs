@@ -91,12 +91,14 @@ impl Service {
             .map_err(|e| Error::broker(&config.amqp_url, e))?;
         let store = Store::connect(&config.redis_url, config.keys.clone()).await?;
         let (publisher, outgoing) = mpsc::unbounded_channel();
+        let fleet = restore(&store, &config).await?;
         let service = Service {
-            fleet: Arc::new(Mutex::new(Fleet::default())),
+            fleet: Arc::new(Mutex::new(fleet)),
             store,
             publisher,
             config: Arc::new(config),
         };
+        service.republish_queued();
         tokio::spawn(publish_loop(
             publish_channel,
             service.config.names.work_queue(),
@@ -107,6 +109,26 @@ impl Service {
         tokio::spawn(service.clone().reap_loop(shutdown.clone()));
         tokio::spawn(service.clone().tick_loop(shutdown));
         Ok(service)
+    }
+
+    /// Publishes again every unit that was queued when the state was stored:
+    /// its order may not have reached the broker before a crash. The order
+    /// keeps its session id, so if both copies exist the second is refused
+    /// by its lease (the session holds one, or already ran).
+    fn republish_queued(&self) {
+        let fleet = self.fleet();
+        let now = now_ms();
+        for entry in fleet.batches.values() {
+            for unit in entry.batch.in_flight_units() {
+                if entry.batch.units[unit].state == UnitState::Queued {
+                    let order = work_order(&entry.batch, unit, now);
+                    let _ = self.publisher.send(Outgoing {
+                        payload: seal(&order, &self.config.signer),
+                        session_id: order.session_id,
+                    });
+                }
+            }
+        }
     }
 
     fn fleet(&self) -> MutexGuard<'_, Fleet> {
@@ -326,6 +348,7 @@ impl Service {
                 .key(self.config.keys.leases())
                 .arg(self.config.keys.lease(""))
                 .arg(1000)
+                .arg(self.config.keys.done(""))
                 .invoke_async(&mut connection)
                 .await;
             let reaped = match reaped {
@@ -673,6 +696,74 @@ fn summary(id: &str, entry: &Entry, usage: &BTreeMap<String, u32>) -> BatchSumma
             })
             .collect(),
     }
+}
+
+/// Reads every stored batch back from Redis, so a restarted coordinator
+/// resumes where it stopped without re-running succeeded units (contract 5).
+async fn restore(store: &Store, config: &ServiceConfig) -> Result<Fleet, Error> {
+    let keys = &config.keys;
+    let mut connection = store.connection();
+    let redis_error = |e| Error::redis(&config.redis_url, e);
+    let ids: Vec<String> = redis::cmd("ZRANGE")
+        .arg(keys.batches())
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut connection)
+        .await
+        .map_err(redis_error)?;
+    let mut fleet = Fleet::default();
+    for id in ids {
+        let record: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys.batch(&id))
+            .query_async(&mut connection)
+            .await
+            .map_err(redis_error)?;
+        let Some(manifest) = record
+            .get("manifest")
+            .and_then(|m| serde_json::from_str::<Manifest>(m).ok())
+        else {
+            tracing::warn!(batch = %id, "stored batch without a readable manifest; skipped");
+            continue;
+        };
+        let Ok(dag) = Dag::build(&manifest) else {
+            tracing::warn!(batch = %id, "stored manifest no longer builds a DAG; skipped");
+            continue;
+        };
+        let state = record
+            .get("state")
+            .and_then(|s| BatchState::parse(s))
+            .unwrap_or(BatchState::Running);
+        let units: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys.units(&id))
+            .query_async(&mut connection)
+            .await
+            .map_err(redis_error)?;
+        let records = units
+            .into_iter()
+            .filter_map(|(unit, json)| Some((unit, serde_json::from_str(&json).ok()?)))
+            .collect();
+        let batch = Batch::restore(id.clone(), manifest, dag, state, records);
+        for unit in batch.in_flight_units() {
+            for (resource, weight) in batch.demand(unit) {
+                *fleet.usage.entry(resource.clone()).or_insert(0) += weight;
+            }
+        }
+        let created_ms = record
+            .get("created_ms")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        let ended_ms = record.get("ended_ms").and_then(|t| t.parse().ok());
+        tracing::info!(batch = %id, state = state.as_str(), "batch restored");
+        fleet.batches.insert(
+            id,
+            Entry {
+                batch,
+                created_ms,
+                ended_ms,
+            },
+        );
+    }
+    Ok(fleet)
 }
 
 /// Publishes sealed orders with confirms, many in flight at once, and

@@ -11,6 +11,7 @@
 //! {ns}:leases                       zset  session id -> lease expiry (ms), for the reaper
 //! {ns}:lease:{s}                    hash  the lease record of session s
 //! {ns}:fence                        counter of fencing numbers
+//! {ns}:done:{s}                     tombstone of a finished session (a day)
 //! ```
 
 use crate::names::validate_namespace;
@@ -72,6 +73,11 @@ impl Keys {
         format!("{}:fence", self.ns)
     }
 
+    /// Marks a session that ran, so a duplicated order of it never runs again.
+    pub fn done(&self, session: &str) -> String {
+        format!("{}:done:{session}", self.ns)
+    }
+
     /// The pattern that matches every key of this namespace (for cleanup in tests).
     pub fn everything(&self) -> String {
         format!("{}:*", self.ns)
@@ -96,6 +102,7 @@ mod tests {
             keys.leases(),
             keys.lease("s"),
             keys.fence(),
+            keys.done("s"),
         ];
         assert!(all.iter().all(|k| k.starts_with("t1:")));
         let unique: std::collections::BTreeSet<_> = all.iter().collect();

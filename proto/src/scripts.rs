@@ -11,25 +11,29 @@
 
 /// Acquires every semaphore of a session, all or none.
 ///
-/// KEYS: leases zset, lease hash, fence counter, batch record, then each
-/// semaphore key. ARGV: session id, ttl ms, owner, then per semaphore
+/// KEYS: leases zset, lease hash, fence counter, batch record, the session's
+/// tombstone, then each semaphore key. ARGV: session id, ttl ms, owner, then per semaphore
 /// capacity and weight. Returns `{1, fence, expiry_ms}` on success, `{0, key}`
 /// naming the first semaphore that is full, `{-1, reason}` if the session
-/// already holds a lease, or `{-2, reason}` if the batch was cancelled.
+/// already holds a lease or already ran (a duplicated order), or `{-2,
+/// reason}` if the batch was cancelled.
 pub const ACQUIRE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local session = ARGV[1]
 local ttl = tonumber(ARGV[2])
-local n = #KEYS - 4
+local n = #KEYS - 5
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {-1, 'session already holds a lease'}
+end
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  return {-1, 'session already ran'}
 end
 if redis.call('HGET', KEYS[4], 'state') == 'cancelled' then
   return {-2, 'batch cancelled'}
 end
 for i = 1, n do
-  local key = KEYS[4 + i]
+  local key = KEYS[5 + i]
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   local capacity = tonumber(ARGV[2 + 2 * i])
   local weight = tonumber(ARGV[3 + 2 * i])
@@ -40,7 +44,7 @@ end
 local expiry = now + ttl
 local held = {}
 for i = 1, n do
-  local key = KEYS[4 + i]
+  local key = KEYS[5 + i]
   local weight = tonumber(ARGV[3 + 2 * i])
   for k = 1, weight do
     redis.call('ZADD', key, expiry, session .. '#' .. k)
@@ -92,10 +96,13 @@ return expiry
 
 /// Gives back every slot of a session at once.
 ///
-/// KEYS: leases zset, lease hash. ARGV: session id.
-/// Returns 1 when a lease was released, 0 when there was none.
+/// KEYS: leases zset, lease hash, the session's tombstone. ARGV: session id.
+/// The tombstone (kept a day) makes a duplicated order of a finished session
+/// refuse to run again. Returns 1 when a lease was released, 0 when there
+/// was none.
 pub const RELEASE: &str = r#"
 local session = ARGV[1]
+redis.call('SET', KEYS[3], '1', 'PX', 86400000)
 local held = redis.call('HGET', KEYS[2], 'semaphores')
 redis.call('ZREM', KEYS[1], session)
 if not held then return 0 end
@@ -111,7 +118,8 @@ return 1
 
 /// Reaps leases whose holder stopped renewing them, and gives their slots back.
 ///
-/// KEYS: leases zset. ARGV: the lease hash key prefix (`{ns}:lease:`), max count.
+/// KEYS: leases zset. ARGV: the lease hash key prefix (`{ns}:lease:`), max
+/// count, the tombstone key prefix (`{ns}:done:`).
 /// Returns a flat list `session, owner JSON, session, owner JSON, ...` of the
 /// reaped leases, so the coordinator can re-run their units.
 pub const REAP: &str = r#"
@@ -131,6 +139,7 @@ for _, session in ipairs(expired) do
   end
   redis.call('DEL', lease)
   redis.call('ZREM', KEYS[1], session)
+  redis.call('SET', ARGV[3] .. session, '1', 'PX', 86400000)
   out[#out + 1] = session
   out[#out + 1] = owner
 end

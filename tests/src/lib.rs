@@ -125,37 +125,7 @@ impl Fleet {
         drop(redis().await);
         let namespace = unique_namespace(test);
         let secret = format!("secret-{namespace}");
-        let mut coordinator = std::process::Command::new(binary("regatta"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--reap-interval",
-                "200ms",
-            ])
-            .env("REGATTA_NAMESPACE", &namespace)
-            .env("REGATTA_SECRET", &secret)
-            .env("REGATTA_AMQP_URL", amqp_url())
-            .env("REGATTA_REDIS_URL", redis_url())
-            .env("REGATTA_LOG", "warn")
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("start regatta serve");
-        let stdout = coordinator.stdout.take().expect("stdout");
-        let api = tokio::task::spawn_blocking(move || {
-            use std::io::BufRead;
-            let mut lines = std::io::BufReader::new(stdout).lines();
-            let first = lines.next().and_then(Result::ok).unwrap_or_default();
-            // Keep draining so the coordinator never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            first
-        })
-        .await
-        .expect("read the coordinator's address");
-        let api = api
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("the coordinator did not start: first line was {api:?}"))
-            .to_owned();
+        let (coordinator, api) = spawn_coordinator(&namespace, &secret).await;
         let mut fleet = Fleet {
             namespace,
             api,
@@ -169,6 +139,16 @@ impl Fleet {
             fleet.add_worker(slots);
         }
         fleet
+    }
+
+    /// Kills the coordinator with SIGKILL and starts a new one on the same
+    /// namespace, as a crash and a restart would.
+    pub async fn restart_coordinator(&mut self) {
+        let _ = self.coordinator.kill();
+        let _ = self.coordinator.wait();
+        let (coordinator, api) = spawn_coordinator(&self.namespace, &self.secret).await;
+        self.coordinator = coordinator;
+        self.api = api;
     }
 
     /// Starts one more worker.
@@ -247,6 +227,42 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         self.kill_all();
     }
+}
+
+/// Starts `regatta serve` on a free port; returns it and its API address.
+async fn spawn_coordinator(namespace: &str, secret: &str) -> (std::process::Child, String) {
+    let mut coordinator = std::process::Command::new(binary("regatta"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--reap-interval",
+            "200ms",
+        ])
+        .env("REGATTA_NAMESPACE", namespace)
+        .env("REGATTA_SECRET", secret)
+        .env("REGATTA_AMQP_URL", amqp_url())
+        .env("REGATTA_REDIS_URL", redis_url())
+        .env("REGATTA_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start regatta serve");
+    let stdout = coordinator.stdout.take().expect("stdout");
+    let first = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let first = lines.next().and_then(Result::ok).unwrap_or_default();
+        // Keep draining so the coordinator never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        first
+    })
+    .await
+    .expect("read the coordinator's address");
+    let api = first
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("the coordinator did not start: first line was {first:?}"))
+        .to_owned();
+    (coordinator, api)
 }
 
 /// Writes a file (and its folders) under `dir`.

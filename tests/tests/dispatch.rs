@@ -353,3 +353,42 @@ async fn two_batches_run_side_by_side() {
     assert_eq!(client.batches().await.expect("list").len(), 2);
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_coordinator_resumes_without_re_running_succeeded_units() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_file(dir.path(), "record.sh", RECORD);
+    let timings = dir.path().join("timings.txt");
+    let mut units = String::new();
+    for i in 0..12 {
+        units.push_str(&format!("  - id: r{i}\n"));
+        if i > 0 {
+            units.push_str(&format!("    depends_on: [r{}]\n", i - 1));
+        }
+    }
+    let m = manifest(
+        dir.path(),
+        &format!(
+            "batch: restart\nplaybook:\n  name: p\n  run: ./record.sh\n  env: {{TIMINGS: {}, SLEEP: '0.2'}}\nunits:\n{units}",
+            timings.display()
+        ),
+    );
+    let mut fleet = Fleet::start("restart", 2, 1, "3s").await;
+    let batch = fleet.client().enqueue(&m).await.expect("enqueue");
+    for _ in 0..100 {
+        if read_timings(&timings).len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fleet.restart_coordinator().await;
+    let summary = fleet.wait_for_end(&batch, Duration::from_secs(60)).await;
+    assert_eq!(summary.state, BatchState::Succeeded, "{summary:?}");
+    let text = std::fs::read_to_string(&timings).expect("timings");
+    assert_eq!(
+        text.lines().count(),
+        12,
+        "each unit ran exactly once:\n{text}"
+    );
+    fleet.stop().await;
+}

@@ -239,7 +239,7 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
         }
         Ok(Claim::AlreadyHeld) => {
             tracing::warn!(
-                "duplicate delivery of a session that already holds its leases; dropped"
+                "duplicate order of a session that holds its leases or already ran; dropped"
             );
             let _ = delivery.ack(BasicAckOptions::default()).await;
             return;

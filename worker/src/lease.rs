@@ -67,6 +67,7 @@ impl LeaseClient {
             .key(self.keys.lease(&order.session_id))
             .key(self.keys.fence())
             .key(self.keys.batch(&order.batch_id))
+            .key(self.keys.done(&order.session_id))
             .arg(&order.session_id)
             .arg(ttl.as_millis() as u64)
             .arg(owner.encode());
@@ -116,6 +117,7 @@ impl LeaseClient {
         let _: i64 = Script::new(scripts::RELEASE)
             .key(self.keys.leases())
             .key(self.keys.lease(session_id))
+            .key(self.keys.done(session_id))
             .arg(session_id)
             .invoke_async(&mut connection)
             .await?;
