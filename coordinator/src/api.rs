@@ -53,6 +53,9 @@ pub struct SessionView {
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
     pub gates: Vec<regatta_proto::GateReport>,
+    /// The session's evidence pack (path on the worker's disk, sha256).
+    #[serde(default)]
+    pub evidence: Option<regatta_proto::EvidenceRef>,
 }
 
 /// A unit's log, as `regatta logs` prints it.
@@ -97,6 +100,7 @@ pub fn router(service: Service, token: Option<String>) -> Router {
         ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .merge(api)
         .with_state(state)
 }
@@ -113,6 +117,18 @@ pub async fn serve(
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await })
     .await
+}
+
+/// Prometheus scrapes without a token, like `/healthz`: counts and
+/// timings only, no commands or logs.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.service.render_metrics().await,
+    )
 }
 
 async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
@@ -236,6 +252,7 @@ async fn list_sessions(
                 exit_code: attempt.exit_code,
                 reason: attempt.reason.clone(),
                 gates: attempt.gates.clone(),
+                evidence: attempt.evidence.clone(),
             };
             // A filter matches the session's own state or its unit's
             // (`needs_review`, `blocked`), so both questions have an answer.

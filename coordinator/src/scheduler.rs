@@ -161,6 +161,9 @@ pub struct Attempt {
     pub log_tail: String,
     pub log_path: String,
     pub gates: Vec<regatta_proto::GateReport>,
+    /// The session's evidence pack in the worker's artifact store.
+    #[serde(default)]
+    pub evidence: Option<regatta_proto::EvidenceRef>,
 }
 
 /// The runtime record of one unit; stored in Redis as JSON.
@@ -206,8 +209,10 @@ pub enum Report {
         fencing: u64,
         at_ms: i64,
     },
+    /// A worker handed the unit back at `at_ms` (its leases were busy).
     Deferred {
         reason: String,
+        at_ms: i64,
     },
     Finished(Finish),
 }
@@ -223,7 +228,13 @@ pub struct Finish {
     pub log_path: String,
     pub gates: Vec<regatta_proto::GateReport>,
     pub fencing: u64,
+    pub evidence: Option<regatta_proto::EvidenceRef>,
 }
+
+/// How long a unit handed back by a worker waits before it is published
+/// again: long enough for a zombie lease to expire or a race to settle,
+/// short enough not to matter next to a session.
+pub const DEFER_MS: i64 = 500;
 
 /// The live state of one batch.
 #[derive(Debug)]
@@ -523,6 +534,7 @@ impl Batch {
                 log_tail: String::new(),
                 log_path: String::new(),
                 gates: Vec::new(),
+                evidence: None,
             });
             effects.publish.push(unit);
             effects.changed.insert(unit);
@@ -563,7 +575,7 @@ impl Batch {
                 }
                 effects.changed.insert(unit);
             }
-            Report::Deferred { reason } => {
+            Report::Deferred { reason, at_ms } => {
                 self.release_usage(unit, fleet_usage);
                 self.set_state(unit, UnitState::Ready);
                 let record = &mut self.units[unit];
@@ -571,8 +583,7 @@ impl Batch {
                 // The attempt never ran: it does not count.
                 record.history.pop();
                 record.attempt = record.attempt.saturating_sub(1);
-                let not_before = chrono::Utc::now().timestamp_millis() + 500;
-                self.deferred_until.insert(unit, not_before);
+                self.deferred_until.insert(unit, at_ms + DEFER_MS);
                 effects.changed.insert(unit);
             }
             Report::Finished(finish) => {
@@ -593,6 +604,7 @@ impl Batch {
                     attempt.log_tail = finish.log_tail;
                     attempt.log_path = finish.log_path;
                     attempt.gates = finish.gates;
+                    attempt.evidence = finish.evidence;
                     if finish.fencing > 0 {
                         attempt.fencing = finish.fencing;
                     }
@@ -603,6 +615,13 @@ impl Batch {
                         self.set_state(unit, UnitState::Succeeded);
                         self.units[unit].reason = None;
                         self.release_dependents(unit, &mut effects);
+                    }
+                    // A worker reports a cancel only for a cancelled batch;
+                    // should one arrive for a live batch, run the unit again
+                    // rather than leave its dependents waiting forever.
+                    Outcome::Cancelled if self.state != BatchState::Cancelled => {
+                        self.set_state(unit, UnitState::Ready);
+                        self.units[unit].reason = reason;
                     }
                     Outcome::Cancelled => {
                         self.set_state(unit, UnitState::Cancelled);
@@ -706,10 +725,13 @@ impl Batch {
         };
     }
 
-    /// Cancels the batch: nothing new starts. Running sessions are not
-    /// revoked here: their workers see the cancel at their next lease
-    /// renewal, kill them and only then release their slots, so a slot is
-    /// never handed on while its session is still dying (contract 6).
+    /// Cancels the batch: nothing new starts. The coordinator's own
+    /// accounting frees the batch's shares at once, but running sessions are
+    /// not revoked in Redis: their workers see the cancel at their next lease
+    /// renewal, kill them and only then release their leases. A unit of
+    /// another batch published meanwhile finds the lease still held and is
+    /// handed back, so a slot is never used twice while its session is
+    /// still dying (contract 6).
     pub fn cancel(&mut self, fleet_usage: &mut BTreeMap<String, u32>) -> Effects {
         let mut effects = Effects::default();
         if self.state.is_terminal() {
@@ -878,6 +900,15 @@ impl Batch {
         }
         if self.state == BatchState::Paused {
             return Some("the batch is paused".into());
+        }
+        if self.deferred_until.contains_key(&unit) {
+            return Some(format!(
+                "a lease still held in Redis ({})",
+                self.units[unit]
+                    .reason
+                    .as_deref()
+                    .unwrap_or("handed back by a worker")
+            ));
         }
         if self.in_flight >= self.manifest.concurrency {
             return Some(format!(

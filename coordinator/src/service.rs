@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker;
 use crate::dag::Dag;
 use crate::manifest::Manifest;
+use crate::metrics::{Metrics, OutcomeLabels, UnitLabels};
 use crate::order::work_order;
 use crate::scheduler::{Batch, BatchState, Effects, Finish, Report, UnitState};
 use crate::store::{Store, Write};
@@ -62,6 +63,9 @@ struct Fleet {
 #[derive(Clone)]
 pub struct Service {
     fleet: Arc<Mutex<Fleet>>,
+    pub metrics: Arc<Metrics>,
+    /// A channel for read-only broker queries (queue depths).
+    inspect: Channel,
     store: Store,
     publisher: mpsc::UnboundedSender<Outgoing>,
     config: Arc<ServiceConfig>,
@@ -71,6 +75,26 @@ pub struct Service {
 struct Outgoing {
     payload: Vec<u8>,
     session_id: String,
+    /// The `publish` span: it lasts until the broker confirms, and its trace
+    /// context travels in the message headers to the worker.
+    span: tracing::Span,
+}
+
+impl Outgoing {
+    fn new(order: &regatta_proto::WorkOrder, signer: &Signer) -> Outgoing {
+        let span = tracing::info_span!(
+            "publish",
+            batch = %order.batch_id,
+            unit = %order.unit_id,
+            attempt = order.attempt,
+            session = %order.session_id,
+        );
+        Outgoing {
+            payload: seal(order, signer),
+            session_id: order.session_id.clone(),
+            span,
+        }
+    }
 }
 
 impl Service {
@@ -92,8 +116,14 @@ impl Service {
         let store = Store::connect(&config.redis_url, config.keys.clone()).await?;
         let (publisher, outgoing) = mpsc::unbounded_channel();
         let fleet = restore(&store, &config).await?;
+        let inspect = connection
+            .create_channel()
+            .await
+            .map_err(|e| Error::broker(&config.amqp_url, e))?;
         let service = Service {
             fleet: Arc::new(Mutex::new(fleet)),
+            metrics: Arc::new(Metrics::new()),
+            inspect,
             store,
             publisher,
             config: Arc::new(config),
@@ -122,10 +152,9 @@ impl Service {
             for unit in entry.batch.in_flight_units() {
                 if entry.batch.units[unit].state == UnitState::Queued {
                     let order = work_order(&entry.batch, unit, now);
-                    let _ = self.publisher.send(Outgoing {
-                        payload: seal(&order, &self.config.signer),
-                        session_id: order.session_id,
-                    });
+                    let _ = self
+                        .publisher
+                        .send(Outgoing::new(&order, &self.config.signer));
                 }
             }
         }
@@ -203,14 +232,13 @@ impl Service {
                 fields,
             });
         }
+        self.metrics.published.inc_by(effects.publish.len() as u64);
         for unit in effects.publish {
             let order = work_order(batch, unit, now);
-            let session_id = order.session_id.clone();
-            tracing::debug!(batch = %batch_id, unit = %order.unit_id, attempt = order.attempt, session = %session_id, "publishing");
-            let _ = self.publisher.send(Outgoing {
-                payload: seal(&order, &self.config.signer),
-                session_id,
-            });
+            tracing::debug!(batch = %batch_id, unit = %order.unit_id, attempt = order.attempt, session = %order.session_id, "publishing");
+            let _ = self
+                .publisher
+                .send(Outgoing::new(&order, &self.config.signer));
         }
         if batch.state.is_terminal() && entry.ended_ms.is_none() {
             entry.ended_ms = Some(now);
@@ -256,7 +284,10 @@ impl Service {
                     fencing: event.fencing,
                     at_ms: event.at_ms,
                 },
-                EventKind::Deferred { reason } => Report::Deferred { reason },
+                EventKind::Deferred { reason } => Report::Deferred {
+                    reason,
+                    at_ms: event.at_ms,
+                },
                 EventKind::Finished {
                     outcome,
                     exit_code,
@@ -264,6 +295,7 @@ impl Service {
                     log_tail,
                     log_path,
                     gates,
+                    evidence,
                     ..
                 } => Report::Finished(Finish {
                     outcome,
@@ -274,13 +306,93 @@ impl Service {
                     log_path,
                     gates,
                     fencing: event.fencing,
+                    evidence,
                 }),
             };
+            let observed = Observation::of(&report);
             let effects = entry.batch.report(unit, &event.session_id, report, usage);
+            if !effects.changed.is_empty() {
+                self.observe(&entry.batch, unit, observed);
+            }
             let batch_id = event.batch_id.clone();
             self.settle(&mut fleet, &batch_id, effects);
         }
         self.store.flushed().await;
+    }
+
+    /// Feeds the metrics from an applied report.
+    fn observe(&self, batch: &Batch, unit: usize, observed: Observation) {
+        let record = &batch.units[unit];
+        let seconds = |from: i64, to: i64| (to - from).max(0) as f64 / 1000.0;
+        match observed {
+            Observation::Started => {
+                if let Some(a) = record.current() {
+                    if let Some(started) = a.started_at_ms {
+                        self.metrics
+                            .queue_wait
+                            .observe(seconds(a.published_at_ms, started));
+                    }
+                }
+            }
+            Observation::Finished(outcome) => {
+                let name = serde_json::to_value(outcome)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_lowercase))
+                    .unwrap_or_default();
+                self.metrics
+                    .sessions
+                    .get_or_create(&OutcomeLabels { outcome: name })
+                    .inc();
+                if outcome == Outcome::Lost {
+                    self.metrics.lost_sessions.inc();
+                }
+                if outcome.counts_as_attempt() && record.state == UnitState::Ready {
+                    self.metrics.retries.inc();
+                }
+                if let Some(a) = record.current() {
+                    if let (Some(start), Some(end)) = (a.started_at_ms, a.ended_at_ms) {
+                        self.metrics.session_duration.observe(seconds(start, end));
+                    }
+                }
+            }
+            Observation::Other => {}
+        }
+    }
+
+    /// The Prometheus text of every metric, with the gauges read now.
+    pub async fn render_metrics(&self) -> String {
+        {
+            let fleet = self.fleet();
+            for (id, entry) in &fleet.batches {
+                for state in UnitState::ALL {
+                    let labels = UnitLabels {
+                        batch: id.clone(),
+                        state: state.as_str().to_owned(),
+                    };
+                    self.metrics
+                        .units
+                        .get_or_create(&labels)
+                        .set(entry.batch.count(state) as i64);
+                }
+            }
+        }
+        let dead = self
+            .inspect
+            .queue_declare(
+                self.config.names.dead_letter_queue().as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        if let Ok(queue) = dead {
+            self.metrics
+                .dead_lettered
+                .set(i64::from(queue.message_count()));
+        }
+        self.metrics.render()
     }
 
     /// Consumes session events until shutdown; each is acked once stored.
@@ -328,7 +440,18 @@ impl Service {
                 None => return Ok(()),
             };
             match open::<SessionEvent>(&delivery.data, &self.config.signer) {
-                Ok(event) => self.apply_event(event).await,
+                Ok(event) => {
+                    // The result handling joins the session's trace.
+                    let span = tracing::info_span!(
+                        "result",
+                        batch = %event.batch_id,
+                        unit = %event.unit_id,
+                        attempt = event.attempt,
+                        session = %event.session_id,
+                    );
+                    regatta_telemetry::extract(&span, delivery.properties.headers().as_ref());
+                    tracing::Instrument::instrument(self.apply_event(event), span).await
+                }
                 Err(e) => tracing::warn!(reason = %e, "unreadable event dropped"),
             }
             delivery.ack(BasicAckOptions::default()).await?;
@@ -384,6 +507,7 @@ impl Service {
                         log_tail: String::new(),
                         log_path: String::new(),
                         gates: vec![],
+                        evidence: None,
                     },
                 };
                 self.apply_event(event).await;
@@ -588,6 +712,24 @@ impl Service {
     }
 }
 
+/// What a report means for the metrics, taken before it is consumed.
+#[derive(Debug, Clone, Copy)]
+enum Observation {
+    Started,
+    Finished(Outcome),
+    Other,
+}
+
+impl Observation {
+    fn of(report: &Report) -> Observation {
+        match report {
+            Report::Started { .. } => Observation::Started,
+            Report::Finished(finish) => Observation::Finished(finish.outcome),
+            Report::Deferred { .. } => Observation::Other,
+        }
+    }
+}
+
 /// A human's decision about a batch.
 #[derive(Debug, Clone)]
 pub enum Control {
@@ -783,6 +925,8 @@ async fn publish_loop(
             Some(()) = confirms.next() => continue,
             _ = shutdown.cancelled() => return,
         };
+        let mut headers = FieldTable::default();
+        regatta_telemetry::inject(&next.span, &mut headers);
         let sent = channel
             .basic_publish(
                 "".into(),
@@ -792,12 +936,15 @@ async fn publish_loop(
                     ..Default::default()
                 },
                 &next.payload,
-                BasicProperties::default().with_delivery_mode(2),
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_headers(headers),
             )
             .await;
         let retry = retry_tx.clone();
         let queue = queue.clone();
-        confirms.push(async move {
+        let span = next.span.clone();
+        confirms.push(tracing::Instrument::instrument(async move {
             let result = match sent {
                 Ok(confirm) => match confirm.await {
                     Ok(confirmation) => broker::check_confirmation(confirmation, &queue).map_err(|e| e.to_string()),
@@ -810,7 +957,7 @@ async fn publish_loop(
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let _ = retry.send(next);
             }
-        });
+        }, span));
     }
 }
 

@@ -115,17 +115,34 @@ pub struct Fleet {
     pub workers: Vec<std::process::Child>,
     worker_dir: tempfile::TempDir,
     lease_ttl: String,
+    /// Extra environment for every process of the fleet.
+    env: Vec<(String, String)>,
 }
 
 impl Fleet {
     /// Starts a coordinator on a free port and `workers` workers with `slots` slots each.
     pub async fn start(test: &str, workers: usize, slots: usize, lease_ttl: &str) -> Fleet {
+        Fleet::start_with_env(test, workers, slots, lease_ttl, &[]).await
+    }
+
+    /// Like [`Fleet::start`], with extra environment for every process.
+    pub async fn start_with_env(
+        test: &str,
+        workers: usize,
+        slots: usize,
+        lease_ttl: &str,
+        env: &[(&str, &str)],
+    ) -> Fleet {
         // Fail early, with how to start them, if the services are down.
         drop(rabbitmq().await);
         drop(redis().await);
         let namespace = unique_namespace(test);
         let secret = format!("secret-{namespace}");
-        let (coordinator, api) = spawn_coordinator(&namespace, &secret).await;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let (coordinator, api) = spawn_coordinator(&namespace, &secret, &env).await;
         let mut fleet = Fleet {
             namespace,
             api,
@@ -134,6 +151,7 @@ impl Fleet {
             workers: Vec::new(),
             worker_dir: tempfile::tempdir().expect("temp dir"),
             lease_ttl: lease_ttl.to_owned(),
+            env,
         };
         for _ in 0..workers {
             fleet.add_worker(slots);
@@ -146,7 +164,7 @@ impl Fleet {
     pub async fn restart_coordinator(&mut self) {
         let _ = self.coordinator.kill();
         let _ = self.coordinator.wait();
-        let (coordinator, api) = spawn_coordinator(&self.namespace, &self.secret).await;
+        let (coordinator, api) = spawn_coordinator(&self.namespace, &self.secret, &self.env).await;
         self.coordinator = coordinator;
         self.api = api;
     }
@@ -155,6 +173,7 @@ impl Fleet {
     pub fn add_worker(&mut self, slots: usize) {
         let n = self.workers.len();
         let worker = std::process::Command::new(binary("regatta-worker"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .args([
                 "--slots",
                 &slots.to_string(),
@@ -165,6 +184,8 @@ impl Fleet {
             ])
             .arg("--work-dir")
             .arg(self.worker_dir.path().join(format!("w{n}")))
+            .arg("--artifact-dir")
+            .arg(self.artifact_store())
             .arg("--name")
             .arg(format!("w{n}"))
             .env("REGATTA_NAMESPACE", &self.namespace)
@@ -175,6 +196,12 @@ impl Fleet {
             .spawn()
             .expect("start regatta-worker");
         self.workers.push(worker);
+    }
+
+    /// The artifact store every worker of the fleet shares (as a shared
+    /// volume would be), where sessions leave their evidence packs.
+    pub fn artifact_store(&self) -> PathBuf {
+        self.worker_dir.path().join("artifacts")
     }
 
     pub fn client(&self) -> regatta_coordinator::client::ApiClient {
@@ -230,8 +257,13 @@ impl Drop for Fleet {
 }
 
 /// Starts `regatta serve` on a free port; returns it and its API address.
-async fn spawn_coordinator(namespace: &str, secret: &str) -> (std::process::Child, String) {
+async fn spawn_coordinator(
+    namespace: &str,
+    secret: &str,
+    env: &[(String, String)],
+) -> (std::process::Child, String) {
     let mut coordinator = std::process::Command::new(binary("regatta"))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .args([
             "serve",
             "--listen",

@@ -392,3 +392,55 @@ async fn a_restarted_coordinator_resumes_without_re_running_succeeded_units() {
     );
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_stopped_with_sigterm_hands_its_session_back_uncounted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_file(dir.path(), "record.sh", RECORD);
+    let timings = dir.path().join("timings.txt");
+    let m = manifest(
+        dir.path(),
+        &format!(
+            "batch: drain\nretries: 0\nplaybook:\n  name: p\n  run: 'echo $REGATTA_ATTEMPT >> attempts.txt; ./record.sh'\n  env: {{TIMINGS: {}, SLEEP: '8'}}\nunits:\n  - id: long\n",
+            timings.display()
+        ),
+    );
+    let mut fleet = Fleet::start("drain", 1, 1, "3s").await;
+    let client = fleet.client();
+    let batch = client.enqueue(&m).await.expect("enqueue");
+    let attempts = dir.path().join("attempts.txt");
+    for _ in 0..200 {
+        if attempts.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(attempts.exists(), "the session started");
+    // SIGTERM: the worker stops taking work, waits its 2 s grace, then
+    // interrupts the session and reports it.
+    let pid = nix::unistd::Pid::from_raw(fleet.workers[0].id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("sigterm");
+    let status = tokio::task::spawn_blocking({
+        let mut worker = std::mem::replace(
+            &mut fleet.workers[0],
+            std::process::Command::new("true").spawn().expect("true"),
+        );
+        move || worker.wait()
+    })
+    .await
+    .expect("join")
+    .expect("wait");
+    assert!(status.success(), "the worker exited cleanly: {status:?}");
+    fleet.add_worker(1);
+    let summary = fleet.wait_for_end(&batch, Duration::from_secs(60)).await;
+    // retries: 0, yet the unit succeeded: the interruption did not count.
+    assert_eq!(summary.state, BatchState::Succeeded, "{summary:?}");
+    let units = client.units(&batch, None).await.expect("units");
+    assert_eq!(units[0].history.len(), 2);
+    assert_eq!(
+        units[0].history[0].outcome,
+        Some(regatta_proto::Outcome::Interrupted)
+    );
+    assert_eq!(units[0].failures, 0);
+    fleet.stop().await;
+}

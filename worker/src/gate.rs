@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use regatta_proto::{GateReport, GateSpec};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::session::{run_command, CommandSpec, Ending};
 use crate::Error;
@@ -28,56 +29,21 @@ pub async fn run_gates(
 ) -> Result<GateVerdict, Error> {
     let mut reports = Vec::with_capacity(gates.len());
     for gate in gates {
-        let started = Instant::now();
-        let spec = |command: &str| CommandSpec {
-            command: command.to_owned(),
-            timeout: gate
-                .timeout_ms
-                .map(Duration::from_millis)
-                .unwrap_or(base.timeout),
-            ..base.clone()
-        };
-        let mut repairs = 0;
-        let passed = loop {
-            match run_command(&spec(&gate.run), stop).await?.0 {
-                Ending::Exited(0) => break true,
-                Ending::Stopped => {
-                    return Ok(GateVerdict {
-                        reports,
-                        escalation: None,
-                        stopped: true,
-                    })
-                }
-                Ending::Exited(_) | Ending::TimedOut => {}
-            }
-            let Some(fix) = gate.fix.as_deref() else {
-                break false;
-            };
-            if repairs >= gate.repairs {
-                break false;
-            }
-            repairs += 1;
-            tracing::info!(gate = %gate.name, repairs, "gate failed; running its fix");
-            if run_command(&spec(fix), stop).await?.0 == Ending::Stopped {
-                return Ok(GateVerdict {
-                    reports,
-                    escalation: None,
-                    stopped: true,
-                });
-            }
-        };
-        reports.push(GateReport {
-            name: gate.name.clone(),
-            passed,
-            required: gate.required,
-            repairs,
-            duration_ms: started.elapsed().as_millis() as u64,
-        });
-        if !passed && gate.required {
-            let escalation = format!("gate {} failed after {repairs} repairs", gate.name);
+        let span = tracing::info_span!("gate", gate = %gate.name);
+        let Some(report) = run_gate(gate, base, stop).instrument(span).await? else {
             return Ok(GateVerdict {
                 reports,
-                escalation: Some(escalation),
+                escalation: None,
+                stopped: true,
+            });
+        };
+        let escalate = !report.passed && report.required;
+        let repairs = report.repairs;
+        reports.push(report);
+        if escalate {
+            return Ok(GateVerdict {
+                reports,
+                escalation: Some(format!("gate {} failed after {repairs} repairs", gate.name)),
                 stopped: false,
             });
         }
@@ -87,4 +53,50 @@ pub async fn run_gates(
         escalation: None,
         stopped: false,
     })
+}
+
+/// Runs one gate with its repairs; `None` when `stop` interrupted it.
+async fn run_gate(
+    gate: &GateSpec,
+    base: &CommandSpec,
+    stop: &CancellationToken,
+) -> Result<Option<GateReport>, Error> {
+    let started = Instant::now();
+    let spec = |command: &str| CommandSpec {
+        command: command.to_owned(),
+        timeout: gate
+            .timeout_ms
+            .map(Duration::from_millis)
+            .unwrap_or(base.timeout),
+        ..base.clone()
+    };
+    let mut repairs = 0;
+    let passed = loop {
+        match run_command(&spec(&gate.run), stop).await?.0 {
+            Ending::Exited(0) => break true,
+            Ending::Stopped => return Ok(None),
+            Ending::Exited(_) | Ending::TimedOut => {}
+        }
+        let Some(fix) = gate.fix.as_deref() else {
+            break false;
+        };
+        if repairs >= gate.repairs {
+            break false;
+        }
+        repairs += 1;
+        tracing::info!(gate = %gate.name, repairs, "gate failed; running its fix");
+        let fix_spec = spec(fix);
+        let repair = run_command(&fix_spec, stop)
+            .instrument(tracing::info_span!("repair", attempt = repairs));
+        if repair.await?.0 == Ending::Stopped {
+            return Ok(None);
+        }
+    };
+    Ok(Some(GateReport {
+        name: gate.name.clone(),
+        passed,
+        required: gate.required,
+        repairs,
+        duration_ms: started.elapsed().as_millis() as u64,
+    }))
 }

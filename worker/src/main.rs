@@ -49,6 +49,14 @@ struct Args {
     /// Where session logs and artifact folders are kept.
     #[arg(long, env = "REGATTA_WORK_DIR", default_value = ".regatta/worker")]
     work_dir: PathBuf,
+    /// Where each session's outputs, artifacts, log and evidence pack are
+    /// stored once it ends; `regatta evidence` reads them from there.
+    #[arg(
+        long = "artifact-dir",
+        env = "REGATTA_ARTIFACT_STORE",
+        default_value = ".regatta/artifacts"
+    )]
+    artifact_store: PathBuf,
     /// How long a lease lives without renewal (renewed every third of it).
     #[arg(long, env = "REGATTA_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
     lease_ttl: Duration,
@@ -76,7 +84,7 @@ fn main() -> ExitCode {
         return leader::main(worker_pid, &command);
     }
     let args = Args::parse();
-    init_logging(args.log_json);
+    let _telemetry = regatta_telemetry::init("regatta-worker", args.log_json);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -108,6 +116,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         redis_url: args.redis_url,
         slots: args.slots,
         work_dir: std::path::absolute(&args.work_dir).context("--work-dir")?,
+        artifact_store: std::path::absolute(&args.artifact_store).context("--artifact-dir")?,
         lease_ttl: args.lease_ttl,
         grace: args.grace,
         name: args.name.unwrap_or_else(WorkerConfig::default_name),
@@ -131,17 +140,4 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     regatta_worker::run(config, shutdown).await?;
     Ok(())
-}
-
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("REGATTA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

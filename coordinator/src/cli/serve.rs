@@ -25,7 +25,7 @@ pub struct ServeArgs {
 }
 
 pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    init_logging(args.log_json);
+    let _telemetry = regatta_telemetry::init("regatta-coordinator", args.log_json);
     let secret = connection
         .secret
         .as_deref()
@@ -71,17 +71,4 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
     )
     .await?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("REGATTA_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

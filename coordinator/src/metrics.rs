@@ -1,0 +1,126 @@
+//! Prometheus metrics of the coordinator, served on `/metrics`.
+//!
+//! Counters and histograms are fed as events are applied; the per-batch unit
+//! counts and the dead-letter queue depth are read at scrape time, so they
+//! are never stale.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// The labels of a unit count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UnitLabels {
+    pub batch: String,
+    pub state: String,
+}
+
+/// The labels of per-outcome counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+/// Every metric the coordinator exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Units per batch and state, set at scrape time.
+    pub units: Family<UnitLabels, Gauge>,
+    /// From publish to the session's start: queue wait plus lease wait.
+    pub queue_wait: Histogram,
+    /// Time workers spent acquiring leases (reported with `started`).
+    pub lease_wait: Histogram,
+    /// From a session's start to its end.
+    pub session_duration: Histogram,
+    /// Sessions ended, by outcome.
+    pub sessions: Family<OutcomeLabels, Counter>,
+    /// Automatic retries scheduled.
+    pub retries: Counter,
+    /// Sessions whose worker stopped renewing its leases.
+    pub lost_sessions: Counter,
+    /// Messages waiting in the dead-letter queue, read at scrape time.
+    pub dead_lettered: Gauge,
+    /// Orders published.
+    pub published: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("regatta");
+        let seconds = || Histogram::new(exponential_buckets(0.0005, 2.5, 18));
+        let metrics = Metrics {
+            units: Family::default(),
+            queue_wait: seconds(),
+            lease_wait: seconds(),
+            session_duration: seconds(),
+            sessions: Family::default(),
+            retries: Counter::default(),
+            lost_sessions: Counter::default(),
+            dead_lettered: Gauge::default(),
+            published: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("units", "Units per batch and state", metrics.units.clone());
+        registry.register(
+            "queue_wait_seconds",
+            "From publish to session start",
+            metrics.queue_wait.clone(),
+        );
+        registry.register(
+            "lease_wait_seconds",
+            "Time workers spent acquiring leases",
+            metrics.lease_wait.clone(),
+        );
+        registry.register(
+            "session_duration_seconds",
+            "Session run time",
+            metrics.session_duration.clone(),
+        );
+        registry.register(
+            "sessions",
+            "Sessions ended, by outcome",
+            metrics.sessions.clone(),
+        );
+        registry.register(
+            "retries",
+            "Automatic retries scheduled",
+            metrics.retries.clone(),
+        );
+        registry.register(
+            "lost_sessions",
+            "Sessions lost with their worker or leases",
+            metrics.lost_sessions.clone(),
+        );
+        registry.register(
+            "dead_lettered_messages",
+            "Messages in the dead-letter queue",
+            metrics.dead_lettered.clone(),
+        );
+        registry.register(
+            "published_orders",
+            "Work orders published",
+            metrics.published.clone(),
+        );
+        Metrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
