@@ -49,6 +49,8 @@ struct Entry {
     batch: Batch,
     created_ms: i64,
     ended_ms: Option<i64>,
+    /// Computed once: hashing a million-unit manifest takes a while.
+    manifest_sha256: String,
 }
 
 /// Every live batch, and the fleet-wide resource usage they share.
@@ -177,6 +179,7 @@ impl Service {
         let now = now_ms();
         let manifest_json =
             serde_json::to_string(&manifest).map_err(|e| Error::Invalid(e.to_string()))?;
+        let manifest_sha256 = manifest.sha256();
         let batch = Batch::new(batch_id.clone(), manifest, dag);
         {
             let mut fleet = self.fleet();
@@ -195,6 +198,7 @@ impl Service {
                 batch,
                 created_ms: now,
                 ended_ms: None,
+                manifest_sha256,
             };
             let mut effects = Effects::default();
             effects.changed.extend(0..entry.batch.units.len());
@@ -279,11 +283,16 @@ impl Service {
                 return;
             };
             let report = match event.kind {
-                EventKind::Started => Report::Started {
-                    worker: event.worker,
-                    fencing: event.fencing,
-                    at_ms: event.at_ms,
-                },
+                EventKind::Started { lease_wait_ms } => {
+                    self.metrics
+                        .lease_wait
+                        .observe(lease_wait_ms as f64 / 1000.0);
+                    Report::Started {
+                        worker: event.worker,
+                        fencing: event.fencing,
+                        at_ms: event.at_ms,
+                    }
+                }
                 EventKind::Deferred { reason } => Report::Deferred {
                     reason,
                     at_ms: event.at_ms,
@@ -752,6 +761,8 @@ pub struct BatchSummary {
     pub counts: BTreeMap<UnitState, usize>,
     pub created_ms: i64,
     pub ended_ms: Option<i64>,
+    /// The sha256 of the manifest as enqueued, for evidence packs.
+    pub manifest_sha256: String,
     pub concurrency: u32,
     pub resources: Vec<ResourceView>,
     /// How the calibration units went, when the batch calibrates.
@@ -812,6 +823,7 @@ fn summary(id: &str, entry: &Entry, usage: &BTreeMap<String, u32>) -> BatchSumma
             .collect(),
         created_ms: entry.created_ms,
         ended_ms: entry.ended_ms,
+        manifest_sha256: entry.manifest_sha256.clone(),
         concurrency: batch.manifest.concurrency,
         calibration: batch.calibration_summary(),
         resources: batch
@@ -884,6 +896,7 @@ async fn restore(store: &Store, config: &ServiceConfig) -> Result<Fleet, Error> 
             .into_iter()
             .filter_map(|(unit, json)| Some((unit, serde_json::from_str(&json).ok()?)))
             .collect();
+        let manifest_sha256 = manifest.sha256();
         let batch = Batch::restore(id.clone(), manifest, dag, state, records);
         for unit in batch.in_flight_units() {
             for (resource, weight) in batch.demand(unit) {
@@ -902,6 +915,7 @@ async fn restore(store: &Store, config: &ServiceConfig) -> Result<Fleet, Error> 
                 batch,
                 created_ms,
                 ended_ms,
+                manifest_sha256,
             },
         );
     }

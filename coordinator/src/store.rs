@@ -99,7 +99,7 @@ async fn writer(
         let mut backoff = std::time::Duration::from_millis(100);
         while commands > 0 {
             match pipe.query_async::<()>(&mut connection).await {
-                Ok(()) => break,
+                Ok(()) => commands = 0,
                 Err(e) => {
                     tracing::warn!(error = %e, "storing batch state failed; retrying");
                     tokio::time::sleep(backoff).await;

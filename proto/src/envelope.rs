@@ -162,7 +162,7 @@ mod tests {
 
     #[test]
     fn an_event_is_not_read_as_an_order() {
-        let event = SessionEvent::example(EventKind::Started);
+        let event = SessionEvent::example(EventKind::Started { lease_wait_ms: 3 });
         let bytes = seal(&event, &signer());
         assert!(matches!(
             open::<WorkOrder>(&bytes, &signer()),

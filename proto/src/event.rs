@@ -32,7 +32,11 @@ impl Message for SessionEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum EventKind {
     /// The leases are held and the session's command has been spawned.
-    Started,
+    Started {
+        /// How long the worker waited for its leases, for the lease-wait metric.
+        #[serde(default)]
+        lease_wait_ms: u64,
+    },
     /// The worker could not get the leases and handed the order back; it
     /// will be re-published by the coordinator.
     Deferred { reason: String },
@@ -48,6 +52,10 @@ pub enum EventKind {
         /// Where the full log lives on the worker's disk.
         log_path: String,
         gates: Vec<GateReport>,
+        /// The session's evidence pack in the worker's artifact store;
+        /// `None` when none could be written (or from an older worker).
+        #[serde(default)]
+        evidence: Option<EvidenceRef>,
     },
 }
 
@@ -73,6 +81,17 @@ impl Outcome {
     pub fn counts_as_attempt(self) -> bool {
         matches!(self, Outcome::Failed | Outcome::TimedOut | Outcome::Lost)
     }
+}
+
+/// Where a session's evidence pack was written, and its hash, so that a
+/// batch pack can name it and an auditor can check it was not altered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EvidenceRef {
+    /// Absolute path of `evidence-pack.json` on the worker's disk:
+    /// `<store>/<batch_id>/<unit_id>/<session_id>/evidence-pack.json`.
+    pub path: String,
+    /// Hex SHA-256 of the pack's bytes.
+    pub sha256: String,
 }
 
 /// The result of one verification gate.

@@ -25,7 +25,7 @@ pub mod sign;
 
 pub use envelope::{open, seal, Message, FORMAT_VERSION};
 pub use error::Error;
-pub use event::{EventKind, GateReport, Outcome, SessionEvent};
+pub use event::{EventKind, EvidenceRef, GateReport, Outcome, SessionEvent};
 pub use keys::Keys;
 pub use lease::LeaseOwner;
 pub use names::{Names, QueueArgument, QueueSpec, REASON_HEADER};

@@ -85,14 +85,16 @@ pub async fn delete_queues(connection: &lapin::Connection, namespace: &str) {
     }
 }
 
-/// The folder holding the workspace's built binaries (`target/debug`).
+/// The folder holding the workspace's built binaries (`target/<profile>`):
+/// test executables live in its `deps/`, benchmark binaries in it.
 pub fn bin_dir() -> PathBuf {
-    // Test executables live in target/<profile>/deps.
     let exe = std::env::current_exe().unwrap_or_default();
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target/debug"))
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    if dir.file_name().is_some_and(|name| name == "deps") {
+        dir.parent().map(PathBuf::from).unwrap_or(dir)
+    } else {
+        dir
+    }
 }
 
 /// The path of a workspace binary, failing the test if it was not built.
@@ -167,6 +169,11 @@ impl Fleet {
         let (coordinator, api) = spawn_coordinator(&self.namespace, &self.secret, &self.env).await;
         self.coordinator = coordinator;
         self.api = api;
+    }
+
+    /// The coordinator's process id, to read its CPU time and memory.
+    pub fn coordinator_pid(&self) -> u32 {
+        self.coordinator.id()
     }
 
     /// Starts one more worker.

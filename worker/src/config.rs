@@ -18,6 +18,9 @@ pub struct WorkerConfig {
     pub slots: usize,
     /// Where session logs and artifact folders are written.
     pub work_dir: PathBuf,
+    /// The artifact store: where each session's outputs, artifacts, log and
+    /// evidence pack are kept once it ends (`artifact` and `evidence`).
+    pub artifact_store: PathBuf,
     /// How long a lease lives without renewal; renewed every third of it.
     pub lease_ttl: Duration,
     /// How long a session may take to stop after SIGTERM before SIGKILL,

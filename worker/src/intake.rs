@@ -175,7 +175,16 @@ async fn handle(shared: &Shared, delivery: Delivery) {
             return;
         }
     };
-    let span = tracing::info_span!("session", batch = %order.batch_id, unit = %order.unit_id, attempt = order.attempt, session = %order.session_id);
+    let span = tracing::info_span!(
+        "session",
+        batch = %order.batch_id,
+        unit = %order.unit_id,
+        attempt = order.attempt,
+        session = %order.session_id,
+        queue_wait_ms = (chrono::Utc::now().timestamp_millis() - order.published_at_ms).max(0),
+    );
+    // The session continues the trace of the coordinator's publish.
+    regatta_telemetry::extract(&span, delivery.properties.headers().as_ref());
     run_order(shared, delivery, order).instrument(span).await;
 }
 
@@ -198,9 +207,10 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
         at_ms: chrono::Utc::now().timestamp_millis(),
         kind,
     };
-    let fence = match shared
-        .leases
-        .acquire(&order, &owner, config.lease_ttl)
+    let lease_wait = std::time::Instant::now();
+    let acquire = shared.leases.acquire(&order, &owner, config.lease_ttl);
+    let fence = match acquire
+        .instrument(tracing::info_span!("lease.acquire"))
         .await
     {
         Ok(Claim::Held { fence, .. }) => fence,
@@ -231,6 +241,7 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
                     log_tail: String::new(),
                     log_path: String::new(),
                     gates: vec![],
+                    evidence: None,
                 },
             );
             let _ = shared.reporter.event(&cancelled, &shared.shutdown).await;
@@ -263,12 +274,49 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
     }
     let _ = shared
         .reporter
-        .event(&event(fence, EventKind::Started), &shared.shutdown)
+        .event(
+            &event(
+                fence,
+                EventKind::Started {
+                    lease_wait_ms: lease_wait.elapsed().as_millis() as u64,
+                },
+            ),
+            &shared.shutdown,
+        )
         .await;
 
+    let started_at = chrono::Utc::now();
     let (outcome, exit_code, duration, reason, log_path, gates) =
         run_session(shared, &order, fence).await;
+    let ended_at = chrono::Utc::now();
     let log_tail = log_tail(&log_path, 20).await;
+    // Evidence is collected under the leases, renewed meanwhile: an output
+    // may be a touched file, and a worker that dies now must be reaped.
+    let renewing = CancellationToken::new();
+    let renewal = tokio::spawn(heartbeat(
+        shared.leases.clone(),
+        order.batch_id.clone(),
+        order.session_id.clone(),
+        fence,
+        config.lease_ttl,
+        renewing.clone(),
+        Arc::new(StopCause::default()),
+    ));
+    let session_end = crate::evidence::SessionEnd {
+        order: &order,
+        worker: &config.name,
+        started_at,
+        ended_at,
+        outcome,
+        exit_code,
+        reason: reason.as_deref(),
+        gates: &gates,
+        log_path: &log_path,
+    };
+    let store = crate::artifact::ArtifactStore::new(&config.artifact_store);
+    let evidence = crate::evidence::record_session(&store, &session_end).await;
+    renewing.cancel();
+    let _ = renewal.await;
     if let Err(e) = shared.leases.release(&order.session_id).await {
         tracing::warn!(error = %e, "releasing leases failed; they expire with their TTL");
     }
@@ -280,6 +328,7 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
         log_tail,
         log_path: log_path.display().to_string(),
         gates,
+        evidence,
     };
     tracing::info!(?outcome, exit_code, "session finished");
     if let Err(e) = shared
@@ -386,7 +435,8 @@ async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionS
             )
         }
     };
-    let result = match run_command(&spec, &stop).await {
+    let command = run_command(&spec, &stop).instrument(tracing::info_span!("command"));
+    let result = match command.await {
         Err(e) => (Outcome::Failed, None, Some(e.to_string()), vec![]),
         Ok((Ending::Exited(0), _)) => match run_gates(&order.gates, &spec, &stop).await {
             Err(e) => (Outcome::Failed, Some(0), Some(e.to_string()), vec![]),
@@ -413,7 +463,7 @@ async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionS
             None,
             Some(format!(
                 "the deadline of {} passed; the session was killed",
-                humanize(spec.timeout)
+                humantime::format_duration(spec.timeout)
             )),
             vec![],
         ),
@@ -432,19 +482,6 @@ async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionS
         log_path,
         gates,
     )
-}
-
-fn humanize(duration: Duration) -> String {
-    let secs = duration.as_secs();
-    if secs >= 3600 && secs % 3600 == 0 {
-        format!("{}h", secs / 3600)
-    } else if secs >= 60 && secs % 60 == 0 {
-        format!("{}m", secs / 60)
-    } else if duration.subsec_millis() == 0 {
-        format!("{secs}s")
-    } else {
-        format!("{}ms", duration.as_millis())
-    }
 }
 
 /// Names the first declared output that the session did not produce.

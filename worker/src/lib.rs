@@ -16,11 +16,16 @@
 //!    while a heartbeat renews the leases and kills the session if they are
 //!    lost;
 //! 5. [`gate`]: verification gates run with their repairs;
-//! 6. [`reporter`]: `started` and `finished` events go back to the
+//! 6. [`artifact`] and [`evidence`]: outputs, artifacts and the log are
+//!    hashed into the artifact store with the session's evidence pack, still
+//!    under the leases;
+//! 7. [`reporter`]: `started` and `finished` events go back to the
 //!    coordinator, and the leases are released at once.
 
+pub mod artifact;
 pub mod config;
 pub mod error;
+pub mod evidence;
 pub mod gate;
 pub mod intake;
 pub mod leader;

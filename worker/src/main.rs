@@ -53,6 +53,7 @@ struct Args {
     /// stored once it ends; `regatta evidence` reads them from there.
     #[arg(
         long = "artifact-dir",
+        value_name = "DIR",
         env = "REGATTA_ARTIFACT_STORE",
         default_value = ".regatta/artifacts"
     )]

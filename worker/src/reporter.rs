@@ -96,12 +96,13 @@ impl Reporter {
     ) -> Result<(), Error> {
         let payload = seal(event, &self.signer);
         let queue = self.names.events_queue();
+        // The coordinator's handling of the event joins the session's trace.
+        let mut headers = FieldTable::default();
+        regatta_telemetry::inject(&tracing::Span::current(), &mut headers);
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self
-                .publish(&queue, &payload, BasicProperties::default())
-                .await
-            {
+            let properties = BasicProperties::default().with_headers(headers.clone());
+            match self.publish(&queue, &payload, properties).await {
                 Ok(()) => return Ok(()),
                 Err(reason) => {
                     tracing::warn!(queue = %queue, session = %event.session_id, %reason, "event publish failed; retrying");

@@ -2,6 +2,7 @@
 //! of commands.
 
 mod batch;
+mod evidence;
 mod serve;
 mod validate;
 
@@ -134,6 +135,30 @@ pub enum Command {
     },
     /// Prints the log of a unit's latest session.
     Logs { batch: String, unit: String },
+    /// Gathers a batch's evidence into one folder: batch-pack.json (every
+    /// unit's state, its latest session pack and the pack's sha256, the
+    /// manifest's sha256), the session packs and the files they list.
+    Evidence {
+        batch: String,
+        /// The folder to write (new or empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// The workers' artifact store (this machine's view of it).
+        #[arg(
+            long = "artifact-dir",
+            value_name = "DIR",
+            env = "REGATTA_ARTIFACT_STORE",
+            default_value = ".regatta/artifacts"
+        )]
+        artifact_store: PathBuf,
+        /// The manifest the batch was enqueued from, to hash when the
+        /// coordinator does not report the manifest's sha256.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
+    /// Re-checks every sha256 of a folder written by `regatta evidence`;
+    /// exit 0 with a summary, or exit 2 naming each missing or altered file.
+    VerifyEvidence { dir: PathBuf },
 }
 
 /// Runs one command; the exit code follows each command's contract.
@@ -165,5 +190,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Approve { batch } => batch::control(&connection, &batch, "approve").await,
         Command::Leases { json } => batch::leases(&connection, json).await,
         Command::Logs { batch, unit } => batch::logs(&connection, &batch, &unit).await,
+        Command::Evidence {
+            batch,
+            out,
+            artifact_store,
+            manifest,
+        } => {
+            evidence::evidence(
+                &connection,
+                &batch,
+                &out,
+                &artifact_store,
+                manifest.as_deref(),
+            )
+            .await
+        }
+        Command::VerifyEvidence { dir } => evidence::verify(&dir).await,
     }
 }

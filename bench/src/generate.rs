@@ -1,0 +1,312 @@
+//! Generates valid manifests of any size with a layered dependency graph, for
+//! benchmarks and load tests.
+//!
+//! The graph has `layers` layers of equal width; each unit past the first layer depends
+//! on 1 to `fan_in` distinct units of earlier layers, one of them in the layer just before,
+//! so there are never cycles and layer n is dependency level n. A fixed
+//! seed gives the same manifest on every machine: the PRNG is implemented here (SplitMix64)
+//! rather than borrowed, so that a dependency upgrade cannot change the benchmark's input.
+
+use std::io::{self, Write};
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub units: usize,
+    /// Most dependencies per unit.
+    pub fan_in: usize,
+    /// Declared resources (`db-0`, `db-1`, ...); about a third of the units use one.
+    pub resources: usize,
+    /// Dependency layers; 0 picks about 20.
+    pub layers: usize,
+    pub format: Format,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Yaml,
+    Json,
+}
+
+impl Format {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Yaml => "yaml",
+            Format::Json => "json",
+        }
+    }
+}
+
+/// A small, fast, well-mixed PRNG (SplitMix64).
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Returns a number below `bound` (which must not be 0).
+    fn below(&mut self, bound: usize) -> usize {
+        (self.next() % bound as u64) as usize
+    }
+}
+
+/// One unit as generated, before it is written in either format.
+struct UnitSketch {
+    depends_on: Vec<usize>,
+    uses: Option<(usize, u32)>,
+    touches: Option<usize>,
+}
+
+/// Writes a manifest following `spec` to `out`.
+pub fn write_manifest(spec: &Spec, out: &mut impl Write) -> io::Result<()> {
+    let mut rng = SplitMix64(spec.seed);
+    let layers = if spec.layers == 0 {
+        20.min(spec.units.max(1))
+    } else {
+        spec.layers
+    };
+    let width = spec.units.div_ceil(layers).max(1);
+    let id_width = spec.units.saturating_sub(1).to_string().len().max(6);
+    let capacities: Vec<u32> = (0..spec.resources)
+        .map(|_| 4 + rng.below(13) as u32)
+        .collect();
+    // Touched files are shared by about 50 units each, so serialised groups show up.
+    let touched_files = (spec.units / 50).max(1);
+
+    let mut writer = Writer {
+        out,
+        format: spec.format,
+        id_width,
+    };
+    writer.header(spec, &capacities)?;
+    let mut dependencies = Vec::with_capacity(spec.fan_in);
+    for index in 0..spec.units {
+        let layer_start = index / width * width;
+        dependencies.clear();
+        if layer_start > 0 && spec.fan_in > 0 {
+            let wanted = 1 + rng.below(spec.fan_in);
+            // Distinct picks among earlier layers; give up on a pick after a few tries,
+            // which only matters for tiny graphs.
+            let mut tries = 0;
+            while dependencies.len() < wanted.min(layer_start) && tries < wanted * 4 {
+                tries += 1;
+                // The first pick comes from the layer just before, so that layer n's
+                // units sit at level n; the others from any earlier layer.
+                let dependency = if dependencies.is_empty() {
+                    layer_start - width + rng.below(width)
+                } else {
+                    rng.below(layer_start)
+                };
+                if !dependencies.contains(&dependency) {
+                    dependencies.push(dependency);
+                }
+            }
+        }
+        let uses = (spec.resources > 0 && rng.below(3) == 0).then(|| {
+            let resource = rng.below(spec.resources);
+            let weight = if rng.below(8) == 0 { 2 } else { 1 };
+            (resource, weight.min(capacities[resource]))
+        });
+        let touches = (rng.below(20) == 0).then(|| rng.below(touched_files));
+        let sketch = UnitSketch {
+            depends_on: dependencies.clone(),
+            uses,
+            touches,
+        };
+        writer.unit(index, &sketch, index + 1 == spec.units)?;
+    }
+    writer.footer()
+}
+
+struct Writer<'w, W: Write> {
+    out: &'w mut W,
+    format: Format,
+    id_width: usize,
+}
+
+impl<W: Write> Writer<'_, W> {
+    fn id(&self, index: usize) -> String {
+        format!("u{index:0width$}", width = self.id_width)
+    }
+
+    fn header(&mut self, spec: &Spec, capacities: &[u32]) -> io::Result<()> {
+        let batch = format!("bench-{}", spec.units);
+        match self.format {
+            Format::Yaml => {
+                writeln!(
+                    self.out,
+                    "# Generated by regatta-bench gen (seed {}).",
+                    spec.seed
+                )?;
+                writeln!(self.out, "batch: {batch}")?;
+                writeln!(self.out, "concurrency: 100")?;
+                writeln!(self.out, "timeout: 10m")?;
+                writeln!(self.out, "playbook:")?;
+                writeln!(self.out, "  name: bench")?;
+                writeln!(self.out, "  run: \"true\"")?;
+                writeln!(self.out, "  gates:")?;
+                writeln!(self.out, "    - {{name: build, run: \"true\"}}")?;
+                if !capacities.is_empty() {
+                    writeln!(self.out, "resources:")?;
+                    for (index, capacity) in capacities.iter().enumerate() {
+                        writeln!(self.out, "  db-{index}: {capacity}")?;
+                    }
+                }
+                writeln!(self.out, "units:")
+            }
+            Format::Json => {
+                write!(
+                    self.out,
+                    "{{\"batch\":\"{batch}\",\"concurrency\":100,\"timeout\":\"10m\",\
+                     \"playbook\":{{\"name\":\"bench\",\"run\":\"true\",\
+                     \"gates\":[{{\"name\":\"build\",\"run\":\"true\"}}]}},\"resources\":{{"
+                )?;
+                for (index, capacity) in capacities.iter().enumerate() {
+                    let comma = if index > 0 { "," } else { "" };
+                    write!(self.out, "{comma}\"db-{index}\":{capacity}")?;
+                }
+                writeln!(self.out, "}},\"units\":[")
+            }
+        }
+    }
+
+    fn unit(&mut self, index: usize, unit: &UnitSketch, last: bool) -> io::Result<()> {
+        let id = self.id(index);
+        let dependencies: Vec<String> = unit.depends_on.iter().map(|d| self.id(*d)).collect();
+        match self.format {
+            Format::Yaml => {
+                writeln!(self.out, "  - id: {id}")?;
+                writeln!(self.out, "    task: migrate package {index}")?;
+                writeln!(self.out, "    outputs: [out/{id}.sql]")?;
+                if !dependencies.is_empty() {
+                    writeln!(self.out, "    depends_on: [{}]", dependencies.join(", "))?;
+                }
+                if let Some((resource, weight)) = unit.uses {
+                    if weight == 1 {
+                        writeln!(self.out, "    uses: [db-{resource}]")?;
+                    } else {
+                        writeln!(self.out, "    uses: {{db-{resource}: {weight}}}")?;
+                    }
+                }
+                if let Some(file) = unit.touches {
+                    writeln!(self.out, "    touches: [schema/t{file}.sql]")?;
+                }
+                Ok(())
+            }
+            Format::Json => {
+                write!(
+                    self.out,
+                    "{{\"id\":\"{id}\",\"task\":\"migrate package {index}\",\
+                     \"outputs\":[\"out/{id}.sql\"]"
+                )?;
+                if !dependencies.is_empty() {
+                    write!(
+                        self.out,
+                        ",\"depends_on\":[\"{}\"]",
+                        dependencies.join("\",\"")
+                    )?;
+                }
+                if let Some((resource, weight)) = unit.uses {
+                    write!(self.out, ",\"uses\":{{\"db-{resource}\":{weight}}}")?;
+                }
+                if let Some(file) = unit.touches {
+                    write!(self.out, ",\"touches\":[\"schema/t{file}.sql\"]")?;
+                }
+                writeln!(self.out, "}}{}", if last { "" } else { "," })
+            }
+        }
+    }
+
+    fn footer(&mut self) -> io::Result<()> {
+        match self.format {
+            Format::Yaml => Ok(()),
+            Format::Json => writeln!(self.out, "]}}"),
+        }
+    }
+}
+
+/// Generates a manifest into memory.
+pub fn manifest_text(spec: &Spec) -> String {
+    let mut bytes = Vec::with_capacity(spec.units.saturating_mul(150));
+    // Writing into a Vec cannot fail.
+    let _ = write_manifest(spec, &mut bytes);
+    String::from_utf8(bytes).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use regatta_coordinator::{Dag, Manifest, Plan};
+
+    use super::*;
+
+    fn spec(units: usize, format: Format) -> Spec {
+        Spec {
+            units,
+            fan_in: 3,
+            resources: 4,
+            layers: 0,
+            format,
+            seed: 7,
+        }
+    }
+
+    #[test]
+    fn generated_manifests_are_valid_in_both_formats() {
+        for format in [Format::Yaml, Format::Json] {
+            let text = manifest_text(&spec(2_000, format));
+            let name = format!("bench.{}", format.extension());
+            let manifest = Manifest::parse(&text, &name, Path::new("/tmp"))
+                .unwrap_or_else(|errors| panic!("{format:?}:\n{errors}"));
+            assert_eq!(manifest.units.len(), 2_000);
+            let dag = Dag::build(&manifest).expect("no cycles");
+            assert_eq!(dag.level_count(), 20);
+            let plan = Plan::of(&manifest, &dag);
+            assert!(!plan.serialised_groups.is_empty());
+            assert_eq!(plan.resources.len(), 4);
+        }
+    }
+
+    #[test]
+    fn formats_describe_the_same_manifest_and_seeds_repeat() {
+        let yaml = Manifest::parse(
+            &manifest_text(&spec(500, Format::Yaml)),
+            "a.yaml",
+            Path::new("/tmp"),
+        );
+        let json = Manifest::parse(
+            &manifest_text(&spec(500, Format::Json)),
+            "a.json",
+            Path::new("/tmp"),
+        );
+        assert_eq!(yaml.expect("yaml"), json.expect("json"));
+        assert_eq!(
+            manifest_text(&spec(300, Format::Yaml)),
+            manifest_text(&spec(300, Format::Yaml))
+        );
+    }
+
+    #[test]
+    fn tiny_and_flat_graphs_work() {
+        for units in [1, 2, 19, 21] {
+            let text = manifest_text(&spec(units, Format::Yaml));
+            let manifest = Manifest::parse(&text, "t.yaml", Path::new("/tmp")).expect("valid");
+            assert_eq!(manifest.units.len(), units);
+        }
+        let flat = Spec {
+            fan_in: 0,
+            resources: 0,
+            ..spec(100, Format::Json)
+        };
+        let manifest =
+            Manifest::parse(&manifest_text(&flat), "f.json", Path::new("/tmp")).expect("valid");
+        assert_eq!(manifest.dependency_count(), 0);
+    }
+}

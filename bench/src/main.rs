@@ -1,0 +1,122 @@
+//! `regatta-bench`: generates manifests of any size and measures how manifest handling
+//! scales.
+//!
+//! - `gen` writes a valid manifest with a layered dependency graph (see [`generate`]).
+//! - `manifest-scale` times parse+validate, DAG build and plan at 100,000 and 1,000,000
+//!   units and reports peak memory per size (see [`scale`]). Build with `--release`.
+
+mod generate;
+mod scale;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use generate::{Format, Spec};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "regatta-bench",
+    about = "Manifest generator and benchmarks for regatta"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Writes a valid manifest with a layered dependency graph.
+    Gen(GenArgs),
+    /// Times parse+validate, DAG build and plan at growing sizes, with peak memory.
+    ManifestScale(ScaleArgs),
+    /// Measures one size in this process and prints JSON (used by manifest-scale).
+    #[command(hide = true)]
+    Measure(GenArgs),
+}
+
+#[derive(Debug, Args)]
+struct GenArgs {
+    /// Number of units.
+    #[arg(long)]
+    units: usize,
+    /// Most dependencies per unit (each unit past the first layer gets 1 to K).
+    #[arg(long, default_value_t = 3)]
+    fan_in: usize,
+    /// Declared shared resources; about a third of the units use one.
+    #[arg(long, default_value_t = 8)]
+    resources: usize,
+    /// Dependency layers (0: about 20).
+    #[arg(long, default_value_t = 0)]
+    layers: usize,
+    #[arg(long, value_enum, default_value_t = Format::Yaml)]
+    format: Format,
+    /// Seed of the generator; the same seed gives the same manifest.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where to write the manifest (default: stdout).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+impl GenArgs {
+    fn spec(&self) -> Spec {
+        Spec {
+            units: self.units,
+            fan_in: self.fan_in,
+            resources: self.resources,
+            layers: self.layers,
+            format: self.format,
+            seed: self.seed,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct ScaleArgs {
+    /// Manifest sizes to measure, in units.
+    #[arg(long, value_delimiter = ',', default_values_t = [100_000, 1_000_000])]
+    sizes: Vec<usize>,
+    /// Formats to measure.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Format::Yaml, Format::Json])]
+    formats: Vec<Format>,
+    #[arg(long, default_value_t = 3)]
+    fan_in: usize,
+    #[arg(long, default_value_t = 8)]
+    resources: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print the measurements as JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Gen(args) => scale::write_generated(&args.spec(), args.out.as_deref()),
+        Command::Measure(args) => {
+            let measurement = scale::measure(&args.spec())?;
+            println!("{}", serde_json::to_string(&measurement)?);
+            Ok(())
+        }
+        Command::ManifestScale(args) => {
+            let plan = scale::ScalePlan {
+                sizes: args.sizes,
+                formats: args.formats,
+                fan_in: args.fan_in,
+                resources: args.resources,
+                seed: args.seed,
+            };
+            let measurements = scale::run(&plan)?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&measurements)?);
+            } else {
+                print!(
+                    "{}",
+                    scale::render(&measurements, plan.fan_in, plan.resources)
+                );
+            }
+            Ok(())
+        }
+    }
+}

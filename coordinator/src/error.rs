@@ -1,0 +1,51 @@
+//! The coordinator library's errors, each saying what the user or operator can do.
+
+use crate::manifest::ManifestErrors;
+
+/// Everything the coordinator library can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The manifest was refused; every problem is listed, with its file, line and unit.
+    /// Fix them and submit the manifest again.
+    #[error("invalid manifest:\n{0}")]
+    Manifest(#[from] ManifestErrors),
+    /// RabbitMQ cannot be reached or refused an operation.
+    #[error("RabbitMQ at {url} failed: {source}; is it running? (`scripts/services.sh rabbitmq`)")]
+    Broker {
+        url: String,
+        #[source]
+        source: lapin::Error,
+    },
+    /// Redis cannot be reached or refused an operation.
+    #[error("Redis at {url} failed: {source}; is it running? (`scripts/services.sh redis`)")]
+    Redis {
+        url: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    /// The batch or unit named does not exist.
+    #[error("no such {0}")]
+    NotFound(String),
+    /// The request does not fit the current state (retrying a unit that is not in review).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request itself is malformed.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub fn broker(url: &str, source: lapin::Error) -> Error {
+        Error::Broker {
+            url: url.to_owned(),
+            source,
+        }
+    }
+
+    pub fn redis(url: &str, source: redis::RedisError) -> Error {
+        Error::Redis {
+            url: url.to_owned(),
+            source,
+        }
+    }
+}

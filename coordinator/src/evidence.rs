@@ -1,0 +1,887 @@
+//! Batch evidence packs: a self-contained folder that proves what a batch
+//! did, and the check that nothing in it was altered.
+//!
+//! Each session's worker leaves `evidence-pack.json` in its artifact store
+//! (`<store>/<batch>/<unit>/<session>/`), with the sha256 of every file it
+//! stored there, and reports the pack's own sha256 to the coordinator.
+//! [`assemble`] gathers, for every unit of a batch, the pack of its latest
+//! session that has one, and the files that pack lists, into one folder:
+//!
+//! ```text
+//! DIR/batch-pack.json                                   the index: units, packs, sha256s
+//! DIR/sessions/<unit>/<session>/evidence-pack.json      as the worker wrote it
+//! DIR/sessions/<unit>/<session>/<path of each file>     outputs/..., artifacts/..., session.log
+//! ```
+//!
+//! [`verify`] recomputes every hash in such a folder: the batch pack's
+//! sha256 of each session pack, and each session pack's sha256 of each of
+//! its files. The schemas are in `docs/evidence-pack.md`.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::scheduler::UnitState;
+use crate::service::UnitView;
+
+/// The version of the batch pack's schema.
+pub const BATCH_SCHEMA_VERSION: u32 = 1;
+/// The batch pack's file name at the top of the folder.
+pub const BATCH_PACK_FILE: &str = "batch-pack.json";
+/// A session pack's file name, in the store and in the folder.
+pub const SESSION_PACK_FILE: &str = "evidence-pack.json";
+/// The folder, inside a batch pack's folder, holding one folder per session.
+pub const SESSIONS_DIR: &str = "sessions";
+
+/// Why a batch pack could not be assembled at all.
+#[derive(Debug, thiserror::Error)]
+pub enum EvidenceError {
+    /// The output folder holds files already; mixing packs would hide what
+    /// belongs to which batch. Choose a new or empty folder.
+    #[error("{0} is not empty: choose a new or empty folder for the batch pack")]
+    OutNotEmpty(String),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot encode the batch pack: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// `batch-pack.json`, schema version 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchPack {
+    pub schema_version: u32,
+    pub batch_id: String,
+    /// The manifest's `batch` name.
+    pub batch_name: String,
+    /// The batch's state when the pack was assembled.
+    pub batch_state: String,
+    /// Hex SHA-256 of the manifest's canonical JSON (`Manifest::sha256`).
+    pub manifest_sha256: String,
+    /// When the pack was assembled (ISO 8601, UTC).
+    pub generated_at: String,
+    /// Every unit of the batch, in manifest order.
+    pub units: Vec<UnitEvidence>,
+}
+
+/// One unit's line in the batch pack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnitEvidence {
+    pub unit_id: String,
+    /// The unit's state: final when the batch has ended.
+    pub state: UnitState,
+    /// Why it is there (a failure or escalation, what blocks it).
+    pub reason: Option<String>,
+    /// How many attempts it had.
+    pub attempts: u32,
+    /// The latest session that left a pack; `None` when none ran (blocked,
+    /// skipped, cancelled before starting) or none could be written.
+    pub session_id: Option<String>,
+    pub attempt: Option<u32>,
+    /// How that session ended (`succeeded`, `failed`, ...).
+    pub outcome: Option<String>,
+    /// The session pack, relative to the batch pack's folder.
+    pub pack: Option<String>,
+    /// Hex SHA-256 of the session pack, as its worker reported it.
+    pub pack_sha256: Option<String>,
+}
+
+/// The part of a session pack that verification reads; the rest is kept as
+/// written (see the worker's `evidence` module for the full schema).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct SessionPackFiles {
+    pub schema_version: u32,
+    pub batch_id: String,
+    pub unit_id: String,
+    pub session_id: String,
+    pub artifacts: Vec<PackedFile>,
+    pub log: Option<PackedFile>,
+}
+
+/// A file a session pack lists.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PackedFile {
+    pub filename: String,
+    pub sha256: String,
+    /// Where the file is, relative to the session pack's folder.
+    pub path: Option<String>,
+}
+
+/// One thing wrong in a batch pack's folder, named by its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Relative to the folder checked (or where the file was read from).
+    pub path: String,
+    pub kind: ProblemKind,
+}
+
+/// What is wrong with a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProblemKind {
+    Missing,
+    Mismatch {
+        expected: String,
+        found: String,
+    },
+    /// The listed path climbs out of the folder, is absolute, or resolves
+    /// (through a symlink) outside it.
+    Escapes,
+    /// A pack that cannot be read as JSON of the expected shape.
+    Unreadable(String),
+    /// A session pack that names another unit or session than its entry.
+    WrongSession(String),
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = &self.path;
+        match &self.kind {
+            ProblemKind::Missing => write!(f, "{path}: missing"),
+            ProblemKind::Mismatch { expected, found } => {
+                write!(
+                    f,
+                    "{path}: sha256 mismatch (expected {expected}, found {found})"
+                )
+            }
+            ProblemKind::Escapes => write!(f, "{path}: the path escapes the folder"),
+            ProblemKind::Unreadable(why) => write!(f, "{path}: unreadable pack: {why}"),
+            ProblemKind::WrongSession(why) => write!(f, "{path}: {why}"),
+        }
+    }
+}
+
+/// What [`verify`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Session packs whose hash was checked.
+    pub packs: usize,
+    /// Files (artifacts and logs) whose hash was checked.
+    pub files: usize,
+    pub problems: Vec<Problem>,
+    /// Hex SHA-256 of `batch-pack.json`, for the auditor to note down.
+    pub batch_pack_sha256: Option<String>,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// `evidence verified: 3 session packs and 9 files match their sha256 (batch-pack.json sha256 ...)`
+    pub fn summary(&self) -> String {
+        format!(
+            "evidence verified: {} session packs and {} files match their sha256 (batch-pack.json sha256 {})",
+            self.packs,
+            self.files,
+            self.batch_pack_sha256.as_deref().unwrap_or("-")
+        )
+    }
+}
+
+/// What [`assemble`] needs besides the units.
+#[derive(Debug, Clone)]
+pub struct BatchFacts {
+    pub batch_id: String,
+    pub batch_name: String,
+    pub batch_state: String,
+    pub manifest_sha256: String,
+}
+
+/// What [`assemble`] wrote, and what it found wrong in the store.
+#[derive(Debug, Clone)]
+pub struct Assembled {
+    pub pack: BatchPack,
+    /// Session packs copied.
+    pub packs: usize,
+    /// Files copied.
+    pub files: usize,
+    /// Missing packs or files, and hashes that do not match the records:
+    /// the folder is written anyway, and `verify` will name them again.
+    pub problems: Vec<Problem>,
+}
+
+/// Gathers a batch's evidence from the artifact store into `out` (new or
+/// empty): every unit's latest session pack and the files it lists, and
+/// `batch-pack.json`. Blocking: run it off the async runtime.
+pub fn assemble(
+    facts: &BatchFacts,
+    units: &[UnitView],
+    store: &Path,
+    out: &Path,
+) -> Result<Assembled, EvidenceError> {
+    let write_error = |path: &Path, source| EvidenceError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    match std::fs::read_dir(out) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(EvidenceError::OutNotEmpty(out.display().to_string()));
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(out).map_err(|e| write_error(out, e))?
+        }
+        Err(e) => return Err(write_error(out, e)),
+    }
+    let mut assembled = Assembled {
+        pack: BatchPack {
+            schema_version: BATCH_SCHEMA_VERSION,
+            batch_id: facts.batch_id.clone(),
+            batch_name: facts.batch_name.clone(),
+            batch_state: facts.batch_state.clone(),
+            manifest_sha256: facts.manifest_sha256.clone(),
+            generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            units: Vec::with_capacity(units.len()),
+        },
+        packs: 0,
+        files: 0,
+        problems: Vec::new(),
+    };
+    for unit in units {
+        let mut entry = UnitEvidence {
+            unit_id: unit.id.clone(),
+            state: unit.state,
+            reason: unit.reason.clone(),
+            attempts: unit.attempt,
+            session_id: None,
+            attempt: None,
+            outcome: None,
+            pack: None,
+            pack_sha256: None,
+        };
+        let latest = unit
+            .history
+            .iter()
+            .rev()
+            .find_map(|a| a.evidence.as_ref().map(|e| (a, e)));
+        if let Some((attempt, evidence)) = latest {
+            entry.session_id = Some(attempt.session_id.clone());
+            entry.attempt = Some(attempt.attempt);
+            entry.outcome = attempt.outcome.map(|o| outcome_name(o).to_owned());
+            entry.pack_sha256 = Some(evidence.sha256.clone());
+            if let (Some(unit_dir), Some(session_dir)) = (
+                single_segment(&unit.id),
+                single_segment(&attempt.session_id),
+            ) {
+                let relative = Path::new(SESSIONS_DIR).join(unit_dir).join(session_dir);
+                entry.pack = Some(slash(&relative.join(SESSION_PACK_FILE)));
+                let in_store = store.join(&facts.batch_id).join(unit_dir).join(session_dir);
+                copy_session(
+                    &in_store,
+                    Path::new(&evidence.path),
+                    &evidence.sha256,
+                    &out.join(&relative),
+                    &mut assembled,
+                )?;
+            } else {
+                assembled.problems.push(Problem {
+                    path: format!("{}/{}", unit.id, attempt.session_id),
+                    kind: ProblemKind::Escapes,
+                });
+            }
+        }
+        assembled.pack.units.push(entry);
+    }
+    let mut bytes = serde_json::to_vec_pretty(&assembled.pack)?;
+    bytes.push(b'\n');
+    let path = out.join(BATCH_PACK_FILE);
+    std::fs::write(&path, bytes).map_err(|e| write_error(&path, e))?;
+    Ok(assembled)
+}
+
+/// Copies one session's pack and the files it lists from the store (or,
+/// failing that, from where the worker said it wrote the pack).
+fn copy_session(
+    in_store: &Path,
+    reported_pack: &Path,
+    expected_sha256: &str,
+    target: &Path,
+    assembled: &mut Assembled,
+) -> Result<(), EvidenceError> {
+    let store_pack = in_store.join(SESSION_PACK_FILE);
+    let (source_dir, pack_path) = if store_pack.is_file() {
+        (in_store.to_path_buf(), store_pack)
+    } else if reported_pack.is_file() {
+        let dir = reported_pack.parent().unwrap_or(Path::new("/"));
+        (dir.to_path_buf(), reported_pack.to_path_buf())
+    } else {
+        assembled.problems.push(Problem {
+            path: store_pack.display().to_string(),
+            kind: ProblemKind::Missing,
+        });
+        return Ok(());
+    };
+    let bytes = match std::fs::read(&pack_path) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            assembled.problems.push(Problem {
+                path: pack_path.display().to_string(),
+                kind: ProblemKind::Unreadable(e.to_string()),
+            });
+            return Ok(());
+        }
+    };
+    let found = hex::encode(Sha256::digest(&bytes));
+    if found != expected_sha256 {
+        assembled.problems.push(Problem {
+            path: pack_path.display().to_string(),
+            kind: ProblemKind::Mismatch {
+                expected: expected_sha256.to_owned(),
+                found,
+            },
+        });
+    }
+    std::fs::create_dir_all(target).map_err(|e| EvidenceError::Write {
+        path: target.display().to_string(),
+        source: e,
+    })?;
+    let copy = target.join(SESSION_PACK_FILE);
+    std::fs::write(&copy, &bytes).map_err(|e| EvidenceError::Write {
+        path: copy.display().to_string(),
+        source: e,
+    })?;
+    assembled.packs += 1;
+    let pack: SessionPackFiles = match serde_json::from_slice(&bytes) {
+        Ok(pack) => pack,
+        Err(e) => {
+            assembled.problems.push(Problem {
+                path: pack_path.display().to_string(),
+                kind: ProblemKind::Unreadable(e.to_string()),
+            });
+            return Ok(());
+        }
+    };
+    for (relative, expected) in listed_files(&pack) {
+        let Some(relative) = relative.and_then(|p| plain_relative(&p)) else {
+            assembled.problems.push(Problem {
+                path: pack_path.display().to_string(),
+                kind: ProblemKind::Escapes,
+            });
+            continue;
+        };
+        let source = source_dir.join(&relative);
+        let destination = target.join(&relative);
+        match copy_hashed(&source, &destination) {
+            Ok(found) => {
+                assembled.files += 1;
+                if found != expected {
+                    assembled.problems.push(Problem {
+                        path: source.display().to_string(),
+                        kind: ProblemKind::Mismatch { expected, found },
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                assembled.problems.push(Problem {
+                    path: source.display().to_string(),
+                    kind: ProblemKind::Missing,
+                })
+            }
+            Err(e) => {
+                return Err(EvidenceError::Write {
+                    path: destination.display().to_string(),
+                    source: e,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every distinct (path, sha256) a session pack lists: its artifacts and its log.
+fn listed_files(pack: &SessionPackFiles) -> Vec<(Option<String>, String)> {
+    let mut seen = BTreeSet::new();
+    pack.artifacts
+        .iter()
+        .chain(pack.log.iter())
+        .filter(|f| seen.insert((f.path.clone(), f.sha256.clone())))
+        .map(|f| (f.path.clone(), f.sha256.clone()))
+        .collect()
+}
+
+/// Recomputes every hash of a batch pack's folder: each session pack
+/// against `batch-pack.json`, each file against its session pack. Every
+/// problem is named by its path relative to `dir`. Blocking.
+pub fn verify(dir: &Path) -> VerifyReport {
+    let mut result = VerifyReport::default();
+    let problem = |path: &str, kind| Problem {
+        path: path.to_owned(),
+        kind,
+    };
+    let Ok(root) = std::fs::canonicalize(dir) else {
+        result
+            .problems
+            .push(problem(&dir.display().to_string(), ProblemKind::Missing));
+        return result;
+    };
+    let bytes = match read_inside(&root, Path::new(BATCH_PACK_FILE)) {
+        Ok(bytes) => bytes,
+        Err(kind) => {
+            result.problems.push(problem(BATCH_PACK_FILE, kind));
+            return result;
+        }
+    };
+    result.batch_pack_sha256 = Some(hex::encode(Sha256::digest(&bytes)));
+    let batch: BatchPack = match serde_json::from_slice(&bytes) {
+        Ok(batch) => batch,
+        Err(e) => {
+            result.problems.push(problem(
+                BATCH_PACK_FILE,
+                ProblemKind::Unreadable(e.to_string()),
+            ));
+            return result;
+        }
+    };
+    for unit in &batch.units {
+        let Some(pack_path) = &unit.pack else {
+            continue;
+        };
+        let Some(relative) = plain_relative(pack_path) else {
+            result
+                .problems
+                .push(problem(pack_path, ProblemKind::Escapes));
+            continue;
+        };
+        let bytes = match read_inside(&root, &relative) {
+            Ok(bytes) => bytes,
+            Err(kind) => {
+                result.problems.push(problem(pack_path, kind));
+                continue;
+            }
+        };
+        result.packs += 1;
+        let found = hex::encode(Sha256::digest(&bytes));
+        let expected = unit.pack_sha256.clone().unwrap_or_default();
+        if found != expected {
+            result.problems.push(problem(
+                pack_path,
+                ProblemKind::Mismatch { expected, found },
+            ));
+        }
+        let pack: SessionPackFiles = match serde_json::from_slice(&bytes) {
+            Ok(pack) => pack,
+            Err(e) => {
+                result
+                    .problems
+                    .push(problem(pack_path, ProblemKind::Unreadable(e.to_string())));
+                continue;
+            }
+        };
+        if pack.unit_id != unit.unit_id
+            || Some(&pack.session_id) != unit.session_id.as_ref()
+            || pack.batch_id != batch.batch_id
+        {
+            result.problems.push(problem(
+                pack_path,
+                ProblemKind::WrongSession(format!(
+                    "the pack is of {}/{}/{}, the batch pack lists {}/{}/{}",
+                    pack.batch_id,
+                    pack.unit_id,
+                    pack.session_id,
+                    batch.batch_id,
+                    unit.unit_id,
+                    unit.session_id.as_deref().unwrap_or("-")
+                )),
+            ));
+        }
+        let session_dir = relative.parent().unwrap_or(Path::new("")).to_path_buf();
+        for (file, expected) in listed_files(&pack) {
+            let Some(file_relative) = file.as_deref().and_then(plain_relative) else {
+                let shown = file.unwrap_or_else(|| "(no path)".into());
+                result.problems.push(problem(
+                    &slash(&session_dir.join(shown)),
+                    ProblemKind::Escapes,
+                ));
+                continue;
+            };
+            let path = session_dir.join(&file_relative);
+            let shown = slash(&path);
+            match hash_inside(&root, &path) {
+                Ok(found) => {
+                    result.files += 1;
+                    if found != expected {
+                        result
+                            .problems
+                            .push(problem(&shown, ProblemKind::Mismatch { expected, found }));
+                    }
+                }
+                Err(kind) => result.problems.push(problem(&shown, kind)),
+            }
+        }
+    }
+    result
+}
+
+/// Resolves `relative` under `root` and checks it stays inside (a symlink
+/// in the folder must not vouch for a file elsewhere).
+fn resolve_inside(root: &Path, relative: &Path) -> Result<PathBuf, ProblemKind> {
+    let path = root.join(relative);
+    match std::fs::canonicalize(&path) {
+        Ok(resolved) if resolved.starts_with(root) => Ok(resolved),
+        Ok(_) => Err(ProblemKind::Escapes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ProblemKind::Missing),
+        Err(e) => Err(ProblemKind::Unreadable(e.to_string())),
+    }
+}
+
+fn read_inside(root: &Path, relative: &Path) -> Result<Vec<u8>, ProblemKind> {
+    let path = resolve_inside(root, relative)?;
+    std::fs::read(path).map_err(|e| ProblemKind::Unreadable(e.to_string()))
+}
+
+fn hash_inside(root: &Path, relative: &Path) -> Result<String, ProblemKind> {
+    let path = resolve_inside(root, relative)?;
+    sha256_file(&path).map_err(|e| ProblemKind::Unreadable(e.to_string()))
+}
+
+/// Returns the hex SHA-256 of a file's bytes, as packs record them.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Copies a file, creating the destination's folders, and returns the hex
+/// SHA-256 of the bytes copied.
+fn copy_hashed(source: &Path, destination: &Path) -> std::io::Result<String> {
+    let mut input = File::open(source)?;
+    if let Some(parent) = destination.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut output = File::create(destination)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let n = input.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+        output.write_all(&buffer[..n])?;
+    }
+    output.flush()?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Returns `path` as plain relative segments (`.` dropped), or `None` when
+/// it is empty, absolute, or climbs out with `..`.
+pub fn plain_relative(path: &str) -> Option<PathBuf> {
+    let mut relative = PathBuf::new();
+    for component in Path::new(path).components() {
+        match component {
+            Component::Normal(segment) => relative.push(segment),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    (!relative.as_os_str().is_empty()).then_some(relative)
+}
+
+/// `id` when it is one plain path segment (ids become folder names).
+fn single_segment(id: &str) -> Option<&str> {
+    let mut components = Path::new(id).components();
+    match (components.next(), components.next()) {
+        (Some(Component::Normal(segment)), None) if segment == id => Some(id),
+        _ => None,
+    }
+}
+
+fn slash(path: &Path) -> String {
+    path.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// An outcome as packs and the API spell it.
+pub fn outcome_name(outcome: regatta_proto::Outcome) -> &'static str {
+    use regatta_proto::Outcome;
+    match outcome {
+        Outcome::Succeeded => "succeeded",
+        Outcome::Failed => "failed",
+        Outcome::TimedOut => "timed_out",
+        Outcome::Lost => "lost",
+        Outcome::Interrupted => "interrupted",
+        Outcome::Cancelled => "cancelled",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::Attempt;
+    use regatta_proto::{EvidenceRef, Outcome};
+
+    fn sha(bytes: &[u8]) -> String {
+        hex::encode(Sha256::digest(bytes))
+    }
+
+    fn write(path: &Path, bytes: &[u8]) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    /// Writes a session pack the way a worker does; returns its reference.
+    fn worker_session(store: &Path, unit: &str, session: &str) -> EvidenceRef {
+        let dir = store.join("b-1").join(unit).join(session);
+        let output = format!("-- {unit}\nselect 1;\n");
+        write(&dir.join("outputs/pg/out.sql"), output.as_bytes());
+        write(&dir.join("artifacts/report.txt"), b"report");
+        write(&dir.join("session.log"), b"log\n");
+        let pack = serde_json::json!({
+            "schema_version": 1,
+            "playbook": "p",
+            "batch_id": "b-1",
+            "unit_id": unit,
+            "session_id": session,
+            "attempt": 1,
+            "timestamp": "2026-11-25T10:00:00.000Z",
+            "artifacts": [
+                {"filename": "pg/out.sql", "sha256": sha(output.as_bytes()), "stage": "output", "path": "outputs/pg/out.sql", "bytes": output.len()},
+                {"filename": "report.txt", "sha256": sha(b"report"), "stage": "artifact", "path": "artifacts/report.txt", "bytes": 6},
+                {"filename": "session.log", "sha256": sha(b"log\n"), "stage": "log", "path": "session.log", "bytes": 4}
+            ],
+            "log": {"filename": "session.log", "sha256": sha(b"log\n"), "path": "session.log", "bytes": 4},
+            "verification": {"tests_passed": true, "lint_clean": true, "security_scan_clean": true, "gates_failed_and_auto_fixed": []},
+            "knowledge_updates": [],
+            "escalations": []
+        });
+        let bytes = serde_json::to_vec_pretty(&pack).unwrap();
+        let path = dir.join(SESSION_PACK_FILE);
+        write(&path, &bytes);
+        EvidenceRef {
+            path: path.display().to_string(),
+            sha256: sha(&bytes),
+        }
+    }
+
+    fn attempt(session: &str, evidence: Option<EvidenceRef>) -> Attempt {
+        Attempt {
+            attempt: 1,
+            session_id: session.into(),
+            worker: Some("w0".into()),
+            fencing: 1,
+            published_at_ms: 0,
+            started_at_ms: Some(1),
+            ended_at_ms: Some(2),
+            outcome: Some(Outcome::Succeeded),
+            exit_code: Some(0),
+            reason: None,
+            log_tail: String::new(),
+            log_path: String::new(),
+            gates: Vec::new(),
+            evidence,
+        }
+    }
+
+    fn unit(id: &str, state: UnitState, history: Vec<Attempt>) -> UnitView {
+        UnitView {
+            id: id.into(),
+            state,
+            attempt: history.len() as u32,
+            failures: 0,
+            reason: None,
+            waiting_for: None,
+            history,
+        }
+    }
+
+    fn facts() -> BatchFacts {
+        BatchFacts {
+            batch_id: "b-1".into(),
+            batch_name: "b".into(),
+            batch_state: "succeeded".into(),
+            manifest_sha256: "m".repeat(64),
+        }
+    }
+
+    struct Fixture {
+        _temp: tempfile::TempDir,
+        out: PathBuf,
+        assembled: Assembled,
+    }
+
+    fn fixture() -> Fixture {
+        let temp = tempfile::tempdir().unwrap();
+        let store = temp.path().join("store");
+        let a = worker_session(&store, "a", "s-a");
+        let b = worker_session(&store, "b", "s-b");
+        let units = vec![
+            unit("a", UnitState::Succeeded, vec![attempt("s-a", Some(a))]),
+            // Two attempts: the pack of the later one is taken.
+            unit(
+                "b",
+                UnitState::Succeeded,
+                vec![attempt("s-old", None), attempt("s-b", Some(b))],
+            ),
+            unit("never-ran", UnitState::Blocked, vec![]),
+        ];
+        let out = temp.path().join("out");
+        let assembled = assemble(&facts(), &units, &store, &out).unwrap();
+        Fixture {
+            _temp: temp,
+            out,
+            assembled,
+        }
+    }
+
+    #[test]
+    fn an_assembled_folder_verifies() {
+        let f = fixture();
+        assert!(
+            f.assembled.problems.is_empty(),
+            "{:?}",
+            f.assembled.problems
+        );
+        assert_eq!((f.assembled.packs, f.assembled.files), (2, 6));
+        let pack = &f.assembled.pack;
+        assert_eq!(pack.units.len(), 3);
+        assert_eq!(
+            pack.units[1].pack.as_deref(),
+            Some("sessions/b/s-b/evidence-pack.json")
+        );
+        assert_eq!(pack.units[2].pack, None);
+        assert_eq!(pack.units[2].state, UnitState::Blocked);
+        let result = verify(&f.out);
+        assert!(result.is_clean(), "{:?}", result.problems);
+        assert_eq!((result.packs, result.files), (2, 6));
+        assert!(result
+            .summary()
+            .starts_with("evidence verified: 2 session packs and 6 files"));
+    }
+
+    #[test]
+    fn a_changed_byte_is_named_by_its_path() {
+        let f = fixture();
+        let path = f.out.join("sessions/a/s-a/outputs/pg/out.sql");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[0] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let result = verify(&f.out);
+        assert_eq!(result.problems.len(), 1, "{:?}", result.problems);
+        let shown = result.problems[0].to_string();
+        assert!(
+            shown.starts_with("sessions/a/s-a/outputs/pg/out.sql: sha256 mismatch"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn a_removed_file_is_named_by_its_path() {
+        let f = fixture();
+        std::fs::remove_file(f.out.join("sessions/b/s-b/session.log")).unwrap();
+        let result = verify(&f.out);
+        let shown: Vec<String> = result.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(shown, vec!["sessions/b/s-b/session.log: missing"]);
+    }
+
+    #[test]
+    fn an_edited_session_pack_breaks_the_batch_packs_hash() {
+        let f = fixture();
+        let path = f.out.join("sessions/a/s-a/evidence-pack.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("\"attempt\": 1", "\"attempt\": 2")).unwrap();
+        let result = verify(&f.out);
+        let shown: Vec<String> = result.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(shown.len(), 1, "{shown:?}");
+        assert!(shown[0].starts_with("sessions/a/s-a/evidence-pack.json: sha256 mismatch"));
+    }
+
+    #[test]
+    fn paths_that_escape_the_folder_are_refused() {
+        let f = fixture();
+        // Point a listed file outside through a symlink, and an entry at `..`.
+        let log = f.out.join("sessions/a/s-a/session.log");
+        let outside = f.out.parent().unwrap().join("outside.log");
+        std::fs::write(&outside, b"log\n").unwrap();
+        std::fs::remove_file(&log).unwrap();
+        std::os::unix::fs::symlink(&outside, &log).unwrap();
+        let batch_path = f.out.join(BATCH_PACK_FILE);
+        let mut batch: BatchPack =
+            serde_json::from_slice(&std::fs::read(&batch_path).unwrap()).unwrap();
+        batch.units[1].pack = Some("../store/b-1/b/s-b/evidence-pack.json".into());
+        std::fs::write(&batch_path, serde_json::to_vec(&batch).unwrap()).unwrap();
+        let result = verify(&f.out);
+        let shown: Vec<String> = result.problems.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            shown,
+            vec![
+                "sessions/a/s-a/session.log: the path escapes the folder",
+                "../store/b-1/b/s-b/evidence-pack.json: the path escapes the folder",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_missing_batch_pack_is_a_problem_not_a_panic() {
+        let temp = tempfile::tempdir().unwrap();
+        let result = verify(temp.path());
+        assert_eq!(result.problems[0].to_string(), "batch-pack.json: missing");
+    }
+
+    #[test]
+    fn assembling_refuses_a_folder_in_use_and_reports_a_tampered_store() {
+        let temp = tempfile::tempdir().unwrap();
+        let store = temp.path().join("store");
+        let a = worker_session(&store, "a", "s-a");
+        std::fs::write(store.join("b-1/a/s-a/artifacts/report.txt"), b"changed").unwrap();
+        let units = vec![unit(
+            "a",
+            UnitState::Succeeded,
+            vec![attempt("s-a", Some(a))],
+        )];
+        let used = temp.path().join("used");
+        write(&used.join("x"), b"x");
+        assert!(matches!(
+            assemble(&facts(), &units, &store, &used),
+            Err(EvidenceError::OutNotEmpty(_))
+        ));
+        let out = temp.path().join("out");
+        let assembled = assemble(&facts(), &units, &store, &out).unwrap();
+        assert_eq!(assembled.problems.len(), 1, "{:?}", assembled.problems);
+        assert!(assembled.problems[0].path.ends_with("artifacts/report.txt"));
+        assert!(!verify(&out).is_clean());
+    }
+
+    #[test]
+    fn a_finished_event_without_evidence_still_decodes() {
+        // An older worker's event has no `evidence` field.
+        #[derive(Serialize)]
+        enum OldKind {
+            Finished {
+                outcome: Outcome,
+                exit_code: Option<i32>,
+                duration_ms: u64,
+                reason: Option<String>,
+                log_tail: String,
+                log_path: String,
+                gates: Vec<regatta_proto::GateReport>,
+            },
+        }
+        let old = OldKind::Finished {
+            outcome: Outcome::Succeeded,
+            exit_code: Some(0),
+            duration_ms: 1,
+            reason: None,
+            log_tail: String::new(),
+            log_path: String::new(),
+            gates: Vec::new(),
+        };
+        let bytes = rmp_serde::to_vec_named(&old).unwrap();
+        let kind: regatta_proto::EventKind = rmp_serde::from_slice(&bytes).unwrap();
+        assert!(matches!(
+            kind,
+            regatta_proto::EventKind::Finished { evidence: None, .. }
+        ));
+    }
+}

@@ -1,0 +1,44 @@
+//! regatta's coordinator: it turns a manifest into a running batch.
+//!
+//! The data path:
+//!
+//! - [`manifest`] reads and validates a manifest (all errors at once), and
+//!   [`dag`] holds its dependency graph; [`plan`] shows its shape;
+//! - [`service`] accepts a batch, and its [`scheduler`] decides which units
+//!   may start under the batch cap and the resources' capacities;
+//!   [`order`] turns each into a signed work order that [`broker`] publishes
+//!   with confirms;
+//! - worker events come back through the same [`service`], which applies them
+//!   to the scheduler and writes every change through [`store`] into Redis;
+//! - [`api`] serves the state over HTTP (and [`metrics`] on `/metrics`), and
+//!   [`client`] is how the CLI and tests talk to it;
+//! - [`evidence`] assembles a batch's evidence pack and verifies one.
+
+pub mod api;
+pub mod broker;
+pub mod client;
+pub mod evidence;
+pub mod metrics;
+pub mod order;
+pub mod scheduler;
+pub mod service;
+pub mod store;
+
+/// The dependency graph of a valid manifest.
+pub mod dag;
+/// Durations as manifests spell them (`90s`, `1h30m`).
+pub mod duration;
+/// The crate's error enum.
+pub mod error;
+/// Manifest and playbook: reading, validation, the domain types.
+pub mod manifest;
+/// The batch's shape before it runs: levels, critical path, resource demand.
+pub mod plan;
+
+pub use dag::Dag;
+pub use error::Error;
+pub use manifest::{
+    Gate, Manifest, ManifestError, ManifestErrorKind, ManifestErrors, ManifestSummary, Playbook,
+    Unit,
+};
+pub use plan::Plan;

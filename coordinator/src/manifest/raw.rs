@@ -1,0 +1,261 @@
+//! The serde layer: reads a manifest's (or a playbook file's) YAML or JSON text into the
+//! domain types, collecting problems instead of stopping at the first one.
+//!
+//! Derived `Deserialize` with `deny_unknown_fields` stops at the first unknown field,
+//! so the visitors here are written by hand: an unknown or repeated field becomes a
+//! [`Problem`] and the reader skips its value; a value of the wrong type (`retries: two`,
+//! `depends_on: a`) is read leniently and reported. Only broken syntax, or a string
+//! field holding a list or a mapping, stops the reading.
+//!
+//! A [`Reader`] either records no positions (the fast path, for big valid manifests) or
+//! records the positions of every place, or of wanted places only (see
+//! [`super::position`]).
+
+// The macros come before the submodules that use them (macro_rules scope is textual).
+
+/// Implements the visitor methods of a value that arrived with the wrong shape: each
+/// reports the problem through `self.mismatch(found)` and skips the value.
+macro_rules! mismatch_visits {
+    ($value:ty) => {
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<$value, E> {
+            Ok(self.mismatch(Scalar::Bool(v)))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<$value, E> {
+            Ok(self.mismatch(Scalar::Int(v.into())))
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<$value, E> {
+            Ok(self.mismatch(Scalar::Int(v.into())))
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<$value, E> {
+            Ok(self.mismatch(Scalar::Float(v)))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<$value, E> {
+            Ok(self.mismatch(Scalar::Text(v.to_owned())))
+        }
+    };
+}
+
+/// Implements `visit_seq` for a value that must not be a list.
+macro_rules! skip_seq_visit {
+    ($value:ty) => {
+        fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<$value, S::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(self.mismatch(Scalar::List))
+        }
+    };
+}
+
+/// Implements `visit_map` for a value that must not be a mapping.
+macro_rules! skip_map_visit {
+    ($value:ty) => {
+        fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<$value, M::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(self.mismatch(Scalar::Mapping))
+        }
+    };
+}
+
+mod playbook;
+mod reader;
+mod scalar;
+mod structure;
+mod values;
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use serde::de::DeserializeSeed;
+
+use super::position::{Locator, Node, Position, PositionTable, Problem};
+use super::{Playbook, Unit};
+use playbook::PlaybookSeed;
+use reader::Reader;
+use structure::TopSeed;
+
+/// The syntax of a text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Format {
+    Yaml,
+    Json,
+}
+
+/// Which positions a reading records.
+#[derive(Clone, Copy)]
+pub(crate) enum Wanted<'a> {
+    /// None: the fast reading of a big or JSON manifest.
+    Nothing,
+    /// Every place's: the reading of a small YAML text.
+    All,
+    /// Only these places': the second reading, after problems were found. It keeps no
+    /// units, only their ids, so that it does not double the memory of a big manifest.
+    Some(&'a HashSet<Locator>),
+}
+
+/// Facts the reading learnt that the semantic rules need so as not to repeat a problem.
+#[derive(Debug, Default)]
+pub(crate) struct Notes {
+    /// Resources whose capacity was already reported as missing or malformed.
+    pub reported_capacities: HashSet<String>,
+    /// Units that were not mappings, already reported; the rules skip them.
+    pub broken_units: HashSet<usize>,
+}
+
+/// How the manifest names its playbook.
+#[derive(Debug)]
+pub(crate) enum PlaybookSpec {
+    Missing,
+    /// Already reported as malformed.
+    Invalid,
+    Path(String),
+    Inline(Playbook),
+}
+
+/// A manifest as read, before defaults and path resolution.
+#[derive(Debug)]
+pub(crate) struct Draft {
+    pub batch: Option<String>,
+    pub workdir: Option<String>,
+    pub playbook: PlaybookSpec,
+    pub concurrency: Option<u32>,
+    pub calibration: Option<u32>,
+    pub calibration_auto: Option<f64>,
+    pub retries: Option<u32>,
+    pub timeout: Option<Duration>,
+    pub resources: BTreeMap<String, u32>,
+    pub units: Vec<Unit>,
+}
+
+/// The outcome of reading one text.
+pub(crate) struct Reading<T> {
+    /// `None` when the reading stopped at a fatal problem (the last of `problems`).
+    pub value: Option<T>,
+    pub problems: Vec<Problem>,
+    pub positions: PositionTable,
+    pub notes: Notes,
+    /// Unit ids by index, recorded when positions are on (also for a reading that stopped
+    /// at a fatal problem, whose units are otherwise lost).
+    pub unit_ids: Vec<String>,
+}
+
+impl<T> Reading<Option<T>> {
+    /// Treats a value the reading refused (already reported) like a stopped reading.
+    fn flatten(self) -> Reading<T> {
+        Reading {
+            value: self.value.flatten(),
+            problems: self.problems,
+            positions: self.positions,
+            notes: self.notes,
+            unit_ids: self.unit_ids,
+        }
+    }
+}
+
+/// Reads a manifest.
+pub(crate) fn read_manifest(text: &str, format: Format, wanted: Wanted<'_>) -> Reading<Draft> {
+    let reader = Reader::new(wanted);
+    let outcome = drive(text, format, TopSeed { reader: &reader });
+    reader.finish(outcome, Node::Top).flatten()
+}
+
+/// Reads a playbook file.
+pub(crate) fn read_playbook(text: &str, format: Format, wanted: Wanted<'_>) -> Reading<Playbook> {
+    let reader = Reader::new(wanted);
+    let outcome = drive(
+        text,
+        format,
+        PlaybookSeed {
+            reader: &reader,
+            file: true,
+        },
+    )
+    .map(|spec| match spec {
+        PlaybookSpec::Inline(playbook) => Some(playbook),
+        _ => None,
+    });
+    reader.finish(outcome, Node::Playbook).flatten()
+}
+
+/// A problem that stopped the reading: broken syntax, or a value no lenient reading fits.
+struct Fatal {
+    message: String,
+    position: Option<Position>,
+}
+
+fn drive<'de, S: DeserializeSeed<'de>>(
+    text: &'de str,
+    format: Format,
+    seed: S,
+) -> Result<S::Value, Fatal> {
+    match format {
+        Format::Yaml => serde_saphyr::with_deserializer_from_str_with_options(
+            text,
+            yaml_options(text.len()),
+            |de| seed.deserialize(de),
+        )
+        .map_err(|error| fatal_from_yaml(&error)),
+        Format::Json => {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let value = seed.deserialize(&mut de).map_err(|e| fatal_from_json(&e))?;
+            de.end().map_err(|e| fatal_from_json(&e))?;
+            Ok(value)
+        }
+    }
+}
+
+/// Sizes serde-saphyr's budget to the text: its defaults (250,000 nodes) refuse manifests
+/// beyond about 20,000 units. Limits proportional to the input still stop alias and
+/// merge-key amplification, whose own limits stay at their defaults.
+fn yaml_options(text_len: usize) -> serde_saphyr::Options {
+    let defaults = serde_saphyr::Budget::default();
+    let scaled = text_len.saturating_mul(2).saturating_add(1_024);
+    serde_saphyr::options! {
+        with_snippet: false,
+        // Comments carry nothing a manifest needs; not keeping them saves time.
+        emit_comments: false,
+        // Repeated keys reach the visitors, which report them with the rest.
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::PassThrough,
+        budget: serde_saphyr::budget! {
+            max_events: defaults.max_events.max(scaled),
+            max_nodes: defaults.max_nodes.max(scaled),
+            max_total_scalar_bytes: defaults.max_total_scalar_bytes.max(scaled),
+        },
+    }
+}
+
+fn fatal_from_yaml(error: &serde_saphyr::Error) -> Fatal {
+    let position = error.location().and_then(|l| Position::from_location(&l));
+    let mut message = error.render_with_formatter(&serde_saphyr::UserMessageFormatter);
+    if let Some(p) = position {
+        strip_suffix(
+            &mut message,
+            &format!(" at line {}, column {}", p.line, p.column),
+        );
+    }
+    Fatal {
+        message: format!("invalid YAML: {message}"),
+        position,
+    }
+}
+
+fn fatal_from_json(error: &serde_json::Error) -> Fatal {
+    let mut message = error.to_string();
+    let position = u32::try_from(error.line())
+        .ok()
+        .zip(u32::try_from(error.column()).ok())
+        .filter(|(line, _)| *line > 0)
+        .map(|(line, column)| Position { line, column });
+    strip_suffix(
+        &mut message,
+        &format!(" at line {} column {}", error.line(), error.column()),
+    );
+    Fatal {
+        message: format!("invalid JSON: {message}"),
+        position,
+    }
+}
+
+fn strip_suffix(message: &mut String, suffix: &str) {
+    if message.ends_with(suffix) {
+        message.truncate(message.len() - suffix.len());
+    }
+}

@@ -1,0 +1,680 @@
+//! The artifact store: after a session ends, its declared outputs, the files
+//! it left in `REGATTA_ARTIFACT_DIR` and its log are copied, hashed, into a
+//! folder of their own, where they stay when the work dir is cleaned and
+//! where `regatta evidence` finds them.
+//!
+//! Layout, one folder per session:
+//!
+//! ```text
+//! <store>/<batch_id>/<unit_id>/<session_id>/
+//!     outputs/<path as declared>     stage "output"
+//!     artifacts/<path in the dir>    stage "artifact"
+//!     session.log                    stage "log"
+//!     evidence-pack.json             written by `evidence`
+//! ```
+//!
+//! Nothing a session does can make the store write outside its folder: ids
+//! and declared paths must be plain relative paths (no `..`, not absolute),
+//! a source that resolves (through symlinks) outside the workdir or the
+//! artifact folder is refused and recorded, and every destination is checked
+//! to resolve inside the session's folder before it is created.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The folder, inside a session's folder, that declared outputs are copied to.
+pub const OUTPUTS_DIR: &str = "outputs";
+/// The folder, inside a session's folder, that `REGATTA_ARTIFACT_DIR` files are copied to.
+pub const ARTIFACTS_DIR: &str = "artifacts";
+/// The name of the session log inside a session's folder.
+pub const LOG_FILE: &str = "session.log";
+
+/// Why a session's files could not be stored at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// A batch, unit or session id is not a single plain path segment; the
+    /// coordinator never sends one, so the order was forged or corrupted.
+    #[error(
+        "'{0}' cannot name a folder of the artifact store (it must be one plain path segment)"
+    )]
+    UnsafeId(String),
+    /// The store cannot be written: check `--artifact-dir` (REGATTA_ARTIFACT_STORE)
+    /// exists or can be created, and has room.
+    #[error("cannot write to the artifact store at {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A destination resolved outside the session's folder (a symlink was
+    /// planted inside the store): nothing was written there.
+    #[error("'{0}' would be written outside the session's folder of the artifact store")]
+    Escapes(String),
+    /// The blocking copy task panicked or was cancelled.
+    #[error("the artifact copy task failed: {0}")]
+    Task(String),
+}
+
+impl ArtifactError {
+    fn io(path: &Path, source: std::io::Error) -> ArtifactError {
+        ArtifactError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// Where a stored file came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// A declared output of the unit, relative to the workdir.
+    Output,
+    /// A file the session left in its `REGATTA_ARTIFACT_DIR`.
+    Artifact,
+    /// The session's log.
+    Log,
+}
+
+/// One file copied into the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredFile {
+    /// The name a reviewer knows it by: the declared output path, the path
+    /// inside the artifact folder, or `session.log`.
+    pub filename: String,
+    /// Hex SHA-256 of the stored bytes.
+    pub sha256: String,
+    pub stage: Stage,
+    /// Where the copy is, relative to the session's folder of the store.
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// A file the session produced that the store refused to keep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedFile {
+    pub filename: String,
+    pub stage: Stage,
+    pub reason: String,
+}
+
+/// A declared input, hashed but not copied: it belongs to whoever produced it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HashedInput {
+    pub filename: String,
+    pub sha256: String,
+    pub bytes: u64,
+}
+
+/// What one session's collection stored and refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Collection {
+    /// The session's folder in the store, resolved (absolute).
+    pub session_dir: PathBuf,
+    /// Outputs first (in declaration order), then artifacts (sorted), then the log.
+    pub files: Vec<StoredFile>,
+    pub rejected: Vec<RejectedFile>,
+    /// Declared inputs that exist inside the workdir, in declaration order.
+    pub inputs: Vec<HashedInput>,
+}
+
+impl Collection {
+    /// The stored log, when the session had one.
+    pub fn log(&self) -> Option<&StoredFile> {
+        self.files.iter().find(|f| f.stage == Stage::Log)
+    }
+}
+
+/// What to collect for one session.
+#[derive(Debug, Clone)]
+pub struct SessionFiles {
+    pub batch_id: String,
+    pub unit_id: String,
+    pub session_id: String,
+    /// The order's workdir; declared outputs are relative to it.
+    pub workdir: PathBuf,
+    /// Declared outputs as the manifest spells them.
+    pub outputs: Vec<String>,
+    /// Declared inputs as the manifest spells them; hashed, not copied.
+    pub inputs: Vec<String>,
+    /// The session's `REGATTA_ARTIFACT_DIR`.
+    pub artifact_dir: PathBuf,
+    /// The session's log on the worker's disk.
+    pub log_path: PathBuf,
+}
+
+/// A folder holding one sub-folder per session. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ArtifactStore {
+    root: PathBuf,
+}
+
+impl ArtifactStore {
+    pub fn new(root: impl Into<PathBuf>) -> ArtifactStore {
+        ArtifactStore { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Returns `<root>/<batch>/<unit>/<session>`, refusing any id that is not
+    /// one plain path segment.
+    pub fn session_dir(
+        &self,
+        batch_id: &str,
+        unit_id: &str,
+        session_id: &str,
+    ) -> Result<PathBuf, ArtifactError> {
+        let mut dir = self.root.clone();
+        for id in [batch_id, unit_id, session_id] {
+            let mut components = Path::new(id).components();
+            match (components.next(), components.next()) {
+                (Some(Component::Normal(segment)), None) if segment == id => dir.push(segment),
+                _ => return Err(ArtifactError::UnsafeId(id.to_owned())),
+            }
+        }
+        Ok(dir)
+    }
+
+    /// Copies and hashes a session's outputs, artifacts and log into its
+    /// folder of the store, on a blocking thread (files may be large).
+    pub async fn collect(&self, files: SessionFiles) -> Result<Collection, ArtifactError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.collect_blocking(&files))
+            .await
+            .map_err(|e| ArtifactError::Task(e.to_string()))?
+    }
+
+    /// The blocking body of [`ArtifactStore::collect`].
+    pub fn collect_blocking(&self, files: &SessionFiles) -> Result<Collection, ArtifactError> {
+        let session_dir = self.session_dir(&files.batch_id, &files.unit_id, &files.session_id)?;
+        let session = session_dir.strip_prefix(&self.root).unwrap_or(&session_dir);
+        let target = Target::new(&self.root, session)?;
+        let mut collection = Collection {
+            session_dir: target.root.clone(),
+            ..Collection::default()
+        };
+
+        // Declared outputs: relative to the workdir, and must stay inside it.
+        let workdir = std::fs::canonicalize(&files.workdir).ok();
+        for output in &files.outputs {
+            let reject = |reason: String| RejectedFile {
+                filename: output.clone(),
+                stage: Stage::Output,
+                reason,
+            };
+            let Some(relative) = plain_relative(output) else {
+                collection.rejected.push(reject(
+                    "the path is absolute or climbs out with '..'".into(),
+                ));
+                continue;
+            };
+            let source = files.workdir.join(&relative);
+            if std::fs::symlink_metadata(&source).is_err() {
+                // Missing: the session's reason already names it.
+                continue;
+            }
+            let Some(workdir) = &workdir else { continue };
+            match resolve_inside(&source, workdir) {
+                Ok(resolved) if resolved.is_file() => {
+                    let destination = Path::new(OUTPUTS_DIR).join(&relative);
+                    let stored = target.store(&resolved, &destination)?;
+                    collection.files.push(StoredFile {
+                        filename: output.clone(),
+                        stage: Stage::Output,
+                        ..stored
+                    });
+                }
+                Ok(resolved) if resolved.is_dir() => {
+                    let mut found = Vec::new();
+                    walk(&resolved, &relative, workdir, &mut found);
+                    for (entry, entry_relative) in found {
+                        let filename = slash_path(&entry_relative);
+                        match entry {
+                            Ok(path) => {
+                                let destination = Path::new(OUTPUTS_DIR).join(&entry_relative);
+                                let stored = target.store(&path, &destination)?;
+                                collection.files.push(StoredFile {
+                                    filename,
+                                    stage: Stage::Output,
+                                    ..stored
+                                });
+                            }
+                            Err(reason) => collection.rejected.push(RejectedFile {
+                                filename,
+                                stage: Stage::Output,
+                                reason,
+                            }),
+                        }
+                    }
+                }
+                Ok(_) => collection
+                    .rejected
+                    .push(reject("not a regular file or folder".into())),
+                Err(reason) => collection.rejected.push(reject(reason)),
+            }
+        }
+
+        // Inputs: hashed where they are, so the pack says what the outputs
+        // were made from.
+        for input in &files.inputs {
+            let (Some(relative), Some(workdir)) = (plain_relative(input), &workdir) else {
+                continue;
+            };
+            let Ok(resolved) = resolve_inside(&files.workdir.join(relative), workdir) else {
+                continue;
+            };
+            if let Ok((sha256, bytes)) = hash_file(&resolved) {
+                collection.inputs.push(HashedInput {
+                    filename: input.clone(),
+                    sha256,
+                    bytes,
+                });
+            }
+        }
+
+        // Extra artifacts: everything under REGATTA_ARTIFACT_DIR, sorted.
+        if let Ok(artifact_dir) = std::fs::canonicalize(&files.artifact_dir) {
+            let mut found = Vec::new();
+            walk(&artifact_dir, Path::new(""), &artifact_dir, &mut found);
+            for (entry, relative) in found {
+                let filename = slash_path(&relative);
+                match entry {
+                    Ok(path) => {
+                        let destination = Path::new(ARTIFACTS_DIR).join(&relative);
+                        let stored = target.store(&path, &destination)?;
+                        collection.files.push(StoredFile {
+                            filename,
+                            stage: Stage::Artifact,
+                            ..stored
+                        });
+                    }
+                    Err(reason) => collection.rejected.push(RejectedFile {
+                        filename,
+                        stage: Stage::Artifact,
+                        reason,
+                    }),
+                }
+            }
+        }
+
+        // The log is written by the worker itself: no escape to check.
+        if files.log_path.is_file() {
+            let stored = target.store(&files.log_path, Path::new(LOG_FILE))?;
+            collection.files.push(StoredFile {
+                filename: LOG_FILE.to_owned(),
+                stage: Stage::Log,
+                ..stored
+            });
+        }
+        Ok(collection)
+    }
+}
+
+/// A session's folder in the store, resolved once, that every copy must land in.
+struct Target {
+    root: PathBuf,
+}
+
+impl Target {
+    /// Creates the session's folder under the store's root (which the
+    /// operator chose, so it may itself be a symlink).
+    fn new(store_root: &Path, session: &Path) -> Result<Target, ArtifactError> {
+        std::fs::create_dir_all(store_root).map_err(|e| ArtifactError::io(store_root, e))?;
+        let store_root =
+            std::fs::canonicalize(store_root).map_err(|e| ArtifactError::io(store_root, e))?;
+        let root = create_folders(&store_root, session)?;
+        Ok(Target { root })
+    }
+
+    /// Copies `source` to `relative` under the session's folder, hashing the
+    /// bytes as they pass; `filename` and `stage` are for the caller to set.
+    fn store(&self, source: &Path, relative: &Path) -> Result<StoredFile, ArtifactError> {
+        let (Some(parent), Some(name)) = (relative.parent(), relative.file_name()) else {
+            return Err(ArtifactError::Escapes(slash_path(relative)));
+        };
+        let destination = create_folders(&self.root, parent)?.join(name);
+        // `create_new` refuses to follow a symlink at the destination itself.
+        match std::fs::symlink_metadata(&destination) {
+            Ok(_) => std::fs::remove_file(&destination)
+                .map_err(|e| ArtifactError::io(&destination, e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(ArtifactError::io(&destination, e)),
+        }
+        let mut input = File::open(source).map_err(|e| ArtifactError::io(source, e))?;
+        let mut output = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&destination)
+            .map_err(|e| ArtifactError::io(&destination, e))?;
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut bytes = 0u64;
+        loop {
+            let n = input
+                .read(&mut buffer)
+                .map_err(|e| ArtifactError::io(source, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+            output
+                .write_all(&buffer[..n])
+                .map_err(|e| ArtifactError::io(&destination, e))?;
+            bytes += n as u64;
+        }
+        output
+            .flush()
+            .map_err(|e| ArtifactError::io(&destination, e))?;
+        Ok(StoredFile {
+            filename: String::new(),
+            sha256: hex::encode(hasher.finalize()),
+            stage: Stage::Artifact,
+            path: slash_path(relative),
+            bytes,
+        })
+    }
+}
+
+/// Returns the hex SHA-256 and the size of a file.
+pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut input = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let bytes = std::io::copy(&mut input, &mut hasher)?;
+    Ok((hex::encode(hasher.finalize()), bytes))
+}
+
+/// Creates the folders of `relative` under `base` one segment at a time and
+/// returns the last; a segment that exists as anything but a real folder (a
+/// symlink planted in the store would redirect writes, or create folders
+/// elsewhere) is refused.
+fn create_folders(base: &Path, relative: &Path) -> Result<PathBuf, ArtifactError> {
+    let mut folder = base.to_path_buf();
+    for segment in relative.components() {
+        let Component::Normal(segment) = segment else {
+            return Err(ArtifactError::Escapes(slash_path(relative)));
+        };
+        folder.push(segment);
+        // Create first, then look: sessions of one batch create its folder
+        // concurrently, and `create_dir` never follows a symlink.
+        match std::fs::create_dir(&folder) {
+            Ok(()) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(ArtifactError::io(&folder, e)),
+        }
+        match std::fs::symlink_metadata(&folder) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(ArtifactError::Escapes(slash_path(relative))),
+            Err(e) => return Err(ArtifactError::io(&folder, e)),
+        }
+    }
+    Ok(folder)
+}
+
+/// Returns `path` as a relative path of plain segments (`.` dropped), or
+/// `None` when it is empty, absolute, or contains `..`.
+pub fn plain_relative(path: &str) -> Option<PathBuf> {
+    let mut relative = PathBuf::new();
+    for component in Path::new(path).components() {
+        match component {
+            Component::Normal(segment) => relative.push(segment),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    (!relative.as_os_str().is_empty()).then_some(relative)
+}
+
+/// Resolves `path` through every symlink and checks that it stays inside
+/// `boundary` (already canonical).
+fn resolve_inside(path: &Path, boundary: &Path) -> Result<PathBuf, String> {
+    let resolved = std::fs::canonicalize(path).map_err(|e| format!("cannot resolve it: {e}"))?;
+    if resolved.starts_with(boundary) {
+        Ok(resolved)
+    } else {
+        Err(format!(
+            "it resolves to {}, outside {}",
+            resolved.display(),
+            boundary.display()
+        ))
+    }
+}
+
+type Found = (Result<PathBuf, String>, PathBuf);
+
+/// Lists the files under `dir` (sorted), each with its path relative to
+/// `prefix`; symlinks are followed only to files inside `boundary`, never
+/// into folders (no loops, no escape).
+fn walk(dir: &Path, prefix: &Path, boundary: &Path, found: &mut Vec<Found>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+    entries.sort_by_key(|entry| entry.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let relative = prefix.join(entry.file_name());
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            walk(&path, &relative, boundary, found);
+        } else if kind.is_file() {
+            found.push((Ok(path), relative));
+        } else if kind.is_symlink() {
+            let entry = match resolve_inside(&path, boundary) {
+                Ok(target) if target.is_file() => Ok(target),
+                Ok(_) => Err("a symlink to something other than a file".to_owned()),
+                Err(reason) => Err(format!("a symlink: {reason}")),
+            };
+            found.push((entry, relative));
+        } else {
+            found.push((Err("not a regular file".to_owned()), relative));
+        }
+    }
+}
+
+/// A relative path with `/` separators, as packs spell paths.
+fn slash_path(path: &Path) -> String {
+    path.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn write(path: &Path, content: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+
+    fn sha(content: &str) -> String {
+        hex::encode(Sha256::digest(content.as_bytes()))
+    }
+
+    struct Setup {
+        _temp: tempfile::TempDir,
+        store: ArtifactStore,
+        files: SessionFiles,
+        outside: PathBuf,
+    }
+
+    fn setup(outputs: &[&str]) -> Setup {
+        let temp = tempfile::tempdir().unwrap();
+        let workdir = temp.path().join("repo");
+        let session = temp.path().join("work/b/u/s");
+        let outside = temp.path().join("secret.txt");
+        write(&outside, "top secret");
+        std::fs::create_dir_all(&workdir).unwrap();
+        std::fs::create_dir_all(session.join("artifacts")).unwrap();
+        write(&session.join("session.log"), "log line\n");
+        Setup {
+            store: ArtifactStore::new(temp.path().join("store")),
+            files: SessionFiles {
+                batch_id: "b".into(),
+                unit_id: "u".into(),
+                session_id: "s".into(),
+                workdir,
+                outputs: outputs.iter().map(|s| s.to_string()).collect(),
+                inputs: Vec::new(),
+                artifact_dir: session.join("artifacts"),
+                log_path: session.join("session.log"),
+            },
+            outside,
+            _temp: temp,
+        }
+    }
+
+    #[test]
+    fn outputs_artifacts_and_the_log_are_copied_and_hashed() {
+        let s = setup(&["pg/a.sql", "./pg/b.sql", "missing.sql"]);
+        write(&s.files.workdir.join("pg/a.sql"), "select 1;");
+        write(&s.files.workdir.join("pg/b.sql"), "select 2;");
+        write(&s.files.artifact_dir.join("report.txt"), "ok");
+        write(&s.files.artifact_dir.join("deep/diff.patch"), "+x");
+        let collection = s.store.collect_blocking(&s.files).unwrap();
+        let summary: Vec<(&str, Stage, &str)> = collection
+            .files
+            .iter()
+            .map(|f| (f.filename.as_str(), f.stage, f.path.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("pg/a.sql", Stage::Output, "outputs/pg/a.sql"),
+                ("./pg/b.sql", Stage::Output, "outputs/pg/b.sql"),
+                (
+                    "deep/diff.patch",
+                    Stage::Artifact,
+                    "artifacts/deep/diff.patch"
+                ),
+                ("report.txt", Stage::Artifact, "artifacts/report.txt"),
+                ("session.log", Stage::Log, "session.log"),
+            ]
+        );
+        assert_eq!(collection.files[0].sha256, sha("select 1;"));
+        assert_eq!(collection.log().unwrap().sha256, sha("log line\n"));
+        let dir = s.store.root().join("b/u/s");
+        assert_eq!(collection.session_dir, std::fs::canonicalize(&dir).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("outputs/pg/a.sql")).unwrap(),
+            "select 1;"
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.join("artifacts/deep/diff.patch")).unwrap(),
+            "+x"
+        );
+        assert!(collection.rejected.is_empty(), "{:?}", collection.rejected);
+    }
+
+    #[test]
+    fn paths_that_climb_out_or_are_absolute_are_refused() {
+        let s = setup(&["../secret.txt", "/etc/hostname", "a/../../secret.txt"]);
+        let collection = s.store.collect_blocking(&s.files).unwrap();
+        assert_eq!(collection.rejected.len(), 3, "{:?}", collection.rejected);
+        assert!(collection.files.iter().all(|f| f.stage == Stage::Log));
+        assert!(!s.store.root().join("secret.txt").exists());
+        assert!(!s.store.root().join("b/u/secret.txt").exists());
+    }
+
+    #[test]
+    fn symlinks_pointing_outside_are_refused_and_inside_ones_followed() {
+        let s = setup(&["out/leak.sql", "out/ok.sql"]);
+        std::fs::create_dir_all(s.files.workdir.join("out")).unwrap();
+        symlink(&s.outside, s.files.workdir.join("out/leak.sql")).unwrap();
+        write(&s.files.workdir.join("real.sql"), "real");
+        symlink(
+            s.files.workdir.join("real.sql"),
+            s.files.workdir.join("out/ok.sql"),
+        )
+        .unwrap();
+        symlink(&s.outside, s.files.artifact_dir.join("leak.txt")).unwrap();
+        symlink(
+            s.outside.parent().unwrap(),
+            s.files.artifact_dir.join("loop"),
+        )
+        .unwrap();
+        write(&s.files.artifact_dir.join("real.txt"), "inside");
+        symlink(
+            s.files.artifact_dir.join("real.txt"),
+            s.files.artifact_dir.join("alias.txt"),
+        )
+        .unwrap();
+        let collection = s.store.collect_blocking(&s.files).unwrap();
+        let rejected: Vec<&str> = collection
+            .rejected
+            .iter()
+            .map(|r| r.filename.as_str())
+            .collect();
+        assert_eq!(rejected, vec!["out/leak.sql", "leak.txt", "loop"]);
+        let stored: Vec<&str> = collection.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            stored,
+            vec![
+                "outputs/out/ok.sql",
+                "artifacts/alias.txt",
+                "artifacts/real.txt",
+                "session.log"
+            ]
+        );
+        // Nothing secret landed anywhere in the store.
+        let mut all = Vec::new();
+        walk(
+            &std::fs::canonicalize(s.store.root()).unwrap(),
+            Path::new(""),
+            Path::new("/"),
+            &mut all,
+        );
+        for (entry, _) in all {
+            let text = std::fs::read_to_string(entry.unwrap()).unwrap();
+            assert!(!text.contains("top secret"));
+        }
+    }
+
+    #[test]
+    fn a_symlink_planted_in_the_store_does_not_redirect_writes() {
+        let s = setup(&["out/a.sql"]);
+        write(&s.files.workdir.join("out/a.sql"), "a");
+        let dir = s.store.root().join("b/u/s");
+        std::fs::create_dir_all(&dir).unwrap();
+        let elsewhere = s.outside.parent().unwrap().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        symlink(&elsewhere, dir.join("outputs")).unwrap();
+        let error = s.store.collect_blocking(&s.files).unwrap_err();
+        assert!(matches!(error, ArtifactError::Escapes(_)), "{error}");
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn ids_must_be_one_plain_segment() {
+        let store = ArtifactStore::new("/store");
+        assert_eq!(
+            store.session_dir("b", "u", "s").unwrap(),
+            PathBuf::from("/store/b/u/s")
+        );
+        for bad in ["..", ".", "a/b", "/abs", "", "./a"] {
+            assert!(store.session_dir(bad, "u", "s").is_err(), "{bad:?}");
+            assert!(store.session_dir("b", bad, "s").is_err(), "{bad:?}");
+            assert!(store.session_dir("b", "u", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn plain_relative_drops_dots_and_refuses_escapes() {
+        assert_eq!(plain_relative("./a/./b"), Some(PathBuf::from("a/b")));
+        assert_eq!(plain_relative("../a"), None);
+        assert_eq!(plain_relative("a/../b"), None);
+        assert_eq!(plain_relative("/a"), None);
+        assert_eq!(plain_relative(""), None);
+        assert_eq!(plain_relative("."), None);
+    }
+}

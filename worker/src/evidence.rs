@@ -1,0 +1,496 @@
+//! Session evidence packs: when a session ends (succeeded or not), its files
+//! go into the [`artifact`](crate::artifact) store and `evidence-pack.json`
+//! is written beside them, saying what ran, what each gate concluded, what
+//! was repaired, what escalated, and the sha256 of every stored file.
+//!
+//! The pack is a superset of the shape teams already file for audits
+//! (`playbook`, `session_id`, `timestamp`, `artifacts`, `verification`,
+//! `knowledge_updates`, `escalations`); its schema is versioned and
+//! documented in `docs/evidence-pack.md`. The finished event carries the
+//! pack's path and sha256, so the coordinator can vouch for it later.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use regatta_proto::{EvidenceRef, GateReport, Outcome, WorkOrder};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::artifact::{
+    ArtifactError, ArtifactStore, Collection, HashedInput, RejectedFile, SessionFiles, StoredFile,
+};
+
+/// The version of the session pack's schema; bumped on any change that is
+/// not a new optional field.
+pub const SCHEMA_VERSION: u32 = 1;
+/// The pack's file name inside the session's folder of the store.
+pub const PACK_FILE: &str = "evidence-pack.json";
+
+/// `evidence-pack.json`, schema version 1 (see `docs/evidence-pack.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionPack {
+    pub schema_version: u32,
+    pub playbook: String,
+    pub batch_id: String,
+    pub unit_id: String,
+    pub session_id: String,
+    pub attempt: u32,
+    /// The worker that ran the session.
+    pub worker: String,
+    /// When the pack was written (ISO 8601, UTC).
+    pub timestamp: String,
+    pub started_at: String,
+    pub ended_at: String,
+    pub duration_ms: u64,
+    /// `succeeded`, `failed`, `timed_out`, `lost`, `interrupted` or `cancelled`.
+    pub outcome: String,
+    pub exit_code: Option<i32>,
+    /// Why the session failed, as the coordinator shows it.
+    pub reason: Option<String>,
+    /// Every stored file: outputs, then artifacts, then the log.
+    pub artifacts: Vec<StoredFile>,
+    /// Files the store refused to keep (paths escaping the workdir, symlinks
+    /// pointing outside), with why.
+    pub rejected: Vec<RejectedFile>,
+    /// Declared inputs, hashed (not copied) when the session ended.
+    pub inputs: Vec<HashedInput>,
+    /// The session log, also listed in `artifacts` with stage `log`.
+    pub log: Option<LogRef>,
+    /// Each gate that ran, in order.
+    pub gates: Vec<GateReport>,
+    /// Gates that apply to the unit but never ran (the command failed, an
+    /// earlier required gate escalated, or the session was stopped).
+    pub gates_not_run: Vec<String>,
+    pub verification: Verification,
+    /// Reserved for what a session learnt for the next ones; always empty in
+    /// schema version 1.
+    pub knowledge_updates: Vec<serde_json::Value>,
+    /// What a reviewer must look at: the failure that ended the session.
+    pub escalations: Vec<Escalation>,
+}
+
+/// The audit summary of the gates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    /// No gate named like `test` failed or was left unrun.
+    pub tests_passed: bool,
+    /// No gate named like `lint` failed or was left unrun.
+    pub lint_clean: bool,
+    /// No gate named like `security`, `scan`, `sast`, `audit` or `vuln`
+    /// failed or was left unrun.
+    pub security_scan_clean: bool,
+    /// Gates that failed, were repaired by their `fix`, then passed.
+    pub gates_failed_and_auto_fixed: Vec<String>,
+}
+
+/// One reason the session needs a human.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Escalation {
+    /// The same words as the session's reason (`gate test failed after 2 repairs`).
+    pub reason: String,
+    /// The required gate that could not be repaired, when that was the cause.
+    pub gate: Option<String>,
+}
+
+/// The session log's entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRef {
+    pub filename: String,
+    pub sha256: String,
+    /// Relative to the pack's folder.
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// What the worker knows about a session once it is over.
+#[derive(Debug, Clone)]
+pub struct SessionEnd<'a> {
+    pub order: &'a WorkOrder,
+    pub worker: &'a str,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: DateTime<Utc>,
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    pub reason: Option<&'a str>,
+    pub gates: &'a [GateReport],
+    pub log_path: &'a Path,
+}
+
+/// Why a session's evidence could not be recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum EvidenceError {
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    /// The pack could not be written: check the store's disk.
+    #[error("cannot write the evidence pack {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot encode the evidence pack: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Stores a session's files and writes its pack; logs and returns `None`
+/// when that fails, because a missing pack must not lose the session's
+/// result (the coordinator shows the attempt without evidence).
+pub async fn record_session(store: &ArtifactStore, end: &SessionEnd<'_>) -> Option<EvidenceRef> {
+    match write_session_pack(store, end).await {
+        Ok(evidence) => {
+            tracing::debug!(path = %evidence.path, sha256 = %evidence.sha256, "evidence pack written");
+            Some(evidence)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, store = %store.root().display(), "cannot record the session's evidence");
+            None
+        }
+    }
+}
+
+/// Copies the session's files into the store, writes `evidence-pack.json`
+/// beside them and returns where it is and its sha256.
+pub async fn write_session_pack(
+    store: &ArtifactStore,
+    end: &SessionEnd<'_>,
+) -> Result<EvidenceRef, EvidenceError> {
+    let order = end.order;
+    let files = SessionFiles {
+        batch_id: order.batch_id.clone(),
+        unit_id: order.unit_id.clone(),
+        session_id: order.session_id.clone(),
+        workdir: PathBuf::from(&order.workdir),
+        outputs: order.outputs.clone(),
+        inputs: order.inputs.clone(),
+        // intake.rs keeps a session's log and its REGATTA_ARTIFACT_DIR side
+        // by side: `<work-dir>/<batch>/<unit>/<session>/{session.log,artifacts}`.
+        artifact_dir: end
+            .log_path
+            .parent()
+            .map(|dir| dir.join("artifacts"))
+            .unwrap_or_default(),
+        log_path: end.log_path.to_path_buf(),
+    };
+    let collection = store.collect(files).await?;
+    let pack = SessionPack::build(end, &collection, Utc::now());
+    let mut bytes = serde_json::to_vec_pretty(&pack)?;
+    bytes.push(b'\n');
+    let path = collection.session_dir.join(PACK_FILE);
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let target = path.clone();
+    tokio::task::spawn_blocking(move || write_new(&target, &bytes))
+        .await
+        .map_err(|e| EvidenceError::Write {
+            path: path.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })?
+        .map_err(|source| EvidenceError::Write {
+            path: path.display().to_string(),
+            source,
+        })?;
+    Ok(EvidenceRef {
+        path: path.display().to_string(),
+        sha256,
+    })
+}
+
+/// Writes a file that must not exist, so a symlink in its place is never followed.
+fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => std::fs::remove_file(path)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+impl SessionPack {
+    /// Builds the pack of a session from what it did and what was stored.
+    pub fn build(end: &SessionEnd<'_>, collection: &Collection, now: DateTime<Utc>) -> SessionPack {
+        let order = end.order;
+        let gates_not_run: Vec<String> = order
+            .gates
+            .iter()
+            .filter(|spec| !end.gates.iter().any(|report| report.name == spec.name))
+            .map(|spec| spec.name.clone())
+            .collect();
+        let escalations = match end.reason {
+            Some(reason) if end.outcome.counts_as_attempt() => vec![Escalation {
+                reason: reason.to_owned(),
+                gate: end
+                    .gates
+                    .iter()
+                    .find(|g| g.required && !g.passed)
+                    .map(|g| g.name.clone()),
+            }],
+            _ => Vec::new(),
+        };
+        SessionPack {
+            schema_version: SCHEMA_VERSION,
+            playbook: order.playbook.clone(),
+            batch_id: order.batch_id.clone(),
+            unit_id: order.unit_id.clone(),
+            session_id: order.session_id.clone(),
+            attempt: order.attempt,
+            worker: end.worker.to_owned(),
+            timestamp: iso8601(now),
+            started_at: iso8601(end.started_at),
+            ended_at: iso8601(end.ended_at),
+            duration_ms: (end.ended_at - end.started_at).num_milliseconds().max(0) as u64,
+            outcome: outcome_name(end.outcome).to_owned(),
+            exit_code: end.exit_code,
+            reason: end.reason.map(str::to_owned),
+            artifacts: collection.files.clone(),
+            rejected: collection.rejected.clone(),
+            inputs: collection.inputs.clone(),
+            log: collection.log().map(|log| LogRef {
+                filename: log.filename.clone(),
+                sha256: log.sha256.clone(),
+                path: log.path.clone(),
+                bytes: log.bytes,
+            }),
+            verification: verification(end.gates, &gates_not_run),
+            gates: end.gates.to_vec(),
+            gates_not_run,
+            knowledge_updates: Vec::new(),
+            escalations,
+        }
+    }
+}
+
+/// Derives the audit summary from the gates' names and results.
+///
+/// A kind of check is clean when no gate of that kind failed or was left
+/// unrun; a unit with no gate of a kind is clean for it (nothing was asked).
+pub fn verification(gates: &[GateReport], gates_not_run: &[String]) -> Verification {
+    let clean = |words: &[&str]| {
+        let named = |name: &str| {
+            let name = name.to_lowercase();
+            words.iter().any(|word| name.contains(word))
+        };
+        gates.iter().all(|g| g.passed || !named(&g.name))
+            && !gates_not_run.iter().any(|name| named(name))
+    };
+    Verification {
+        tests_passed: clean(&["test"]),
+        lint_clean: clean(&["lint"]),
+        security_scan_clean: clean(&["security", "scan", "sast", "audit", "vuln"]),
+        gates_failed_and_auto_fixed: gates
+            .iter()
+            .filter(|g| g.passed && g.repairs > 0)
+            .map(|g| g.name.clone())
+            .collect(),
+    }
+}
+
+/// An outcome as packs and the API spell it.
+pub fn outcome_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Succeeded => "succeeded",
+        Outcome::Failed => "failed",
+        Outcome::TimedOut => "timed_out",
+        Outcome::Lost => "lost",
+        Outcome::Interrupted => "interrupted",
+        Outcome::Cancelled => "cancelled",
+    }
+}
+
+fn iso8601(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::artifact::Stage;
+
+    fn gate(name: &str, passed: bool, repairs: u32) -> GateReport {
+        GateReport {
+            name: name.into(),
+            passed,
+            required: true,
+            repairs,
+            duration_ms: 5,
+        }
+    }
+
+    #[test]
+    fn verification_follows_gate_names() {
+        let gates = [
+            gate("build", true, 0),
+            gate("unit-tests", true, 1),
+            gate("Lint", false, 2),
+        ];
+        let v = verification(&gates, &["security-scan".into()]);
+        assert!(v.tests_passed);
+        assert!(!v.lint_clean);
+        assert!(!v.security_scan_clean, "a scan that never ran is not clean");
+        assert_eq!(v.gates_failed_and_auto_fixed, vec!["unit-tests".to_owned()]);
+        let none = verification(&[], &[]);
+        assert!(none.tests_passed && none.lint_clean && none.security_scan_clean);
+    }
+
+    fn end<'a>(
+        order: &'a WorkOrder,
+        gates: &'a [GateReport],
+        outcome: Outcome,
+        reason: Option<&'a str>,
+    ) -> SessionEnd<'a> {
+        let started_at = DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        SessionEnd {
+            order,
+            worker: "w0",
+            started_at,
+            ended_at: started_at + chrono::Duration::milliseconds(1500),
+            outcome,
+            exit_code: Some(0),
+            reason,
+            gates,
+            log_path: Path::new("/nowhere/session.log"),
+        }
+    }
+
+    #[test]
+    fn the_pack_has_the_audit_fields_with_their_names() {
+        let order = WorkOrder::example();
+        let gates = [gate("test", true, 1)];
+        let collection = Collection {
+            files: vec![StoredFile {
+                filename: "session.log".into(),
+                sha256: "ab".into(),
+                stage: Stage::Log,
+                path: "session.log".into(),
+                bytes: 2,
+            }],
+            ..Collection::default()
+        };
+        let pack = SessionPack::build(
+            &end(&order, &gates, Outcome::Succeeded, None),
+            &collection,
+            Utc::now(),
+        );
+        let json = serde_json::to_value(&pack).unwrap();
+        for field in [
+            "playbook",
+            "session_id",
+            "timestamp",
+            "artifacts",
+            "verification",
+            "knowledge_updates",
+            "escalations",
+            "schema_version",
+            "unit_id",
+            "batch_id",
+            "attempt",
+            "started_at",
+            "ended_at",
+            "outcome",
+            "exit_code",
+            "gates",
+            "log",
+        ] {
+            assert!(json.get(field).is_some(), "missing {field}: {json}");
+        }
+        assert_eq!(json["playbook"], "plsql-to-pg");
+        assert_eq!(json["started_at"], "2026-11-25T10:00:00.000Z");
+        assert_eq!(json["ended_at"], "2026-11-25T10:00:01.500Z");
+        assert_eq!(json["duration_ms"], 1500);
+        assert_eq!(json["outcome"], "succeeded");
+        assert_eq!(json["artifacts"][0]["stage"], "log");
+        assert_eq!(json["log"]["filename"], "session.log");
+        assert_eq!(json["log"]["sha256"], "ab");
+        assert_eq!(
+            json["verification"]["gates_failed_and_auto_fixed"],
+            serde_json::json!(["test"])
+        );
+        assert_eq!(json["gates"][0]["repairs"], 1);
+        assert_eq!(json["escalations"], serde_json::json!([]));
+        assert_eq!(json["knowledge_updates"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn a_failed_session_escalates_with_its_gate() {
+        let order = WorkOrder::example();
+        let gates = [gate("test", false, 2)];
+        let reason = "gate test failed after 2 repairs";
+        let pack = SessionPack::build(
+            &end(&order, &gates, Outcome::Failed, Some(reason)),
+            &Collection::default(),
+            Utc::now(),
+        );
+        assert_eq!(
+            pack.escalations,
+            vec![Escalation {
+                reason: reason.into(),
+                gate: Some("test".into())
+            }]
+        );
+        assert!(!pack.verification.tests_passed);
+        // An interrupted session is not the unit's fault: nothing escalates.
+        let pack = SessionPack::build(
+            &end(&order, &[], Outcome::Interrupted, Some("worker shut down")),
+            &Collection::default(),
+            Utc::now(),
+        );
+        assert!(pack.escalations.is_empty());
+        assert_eq!(pack.gates_not_run, vec!["test".to_owned()]);
+    }
+
+    #[tokio::test]
+    async fn a_written_pack_hashes_to_its_reference() {
+        let temp = tempfile::tempdir().unwrap();
+        let session = temp.path().join("work/s");
+        std::fs::create_dir_all(session.join("artifacts")).unwrap();
+        std::fs::write(session.join("session.log"), "hello\n").unwrap();
+        std::fs::write(session.join("artifacts/notes.md"), "notes").unwrap();
+        let mut order = WorkOrder::example();
+        order.workdir = temp.path().display().to_string();
+        order.outputs = vec!["out.sql".into()];
+        order.inputs = vec!["in.sql".into()];
+        std::fs::write(temp.path().join("out.sql"), "select 1;").unwrap();
+        std::fs::write(temp.path().join("in.sql"), "begin null; end;").unwrap();
+        let store = ArtifactStore::new(temp.path().join("store"));
+        let log_path = session.join("session.log");
+        let gates = [gate("test", true, 0)];
+        let end = SessionEnd {
+            log_path: &log_path,
+            ..end(&order, &gates, Outcome::Succeeded, None)
+        };
+        let evidence = write_session_pack(&store, &end).await.unwrap();
+        assert!(Path::new(&evidence.path).is_absolute());
+        assert!(evidence
+            .path
+            .ends_with("b-1/customer-pkg/s-1/evidence-pack.json"));
+        let bytes = std::fs::read(&evidence.path).unwrap();
+        assert_eq!(hex::encode(Sha256::digest(&bytes)), evidence.sha256);
+        let pack: SessionPack = serde_json::from_slice(&bytes).unwrap();
+        let stages: Vec<(&str, serde_json::Value)> = pack
+            .artifacts
+            .iter()
+            .map(|a| (a.filename.as_str(), serde_json::to_value(a.stage).unwrap()))
+            .collect();
+        assert_eq!(
+            stages,
+            vec![
+                ("out.sql", serde_json::json!("output")),
+                ("notes.md", serde_json::json!("artifact")),
+                ("session.log", serde_json::json!("log"))
+            ]
+        );
+        assert_eq!(pack.inputs.len(), 1);
+        assert_eq!(pack.inputs[0].filename, "in.sql");
+        let dir = Path::new(&evidence.path).parent().unwrap();
+        for artifact in &pack.artifacts {
+            let stored = std::fs::read(dir.join(&artifact.path)).unwrap();
+            assert_eq!(hex::encode(Sha256::digest(&stored)), artifact.sha256);
+        }
+    }
+}
