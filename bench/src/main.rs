@@ -4,7 +4,10 @@
 //! - `gen` writes a valid manifest with a layered dependency graph (see [`generate`]).
 //! - `manifest-scale` times parse+validate, DAG build and plan at 100,000 and 1,000,000
 //!   units and reports peak memory per size (see [`scale`]). Build with `--release`.
+//! - `fleet` runs a coordinator and workers against the real broker and Redis:
+//!   ceiling, throughput, chain, fan-in and enqueue (see [`fleet`]).
 
+mod fleet;
 mod generate;
 mod scale;
 
@@ -30,6 +33,8 @@ enum Command {
     Gen(GenArgs),
     /// Times parse+validate, DAG build and plan at growing sizes, with peak memory.
     ManifestScale(ScaleArgs),
+    /// Runs fleet scenarios against the local RabbitMQ and Redis.
+    Fleet(FleetArgs),
     /// Measures one size in this process and prints JSON (used by manifest-scale).
     #[command(hide = true)]
     Measure(GenArgs),
@@ -91,8 +96,43 @@ struct ScaleArgs {
     json: bool,
 }
 
+#[derive(Debug, Args)]
+struct FleetArgs {
+    /// Scenarios: ceiling, throughput, chain, fan-in, enqueue, or all.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    scenarios: Vec<String>,
+    #[arg(long, default_value_t = 10_000)]
+    throughput_units: usize,
+    #[arg(long, default_value_t = 1_000)]
+    chain_units: usize,
+    #[arg(long, default_value_t = 5_000)]
+    fan_in_units: usize,
+    #[arg(long, default_value_t = 100_000)]
+    enqueue_units: usize,
+    /// Slots per worker (two workers run).
+    #[arg(long, default_value_t = 16)]
+    slots: usize,
+    /// Where each scenario's JSON result goes.
+    #[arg(long, default_value = "target/bench")]
+    out_dir: PathBuf,
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Fleet(args) => {
+            let plan = fleet::FleetPlan {
+                scenarios: args.scenarios,
+                throughput_units: args.throughput_units,
+                chain_units: args.chain_units,
+                fan_in_units: args.fan_in_units,
+                enqueue_units: args.enqueue_units,
+                worker_slots: args.slots,
+                out_dir: args.out_dir,
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(fleet::run(&plan))?;
+            Ok(())
+        }
         Command::Gen(args) => scale::write_generated(&args.spec(), args.out.as_deref()),
         Command::Measure(args) => {
             let measurement = scale::measure(&args.spec())?;

@@ -18,6 +18,9 @@ use crate::scheduler::UnitState;
 use crate::service::{Control, Service};
 use crate::Error;
 
+/// The largest manifest the API accepts, in bytes of JSON.
+pub const MAX_MANIFEST_BYTES: usize = 1 << 30;
+
 /// The body of `POST /v1/batches`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct EnqueueRequest {
@@ -82,7 +85,13 @@ struct AppState {
 pub fn router(service: Service, token: Option<String>) -> Router {
     let state = AppState { service, token };
     let api = Router::new()
-        .route("/v1/batches", post(enqueue).get(list_batches))
+        // A million-unit manifest is a few hundred megabytes of JSON.
+        .route(
+            "/v1/batches",
+            post(enqueue)
+                .get(list_batches)
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_MANIFEST_BYTES)),
+        )
         .route("/v1/batches/{id}", get(show_batch))
         .route("/v1/leases", get(list_leases))
         .route("/v1/batches/{id}/units", get(list_units))

@@ -91,34 +91,60 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
 /// One slot: consume one delivery, stop consuming, handle it, repeat.
 async fn slot_loop(shared: Arc<Shared>, slot: usize) {
     let mut backoff = Duration::from_millis(200);
+    // The slot keeps its channel from unit to unit: opening one per unit
+    // costs the broker more than the unit's own messages.
+    let mut channel: Option<Channel> = None;
     while !shared.shutdown.is_cancelled() {
-        match take_one(&shared, slot).await {
-            Ok(Some((channel, delivery))) => {
+        let result = match &channel {
+            Some(open) if open.status().connected() => take_one(&shared, open, slot).await,
+            _ => match slot_channel(&shared).await {
+                Ok(open) => {
+                    channel = Some(open);
+                    continue;
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(Some(delivery)) => {
                 backoff = Duration::from_millis(200);
                 handle(&shared, delivery).await;
-                let _ = channel.close(200, "slot done".into()).await;
             }
-            Ok(None) => return,
+            Ok(None) => break,
             Err(e) => {
                 tracing::warn!(slot, error = %e, "cannot consume from the work queue; retrying");
+                // Deliveries of a broken channel are void: start afresh.
+                if let Some(broken) = channel.take() {
+                    let _ = broken.close(200, "slot reset".into()).await;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = shared.shutdown.cancelled() => return,
+                    _ = shared.shutdown.cancelled() => break,
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }
+    if let Some(open) = channel {
+        let _ = open.close(200, "worker shutdown".into()).await;
+    }
 }
 
-/// Waits for one delivery on a fresh prefetch-1 channel and cancels the
-/// consumer before returning it. `None` on shutdown.
-async fn take_one(
-    shared: &Shared,
-    slot: usize,
-) -> Result<Option<(Channel, Delivery)>, lapin::Error> {
+/// Opens a slot's channel: a prefetch of one delivery.
+async fn slot_channel(shared: &Shared) -> Result<Channel, lapin::Error> {
     let channel = shared.connection.create_channel().await?;
     channel.basic_qos(1, BasicQosOptions::default()).await?;
+    Ok(channel)
+}
+
+/// Waits for one delivery and cancels the consumer before returning it,
+/// so nothing else is pushed to this slot while it is busy. `None` on
+/// shutdown.
+async fn take_one(
+    shared: &Shared,
+    channel: &Channel,
+    slot: usize,
+) -> Result<Option<Delivery>, lapin::Error> {
     let tag = format!(
         "{}-slot{slot}-{}",
         shared.config.name,
@@ -135,7 +161,9 @@ async fn take_one(
     let delivery = tokio::select! {
         next = consumer.next() => next,
         _ = shared.shutdown.cancelled() => {
-            let _ = channel.close(200, "shutdown".into()).await;
+            let _ = channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
             return Ok(None);
         }
     };
@@ -145,7 +173,7 @@ async fn take_one(
         .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
         .await?;
     match delivery {
-        Some(Ok(delivery)) => Ok(Some((channel, delivery))),
+        Some(Ok(delivery)) => Ok(Some(delivery)),
         Some(Err(e)) => Err(e),
         None => Err(lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
             lapin::ChannelState::Closed,

@@ -8,81 +8,85 @@
 //! group, and on SIGHUP kills the whole group. It ignores SIGTERM itself so
 //! that a deadline's SIGTERM to the group reaches the command, which may
 //! clean up during the grace period, and it exits with the command's status.
+//!
+//! It is started once per session, so it stays small: no async runtime, just
+//! `sigwait` on the three signals it cares about.
 
-use std::os::unix::process::ExitStatusExt;
+use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::{getpgrp, getppid, Pid};
+use nix::sys::signal::{killpg, SigSet, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{getpgrp, getpid, getppid, Pid};
 
 /// The hidden subcommand under which the worker binary acts as a leader.
 pub const SUBCOMMAND: &str = "session-leader";
 
 /// Runs the leader: `regatta-worker session-leader <worker pid> <command>`.
 pub fn main(worker_pid: i32, command: &str) -> ExitCode {
+    // Only a process that leads its own group may take the group down; a
+    // leader started by hand in someone else's group just runs the command.
+    let leads_group = getpgrp() == getpid();
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGHUP);
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGCHLD);
+    // Block them so that they queue for `wait` below instead of acting.
+    if let Err(e) = signals.thread_set_mask() {
+        eprintln!("regatta session leader: cannot block signals: {e}");
+        return ExitCode::from(125);
+    }
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGHUP) {
         eprintln!("regatta session leader: cannot watch the worker: {e}");
         return ExitCode::from(125);
     }
     // The worker may have died between fork and prctl.
     if getppid() != Pid::from_raw(worker_pid) {
-        kill_group();
+        if leads_group {
+            kill_group();
+        }
         return ExitCode::from(125);
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("regatta session leader: {e}");
-            return ExitCode::from(125);
-        }
-    };
-    runtime.block_on(lead(command))
-}
-
-async fn lead(command: &str) -> ExitCode {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut hangup), Ok(mut terminate)) = (
-        signal(SignalKind::hangup()),
-        signal(SignalKind::terminate()),
-    ) else {
-        eprintln!("regatta session leader: cannot install signal handlers");
-        return ExitCode::from(125);
-    };
-    let mut child = match tokio::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(command)
-        .kill_on_drop(false)
-        .spawn()
-    {
+    let mut child = std::process::Command::new("/bin/sh");
+    child.arg("-c").arg(command);
+    // The command gets the default signal mask back, whatever ours is.
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        child.pre_exec(|| {
+            SigSet::all()
+                .thread_unblock()
+                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+        });
+    }
+    let child = match child.spawn() {
         Ok(child) => child,
         Err(e) => {
             eprintln!("regatta session leader: cannot run /bin/sh: {e}");
             return ExitCode::from(127);
         }
     };
+    let child_pid = Pid::from_raw(child.id() as i32);
     loop {
-        tokio::select! {
-            status = child.wait() => {
-                return match status {
-                    Ok(status) => match (status.code(), status.signal()) {
-                        (Some(code), _) => ExitCode::from(code.clamp(0, 255) as u8),
-                        (None, Some(signal)) => ExitCode::from((128 + signal).clamp(0, 255) as u8),
-                        _ => ExitCode::from(125),
-                    },
-                    Err(_) => ExitCode::from(125),
-                };
-            }
-            _ = hangup.recv() => {
+        match signals.wait() {
+            Ok(Signal::SIGHUP) => {
                 // The worker is gone: nothing of this session may survive it.
-                kill_group();
+                if leads_group {
+                    kill_group();
+                }
                 return ExitCode::from(129);
             }
-            // SIGTERM is for the command (a deadline or a cancel); the leader
-            // keeps waiting so it can report the command's own status.
-            _ = terminate.recv() => {}
+            // SIGTERM is for the command (a deadline or a cancel); the
+            // leader keeps waiting so it can report the command's status.
+            Ok(Signal::SIGTERM) => {}
+            Ok(_) => match waitpid(child_pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => return ExitCode::from(code.clamp(0, 255) as u8),
+                Ok(WaitStatus::Signaled(_, signal, _)) => {
+                    return ExitCode::from((128 + signal as i32).clamp(0, 255) as u8)
+                }
+                Ok(_) => {}
+                Err(_) => return ExitCode::from(125),
+            },
+            Err(_) => return ExitCode::from(125),
         }
     }
 }

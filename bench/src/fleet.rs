@@ -1,0 +1,460 @@
+//! Fleet benchmarks against the real broker and Redis: each scenario prints
+//! one summary line and writes a JSON result, and throughput is given as a
+//! ratio to the broker's own ceiling measured in the same run, because
+//! absolute figures drift on shared machines.
+//!
+//! - `ceiling`: raw lapin publish-with-confirms and consume-with-ack of
+//!   persistent messages through a quorum queue, and raw Redis Lua calls;
+//! - `throughput`: 10,000 no-op units, a coordinator and 2 workers;
+//! - `chain`: a chain of 1,000 no-op units: the dependency hop;
+//! - `fan-in`: 5,000 units in 50 layers with fan-in 10 and a resource cap;
+//! - `enqueue`: enqueuing a 100,000-unit batch: time and coordinator memory.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::BasicProperties;
+use regatta_coordinator::broker;
+use regatta_coordinator::manifest::Manifest;
+use regatta_coordinator::scheduler::BatchState;
+use regatta_tests::Fleet;
+use serde::Serialize;
+
+use crate::generate::{manifest_text, Format, Spec};
+
+/// What one scenario measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figures {
+    pub scenario: String,
+    pub summary: String,
+    pub values: serde_json::Value,
+}
+
+/// The settings of a run.
+#[derive(Debug, Clone)]
+pub struct FleetPlan {
+    pub scenarios: Vec<String>,
+    pub throughput_units: usize,
+    pub chain_units: usize,
+    pub fan_in_units: usize,
+    pub enqueue_units: usize,
+    pub worker_slots: usize,
+    pub out_dir: PathBuf,
+}
+
+/// Runs the chosen scenarios in order; the ceiling always runs first when
+/// throughput is asked for, so the ratio has its baseline.
+pub async fn run(plan: &FleetPlan) -> anyhow::Result<Vec<Figures>> {
+    std::fs::create_dir_all(&plan.out_dir)?;
+    let wants = |name: &str| plan.scenarios.iter().any(|s| s == name || s == "all");
+    let mut results = Vec::new();
+    let mut ceiling_msgs = None;
+    if wants("ceiling") || wants("throughput") {
+        let (figures, msgs) = ceiling().await?;
+        ceiling_msgs = Some(msgs);
+        results.push(report(plan, figures)?);
+    }
+    if wants("throughput") {
+        results.push(report(
+            plan,
+            throughput(plan, ceiling_msgs.unwrap_or(0.0)).await?,
+        )?);
+    }
+    if wants("chain") {
+        results.push(report(plan, chain(plan).await?)?);
+    }
+    if wants("fan-in") {
+        results.push(report(plan, fan_in(plan).await?)?);
+    }
+    if wants("enqueue") {
+        results.push(report(plan, enqueue(plan).await?)?);
+    }
+    Ok(results)
+}
+
+fn report(plan: &FleetPlan, figures: Figures) -> anyhow::Result<Figures> {
+    println!("{:<11} {}", figures.scenario, figures.summary);
+    let path = plan.out_dir.join(format!("{}.json", figures.scenario));
+    std::fs::write(&path, serde_json::to_vec_pretty(&figures)?)?;
+    Ok(figures)
+}
+
+/// Raw broker and Redis capacity on this machine, right now.
+async fn ceiling() -> anyhow::Result<(Figures, f64)> {
+    let connection = regatta_tests::rabbitmq().await;
+    let publisher = broker::confirm_channel(&connection).await?;
+    let consumer_channel = connection.create_channel().await?;
+    let queue = format!("bench-ceiling-{}", uuid::Uuid::new_v4().simple());
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    publisher
+        .queue_declare(queue.as_str().into(), durable, arguments)
+        .await?;
+    let payload = vec![b'x'; 400];
+
+    // One at a time: the latency of a confirmed publish.
+    let single = 500;
+    let started = Instant::now();
+    for _ in 0..single {
+        broker::publish_confirmed(&publisher, &queue, &payload, BasicProperties::default()).await?;
+    }
+    let single_ms = started.elapsed().as_secs_f64() * 1000.0 / single as f64;
+    publisher
+        .queue_purge(queue.as_str().into(), Default::default())
+        .await?;
+
+    // A window of confirms, consumed and acked one by one.
+    let total = 20_000usize;
+    consumer_channel
+        .basic_qos(512, BasicQosOptions::default())
+        .await?;
+    let mut consumer = consumer_channel
+        .basic_consume(
+            queue.as_str().into(),
+            "ceiling".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let started = Instant::now();
+    let consume = tokio::spawn(async move {
+        let mut received = 0usize;
+        while received < total {
+            match consumer.next().await {
+                Some(Ok(delivery)) => {
+                    let _ = delivery.ack(BasicAckOptions::default()).await;
+                    received += 1;
+                }
+                _ => break,
+            }
+        }
+        received
+    });
+    let mut confirms = FuturesUnordered::new();
+    for _ in 0..total {
+        if confirms.len() >= 512 {
+            confirms.next().await;
+        }
+        let confirm = publisher
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                Default::default(),
+                &payload,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?;
+        confirms.push(confirm);
+    }
+    while confirms.next().await.is_some() {}
+    let received = consume.await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let msgs = received as f64 / elapsed;
+    publisher
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
+
+    // Redis: a trivial Lua script, 32 calls in flight on one connection.
+    let redis = regatta_tests::redis().await;
+    let key = format!("bench-ceiling-{}", uuid::Uuid::new_v4().simple());
+    let script = redis::Script::new("return redis.call('INCR', KEYS[1])");
+    let calls = 50_000usize;
+    let started = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    for _ in 0..calls {
+        if inflight.len() >= 32 {
+            inflight.next().await;
+        }
+        let mut con = redis.clone();
+        let (script, key) = (script.clone(), key.clone());
+        inflight.push(async move {
+            let _: Result<i64, _> = script.key(&key).invoke_async(&mut con).await;
+        });
+    }
+    while inflight.next().await.is_some() {}
+    let lua = calls as f64 / started.elapsed().as_secs_f64();
+    let mut con = redis.clone();
+    let _: Result<(), _> = redis::cmd("DEL").arg(&key).query_async(&mut con).await;
+
+    let figures = Figures {
+        scenario: "ceiling".into(),
+        summary: format!(
+            "broker {msgs:.0} msg/s (quorum, persistent, confirms + acks); {single_ms:.2} ms per single confirmed publish; redis {lua:.0} Lua calls/s; units ceiling (msg/s / 2) {:.0}/s",
+            msgs / 2.0
+        ),
+        values: serde_json::json!({
+            "broker_msgs_per_s": msgs,
+            "single_publish_ms": single_ms,
+            "redis_lua_calls_per_s": lua,
+            "unit_ceiling_per_s": msgs / 2.0,
+        }),
+    };
+    Ok((figures, msgs))
+}
+
+/// A manifest of `units` no-op units written to a fresh folder.
+fn no_op_manifest(dir: &Path, name: &str, body: &str) -> anyhow::Result<Manifest> {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, body)?;
+    Manifest::load(&path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Starts a fleet of a coordinator and two workers.
+async fn fleet(name: &str, plan: &FleetPlan) -> Fleet {
+    Fleet::start(name, 2, plan.worker_slots, "30s").await
+}
+
+/// Waits for the end of a batch, polling its summary.
+async fn finish(fleet: &Fleet, batch: &str, limit: Duration) -> anyhow::Result<Duration> {
+    let client = fleet.client();
+    let started = Instant::now();
+    loop {
+        let summary = client.batch(batch).await?;
+        if summary.state.is_terminal() {
+            anyhow::ensure!(
+                summary.state == BatchState::Succeeded,
+                "batch {batch} ended {:?}",
+                summary.state
+            );
+            return Ok(started.elapsed());
+        }
+        anyhow::ensure!(
+            started.elapsed() < limit,
+            "batch {batch} did not end within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn throughput(plan: &FleetPlan, ceiling_msgs: f64) -> anyhow::Result<Figures> {
+    let dir = tempfile::tempdir()?;
+    let n = plan.throughput_units;
+    let units: String = (0..n).map(|i| format!("  - id: u{i}\n")).collect();
+    let concurrency = 2 * plan.worker_slots;
+    let manifest = no_op_manifest(
+        dir.path(),
+        "throughput",
+        &format!("batch: throughput\nconcurrency: {concurrency}\nplaybook:\n  name: noop\n  run: 'true'\nunits:\n{units}"),
+    )?;
+    let fleet = fleet("bench-throughput", plan).await;
+    let started = Instant::now();
+    let batch = fleet.client().enqueue(&manifest).await?;
+    finish(&fleet, &batch, Duration::from_secs(1800)).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let phases = phases(&fleet.client().units(&batch, None).await?);
+    fleet.stop().await;
+    let rate = n as f64 / elapsed;
+    let ratio = if ceiling_msgs > 0.0 {
+        rate / (ceiling_msgs / 2.0)
+    } else {
+        0.0
+    };
+    Ok(Figures {
+        scenario: "throughput".into(),
+        summary: format!(
+            "{n} no-op units in {elapsed:.1} s: {rate:.0} units/s end to end = {:.1}% of the broker ceiling / 2 (2 workers x {} slots); mean per unit: publish to start {:.1} ms, start to end {:.1} ms",
+            ratio * 100.0,
+            plan.worker_slots,
+            phases.queue_ms,
+            phases.session_ms,
+        ),
+        values: serde_json::json!({"units": n, "seconds": elapsed, "units_per_s": rate, "ratio_to_ceiling_half": ratio, "mean_publish_to_start_ms": phases.queue_ms, "mean_start_to_end_ms": phases.session_ms}),
+    })
+}
+
+/// Where a unit's time goes, on average, from the coordinator's records.
+struct Phases {
+    queue_ms: f64,
+    session_ms: f64,
+}
+
+fn phases(units: &[regatta_coordinator::service::UnitView]) -> Phases {
+    let (mut queue, mut session, mut n) = (0i64, 0i64, 0i64);
+    for attempt in units.iter().filter_map(|u| u.history.last()) {
+        if let (Some(start), Some(end)) = (attempt.started_at_ms, attempt.ended_at_ms) {
+            queue += start - attempt.published_at_ms;
+            session += end - start;
+            n += 1;
+        }
+    }
+    let n = n.max(1) as f64;
+    Phases {
+        queue_ms: queue as f64 / n,
+        session_ms: session as f64 / n,
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+async fn chain(plan: &FleetPlan) -> anyhow::Result<Figures> {
+    let dir = tempfile::tempdir()?;
+    let n = plan.chain_units;
+    let mut units = String::from("  - id: c0\n");
+    for i in 1..n {
+        units.push_str(&format!("  - id: c{i}\n    depends_on: [c{}]\n", i - 1));
+    }
+    let manifest = no_op_manifest(
+        dir.path(),
+        "chain",
+        &format!("batch: chain\nplaybook:\n  name: noop\n  run: 'true'\nunits:\n{units}"),
+    )?;
+    let fleet = fleet("bench-chain", plan).await;
+    let client = fleet.client();
+    let batch = client.enqueue(&manifest).await?;
+    let elapsed = finish(&fleet, &batch, Duration::from_secs(1800)).await?;
+    let views = client.units(&batch, None).await?;
+    fleet.stop().await;
+    let mut by_id = std::collections::HashMap::new();
+    for view in &views {
+        if let Some(attempt) = view.history.last() {
+            by_id.insert(
+                view.id.clone(),
+                (attempt.started_at_ms, attempt.ended_at_ms),
+            );
+        }
+    }
+    let mut hops: Vec<f64> = (1..n)
+        .filter_map(|i| {
+            let (_, parent_end) = by_id.get(&format!("c{}", i - 1))?;
+            let (child_start, _) = by_id.get(&format!("c{i}"))?;
+            Some((child_start.as_ref()? - parent_end.as_ref()?) as f64)
+        })
+        .collect();
+    hops.sort_by(|a, b| a.total_cmp(b));
+    let (median, p99) = (percentile(&hops, 50.0), percentile(&hops, 99.0));
+    Ok(Figures {
+        scenario: "chain".into(),
+        summary: format!(
+            "{n} units in {:.1} s: dependency hop (parent finished to child started, ms clock) median {median:.1} ms, p99 {p99:.1} ms, max {:.1} ms",
+            elapsed.as_secs_f64(),
+            hops.last().copied().unwrap_or(f64::NAN)
+        ),
+        values: serde_json::json!({"units": n, "seconds": elapsed.as_secs_f64(), "hop_median_ms": median, "hop_p99_ms": p99, "hops": hops.len()}),
+    })
+}
+
+/// User plus system CPU time of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat: 12 and 13 after ')'.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Peak resident memory of a process, in MB.
+fn peak_mb(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+async fn fan_in(plan: &FleetPlan) -> anyhow::Result<Figures> {
+    let dir = tempfile::tempdir()?;
+    let n = plan.fan_in_units;
+    let layers = 50;
+    let width = (n / layers).max(1);
+    let mut units = String::new();
+    for layer in 0..layers {
+        for i in 0..width {
+            units.push_str(&format!("  - id: l{layer}-{i}\n    uses: [db]\n"));
+            if layer > 0 {
+                let deps: Vec<String> = (0..10.min(width))
+                    .map(|k| format!("l{}-{}", layer - 1, (i + k * 7) % width))
+                    .collect();
+                units.push_str(&format!("    depends_on: [{}]\n", deps.join(", ")));
+            }
+        }
+    }
+    let total = width * layers;
+    let concurrency = 2 * plan.worker_slots;
+    let manifest = no_op_manifest(
+        dir.path(),
+        "fan-in",
+        &format!("batch: fan-in\nconcurrency: {concurrency}\nresources: {{db: {}}}\nplaybook:\n  name: noop\n  run: 'true'\nunits:\n{units}", concurrency / 2),
+    )?;
+    let fleet = fleet("bench-fan-in", plan).await;
+    let pid = fleet.coordinator_pid();
+    let cpu_before = cpu_seconds(pid);
+    let started = Instant::now();
+    let batch = fleet.client().enqueue(&manifest).await?;
+    finish(&fleet, &batch, Duration::from_secs(1800)).await?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu_before;
+    fleet.stop().await;
+    let rate = total as f64 / elapsed;
+    let cpu_per_unit_ms = cpu * 1000.0 / total as f64;
+    Ok(Figures {
+        scenario: "fan-in".into(),
+        summary: format!(
+            "{total} units, {layers} layers, fan-in 10, db: {} of {concurrency}: {rate:.0} units/s; coordinator CPU {cpu_per_unit_ms:.2} ms per unit (scheduler, broker, Redis and API work together)",
+            concurrency / 2
+        ),
+        values: serde_json::json!({"units": total, "seconds": elapsed, "units_per_s": rate, "coordinator_cpu_ms_per_unit": cpu_per_unit_ms}),
+    })
+}
+
+async fn enqueue(plan: &FleetPlan) -> anyhow::Result<Figures> {
+    let dir = tempfile::tempdir()?;
+    let n = plan.enqueue_units;
+    let spec = Spec {
+        units: n,
+        fan_in: 3,
+        resources: 8,
+        layers: 0,
+        format: Format::Json,
+        seed: 1,
+    };
+    let text = manifest_text(&spec);
+    let started = Instant::now();
+    let manifest =
+        Manifest::parse(&text, "generated.json", dir.path()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let validated = started.elapsed().as_secs_f64();
+    drop(text);
+    let fleet = Fleet::start("bench-enqueue", 0, 1, "30s").await;
+    let pid = fleet.coordinator_pid();
+    let before = peak_mb(pid);
+    let started = Instant::now();
+    let batch = fleet.client().enqueue(&manifest).await?;
+    let enqueued = started.elapsed().as_secs_f64();
+    let peak = peak_mb(pid);
+    fleet.client().control(&batch, "cancel").await?;
+    fleet.stop().await;
+    Ok(Figures {
+        scenario: "enqueue".into(),
+        summary: format!(
+            "{n} units: validated in {validated:.2} s, enqueued (HTTP, re-validation, DAG, Redis) in {enqueued:.2} s; coordinator peak memory {peak:.0} MB (idle {before:.0} MB)"
+        ),
+        values: serde_json::json!({"units": n, "validate_s": validated, "enqueue_s": enqueued, "coordinator_peak_mb": peak, "coordinator_idle_peak_mb": before}),
+    })
+}
