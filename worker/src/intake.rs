@@ -168,9 +168,11 @@ async fn take_one(
         }
     };
     // Stop intake first: with this delivery unacked and a prefetch of one,
-    // nothing else can be in flight to this channel.
+    // nothing else can be in flight to this channel, and the broker handles
+    // the cancel before the ack that follows it on the same channel, so
+    // there is no need to wait for its reply.
     channel
-        .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        .basic_cancel(tag.as_str().into(), BasicCancelOptions { nowait: true })
         .await?;
     match delivery {
         Some(Ok(delivery)) => Ok(Some(delivery)),
