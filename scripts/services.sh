@@ -13,6 +13,9 @@ log() { printf 'services: %s\n' "$*" >&2; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+# Daemons live in /usr/sbin, which is not on a normal user's PATH.
+has() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 apt_updated=
@@ -27,9 +30,20 @@ apt_install() {
     apt_updated=1
   fi
   log "installing $*"
-  # policy-rc.d keeps packages from trying to start services through an init
-  # system that containers do not have; we start them ourselves below.
-  sudo_ env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq "$@" >&2
+  # Keep packages from starting services through an init system that a
+  # container does not have (policy-rc.d answers "not now"); we start them
+  # ourselves below.
+  local policy=/usr/sbin/policy-rc.d added_policy=
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | sudo_ tee "$policy" >/dev/null && sudo_ chmod +x "$policy" && added_policy=1
+  fi
+  sudo_ env DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq "$@" >&2 || {
+    [ -n "$added_policy" ] && sudo_ rm -f "$policy"
+    log "apt-get install $* failed"
+    exit 1
+  }
+  [ -n "$added_policy" ] && sudo_ rm -f "$policy"
+  return 0
 }
 
 wait_for() { # name port seconds how-to-start
@@ -45,7 +59,7 @@ wait_for() { # name port seconds how-to-start
 ensure_redis() {
   local start='redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log'
   if port_open 6379; then log "redis answers on 127.0.0.1:6379"; return; fi
-  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+  has redis-server || apt_install redis-server
   sudo_ mkdir -p /var/lib/redis /var/log/redis
   log "starting redis"
   sudo_ redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" \
@@ -58,7 +72,7 @@ ensure_redis() {
 ensure_rabbitmq() {
   local start='rabbitmq-server -detached'
   if port_open 5672; then log "rabbitmq answers on 127.0.0.1:5672"; return; fi
-  command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
+  has rabbitmq-server || apt_install rabbitmq-server
   # A package install may have started it already.
   if ! port_open 5672; then
     log "starting rabbitmq"
@@ -74,19 +88,25 @@ ensure_postgres() {
     if ! port_open 5432; then
       log "starting postgresql"
       local version
-      version=$(ls /etc/postgresql | sort -V | tail -n 1)
+      version=$(ls /etc/postgresql 2>/dev/null | sort -V | tail -n 1 || true)
+      if [ -z "$version" ]; then
+        log "no PostgreSQL cluster under /etc/postgresql; create one with pg_createcluster"
+        exit 1
+      fi
       sudo_ pg_ctlcluster --skip-systemctl-redirect "$version" main start >&2 || true
     fi
     wait_for postgresql 5432 60 "$start"
   else
     log "postgresql answers on 127.0.0.1:5432"
   fi
+  # The tests' sessions hold connections with psql.
+  has psql || apt_install postgresql-client
   # Tests connect as postgres over TCP without a password, as on the
   # development machines: make a fresh install trust loopback connections.
   if command -v psql >/dev/null 2>&1 \
     && ! psql -h 127.0.0.1 -U postgres -d postgres -w -Atc 'select 1' >/dev/null 2>&1; then
     local hba
-    hba=$(ls /etc/postgresql/*/main/pg_hba.conf 2>/dev/null | sort -V | tail -n 1)
+    hba=$(ls /etc/postgresql/*/main/pg_hba.conf 2>/dev/null | sort -V | tail -n 1 || true)
     if [ -n "$hba" ]; then
       log "allowing trusted loopback connections in $hba"
       sudo_ sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"

@@ -290,14 +290,24 @@ impl Batch {
         let remaining = (0..units.len())
             .map(|i| dag.dependencies(i).count() as u32)
             .collect();
+        // A touched file's mutex is named by its absolute path: the same
+        // file reached from two batches is one mutex, and two repositories'
+        // files of the same relative name are two.
+        let workdir = manifest.workdir.display().to_string();
         let demands = manifest
             .units
             .iter()
             .map(|unit| {
-                let mut demand: Vec<(String, u32)> =
-                    unit.uses.iter().map(|(r, w)| (r.clone(), *w)).collect();
-                demand.extend(unit.touches.iter().map(|f| (format!("file:{f}"), 1)));
-                demand
+                unit.resource_demands()
+                    .into_iter()
+                    .map(|(name, weight)| match name.strip_prefix("file:") {
+                        Some(path) => (
+                            format!("file:{}/{path}", workdir.trim_end_matches('/')),
+                            weight,
+                        ),
+                        None => (name, weight),
+                    })
+                    .collect()
             })
             .collect();
         let index = units
@@ -574,6 +584,15 @@ impl Batch {
                     attempt.started_at_ms = Some(at_ms);
                 }
                 effects.changed.insert(unit);
+            }
+            // Only a claim that never started can be handed back.
+            Report::Deferred { .. }
+                if state != UnitState::Queued
+                    || self.units[unit]
+                        .current()
+                        .is_some_and(|a| a.started_at_ms.is_some()) =>
+            {
+                return effects;
             }
             Report::Deferred { reason, at_ms } => {
                 self.release_usage(unit, fleet_usage);

@@ -172,8 +172,15 @@ impl Service {
     /// Accepts a batch: re-validates the manifest, stores it, and publishes
     /// every unit that can start. Returns the batch id.
     pub async fn enqueue(&self, manifest: Manifest) -> Result<String, Error> {
-        manifest.check()?;
-        let dag = Dag::build(&manifest)?;
+        // Validation of a big manifest takes a while: off the async threads.
+        let (manifest, dag) = tokio::task::spawn_blocking(move || {
+            manifest.check()?;
+            let dag = Dag::build(&manifest)?;
+            Ok::<_, Error>((manifest, dag))
+        })
+        .await
+        .map_err(|e| Error::Invalid(format!("validation stopped: {e}")))??;
+        self.claim_capacities(&manifest).await?;
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let batch_id = format!("{}-{}", sanitize(&manifest.batch), &suffix[..8]);
         let now = now_ms();
@@ -200,14 +207,47 @@ impl Service {
                 ended_ms: None,
                 manifest_sha256,
             };
-            let mut effects = Effects::default();
-            effects.changed.extend(0..entry.batch.units.len());
+            // Pending units need no record: a restart derives them.
             fleet.batches.insert(batch_id.clone(), entry);
-            self.settle(&mut fleet, &batch_id, effects);
+            self.settle(&mut fleet, &batch_id, Effects::default());
         }
         self.store.flushed().await;
         tracing::info!(batch = %batch_id, "batch enqueued");
         Ok(batch_id)
+    }
+
+    /// Records each declared resource's capacity for the whole fleet, or
+    /// refuses a manifest that disagrees with one already recorded: a
+    /// resource's semaphore is shared by every batch, so two capacities for
+    /// one name would let the larger one over-admit.
+    async fn claim_capacities(&self, manifest: &Manifest) -> Result<(), Error> {
+        let mut connection = self.store.connection();
+        let key = self.config.keys.capacities();
+        let redis_error = |e| Error::redis(&self.config.redis_url, e);
+        for (resource, capacity) in &manifest.resources {
+            let _: bool = redis::cmd("HSETNX")
+                .arg(&key)
+                .arg(resource)
+                .arg(capacity)
+                .query_async(&mut connection)
+                .await
+                .map_err(redis_error)?;
+            let recorded: Option<u32> = redis::cmd("HGET")
+                .arg(&key)
+                .arg(resource)
+                .query_async(&mut connection)
+                .await
+                .map_err(redis_error)?;
+            if let Some(recorded) = recorded.filter(|r| r != capacity) {
+                return Err(Error::Conflict(format!(
+                    "resource '{resource}' has capacity {recorded} in this fleet (namespace '{}'), \
+                     but this manifest says {capacity}: a resource is shared by every batch, so use \
+                     the same capacity, or another resource name",
+                    self.config.names.namespace()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Dispatches what can start, then stores and publishes every effect.
@@ -237,12 +277,25 @@ impl Service {
             });
         }
         self.metrics.published.inc_by(effects.publish.len() as u64);
-        for unit in effects.publish {
-            let order = work_order(batch, unit, now);
-            tracing::debug!(batch = %batch_id, unit = %order.unit_id, attempt = order.attempt, session = %order.session_id, "publishing");
-            let _ = self
-                .publisher
-                .send(Outgoing::new(&order, &self.config.signer));
+        if !effects.publish.is_empty() {
+            let outgoing: Vec<Outgoing> = effects
+                .publish
+                .iter()
+                .map(|&unit| {
+                    let order = work_order(batch, unit, now);
+                    tracing::debug!(batch = %batch_id, unit = %order.unit_id, attempt = order.attempt, session = %order.session_id, "publishing");
+                    Outgoing::new(&order, &self.config.signer)
+                })
+                .collect();
+            // Publish only once the units' `queued` records are stored: a
+            // crash in between then re-publishes the same sessions on
+            // restart, never new ones beside live orders.
+            let publisher = self.publisher.clone();
+            self.store.write(Write::Then(Box::new(move || {
+                for order in outgoing {
+                    let _ = publisher.send(order);
+                }
+            })));
         }
         if batch.state.is_terminal() && entry.ended_ms.is_none() {
             entry.ended_ms = Some(now);
@@ -461,7 +514,39 @@ impl Service {
                     regatta_telemetry::extract(&span, delivery.properties.headers().as_ref());
                     tracing::Instrument::instrument(self.apply_event(event), span).await
                 }
-                Err(e) => tracing::warn!(reason = %e, "unreadable event dropped"),
+                Err(e) => {
+                    // Contract 7: never silently dropped, always with its reason.
+                    let reason = e.to_string();
+                    tracing::warn!(%reason, "unreadable event dead-lettered");
+                    let mut headers = FieldTable::default();
+                    headers.insert(
+                        regatta_proto::REASON_HEADER.into(),
+                        lapin::types::AMQPValue::LongString(reason.into()),
+                    );
+                    let dead = broker::publish_confirmed(
+                        &channel,
+                        &self.config.names.dead_letter_queue(),
+                        &delivery.data,
+                        BasicProperties::default().with_headers(headers),
+                    )
+                    .await;
+                    match dead {
+                        Ok(()) => {}
+                        Err(broker::PublishError::Broker(e)) => return Err(e),
+                        Err(other) => {
+                            // Left unacked, the broker dead-letters it once
+                            // the queue's delivery limit is reached.
+                            tracing::error!(error = %other, "cannot dead-letter an unreadable event");
+                            delivery
+                                .nack(lapin::options::BasicNackOptions {
+                                    requeue: true,
+                                    ..Default::default()
+                                })
+                                .await?;
+                            continue;
+                        }
+                    }
+                }
             }
             delivery.ack(BasicAckOptions::default()).await?;
         }

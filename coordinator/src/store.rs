@@ -12,7 +12,6 @@ use tokio::sync::{mpsc, oneshot};
 use crate::Error;
 
 /// One change to store.
-#[derive(Debug)]
 pub enum Write {
     /// Set fields of a hash.
     Hash {
@@ -23,7 +22,14 @@ pub enum Write {
     IndexBatch { batch_id: String, created_ms: i64 },
     /// Signals when every write queued before it is stored.
     Flush(oneshot::Sender<()>),
+    /// Runs once every write queued before it is stored: how orders are
+    /// published only after the state that names them (contract 5).
+    Then(Box<dyn FnOnce() + Send>),
 }
+
+/// The most fields written by one HSET, so a huge batch never blocks Redis
+/// (which also serves lease renewals) for long.
+const FIELDS_PER_COMMAND: usize = 1_000;
 
 /// The sending side of the store.
 #[derive(Clone)]
@@ -77,11 +83,12 @@ async fn writer(
         let mut pipe = redis::pipe();
         let mut commands = 0;
         let mut flushes = Vec::new();
+        let mut callbacks: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
         for write in batch.drain(..) {
             match write {
                 Write::Hash { key, fields } => {
-                    if !fields.is_empty() {
-                        pipe.hset_multiple(key, &fields).ignore();
+                    for chunk in fields.chunks(FIELDS_PER_COMMAND) {
+                        pipe.hset_multiple(&key, chunk).ignore();
                         commands += 1;
                     }
                 }
@@ -93,6 +100,7 @@ async fn writer(
                     commands += 1;
                 }
                 Write::Flush(done) => flushes.push(done),
+                Write::Then(callback) => callbacks.push(callback),
             }
         }
         // Redis outages are waited out: the writes stay queued in order.
@@ -106,6 +114,9 @@ async fn writer(
                     backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
                 }
             }
+        }
+        for callback in callbacks {
+            callback();
         }
         for done in flushes {
             let _ = done.send(());

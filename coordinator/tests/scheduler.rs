@@ -358,22 +358,23 @@ fn two_batches_sharing_a_resource_name_share_its_capacity() {
 
 #[test]
 fn a_touched_file_is_a_mutex_between_units() {
+    // Touched files are named by their absolute path (workdir + path).
     let mut batch = batch(
         "",
         "  - {id: a, touches: [src/x.sql]}\n  - {id: b, touches: [src/./x.sql]}\n  - {id: c, touches: [src/y.sql]}",
     );
     let mut fleet = Fleet::new();
     assert_eq!(fleet.dispatch(&mut batch), ["a", "c"]);
-    assert_eq!(fleet.used("file:src/x.sql"), 1);
-    assert_eq!(fleet.used("file:src/y.sql"), 1);
+    assert_eq!(fleet.used("file:/tmp/src/x.sql"), 1);
+    assert_eq!(fleet.used("file:/tmp/src/y.sql"), 1);
     let waiting = batch
         .waiting_for(index(&batch, "b"), &fleet.usage)
         .expect("b waits for the file");
     assert!(waiting.contains("src/x.sql"), "{waiting}");
     fleet.run(&mut batch, "a", Outcome::Succeeded);
-    assert_eq!(fleet.used("file:src/x.sql"), 0);
+    assert_eq!(fleet.used("file:/tmp/src/x.sql"), 0);
     assert_eq!(fleet.dispatch(&mut batch), ["b"]);
-    assert_eq!(fleet.used("file:src/x.sql"), 1);
+    assert_eq!(fleet.used("file:/tmp/src/x.sql"), 1);
 }
 
 #[test]
@@ -1202,7 +1203,7 @@ fn checked(batch: &mut Batch, fleet: &mut Fleet, step: impl FnOnce(&mut Batch, &
     assert_counts(batch);
     assert!(in_flight(batch) <= batch.manifest.concurrency as usize);
     assert!(fleet.used("db") <= 1);
-    assert!(fleet.used("file:x.txt") <= 1);
+    assert!(fleet.used("file:/tmp/x.txt") <= 1);
 }
 
 #[test]
@@ -1770,7 +1771,8 @@ fn run_random_fleet(seed: u64) {
                 fencing: FENCING,
                 at_ms: now_ms,
             }
-        } else if rng.chance(5) {
+        } else if batch.units[unit].state == UnitState::Queued && rng.chance(5) {
+            // Only a claim that never started can be handed back.
             Report::Deferred {
                 reason: "busy".into(),
                 at_ms: now_ms,
@@ -1811,4 +1813,20 @@ fn random_batches_keep_every_invariant_and_always_end_in_a_terminal_state() {
     for seed in 0..150 {
         run_random_fleet(seed);
     }
+}
+
+#[test]
+fn a_hand_back_after_the_session_started_changes_nothing() {
+    let mut batch = batch("", "  - {id: a}");
+    let mut fleet = Fleet::new();
+    fleet.dispatch(&mut batch);
+    fleet.report(&mut batch, "a", started());
+    let before = batch.units[0].clone();
+    let effects = fleet.defer(&mut batch, "a");
+    assert_eq!(effects, Effects::default());
+    assert_eq!(
+        batch.units[0], before,
+        "a running session is not handed back"
+    );
+    assert_eq!(state(&batch, "a"), UnitState::Running);
 }

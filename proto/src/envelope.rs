@@ -3,7 +3,7 @@
 //! An envelope is a MessagePack array `[version, kind, body, signature]`.
 //! The version is read before anything else, so an old worker refuses a newer
 //! order with a clear error instead of misreading it; the signature covers
-//! version and body; the body is decoded only once both check out.
+//! version, kind and body; the body is decoded only once they check out.
 
 use std::fmt;
 
@@ -35,7 +35,7 @@ struct Envelope {
 pub fn seal<M: Message>(message: &M, signer: &Signer) -> Vec<u8> {
     // Serialising derived structs of strings and numbers into a Vec cannot fail.
     let body = rmp_serde::to_vec_named(message).unwrap_or_default();
-    let signature = signer.sign(FORMAT_VERSION, &body).to_vec();
+    let signature = signer.sign(FORMAT_VERSION, M::KIND, &body).to_vec();
     let envelope = Envelope {
         version: FORMAT_VERSION,
         kind: M::KIND.to_owned(),
@@ -65,7 +65,12 @@ pub fn open<M: Message>(bytes: &[u8], signer: &Signer) -> Result<M, Error> {
             envelope.kind
         )));
     }
-    if !signer.verify(envelope.version, &envelope.body, &envelope.signature) {
+    if !signer.verify(
+        envelope.version,
+        &envelope.kind,
+        &envelope.body,
+        &envelope.signature,
+    ) {
         return Err(Error::BadSignature);
     }
     rmp_serde::from_slice(&envelope.body).map_err(|e| Error::Body(e.to_string()))

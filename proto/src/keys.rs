@@ -12,6 +12,7 @@
 //! {ns}:lease:{s}                    hash  the lease record of session s
 //! {ns}:fence                        counter of fencing numbers
 //! {ns}:done:{s}                     tombstone of a finished session (a day)
+//! {ns}:capacities                   hash  resource -> capacity, shared by every batch
 //! ```
 
 use crate::names::validate_namespace;
@@ -73,6 +74,11 @@ impl Keys {
         format!("{}:fence", self.ns)
     }
 
+    /// The capacity of each shared resource, one for the whole fleet.
+    pub fn capacities(&self) -> String {
+        format!("{}:capacities", self.ns)
+    }
+
     /// Marks a session that ran, so a duplicated order of it never runs again.
     pub fn done(&self, session: &str) -> String {
         format!("{}:done:{session}", self.ns)
@@ -103,6 +109,7 @@ mod tests {
             keys.lease("s"),
             keys.fence(),
             keys.done("s"),
+            keys.capacities(),
         ];
         assert!(all.iter().all(|k| k.starts_with("t1:")));
         let unique: std::collections::BTreeSet<_> = all.iter().collect();

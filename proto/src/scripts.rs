@@ -38,6 +38,10 @@ for i = 1, n do
   local capacity = tonumber(ARGV[2 + 2 * i])
   local weight = tonumber(ARGV[3 + 2 * i])
   if redis.call('ZCARD', key) + weight > capacity then
+    -- The session is handed back and will never run: the coordinator
+    -- re-publishes the unit as a new session, so a copy of this order
+    -- (a redelivery, a re-publish after a restart) must be refused.
+    redis.call('SET', KEYS[5], 'deferred', 'PX', 86400000)
     return {0, key}
   end
 end
@@ -62,13 +66,13 @@ return {1, fence, expiry}
 ///
 /// KEYS: leases zset, lease hash, batch record. ARGV: session id, ttl ms, fence.
 /// Returns the new expiry in ms; 0 when the lease is lost (expired, reaped,
-/// or taken over), or -1 when the batch was cancelled: either way the holder
-/// must kill its session.
+/// or taken over): the holder must kill its session at once; or -1 when the
+/// batch was cancelled: the lease is extended so that it holds while the
+/// holder stops its session.
 pub const RENEW: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local session = ARGV[1]
-if redis.call('HGET', KEYS[3], 'state') == 'cancelled' then return -1 end
 local fence = redis.call('HGET', KEYS[2], 'fence')
 if (not fence) or fence ~= ARGV[3] then return 0 end
 local current = redis.call('ZSCORE', KEYS[1], session)
@@ -91,6 +95,8 @@ for _, s in ipairs(semaphores) do
 end
 redis.call('HSET', KEYS[2], 'expiry', expiry)
 redis.call('ZADD', KEYS[1], 'XX', expiry, session)
+-- A cancelled batch's session keeps its lease while it dies, but is told.
+if redis.call('HGET', KEYS[3], 'state') == 'cancelled' then return -1 end
 return expiry
 "#;
 

@@ -28,20 +28,26 @@ impl Signer {
         Self { key }
     }
 
-    /// Returns the 32-byte MAC of the version and body.
-    pub fn sign(&self, version: u16, body: &[u8]) -> [u8; 32] {
-        let mut mac = self.key.clone();
-        mac.update(&version.to_be_bytes());
-        mac.update(body);
-        mac.finalize().into_bytes().into()
+    /// Returns the 32-byte MAC of the version, the message kind and the body.
+    pub fn sign(&self, version: u16, kind: &str, body: &[u8]) -> [u8; 32] {
+        self.mac(version, kind, body).finalize().into_bytes().into()
     }
 
     /// Checks a MAC in constant time.
-    pub fn verify(&self, version: u16, body: &[u8], signature: &[u8]) -> bool {
+    pub fn verify(&self, version: u16, kind: &str, body: &[u8], signature: &[u8]) -> bool {
+        self.mac(version, kind, body)
+            .verify_slice(signature)
+            .is_ok()
+    }
+
+    fn mac(&self, version: u16, kind: &str, body: &[u8]) -> HmacSha256 {
         let mut mac = self.key.clone();
         mac.update(&version.to_be_bytes());
+        // Length-prefixed, so kind and body cannot be shifted into each other.
+        mac.update(&(kind.len() as u32).to_be_bytes());
+        mac.update(kind.as_bytes());
         mac.update(body);
-        mac.verify_slice(signature).is_ok()
+        mac
     }
 }
 
@@ -50,13 +56,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_signature_verifies_only_with_the_same_secret_version_and_body() {
+    fn a_signature_verifies_only_with_the_same_secret_version_kind_and_body() {
         let signer = Signer::new(b"secret");
-        let sig = signer.sign(1, b"body");
-        assert!(signer.verify(1, b"body", &sig));
-        assert!(!signer.verify(2, b"body", &sig));
-        assert!(!signer.verify(1, b"bodY", &sig));
-        assert!(!Signer::new(b"other").verify(1, b"body", &sig));
-        assert!(!signer.verify(1, b"body", &sig[..31]));
+        let sig = signer.sign(1, "order", b"body");
+        assert!(signer.verify(1, "order", b"body", &sig));
+        assert!(!signer.verify(2, "order", b"body", &sig));
+        assert!(!signer.verify(1, "event", b"body", &sig));
+        assert!(!signer.verify(1, "order", b"bodY", &sig));
+        assert!(!Signer::new(b"other").verify(1, "order", b"body", &sig));
+        assert!(!signer.verify(1, "order", b"body", &sig[..31]));
     }
 }

@@ -6,6 +6,8 @@
 //! Each test uses its own namespace, so tests run in parallel on one broker
 //! and one Redis without seeing each other's queues or keys.
 
+pub mod invariants;
+
 use std::path::PathBuf;
 
 use redis::aio::MultiplexedConnection;
@@ -287,16 +289,19 @@ async fn spawn_coordinator(
         .spawn()
         .expect("start regatta serve");
     let stdout = coordinator.stdout.take().expect("stdout");
-    let first = tokio::task::spawn_blocking(move || {
+    let read_first = tokio::task::spawn_blocking(move || {
         use std::io::BufRead;
         let mut lines = std::io::BufReader::new(stdout).lines();
         let first = lines.next().and_then(Result::ok).unwrap_or_default();
         // Keep draining so the coordinator never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         first
-    })
-    .await
-    .expect("read the coordinator's address");
+    });
+    // A coordinator that cannot start fails the test, it does not hang it.
+    let first = tokio::time::timeout(std::time::Duration::from_secs(60), read_first)
+        .await
+        .expect("the coordinator printed its address within 60 s")
+        .expect("read the coordinator's address");
     let api = first
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("the coordinator did not start: first line was {first:?}"))

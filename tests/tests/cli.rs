@@ -28,7 +28,7 @@ fn stderr(output: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn enqueue_prints_the_batch_id_and_wait_exits_by_outcome() {
-    let fleet = Fleet::start("cli", 2, 2, "3s").await;
+    let fleet = Fleet::start("cli", 2, 2, "30s").await;
     let dir = tempfile::tempdir().expect("temp dir");
     write_file(
         dir.path(),
@@ -146,7 +146,8 @@ async fn a_bad_manifest_is_refused_whole_with_every_error() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_api_wants_the_token_when_one_is_set() {
-    let fleet = Fleet::start_with_env("auth", 0, 1, "3s", &[("REGATTA_API_TOKEN", "s3cret")]).await;
+    let fleet =
+        Fleet::start_with_env("auth", 0, 1, "30s", &[("REGATTA_API_TOKEN", "s3cret")]).await;
     let api = fleet.api.clone();
     let denied = reqwest::get(format!("{api}/v1/batches"))
         .await

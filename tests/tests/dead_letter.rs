@@ -15,7 +15,7 @@ use regatta_tests::{rabbitmq, write_file, Fleet};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn garbage_and_forged_orders_are_dead_lettered_and_work_goes_on() {
-    let fleet = Fleet::start("dead", 1, 1, "3s").await;
+    let fleet = Fleet::start("dead", 1, 1, "30s").await;
     let names = Names::new(&fleet.namespace).expect("names");
     let connection = rabbitmq().await;
     let channel = broker::confirm_channel(&connection).await.expect("channel");

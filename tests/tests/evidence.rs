@@ -97,7 +97,7 @@ async fn a_gate_repaired_by_its_fix_succeeds_and_its_evidence_says_so() {
         ),
     );
     write_file(dir.path(), "input.sql", "begin null; end;\n");
-    let fleet = Fleet::start("ev-repair", 1, 2, "3s").await;
+    let fleet = Fleet::start("ev-repair", 1, 2, "30s").await;
     let client = fleet.client();
     let batch = client.enqueue(&m).await.expect("enqueue");
     let summary = fleet.wait_for_end(&batch, Duration::from_secs(60)).await;
@@ -210,7 +210,7 @@ async fn a_gate_that_cannot_be_fixed_escalates_to_review_everywhere() {
              outputs: [out/hopeless.sql]\n"
         ),
     );
-    let fleet = Fleet::start("ev-escalate", 1, 2, "3s").await;
+    let fleet = Fleet::start("ev-escalate", 1, 2, "30s").await;
     let client = fleet.client();
     let batch = client.enqueue(&m).await.expect("enqueue");
     let summary = fleet.wait_for_end(&batch, Duration::from_secs(60)).await;
@@ -275,7 +275,7 @@ async fn a_missing_declared_output_fails_the_session_naming_the_file() {
         "batch: forgetful\nretries: 0\nplaybook:\n  name: p\n  run: 'true'\nunits:\n  \
          - id: forgetful\n    outputs: [out/never-written.sql]\n",
     );
-    let fleet = Fleet::start("ev-missing", 1, 2, "3s").await;
+    let fleet = Fleet::start("ev-missing", 1, 2, "30s").await;
     let client = fleet.client();
     let batch = client.enqueue(&m).await.expect("enqueue");
     let summary = fleet.wait_for_end(&batch, Duration::from_secs(60)).await;
@@ -311,7 +311,7 @@ async fn a_batch_pack_verifies_until_a_byte_changes_or_a_file_goes() {
              - id: after-hopeless\n    depends_on: [hopeless]\n"
         ),
     );
-    let fleet = Fleet::start("ev-pack", 2, 2, "3s").await;
+    let fleet = Fleet::start("ev-pack", 2, 2, "30s").await;
     let batch = fleet.client().enqueue(&m).await.expect("enqueue");
     let summary = fleet.wait_for_end(&batch, Duration::from_secs(60)).await;
     assert_eq!(summary.state, BatchState::Failed, "{summary:?}");
@@ -447,7 +447,7 @@ async fn the_gates_example_repairs_one_unit_and_escalates_another() {
     let dir = tempfile::tempdir().expect("temp dir");
     copy_folder(&example, dir.path());
     let m = Manifest::load(&dir.path().join("manifest.yaml")).expect("the example is valid");
-    let fleet = Fleet::start("ev-example", 1, 3, "3s").await;
+    let fleet = Fleet::start("ev-example", 1, 3, "30s").await;
     let client = fleet.client();
     let batch = client.enqueue(&m).await.expect("enqueue");
     let summary = fleet.wait_for_end(&batch, Duration::from_secs(60)).await;

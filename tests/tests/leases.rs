@@ -93,7 +93,7 @@ async fn caps_hold_under_load() {
             while !stop.load(Ordering::SeqCst) {
                 let row = pg
                     .query_one(
-                        "select count(*) from pg_stat_activity where application_name like $1",
+                        "select count(*) from pg_stat_activity where application_name like $1 and state = 'active'",
                         &[&pattern],
                     )
                     .await
@@ -163,7 +163,7 @@ async fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bo
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_worker_costs_a_re_run_and_gives_its_slots_back() {
-    let mut fleet = Fleet::start("kill9", 2, 1, "2s").await;
+    let mut fleet = Fleet::start("kill9", 2, 1, "3s").await;
     let dir = tempfile::tempdir().expect("temp dir");
     let manifest = load(
         dir.path(),
@@ -201,7 +201,7 @@ async fn a_killed_worker_costs_a_re_run_and_gives_its_slots_back() {
     .await;
     // The unit runs again on the other worker within TTL + 5 s.
     let mut rerun_after = None;
-    while killed_at.elapsed() < Duration::from_secs(7) {
+    while killed_at.elapsed() < Duration::from_secs(8) {
         let units = client.units(&batch, None).await.expect("units");
         let long = units.iter().find(|u| u.id == "long").expect("long");
         if long.history.len() == 2 && long.history[1].started_at_ms.is_some() {
@@ -211,7 +211,10 @@ async fn a_killed_worker_costs_a_re_run_and_gives_its_slots_back() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let rerun_after = rerun_after.expect("the unit re-ran within TTL + 5 s");
-    assert!(rerun_after <= Duration::from_secs(7), "{rerun_after:?}");
+    assert!(
+        rerun_after <= Duration::from_secs(8),
+        "re-run within TTL + 5 s: {rerun_after:?}"
+    );
     let summary = fleet.wait_for_end(&batch, Duration::from_secs(30)).await;
     assert_eq!(summary.state, BatchState::Succeeded);
     let units = client.units(&batch, None).await.expect("units");
@@ -310,7 +313,7 @@ async fn units_that_need_no_saturated_resource_keep_starting() {
     let mut units = String::new();
     for i in 0..3 {
         units.push_str(&format!(
-            "  - id: slow{i}\n    uses: [pg]\n    env: {{HOLD: '1.5'}}\n"
+            "  - id: slow{i}\n    uses: [pg]\n    env: {{HOLD: '3'}}\n"
         ));
     }
     for i in 0..6 {

@@ -23,7 +23,7 @@ async fn metrics_show_the_counts_of_a_finished_batch() {
         "batch: metered\nretries: 1\nplaybook:\n  name: p\n  run: 'true'\nunits:\n  - id: a\n  - id: b\n  - id: c\n    depends_on: [a]\n  - id: broken\n    run: exit 1\n  - id: after-broken\n    depends_on: [broken]\n",
     );
     let manifest = Manifest::load(&dir.path().join("manifest.yaml")).expect("valid");
-    let fleet = Fleet::start("metrics", 2, 2, "3s").await;
+    let fleet = Fleet::start("metrics", 2, 2, "30s").await;
     let batch = fleet.client().enqueue(&manifest).await.expect("enqueue");
     assert_eq!(
         fleet
@@ -153,7 +153,7 @@ async fn one_trace_follows_a_unit_across_coordinator_and_workers() {
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
     ];
-    let fleet = Fleet::start_with_env("traces", 2, 1, "3s", &env).await;
+    let fleet = Fleet::start_with_env("traces", 2, 1, "30s", &env).await;
     let batch = fleet.client().enqueue(&manifest).await.expect("enqueue");
     assert_eq!(
         fleet

@@ -5,10 +5,9 @@
 use std::time::{Duration, Instant};
 
 use regatta_proto::{GateReport, GateSpec};
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::session::{run_command, CommandSpec, Ending};
+use crate::session::{run_command, CommandSpec, Ending, Stop};
 use crate::Error;
 
 /// What the gates concluded.
@@ -25,7 +24,7 @@ pub struct GateVerdict {
 pub async fn run_gates(
     gates: &[GateSpec],
     base: &CommandSpec,
-    stop: &CancellationToken,
+    stop: &Stop,
 ) -> Result<GateVerdict, Error> {
     let mut reports = Vec::with_capacity(gates.len());
     for gate in gates {
@@ -59,7 +58,7 @@ pub async fn run_gates(
 async fn run_gate(
     gate: &GateSpec,
     base: &CommandSpec,
-    stop: &CancellationToken,
+    stop: &Stop,
 ) -> Result<Option<GateReport>, Error> {
     let started = Instant::now();
     let spec = |command: &str| CommandSpec {

@@ -28,7 +28,7 @@ use tracing::Instrument;
 use crate::gate::run_gates;
 use crate::lease::{Claim, LeaseClient, Renewal};
 use crate::reporter::{self, Reporter};
-use crate::session::{log_tail, run_command, CommandSpec, Ending};
+use crate::session::{log_tail, run_command, CommandSpec, Ending, Stop};
 use crate::{Error, WorkerConfig};
 
 /// What every slot shares.
@@ -238,7 +238,7 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
         kind,
     };
     let lease_wait = std::time::Instant::now();
-    let acquire = shared.leases.acquire(&order, &owner, config.lease_ttl);
+    let acquire = acquire_with_retries(shared, &order, &owner);
     let fence = match acquire
         .instrument(tracing::info_span!("lease.acquire"))
         .await
@@ -329,8 +329,9 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
         order.session_id.clone(),
         fence,
         config.lease_ttl,
-        renewing.clone(),
+        Stop::default(),
         Arc::new(StopCause::default()),
+        renewing.clone(),
     ));
     let session_end = crate::evidence::SessionEnd {
         order: &order,
@@ -379,6 +380,37 @@ type SessionSummary = (
     Vec<regatta_proto::GateReport>,
 );
 
+/// Acquires a unit's leases, waiting out a Redis outage with backoff while
+/// the delivery is held (a nack-requeue would loop hot and count towards the
+/// queue's delivery limit). Gives up after a minute, well within RabbitMQ's
+/// `consumer_timeout`, and then the order goes back to the queue.
+async fn acquire_with_retries(
+    shared: &Shared,
+    order: &WorkOrder,
+    owner: &LeaseOwner,
+) -> Result<Claim, Error> {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match shared
+            .leases
+            .acquire(order, owner, shared.config.lease_ttl)
+            .await
+        {
+            Ok(claim) => return Ok(claim),
+            Err(e)
+                if started.elapsed() < Duration::from_secs(60)
+                    && !shared.shutdown.is_cancelled() =>
+            {
+                tracing::warn!(error = %e, "cannot claim leases yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Runs the session's command and gates while a heartbeat renews its leases.
 async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionSummary {
     let config = &shared.config;
@@ -404,8 +436,14 @@ async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionS
             vec![],
         );
     }
-    let stop = shared.kill_sessions.child_token();
+    let stop = Stop {
+        gently: shared.kill_sessions.child_token(),
+        now: CancellationToken::new(),
+    };
     let lost = Arc::new(StopCause::default());
+    // The heartbeat renews until the session is over, also while it is
+    // being killed, so its slots are never handed on while it still runs.
+    let session_over = CancellationToken::new();
     let heartbeat = tokio::spawn(heartbeat(
         shared.leases.clone(),
         order.batch_id.clone(),
@@ -414,6 +452,7 @@ async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionS
         config.lease_ttl,
         stop.clone(),
         lost.clone(),
+        session_over.clone(),
     ));
 
     let mut env: Vec<(String, String)> = order
@@ -502,7 +541,8 @@ async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionS
             (outcome, None, Some(reason), vec![])
         }
     };
-    heartbeat.abort();
+    session_over.cancel();
+    let _ = heartbeat.await;
     let (outcome, exit_code, reason, gates) = result;
     (
         outcome,
@@ -528,34 +568,38 @@ async fn missing_output(order: &WorkOrder) -> Option<String> {
 /// Renews the leases every third of their TTL; when they are lost (taken
 /// over, reaped, or Redis unreachable for longer than the TTL), marks the
 /// session lost and stops it, so it cannot overlap a re-run.
+#[allow(clippy::too_many_arguments)]
 async fn heartbeat(
     leases: LeaseClient,
     batch_id: String,
     session_id: String,
     fence: u64,
     ttl: Duration,
-    stop: CancellationToken,
+    stop: Stop,
     cause: Arc<StopCause>,
+    done: CancellationToken,
 ) {
     let period = ttl / 3;
     let mut last_renewal = Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(period) => {}
-            _ = stop.cancelled() => return,
+            _ = done.cancelled() => return,
         }
         match tokio::time::timeout(period, leases.renew(&batch_id, &session_id, fence, ttl)).await {
             Ok(Ok(Renewal::Renewed)) => last_renewal = Instant::now(),
             Ok(Ok(Renewal::Cancelled)) => {
-                tracing::info!(session = %session_id, "batch cancelled: killing the session");
-                cause.cancelled.store(true, Ordering::SeqCst);
-                stop.cancel();
-                return;
+                // The lease was extended: it holds while the session dies.
+                last_renewal = Instant::now();
+                if !cause.cancelled.swap(true, Ordering::SeqCst) {
+                    tracing::info!(session = %session_id, "batch cancelled: stopping the session");
+                    stop.gently.cancel();
+                }
             }
             Ok(Ok(Renewal::Lost)) => {
                 tracing::warn!(session = %session_id, "lease lost (expired or taken over): killing the session");
                 cause.lost.store(true, Ordering::SeqCst);
-                stop.cancel();
+                stop.now.cancel();
                 return;
             }
             Ok(Err(e)) => tracing::warn!(session = %session_id, error = %e, "lease renewal failed"),
@@ -565,7 +609,7 @@ async fn heartbeat(
         if last_renewal.elapsed() + period >= ttl {
             tracing::warn!(session = %session_id, "leases could not be renewed within their TTL: killing the session");
             cause.lost.store(true, Ordering::SeqCst);
-            stop.cancel();
+            stop.now.cancel();
             return;
         }
     }

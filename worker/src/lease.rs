@@ -83,7 +83,9 @@ impl LeaseClient {
         }
         let mut connection = self.connection.clone();
         let answer: Vec<redis::Value> = invocation.invoke_async(&mut connection).await?;
-        Ok(parse_claim(&answer))
+        parse_claim(&answer).ok_or_else(|| {
+            Error::Config(format!("unexpected answer of the lease script: {answer:?}"))
+        })
     }
 
     /// Extends a session's leases.
@@ -125,24 +127,25 @@ impl LeaseClient {
     }
 }
 
-fn parse_claim(answer: &[redis::Value]) -> Claim {
+fn parse_claim(answer: &[redis::Value]) -> Option<Claim> {
     use redis::Value;
     let int = |v: Option<&Value>| match v {
-        Some(Value::Int(n)) => *n,
-        _ => 0,
+        Some(Value::Int(n)) => Some(*n),
+        _ => None,
     };
-    match int(answer.first()) {
-        1 => Claim::Held {
-            fence: int(answer.get(1)).max(0) as u64,
-            expiry_ms: int(answer.get(2)),
-        },
-        -2 => Claim::Cancelled,
-        0 => Claim::Busy {
+    match int(answer.first())? {
+        1 => Some(Claim::Held {
+            fence: int(answer.get(1))?.max(0) as u64,
+            expiry_ms: int(answer.get(2))?,
+        }),
+        0 => Some(Claim::Busy {
             semaphore: match answer.get(1) {
                 Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
                 _ => String::new(),
             },
-        },
-        _ => Claim::AlreadyHeld,
+        }),
+        -1 => Some(Claim::AlreadyHeld),
+        -2 => Some(Claim::Cancelled),
+        _ => None,
     }
 }

@@ -104,6 +104,12 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.slots > 0, "--slots must be at least 1");
+    if let Some(name) = &args.name {
+        anyhow::ensure!(
+            !name.is_empty() && !name.chars().any(char::is_control),
+            "--name must be non-empty text without control characters (it is stored in lease records)"
+        );
+    }
     anyhow::ensure!(!args.secret.is_empty(), "REGATTA_SECRET must not be empty");
     anyhow::ensure!(
         args.lease_ttl >= Duration::from_secs(1),

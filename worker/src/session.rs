@@ -39,13 +39,21 @@ pub enum Ending {
     Stopped,
 }
 
+/// How the caller tells a running command to stop.
+#[derive(Debug, Clone, Default)]
+pub struct Stop {
+    /// SIGTERM to the group, SIGKILL after the grace period: a cancel or a
+    /// shutdown, where the session may clean up while its leases still hold.
+    pub gently: CancellationToken,
+    /// SIGKILL to the group at once: the leases are lost, so a re-run may
+    /// already be starting elsewhere.
+    pub now: CancellationToken,
+}
+
 /// Runs a command to its end, or until its deadline or `stop`.
 ///
 /// Whatever happens, no process of the group is left running on return.
-pub async fn run_command(
-    spec: &CommandSpec,
-    stop: &CancellationToken,
-) -> Result<(Ending, Duration), Error> {
+pub async fn run_command(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Duration), Error> {
     let log = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -63,6 +71,12 @@ pub async fn run_command(
         .arg(std::process::id().to_string())
         .arg(&spec.command)
         .current_dir(&spec.workdir)
+        // The fleet's secrets and connection URLs stay with the worker: a
+        // session that could read REGATTA_SECRET could sign its own orders.
+        .env_remove("REGATTA_SECRET")
+        .env_remove("REGATTA_API_TOKEN")
+        .env_remove("REGATTA_AMQP_URL")
+        .env_remove("REGATTA_REDIS_URL")
         .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .stdout(Stdio::from(writer))
@@ -78,13 +92,18 @@ pub async fn run_command(
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
 
     let ending = tokio::select! {
+        biased;
+        _ = stop.now.cancelled() => {
+            kill_group(pgid, &mut child).await;
+            Ending::Stopped
+        }
         status = child.wait() => Ending::Exited(exit_code(status.ok())),
         _ = tokio::time::sleep(spec.timeout) => {
-            terminate_group(pgid, &mut child, spec.grace).await;
+            terminate_group(pgid, &mut child, spec.grace, &stop.now).await;
             Ending::TimedOut
         }
-        _ = stop.cancelled() => {
-            terminate_group(pgid, &mut child, spec.grace).await;
+        _ = stop.gently.cancelled() => {
+            terminate_group(pgid, &mut child, spec.grace, &stop.now).await;
             Ending::Stopped
         }
     };
@@ -108,14 +127,31 @@ fn exit_code(status: Option<std::process::ExitStatus>) -> i32 {
     }
 }
 
-/// SIGTERM to the whole group, then SIGKILL after the grace period.
-async fn terminate_group(pgid: Option<Pid>, child: &mut tokio::process::Child, grace: Duration) {
+/// SIGTERM to the whole group, then SIGKILL after the grace period, or at
+/// once if `now` fires meanwhile.
+async fn terminate_group(
+    pgid: Option<Pid>,
+    child: &mut tokio::process::Child,
+    grace: Duration,
+    now: &CancellationToken,
+) {
     let Some(pgid) = pgid else { return };
     let _ = killpg(pgid, Signal::SIGTERM);
-    if tokio::time::timeout(grace, child.wait()).await.is_err() {
-        let _ = killpg(pgid, Signal::SIGKILL);
-        let _ = child.wait().await;
+    tokio::select! {
+        _ = child.wait() => return,
+        _ = tokio::time::sleep(grace) => {}
+        _ = now.cancelled() => {}
     }
+    let _ = killpg(pgid, Signal::SIGKILL);
+    let _ = child.wait().await;
+}
+
+/// SIGKILL to the whole group, without a grace period.
+async fn kill_group(pgid: Option<Pid>, child: &mut tokio::process::Child) {
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    let _ = child.wait().await;
 }
 
 /// Copies the session's output into its log, keeping at most `limit` bytes

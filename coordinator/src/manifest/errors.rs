@@ -185,6 +185,10 @@ pub enum PathProblem {
     EscapesWorkdir,
     #[error("is empty or names the workdir itself")]
     Empty,
+    /// Paths end up in Redis keys and lease records, where a newline or a
+    /// tab would break them.
+    #[error("contains a control character (newline, tab, ...)")]
+    ControlCharacter,
 }
 
 fn did_you_mean(suggestion: &Option<String>) -> String {

@@ -368,6 +368,9 @@ fn is_valid_env_name(name: &str) -> bool {
 /// The check is lexical on purpose: the files may not exist yet (outputs), and a
 /// symlink inside the workdir is the workdir owner's business.
 pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathProblem> {
+    if path.chars().any(char::is_control) {
+        return Err(PathProblem::ControlCharacter);
+    }
     if path.starts_with('/') || path.starts_with('\\') || std::path::Path::new(path).is_absolute() {
         return Err(PathProblem::Absolute);
     }
@@ -395,6 +398,18 @@ pub fn normalize_path(path: &str) -> Result<Cow<'_, str>, PathProblem> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refuses_control_characters_in_paths() {
+        assert!(matches!(
+            normalize_path("a\nb"),
+            Err(PathProblem::ControlCharacter)
+        ));
+        assert!(matches!(
+            normalize_path("a\tb.sql"),
+            Err(PathProblem::ControlCharacter)
+        ));
+    }
 
     #[test]
     fn normalizes_paths_lexically() {
