@@ -1,18 +1,18 @@
 //! RabbitMQ plumbing shared by the coordinator's publisher and consumer:
 //! connection, topology and confirmed publishing.
 //!
-//! lapin recovers a lost connection by itself when asked to
-//! (`enable_auto_recover`); what it cannot know is our topology and our
-//! consumers, so every user of this module declares the topology again after
-//! a recovery and treats delivery tags from before it as void.
+//! lapin retries a lost connection by itself when asked to
+//! (`enable_auto_recover`). The event consumer declares the topology again
+//! each time it (re)subscribes, and treats delivery tags from before a
+//! failure as void; a connection that stays lost is a known limit (see the
+//! README's guarantees).
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use regatta_proto::{Names, QueueArgument};
 
-/// How often an idle message is kept before a quorum queue gives up on it.
-pub const DELIVERY_LIMIT: i64 = 20;
+pub use regatta_proto::names::DELIVERY_LIMIT;
 
 /// Connects to the broker, with heartbeats and automatic recovery on.
 pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {

@@ -37,14 +37,14 @@ pub enum Error {
 impl Error {
     pub fn broker(url: &str, source: lapin::Error) -> Error {
         Error::Broker {
-            url: url.to_owned(),
+            url: regatta_proto::names::redact_url(url),
             source,
         }
     }
 
     pub fn redis(url: &str, source: redis::RedisError) -> Error {
         Error::Redis {
-            url: url.to_owned(),
+            url: regatta_proto::names::redact_url(url),
             source,
         }
     }

@@ -90,6 +90,25 @@ impl Names {
     }
 }
 
+/// How many times a quorum queue delivers one message before it
+/// dead-letters it (a poison message that crashes its consumer). Both sides
+/// must declare the queues with the same arguments, hence one constant.
+pub const DELIVERY_LIMIT: i64 = 20;
+
+/// Hides the password of a URL, for error messages and logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// The header that carries a dead-lettered message's reason.
 pub const REASON_HEADER: &str = "x-regatta-reason";
 
@@ -120,6 +139,18 @@ mod tests {
         assert_ne!(
             Names::new("prod").expect("valid").work_queue(),
             names.work_queue()
+        );
+    }
+
+    #[test]
+    fn passwords_are_hidden_from_urls() {
+        assert_eq!(
+            redact_url("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(
+            redact_url("redis://127.0.0.1:6379/"),
+            "redis://127.0.0.1:6379/"
         );
     }
 

@@ -15,8 +15,9 @@
 /// tombstone, then each semaphore key. ARGV: session id, ttl ms, owner, then per semaphore
 /// capacity and weight. Returns `{1, fence, expiry_ms}` on success, `{0, key}`
 /// naming the first semaphore that is full, `{-1, reason}` if the session
-/// already holds a lease or already ran (a duplicated order), or `{-2,
-/// reason}` if the batch was cancelled.
+/// already holds a lease or already ran (a duplicated order), `{-2,
+/// reason}` if the batch was cancelled, or `{-3, reason}` if no batch of
+/// that id was ever stored (an order from elsewhere).
 pub const ACQUIRE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -28,6 +29,9 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
 end
 if redis.call('EXISTS', KEYS[5]) == 1 then
   return {-1, 'session already ran'}
+end
+if redis.call('HEXISTS', KEYS[4], 'manifest') == 0 then
+  return {-3, 'unknown batch'}
 end
 if redis.call('HGET', KEYS[4], 'state') == 'cancelled' then
   return {-2, 'batch cancelled'}

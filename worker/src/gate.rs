@@ -73,7 +73,7 @@ async fn run_gate(
     let passed = loop {
         match run_command(&spec(&gate.run), stop).await?.0 {
             Ending::Exited(0) => break true,
-            Ending::Stopped => return Ok(None),
+            Ending::Stopped | Ending::Abandoned => return Ok(None),
             Ending::Exited(_) | Ending::TimedOut => {}
         }
         let Some(fix) = gate.fix.as_deref() else {
@@ -87,7 +87,7 @@ async fn run_gate(
         let fix_spec = spec(fix);
         let repair = run_command(&fix_spec, stop)
             .instrument(tracing::info_span!("repair", attempt = repairs));
-        if repair.await?.0 == Ending::Stopped {
+        if matches!(repair.await?.0, Ending::Stopped | Ending::Abandoned) {
             return Ok(None);
         }
     };

@@ -28,7 +28,7 @@ use tracing::Instrument;
 use crate::gate::run_gates;
 use crate::lease::{Claim, LeaseClient, Renewal};
 use crate::reporter::{self, Reporter};
-use crate::session::{log_tail, run_command, CommandSpec, Ending, Stop};
+use crate::session::{log_tail, run_command, Beats, CommandSpec, Ending, Stop};
 use crate::{Error, WorkerConfig};
 
 /// What every slot shares.
@@ -278,6 +278,29 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
             let _ = delivery.ack(BasicAckOptions::default()).await;
             return;
         }
+        Ok(Claim::UnknownBatch) => {
+            let reason = format!(
+                "order for unknown batch '{}': no coordinator of namespace '{}' enqueued it",
+                order.batch_id,
+                config.names.namespace()
+            );
+            tracing::warn!(%reason, "refusing a work order: dead-lettered");
+            match shared.reporter.dead_letter(&delivery.data, &reason).await {
+                Ok(()) => {
+                    let _ = delivery.ack(BasicAckOptions::default()).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot dead-letter an order; it goes back to the queue");
+                    let _ = delivery
+                        .nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        })
+                        .await;
+                }
+            }
+            return;
+        }
         Ok(Claim::AlreadyHeld) => {
             tracing::warn!(
                 "duplicate order of a session that holds its leases or already ran; dropped"
@@ -332,6 +355,7 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
         Stop::default(),
         Arc::new(StopCause::default()),
         renewing.clone(),
+        tokio::sync::watch::channel(0).0,
     ));
     let session_end = crate::evidence::SessionEnd {
         order: &order,
@@ -444,6 +468,7 @@ async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionS
     // The heartbeat renews until the session is over, also while it is
     // being killed, so its slots are never handed on while it still runs.
     let session_over = CancellationToken::new();
+    let (renewed, renewals) = tokio::sync::watch::channel(0u64);
     let heartbeat = tokio::spawn(heartbeat(
         shared.leases.clone(),
         order.batch_id.clone(),
@@ -453,6 +478,7 @@ async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionS
         stop.clone(),
         lost.clone(),
         session_over.clone(),
+        renewed,
     ));
 
     let mut env: Vec<(String, String)> = order
@@ -484,6 +510,12 @@ async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionS
         max_log_bytes: config.max_log_bytes,
         grace: config.grace.min(Duration::from_secs(30)),
         leader_exe: config.leader_exe.clone(),
+        // Two renewal periods: the leader kills a stalled worker's session
+        // before its lease can expire and the unit re-run elsewhere.
+        beats: Some(Beats {
+            renewals,
+            deadline: config.lease_ttl * 2 / 3,
+        }),
     };
     let stopped_outcome = |cause: &StopCause| {
         if cause.cancelled.load(Ordering::SeqCst) {
@@ -521,6 +553,17 @@ async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionS
                 },
             },
         },
+        // The leader gave up on a worker that stalled past its lease (a
+        // SIGSTOP, a VM pause): the unit already re-runs elsewhere.
+        Ok((Ending::Abandoned, _)) => (
+            Outcome::Lost,
+            None,
+            Some(
+                "lost: the worker stalled past its lease and the session leader killed the session"
+                    .to_owned(),
+            ),
+            vec![],
+        ),
         Ok((Ending::Exited(code), _)) => (
             Outcome::Failed,
             Some(code),
@@ -578,6 +621,7 @@ async fn heartbeat(
     stop: Stop,
     cause: Arc<StopCause>,
     done: CancellationToken,
+    renewed: tokio::sync::watch::Sender<u64>,
 ) {
     let period = ttl / 3;
     let mut last_renewal = Instant::now();
@@ -587,10 +631,14 @@ async fn heartbeat(
             _ = done.cancelled() => return,
         }
         match tokio::time::timeout(period, leases.renew(&batch_id, &session_id, fence, ttl)).await {
-            Ok(Ok(Renewal::Renewed)) => last_renewal = Instant::now(),
+            Ok(Ok(Renewal::Renewed)) => {
+                last_renewal = Instant::now();
+                renewed.send_modify(|n| *n += 1);
+            }
             Ok(Ok(Renewal::Cancelled)) => {
                 // The lease was extended: it holds while the session dies.
                 last_renewal = Instant::now();
+                renewed.send_modify(|n| *n += 1);
                 if !cause.cancelled.swap(true, Ordering::SeqCst) {
                     tracing::info!(session = %session_id, "batch cancelled: stopping the session");
                     stop.gently.cancel();

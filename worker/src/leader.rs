@@ -1,56 +1,80 @@
 //! The session leader: a tiny process between the worker and the session's
-//! command that makes sure a session never outlives its worker.
+//! command that makes sure a session never outlives its worker's claim.
 //!
 //! `PR_SET_PDEATHSIG` only signals the direct child of the dying process, so
 //! a plain `sh -c` would leave its own children running when the worker is
 //! killed with `kill -9`. The leader is the direct child: it asks the kernel
 //! for SIGHUP when the worker dies, runs the command in its own process
-//! group, and on SIGHUP kills the whole group. It ignores SIGTERM itself so
-//! that a deadline's SIGTERM to the group reaches the command, which may
-//! clean up during the grace period, and it exits with the command's status.
+//! group, and on SIGHUP kills the whole group.
 //!
-//! It is started once per session, so it stays small: no async runtime, just
-//! `sigwait` on the three signals it cares about.
+//! A worker can also stall without dying (SIGSTOP, a VM pause): its leases
+//! then expire and the unit re-runs elsewhere. So the worker sends the
+//! leader a byte on its stdin after each lease renewal, and a leader that
+//! hears nothing for its deadline (two renewal periods, before the lease
+//! can expire) kills the group too; so does one whose stdin closes.
+//!
+//! The leader ignores SIGTERM itself so that a deadline's SIGTERM to the
+//! group reaches the command, which may clean up during the grace period,
+//! and it exits with the command's status. It is started once per command,
+//! so it stays small: no async runtime, one `poll` loop.
 
+use std::io::Read;
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
-use std::process::ExitCode;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpgrp, getpid, getppid, Pid};
 
 /// The hidden subcommand under which the worker binary acts as a leader.
 pub const SUBCOMMAND: &str = "session-leader";
 
-/// Runs the leader: `regatta-worker session-leader <worker pid> <command>`.
-pub fn main(worker_pid: i32, command: &str) -> ExitCode {
+/// Runs the leader:
+/// `regatta-worker session-leader <worker pid> <deadline ms, 0 for none> <command>`.
+pub fn main(worker_pid: i32, deadline_ms: u64, command: &str) -> ExitCode {
     // Only a process that leads its own group may take the group down; a
     // leader started by hand in someone else's group just runs the command.
     let leads_group = getpgrp() == getpid();
+    // Killing the group kills the leader too: the worker sees its leader
+    // die of SIGKILL (not an exit code) and reports the session lost.
+    let kill = || {
+        if leads_group {
+            let _ = killpg(getpgrp(), Signal::SIGKILL);
+        }
+        ExitCode::from(125)
+    };
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGHUP);
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGCHLD);
-    // Block them so that they queue for `wait` below instead of acting.
-    if let Err(e) = signals.thread_set_mask() {
+    // Blocked, they queue on the signalfd instead of acting.
+    if let Err(e) = signals.thread_block() {
         eprintln!("regatta session leader: cannot block signals: {e}");
         return ExitCode::from(125);
     }
+    let signal_fd = match SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK) {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("regatta session leader: cannot watch signals: {e}");
+            return ExitCode::from(125);
+        }
+    };
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGHUP) {
         eprintln!("regatta session leader: cannot watch the worker: {e}");
         return ExitCode::from(125);
     }
     // The worker may have died between fork and prctl.
     if getppid() != Pid::from_raw(worker_pid) {
-        if leads_group {
-            kill_group();
-        }
-        return ExitCode::from(125);
+        return kill();
     }
     let mut child = std::process::Command::new("/bin/sh");
-    child.arg("-c").arg(command);
-    // The command gets the default signal mask back, whatever ours is.
-    // SAFETY: only async-signal-safe calls between fork and exec.
+    child.arg("-c").arg(command).stdin(Stdio::null());
+    // The command gets the default signal mask back.
+    // SAFETY: only an async-signal-safe call between fork and exec.
     unsafe {
         child.pre_exec(|| {
             SigSet::all()
@@ -66,31 +90,61 @@ pub fn main(worker_pid: i32, command: &str) -> ExitCode {
         }
     };
     let child_pid = Pid::from_raw(child.id() as i32);
+    let deadline = (deadline_ms > 0).then(|| Duration::from_millis(deadline_ms));
+    let mut stdin = std::io::stdin().lock();
+    let mut last_beat = Instant::now();
     loop {
-        match signals.wait() {
-            Ok(Signal::SIGHUP) => {
-                // The worker is gone: nothing of this session may survive it.
-                if leads_group {
-                    kill_group();
-                }
-                return ExitCode::from(129);
+        let timeout = match deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_sub(last_beat.elapsed());
+                PollTimeout::try_from(left.as_millis().min(60_000) as i32)
+                    .unwrap_or(PollTimeout::MAX)
             }
-            // SIGTERM is for the command (a deadline or a cancel); the
-            // leader keeps waiting so it can report the command's status.
-            Ok(Signal::SIGTERM) => {}
-            Ok(_) => match waitpid(child_pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(_, code)) => return ExitCode::from(code.clamp(0, 255) as u8),
-                Ok(WaitStatus::Signaled(_, signal, _)) => {
-                    return ExitCode::from((128 + signal as i32).clamp(0, 255) as u8)
-                }
-                Ok(_) => {}
-                Err(_) => return ExitCode::from(125),
-            },
-            Err(_) => return ExitCode::from(125),
+            None => PollTimeout::NONE,
+        };
+        let stdin_fd = std::io::stdin();
+        let mut fds = vec![PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN)];
+        if deadline.is_some() {
+            fds.push(PollFd::new(stdin_fd.as_fd(), PollFlags::POLLIN));
+        }
+        if let Err(e) = poll(&mut fds, timeout) {
+            if e != nix::errno::Errno::EINTR {
+                eprintln!("regatta session leader: poll failed: {e}");
+                return kill();
+            }
+        }
+        let heard = fds.get(1).and_then(|fd| fd.revents()).is_some_and(|r| {
+            r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+        });
+        drop(fds);
+        while let Ok(Some(info)) = signal_fd.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                // The worker is gone: nothing of this session may survive it.
+                Ok(Signal::SIGHUP) => return kill(),
+                // SIGTERM is for the command (a deadline or a cancel).
+                Ok(Signal::SIGTERM) => {}
+                _ => match waitpid(child_pid, Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Exited(_, code)) => {
+                        return ExitCode::from(code.clamp(0, 255) as u8)
+                    }
+                    Ok(WaitStatus::Signaled(_, signal, _)) => {
+                        return ExitCode::from((128 + signal as i32).clamp(0, 255) as u8)
+                    }
+                    Ok(_) => {}
+                    Err(_) => return ExitCode::from(125),
+                },
+            }
+        }
+        if heard {
+            let mut buffer = [0u8; 64];
+            match stdin.read(&mut buffer) {
+                Ok(0) | Err(_) => return kill(), // the worker closed its end: gone
+                Ok(_) => last_beat = Instant::now(),
+            }
+        }
+        if deadline.is_some_and(|deadline| last_beat.elapsed() >= deadline) {
+            eprintln!("regatta session leader: no lease renewal from the worker within {deadline_ms} ms; killing the session");
+            return kill();
         }
     }
-}
-
-fn kill_group() {
-    let _ = killpg(getpgrp(), Signal::SIGKILL);
 }

@@ -22,6 +22,8 @@ pub enum Claim {
     AlreadyHeld,
     /// The batch was cancelled: the order must not run.
     Cancelled,
+    /// No such batch was ever enqueued: the order must not run.
+    UnknownBatch,
 }
 
 /// The answer to a renewal.
@@ -45,7 +47,7 @@ impl LeaseClient {
     /// Connects to Redis; the connection manager reconnects by itself.
     pub async fn connect(url: &str, keys: Keys) -> Result<Self, Error> {
         let redis_error = |source| Error::Redis {
-            url: url.to_owned(),
+            url: regatta_proto::names::redact_url(url),
             source,
         };
         let client = redis::Client::open(url).map_err(redis_error)?;
@@ -146,6 +148,7 @@ fn parse_claim(answer: &[redis::Value]) -> Option<Claim> {
         }),
         -1 => Some(Claim::AlreadyHeld),
         -2 => Some(Claim::Cancelled),
+        -3 => Some(Claim::UnknownBatch),
         _ => None,
     }
 }

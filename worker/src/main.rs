@@ -81,8 +81,9 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some(leader::SUBCOMMAND) {
         let worker_pid = argv.get(2).and_then(|p| p.parse().ok()).unwrap_or(0);
-        let command = argv.get(3).cloned().unwrap_or_default();
-        return leader::main(worker_pid, &command);
+        let deadline_ms = argv.get(3).and_then(|d| d.parse().ok()).unwrap_or(0);
+        let command = argv.get(4).cloned().unwrap_or_default();
+        return leader::main(worker_pid, deadline_ms, &command);
     }
     let args = Args::parse();
     let _telemetry = regatta_telemetry::init("regatta-worker", args.log_json);

@@ -11,9 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 
-/// Matches the coordinator's delivery limit: the queues must be declared
-/// with identical arguments by both sides.
-const DELIVERY_LIMIT: i64 = 20;
+use regatta_proto::names::DELIVERY_LIMIT;
 
 /// Connects with heartbeats and lapin's automatic recovery on.
 pub async fn connect(url: &str, name: &str) -> Result<Connection, Error> {
@@ -30,7 +28,7 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, Error> {
     Connection::connect(&with_heartbeat, properties)
         .await
         .map_err(|source| Error::Broker {
-            url: url.to_owned(),
+            url: regatta_proto::names::redact_url(url),
             source,
         })
 }

@@ -26,6 +26,17 @@ pub struct CommandSpec {
     /// Between SIGTERM and SIGKILL of the process group.
     pub grace: Duration,
     pub leader_exe: PathBuf,
+    /// Lease renewals, forwarded to the session's leader so that it kills
+    /// the session if the worker stalls (see [`leader`]); `None` in tests
+    /// that run a command without leases.
+    pub beats: Option<Beats>,
+}
+
+/// The renewals a leader listens to, and how long it waits for one.
+#[derive(Debug, Clone)]
+pub struct Beats {
+    pub renewals: tokio::sync::watch::Receiver<u64>,
+    pub deadline: Duration,
 }
 
 /// How a command ended.
@@ -37,6 +48,9 @@ pub enum Ending {
     TimedOut,
     /// The caller stopped it (lease lost, cancel, shutdown); the group was terminated.
     Stopped,
+    /// The session's leader was killed, with its whole group: it gave up on
+    /// a worker that stalled past its lease (or someone killed it).
+    Abandoned,
 }
 
 /// How the caller tells a running command to stop.
@@ -69,6 +83,12 @@ pub async fn run_command(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Dur
     command
         .arg(leader::SUBCOMMAND)
         .arg(std::process::id().to_string())
+        .arg(
+            spec.beats
+                .as_ref()
+                .map_or(0, |b| b.deadline.as_millis() as u64)
+                .to_string(),
+        )
         .arg(&spec.command)
         .current_dir(&spec.workdir)
         // The fleet's secrets and connection URLs stay with the worker: a
@@ -78,13 +98,29 @@ pub async fn run_command(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Dur
         .env_remove("REGATTA_AMQP_URL")
         .env_remove("REGATTA_REDIS_URL")
         .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
+        .stdin(if spec.beats.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::from(writer))
         .stderr(Stdio::from(writer_err))
         .process_group(0)
         .kill_on_drop(false);
     let started = Instant::now();
     let mut child = command.spawn().map_err(Error::Spawn)?;
+    // Forward each renewal to the leader as one byte on its stdin.
+    let forward = match (child.stdin.take(), spec.beats.clone()) {
+        (Some(mut stdin), Some(mut beats)) => Some(tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while beats.renewals.changed().await.is_ok() {
+                if stdin.write_all(b".").await.is_err() {
+                    break;
+                }
+            }
+        })),
+        _ => None,
+    };
     // Our copies of the pipe's write end went into the child; once every
     // process of the session closes it, the capture sees end of file.
     drop(command);
@@ -97,7 +133,15 @@ pub async fn run_command(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Dur
             kill_group(pgid, &mut child).await;
             Ending::Stopped
         }
-        status = child.wait() => Ending::Exited(exit_code(status.ok())),
+        status = child.wait() => {
+            use std::os::unix::process::ExitStatusExt;
+            match status {
+                // The leader reports its command's status with an exit code;
+                // only the leader's own death is a signal.
+                Ok(status) if status.signal() == Some(Signal::SIGKILL as i32) => Ending::Abandoned,
+                other => Ending::Exited(exit_code(other.ok())),
+            }
+        }
         _ = tokio::time::sleep(spec.timeout) => {
             terminate_group(pgid, &mut child, spec.grace, &stop.now).await;
             Ending::TimedOut
@@ -111,6 +155,9 @@ pub async fn run_command(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Dur
     // belong to the session and die with it.
     if let Some(pgid) = pgid {
         let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    if let Some(forward) = forward {
+        forward.abort();
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), capture).await;
     Ok((ending, started.elapsed()))
