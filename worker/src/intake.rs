@@ -184,26 +184,32 @@ async fn take_one(
     }
 }
 
+/// Dead-letters an order that must never run, with its reason, then acks
+/// it; if the dead-letter queue cannot take it, it goes back to the queue
+/// (its delivery limit dead-letters it in the end).
+async fn refuse(shared: &Shared, delivery: Delivery, reason: &str) {
+    tracing::warn!(%reason, "refusing a work order: dead-lettered");
+    match shared.reporter.dead_letter(&delivery.data, reason).await {
+        Ok(()) => {
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot dead-letter an order; it goes back to the queue");
+            let _ = delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+        }
+    }
+}
+
 /// Opens, claims, runs and reports one delivery.
 async fn handle(shared: &Shared, delivery: Delivery) {
     let order: WorkOrder = match open(&delivery.data, &shared.config.signer) {
         Ok(order) => order,
-        Err(e) => {
-            let reason = e.to_string();
-            tracing::warn!(%reason, "refusing a work order: dead-lettered");
-            if let Err(e) = shared.reporter.dead_letter(&delivery.data, &reason).await {
-                tracing::error!(error = %e, "cannot dead-letter a bad order; it goes back to the queue");
-                let _ = delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
-                return;
-            }
-            let _ = delivery.ack(BasicAckOptions::default()).await;
-            return;
-        }
+        Err(e) => return refuse(shared, delivery, &e.to_string()).await,
     };
     let span = tracing::info_span!(
         "session",
@@ -284,22 +290,7 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
                 order.batch_id,
                 config.names.namespace()
             );
-            tracing::warn!(%reason, "refusing a work order: dead-lettered");
-            match shared.reporter.dead_letter(&delivery.data, &reason).await {
-                Ok(()) => {
-                    let _ = delivery.ack(BasicAckOptions::default()).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot dead-letter an order; it goes back to the queue");
-                    let _ = delivery
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await;
-                }
-            }
-            return;
+            return refuse(shared, delivery, &reason).await;
         }
         Ok(Claim::AlreadyHeld) => {
             tracing::warn!(
