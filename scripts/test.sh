@@ -22,3 +22,8 @@ echo "== cargo test"
 # regatta-worker; build them first so tests do not race to build them.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked -- --test-threads="${REGATTA_TEST_THREADS:-4}"
+
+echo "== chaos that restarts the shared broker (alone, after everything else)"
+cargo test -p regatta-tests --test chaos_broker --locked -- --ignored --test-threads=1
+# Leave the services as we found them: answering.
+scripts/services.sh rabbitmq

@@ -1,0 +1,93 @@
+//! Chaos that restarts the shared RabbitMQ: run alone, after every other
+//! test, by `scripts/test.sh` (each test here is `#[ignore]`d so that a plain
+//! `cargo test` never restarts the broker under the feet of other tests).
+//! The broker is always started again, even when an assertion fails.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use regatta_coordinator::manifest::Manifest;
+use regatta_coordinator::scheduler::BatchState;
+use regatta_tests::invariants::{check, write_session_script, Evidence, Recording};
+use regatta_tests::{write_file, Fleet};
+
+/// Starts the broker's application again when dropped.
+struct BrokerStopped;
+
+impl BrokerStopped {
+    fn stop() -> BrokerStopped {
+        rabbitmqctl("stop_app");
+        BrokerStopped
+    }
+}
+
+impl Drop for BrokerStopped {
+    fn drop(&mut self) {
+        rabbitmqctl("start_app");
+    }
+}
+
+fn rabbitmqctl(command: &str) {
+    let status = Command::new("rabbitmqctl")
+        .arg(command)
+        .status()
+        .unwrap_or_else(|e| panic!("rabbitmqctl {command}: {e}: this test needs the local RabbitMQ's rabbitmqctl (scripts/services.sh installs it)"));
+    assert!(status.success(), "rabbitmqctl {command} failed: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "restarts the shared RabbitMQ: scripts/test.sh runs it alone, after the other tests"]
+async fn a_broker_restart_mid_batch_is_waited_out_and_the_batch_completes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_session_script(dir.path());
+    let timings = dir.path().join("timings.txt");
+    let mut units = String::new();
+    for layer in 0..5 {
+        for i in 0..4 {
+            units.push_str(&format!("  - id: u{layer}-{i}\n"));
+            if layer > 0 {
+                units.push_str(&format!(
+                    "    depends_on: [u{}-{i}, u{}-{}]\n",
+                    layer - 1,
+                    layer - 1,
+                    (i + 1) % 4
+                ));
+            }
+        }
+    }
+    write_file(
+        dir.path(),
+        "manifest.yaml",
+        &format!(
+            "batch: broker-restart\nconcurrency: 4\nretries: 2\nplaybook:\n  name: record\n  run: ./session.sh\n  env: {{TIMINGS: {}, SLEEP: '0.8'}}\nunits:\n{units}",
+            timings.display()
+        ),
+    );
+    let manifest = Manifest::load(&dir.path().join("manifest.yaml")).expect("valid");
+    let fleet = Fleet::start("chaos-broker", 2, 2, "30s").await;
+    let batch = fleet.client().enqueue(&manifest).await.expect("enqueue");
+    // Let the batch get going, then take the broker away for a while.
+    for _ in 0..100 {
+        if Recording::read(&timings).sessions.len() >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    {
+        let _stopped = BrokerStopped::stop();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    let summary = fleet.wait_for_end(&batch, Duration::from_secs(180)).await;
+    assert_eq!(summary.state, BatchState::Succeeded, "{summary:?}");
+    let units = fleet.client().units(&batch, None).await.expect("units");
+    let recording = Recording::read(&timings);
+    let report = check(&Evidence {
+        manifest: &manifest,
+        units: &units,
+        recording: &recording,
+        seen_alive: BTreeMap::new(),
+    });
+    assert!(report.is_clean(), "{report}");
+    fleet.stop().await;
+}
