@@ -91,3 +91,82 @@ async fn a_broker_restart_mid_batch_is_waited_out_and_the_batch_completes() {
     assert!(report.is_clean(), "{report}");
     fleet.stop().await;
 }
+
+/// Sets RabbitMQ's `consumer_timeout` and puts the old value back when dropped.
+struct ConsumerTimeout(String);
+
+impl ConsumerTimeout {
+    fn set(ms: u64) -> ConsumerTimeout {
+        let output = Command::new("rabbitmqctl")
+            .args(["eval", "application:get_env(rabbit, consumer_timeout)."])
+            .output()
+            .expect("rabbitmqctl eval: this test needs the local RabbitMQ's rabbitmqctl");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        // `{ok,1800000}`, or `undefined` when the broker's default applies.
+        let previous = text
+            .trim()
+            .strip_prefix("{ok,")
+            .and_then(|rest| rest.strip_suffix('}'))
+            .unwrap_or("1800000")
+            .to_owned();
+        set_consumer_timeout(&ms.to_string());
+        ConsumerTimeout(previous)
+    }
+}
+
+impl Drop for ConsumerTimeout {
+    fn drop(&mut self) {
+        set_consumer_timeout(&self.0);
+    }
+}
+
+fn set_consumer_timeout(value: &str) {
+    let status = Command::new("rabbitmqctl")
+        .args([
+            "eval",
+            &format!("application:set_env(rabbit, consumer_timeout, {value})."),
+        ])
+        .status()
+        .expect("rabbitmqctl eval");
+    assert!(status.success(), "cannot set consumer_timeout to {value}");
+}
+
+/// Contract 2: a session longer than RabbitMQ's `consumer_timeout` neither
+/// gets its channel closed (406) nor its order redelivered, because the
+/// worker acks its delivery as soon as its claim is in Redis.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "changes the shared RabbitMQ's consumer_timeout: scripts/test.sh runs it alone, after the other tests"]
+async fn a_session_longer_than_consumer_timeout_runs_once() {
+    let _timeout = ConsumerTimeout::set(60_000);
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_session_script(dir.path());
+    let timings = dir.path().join("timings.txt");
+    write_file(
+        dir.path(),
+        "manifest.yaml",
+        &format!(
+            "batch: long-session\ntimeout: 10m\nretries: 1\nplaybook:\n  name: record\n  run: ./session.sh\n  env: {{TIMINGS: {}, SLEEP: '150'}}\nunits:\n  - id: long\n",
+            timings.display()
+        ),
+    );
+    let manifest = Manifest::load(&dir.path().join("manifest.yaml")).expect("valid");
+    // Channels read consumer_timeout when they open: start the fleet after.
+    let fleet = Fleet::start("chaos-consumer-timeout", 1, 1, "30s").await;
+    let batch = fleet.client().enqueue(&manifest).await.expect("enqueue");
+    let summary = fleet.wait_for_end(&batch, Duration::from_secs(300)).await;
+    assert_eq!(summary.state, BatchState::Succeeded, "{summary:?}");
+    let units = fleet.client().units(&batch, None).await.expect("units");
+    assert_eq!(
+        units[0].history.len(),
+        1,
+        "one attempt: {:?}",
+        units[0].history
+    );
+    let recording = Recording::read(&timings);
+    assert_eq!(
+        recording.sessions.len(),
+        1,
+        "the order ran once: {recording:?}"
+    );
+    fleet.stop().await;
+}
