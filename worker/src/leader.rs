@@ -33,6 +33,21 @@ use nix::unistd::{getpgrp, getpid, getppid, Pid};
 /// The hidden subcommand under which the worker binary acts as a leader.
 pub const SUBCOMMAND: &str = "session-leader";
 
+/// The dedicated leader binary, next to the worker's: much smaller than the
+/// worker, so cheaper to start once per command.
+pub const BINARY: &str = "regatta-session-leader";
+
+/// The leader to run: the dedicated binary beside `worker_exe` when it is
+/// there, else the worker binary itself.
+pub fn executable(worker_exe: &std::path::Path) -> std::path::PathBuf {
+    let dedicated = worker_exe.with_file_name(BINARY);
+    if dedicated.is_file() {
+        dedicated
+    } else {
+        worker_exe.to_path_buf()
+    }
+}
+
 /// Runs the leader:
 /// `regatta-worker session-leader <worker pid> <deadline ms, 0 for none> <command>`.
 pub fn main(worker_pid: i32, deadline_ms: u64, command: &str) -> ExitCode {

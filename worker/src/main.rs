@@ -129,7 +129,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         grace: args.grace,
         name: args.name.unwrap_or_else(WorkerConfig::default_name),
         max_log_bytes: args.max_log_bytes,
-        leader_exe: std::env::current_exe().context("cannot find the worker's own executable")?,
+        leader_exe: leader::executable(
+            &std::env::current_exe().context("cannot find the worker's own executable")?,
+        ),
     };
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();

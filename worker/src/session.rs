@@ -80,8 +80,12 @@ pub async fn run_command(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Dur
     let (reader, writer) = std::io::pipe().map_err(Error::Spawn)?;
     let writer_err = writer.try_clone().map_err(Error::Spawn)?;
     let mut command = tokio::process::Command::new(&spec.leader_exe);
+    // The worker binary leads through a hidden subcommand; the dedicated
+    // leader binary takes the arguments directly.
+    if spec.leader_exe.file_name() != Some(std::ffi::OsStr::new(leader::BINARY)) {
+        command.arg(leader::SUBCOMMAND);
+    }
     command
-        .arg(leader::SUBCOMMAND)
         .arg(std::process::id().to_string())
         .arg(
             spec.beats
