@@ -23,7 +23,8 @@ echo "== cargo test"
 cargo build --workspace --bins --locked
 cargo test --workspace --locked -- --test-threads="${REGATTA_TEST_THREADS:-4}"
 
-echo "== chaos that restarts the shared broker (alone, after everything else)"
+echo "== chaos that restarts the shared broker and Redis (alone, after everything else)"
 cargo test -p regatta-tests --test chaos_broker --locked -- --ignored --test-threads=1
+cargo test -p regatta-tests --test chaos_redis --locked -- --ignored --test-threads=1
 # Leave the services as we found them: answering.
-scripts/services.sh rabbitmq
+scripts/services.sh rabbitmq redis

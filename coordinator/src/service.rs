@@ -42,6 +42,9 @@ pub struct ServiceConfig {
     pub signer: Signer,
     /// How often expired leases are looked for.
     pub reap_interval: Duration,
+    /// The workers' lease TTL (the longest, if they differ): after Redis
+    /// loses its data, no lease is granted for this long.
+    pub lease_ttl: Duration,
 }
 
 /// A live batch and its timings.
@@ -131,6 +134,7 @@ impl Service {
             config: Arc::new(config),
         };
         service.republish_queued();
+        service.mark_epoch().await?;
         tokio::spawn(publish_loop(
             publish_channel,
             service.config.names.work_queue(),
@@ -141,6 +145,108 @@ impl Service {
         tokio::spawn(service.clone().reap_loop(shutdown.clone()));
         tokio::spawn(service.clone().tick_loop(shutdown));
         Ok(service)
+    }
+
+    /// Marks this Redis as holding the fleet's data. On a fresh Redis (no
+    /// batch stored) that is all; if batches were restored but the marker is
+    /// missing, Redis lost data meanwhile and [`Self::notice_data_loss`] acts.
+    async fn mark_epoch(&self) -> Result<(), Error> {
+        let has_batches = !self.fleet().batches.is_empty();
+        if has_batches {
+            self.notice_data_loss().await;
+            return Ok(());
+        }
+        let mut connection = self.store.connection();
+        let _: Option<String> = redis::cmd("SET")
+            .arg(self.config.keys.epoch())
+            .arg("1")
+            .arg("NX")
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| Error::redis(&self.config.redis_url, e))?;
+        Ok(())
+    }
+
+    /// Notices a Redis that lost its data (restarted without persistence):
+    /// no lease is granted for one lease TTL, so that the holders it forgot
+    /// notice and stop first, and every batch is written back from memory.
+    async fn notice_data_loss(&self) {
+        let mut connection = self.store.connection();
+        let lost: Result<i64, _> = redis::Script::new(scripts::NOTICE_LOSS)
+            .key(self.config.keys.epoch())
+            .key(self.config.keys.quiet())
+            .arg(self.config.lease_ttl.as_millis() as u64)
+            .invoke_async(&mut connection)
+            .await;
+        match lost {
+            Ok(1) => {
+                tracing::warn!(quiet = ?self.config.lease_ttl, "Redis lost its data: no lease is granted for one lease TTL; writing every batch back");
+                self.write_back();
+                self.store.flushed().await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot check Redis for lost data"),
+        }
+    }
+
+    /// Writes every batch's manifest, state and unit records to Redis.
+    fn write_back(&self) {
+        let fleet = self.fleet();
+        let keys = &self.config.keys;
+        for (id, entry) in &fleet.batches {
+            let batch = &entry.batch;
+            let counts: BTreeMap<&str, usize> = batch
+                .counts()
+                .iter()
+                .map(|(s, n)| (s.as_str(), *n))
+                .collect();
+            let mut fields = vec![
+                (
+                    "manifest".to_owned(),
+                    serde_json::to_string(&batch.manifest).unwrap_or_default(),
+                ),
+                ("created_ms".to_owned(), entry.created_ms.to_string()),
+                ("state".to_owned(), batch.state.as_str().to_owned()),
+                (
+                    "counts".to_owned(),
+                    serde_json::to_string(&counts).unwrap_or_default(),
+                ),
+            ];
+            if let Some(ended) = entry.ended_ms {
+                fields.push(("ended_ms".into(), ended.to_string()));
+            }
+            self.store.write(Write::Hash {
+                key: keys.batch(id),
+                fields,
+            });
+            self.store.write(Write::IndexBatch {
+                batch_id: id.clone(),
+                created_ms: entry.created_ms,
+            });
+            let units = batch
+                .units
+                .iter()
+                .filter_map(|u| {
+                    serde_json::to_string(u)
+                        .ok()
+                        .map(|json| (u.id.clone(), json))
+                })
+                .collect();
+            self.store.write(Write::Hash {
+                key: keys.units(id),
+                fields: units,
+            });
+            let capacities = batch
+                .manifest
+                .resources
+                .iter()
+                .map(|(name, capacity)| (name.clone(), capacity.to_string()))
+                .collect();
+            self.store.write(Write::Hash {
+                key: keys.capacities(),
+                fields: capacities,
+            });
+        }
     }
 
     /// Publishes again every unit that was queued when the state was stored:
@@ -561,6 +667,7 @@ impl Service {
                 _ = interval.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
+            self.notice_data_loss().await;
             let reaped: Result<Vec<String>, _> = redis::Script::new(scripts::REAP)
                 .key(self.config.keys.leases())
                 .arg(self.config.keys.lease(""))

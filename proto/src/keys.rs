@@ -13,6 +13,8 @@
 //! {ns}:fence                        counter of fencing numbers
 //! {ns}:done:{s}                     tombstone of a finished session (a day)
 //! {ns}:capacities                   hash  resource -> capacity, shared by every batch
+//! {ns}:epoch                        set by the coordinator; missing = Redis lost its data
+//! {ns}:quiet                        while it lives (one lease TTL), no new lease is granted
 //! ```
 
 use crate::names::validate_namespace;
@@ -74,6 +76,18 @@ impl Keys {
         format!("{}:fence", self.ns)
     }
 
+    /// Set by the coordinator: when it is missing, Redis lost its data
+    /// (a restart without persistence) and no lease is granted.
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.ns)
+    }
+
+    /// While it exists, no new lease is granted: holders of leases that a
+    /// Redis restart forgot must notice and stop first.
+    pub fn quiet(&self) -> String {
+        format!("{}:quiet", self.ns)
+    }
+
     /// The capacity of each shared resource, one for the whole fleet.
     pub fn capacities(&self) -> String {
         format!("{}:capacities", self.ns)
@@ -110,6 +124,8 @@ mod tests {
             keys.fence(),
             keys.done("s"),
             keys.capacities(),
+            keys.epoch(),
+            keys.quiet(),
         ];
         assert!(all.iter().all(|k| k.starts_with("t1:")));
         let unique: std::collections::BTreeSet<_> = all.iter().collect();

@@ -12,23 +12,36 @@
 /// Acquires every semaphore of a session, all or none.
 ///
 /// KEYS: leases zset, lease hash, fence counter, batch record, the session's
-/// tombstone, then each semaphore key. ARGV: session id, ttl ms, owner, then per semaphore
+/// tombstone, the epoch marker, the quiet marker, then each semaphore key. ARGV: session id, ttl ms, owner, then per semaphore
 /// capacity and weight. Returns `{1, fence, expiry_ms}` on success, `{0, key}`
 /// naming the first semaphore that is full, `{-1, reason}` if the session
 /// already holds a lease or already ran (a duplicated order), `{-2,
 /// reason}` if the batch was cancelled, or `{-3, reason}` if no batch of
-/// that id was ever stored (an order from elsewhere).
+/// that id was ever stored (an order from elsewhere). While Redis has lost
+/// its data (no epoch marker) or is quiet after that, it answers `{0, why}`
+/// like a full semaphore: the unit is handed back and published again.
 pub const ACQUIRE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local session = ARGV[1]
 local ttl = tonumber(ARGV[2])
-local n = #KEYS - 5
+local n = #KEYS - 7
 if redis.call('EXISTS', KEYS[2]) == 1 then
   return {-1, 'session already holds a lease'}
 end
 if redis.call('EXISTS', KEYS[5]) == 1 then
   return {-1, 'session already ran'}
+end
+-- A Redis that lost its data forgot every lease: grant none until the
+-- coordinator has noticed and a lease TTL has passed, so that the holders
+-- it forgot notice and stop first.
+if redis.call('EXISTS', KEYS[6]) == 0 then
+  redis.call('SET', KEYS[5], 'deferred', 'PX', 86400000)
+  return {0, 'redis lost its data: no lease until the coordinator restores it'}
+end
+if redis.call('EXISTS', KEYS[7]) == 1 then
+  redis.call('SET', KEYS[5], 'deferred', 'PX', 86400000)
+  return {0, 'redis restarted empty: no new lease for one lease TTL'}
 end
 if redis.call('HEXISTS', KEYS[4], 'manifest') == 0 then
   return {-3, 'unknown batch'}
@@ -37,7 +50,7 @@ if redis.call('HGET', KEYS[4], 'state') == 'cancelled' then
   return {-2, 'batch cancelled'}
 end
 for i = 1, n do
-  local key = KEYS[5 + i]
+  local key = KEYS[7 + i]
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   local capacity = tonumber(ARGV[2 + 2 * i])
   local weight = tonumber(ARGV[3 + 2 * i])
@@ -52,7 +65,7 @@ end
 local expiry = now + ttl
 local held = {}
 for i = 1, n do
-  local key = KEYS[5 + i]
+  local key = KEYS[7 + i]
   local weight = tonumber(ARGV[3 + 2 * i])
   for k = 1, weight do
     redis.call('ZADD', key, expiry, session .. '#' .. k)
@@ -102,6 +115,18 @@ redis.call('ZADD', KEYS[1], 'XX', expiry, session)
 -- A cancelled batch's session keeps its lease while it dies, but is told.
 if redis.call('HGET', KEYS[3], 'state') == 'cancelled' then return -1 end
 return expiry
+"#;
+
+/// Notices that Redis lost its data: when the epoch marker is missing, sets
+/// the quiet marker for one lease TTL, then the epoch marker, atomically.
+///
+/// KEYS: epoch marker, quiet marker. ARGV: lease TTL in ms.
+/// Returns 1 when Redis had lost its data, 0 otherwise.
+pub const NOTICE_LOSS: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SET', KEYS[2], '1', 'PX', tonumber(ARGV[1]))
+redis.call('SET', KEYS[1], '1')
+return 1
 "#;
 
 /// Gives back every slot of a session at once.

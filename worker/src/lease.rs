@@ -70,6 +70,8 @@ impl LeaseClient {
             .key(self.keys.fence())
             .key(self.keys.batch(&order.batch_id))
             .key(self.keys.done(&order.session_id))
+            .key(self.keys.epoch())
+            .key(self.keys.quiet())
             .arg(&order.session_id)
             .arg(ttl.as_millis() as u64)
             .arg(owner.encode());

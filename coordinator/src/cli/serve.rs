@@ -19,6 +19,10 @@ pub struct ServeArgs {
     /// How often expired leases (dead workers) are looked for.
     #[arg(long, env = "REGATTA_REAP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub reap_interval: Duration,
+    /// The workers' lease TTL (the longest, if they differ): after Redis
+    /// loses its data, no lease is granted for this long.
+    #[arg(long, env = "REGATTA_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "REGATTA_LOG_JSON")]
     pub log_json: bool,
@@ -40,6 +44,7 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
         keys: Keys::new(&connection.namespace)?,
         signer: Signer::new(secret.as_bytes()),
         reap_interval: args.reap_interval,
+        lease_ttl: args.lease_ttl,
     };
     let shutdown = CancellationToken::new();
     let service = Service::start(config, shutdown.clone()).await?;
