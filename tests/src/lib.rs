@@ -180,6 +180,12 @@ impl Fleet {
 
     /// Starts one more worker.
     pub fn add_worker(&mut self, slots: usize) {
+        self.add_worker_with_env(slots, &[]);
+    }
+
+    /// Starts one more worker, with extra environment applied last (for
+    /// example a broker or Redis URL that goes through a test's proxy).
+    pub fn add_worker_with_env(&mut self, slots: usize, env: &[(&str, &str)]) {
         let n = self.workers.len();
         let worker = std::process::Command::new(binary("regatta-worker"))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -202,6 +208,7 @@ impl Fleet {
             .env("REGATTA_AMQP_URL", amqp_url())
             .env("REGATTA_REDIS_URL", redis_url())
             .env("REGATTA_LOG", "warn")
+            .envs(env.iter().copied())
             .spawn()
             .expect("start regatta-worker");
         self.workers.push(worker);

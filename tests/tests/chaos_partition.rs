@@ -1,0 +1,146 @@
+//! A worker cut off from RabbitMQ and Redis mid-session, for longer than its
+//! lease TTL, then reconnected. The cut is made by TCP proxies inside the
+//! test, between that worker and the services (loopback only): every
+//! connection through them is dropped and new ones are refused while the
+//! cut lasts, as a network partition would do to that worker alone.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use regatta_coordinator::manifest::Manifest;
+use regatta_coordinator::scheduler::BatchState;
+use regatta_proto::Outcome;
+use regatta_tests::invariants::{check, process_alive, write_session_script, Evidence, Recording};
+use regatta_tests::{write_file, Fleet};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// A TCP proxy to one service that the test can cut and restore.
+struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    /// Bumped at each cut: live connections watch it and close.
+    cuts: watch::Sender<u64>,
+}
+
+impl Proxy {
+    async fn start(target: &'static str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let (cuts, _) = watch::channel(0u64);
+        let (accept_cut, accept_cuts) = (cut.clone(), cuts.subscribe());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if accept_cut.load(Ordering::SeqCst) {
+                    drop(inbound);
+                    continue;
+                }
+                let mut cuts = accept_cuts.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cuts.changed() => {}
+                    }
+                });
+            }
+        });
+        Proxy { port, cut, cuts }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_cut_off_from_the_network_kills_its_session_before_the_re_run() {
+    let amqp = Proxy::start("127.0.0.1:5672").await;
+    let redis = Proxy::start("127.0.0.1:6379").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_session_script(dir.path());
+    let timings = dir.path().join("timings.txt");
+    write_file(
+        dir.path(),
+        "manifest.yaml",
+        &format!(
+            "batch: partition\nretries: 1\nresources: {{db: 1}}\nplaybook:\n  name: record\n  run: ./session.sh\n  env: {{TIMINGS: {}, SLEEP: '1'}}\nunits:\n  - id: long\n    uses: [db]\n    env: {{SLEEP_ATTEMPT_1: '20'}}\n  - id: after\n    depends_on: [long]\n    uses: [db]\n",
+            timings.display()
+        ),
+    );
+    let manifest = Manifest::load(&dir.path().join("manifest.yaml")).expect("valid");
+    let mut fleet = Fleet::start("chaos-partition", 0, 1, "3s").await;
+    let amqp_url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", amqp.port);
+    let redis_url = format!("redis://127.0.0.1:{}/", redis.port);
+    fleet.add_worker_with_env(
+        1,
+        &[
+            ("REGATTA_AMQP_URL", amqp_url.as_str()),
+            ("REGATTA_REDIS_URL", redis_url.as_str()),
+        ],
+    );
+    let batch = fleet.client().enqueue(&manifest).await.expect("enqueue");
+    // The first attempt runs on the proxied worker (the only one).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let pid = loop {
+        let recording = Recording::read(&timings);
+        if let Some(first) = recording.of_unit("long").find(|s| s.attempt == 1) {
+            break first.pid.expect("the session recorded its pid");
+        }
+        assert!(Instant::now() < deadline, "long never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // A healthy worker joins, then the first one is cut off for twice its TTL.
+    fleet.add_worker(1);
+    amqp.cut();
+    redis.cut();
+    let cut_at = Instant::now();
+    let mut dead_after = None;
+    while cut_at.elapsed() < Duration::from_secs(6) {
+        if dead_after.is_none() && !process_alive(pid) {
+            dead_after = Some(cut_at.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    amqp.restore();
+    redis.restore();
+    let dead_after = dead_after.expect("the cut-off worker's session died during the cut");
+    assert!(
+        dead_after < Duration::from_secs(3),
+        "the session must die before its 3 s lease can expire, it died after {dead_after:?}"
+    );
+
+    let summary = fleet.wait_for_end(&batch, Duration::from_secs(60)).await;
+    assert_eq!(summary.state, BatchState::Succeeded, "{summary:?}");
+    let units = fleet.client().units(&batch, None).await.expect("units");
+    let long = units.iter().find(|u| u.id == "long").expect("long");
+    assert_eq!(
+        long.history[0].outcome,
+        Some(Outcome::Lost),
+        "{:?}",
+        long.history
+    );
+    assert_eq!(
+        long.history.last().and_then(|a| a.outcome),
+        Some(Outcome::Succeeded)
+    );
+    let recording = Recording::read(&timings);
+    let report = check(&Evidence {
+        manifest: &manifest,
+        units: &units,
+        recording: &recording,
+        seen_alive: BTreeMap::new(),
+    });
+    assert!(report.is_clean(), "{report}");
+    fleet.stop().await;
+}
