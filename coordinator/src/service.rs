@@ -195,26 +195,14 @@ impl Service {
         let keys = &self.config.keys;
         for (id, entry) in &fleet.batches {
             let batch = &entry.batch;
-            let counts: BTreeMap<&str, usize> = batch
-                .counts()
-                .iter()
-                .map(|(s, n)| (s.as_str(), *n))
-                .collect();
             let mut fields = vec![
                 (
                     "manifest".to_owned(),
                     serde_json::to_string(&batch.manifest).unwrap_or_default(),
                 ),
                 ("created_ms".to_owned(), entry.created_ms.to_string()),
-                ("state".to_owned(), batch.state.as_str().to_owned()),
-                (
-                    "counts".to_owned(),
-                    serde_json::to_string(&counts).unwrap_or_default(),
-                ),
             ];
-            if let Some(ended) = entry.ended_ms {
-                fields.push(("ended_ms".into(), ended.to_string()));
-            }
+            fields.extend(progress_fields(entry));
             self.store.write(Write::Hash {
                 key: keys.batch(id),
                 fields,
@@ -407,21 +395,7 @@ impl Service {
             entry.ended_ms = Some(now);
             tracing::info!(batch = %batch_id, state = batch.state.as_str(), "batch ended");
         }
-        let counts: BTreeMap<&str, usize> = batch
-            .counts()
-            .iter()
-            .map(|(s, n)| (s.as_str(), *n))
-            .collect();
-        let mut fields = vec![
-            ("state".to_owned(), batch.state.as_str().to_owned()),
-            (
-                "counts".to_owned(),
-                serde_json::to_string(&counts).unwrap_or_default(),
-            ),
-        ];
-        if let Some(ended) = entry.ended_ms {
-            fields.push(("ended_ms".into(), ended.to_string()));
-        }
+        let fields = progress_fields(entry);
         self.store.write(Write::Hash {
             key: self.config.keys.batch(batch_id),
             fields,
@@ -929,6 +903,27 @@ impl Observation {
             Report::Deferred { .. } => Observation::Other,
         }
     }
+}
+
+/// The batch record's fields that change as the batch runs.
+fn progress_fields(entry: &Entry) -> Vec<(String, String)> {
+    let batch = &entry.batch;
+    let counts: BTreeMap<&str, usize> = batch
+        .counts()
+        .iter()
+        .map(|(s, n)| (s.as_str(), *n))
+        .collect();
+    let mut fields = vec![
+        ("state".to_owned(), batch.state.as_str().to_owned()),
+        (
+            "counts".to_owned(),
+            serde_json::to_string(&counts).unwrap_or_default(),
+        ),
+    ];
+    if let Some(ended) = entry.ended_ms {
+        fields.push(("ended_ms".into(), ended.to_string()));
+    }
+    fields
 }
 
 /// A human's decision about a batch.

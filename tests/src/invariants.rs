@@ -720,6 +720,24 @@ fn check_caps(manifest: &Manifest, intervals: &[Interval], violations: &mut Vec<
     }
 }
 
+/// Checks a batch of a fleet, once it has ended, against every invariant,
+/// from the sessions recorded in `timings` and the coordinator's history.
+pub async fn check_fleet_batch(
+    fleet: &crate::Fleet,
+    batch: &str,
+    manifest: &regatta_coordinator::manifest::Manifest,
+    timings: &Path,
+) -> InvariantReport {
+    let units = fleet.client().units(batch, None).await.expect("units");
+    let recording = Recording::read(timings);
+    check(&Evidence {
+        manifest,
+        units: &units,
+        recording: &recording,
+        seen_alive: BTreeMap::new(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,13 +3,12 @@
 //! `cargo test` never restarts the broker under the feet of other tests).
 //! The broker is always started again, even when an assertion fails.
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
 use regatta_coordinator::manifest::Manifest;
 use regatta_coordinator::scheduler::BatchState;
-use regatta_tests::invariants::{check, write_session_script, Evidence, Recording};
+use regatta_tests::invariants::{check_fleet_batch, write_session_script, Recording};
 use regatta_tests::{write_file, Fleet};
 
 /// Starts the broker's application again when dropped.
@@ -80,14 +79,7 @@ async fn a_broker_restart_mid_batch_is_waited_out_and_the_batch_completes() {
     }
     let summary = fleet.wait_for_end(&batch, Duration::from_secs(180)).await;
     assert_eq!(summary.state, BatchState::Succeeded, "{summary:?}");
-    let units = fleet.client().units(&batch, None).await.expect("units");
-    let recording = Recording::read(&timings);
-    let report = check(&Evidence {
-        manifest: &manifest,
-        units: &units,
-        recording: &recording,
-        seen_alive: BTreeMap::new(),
-    });
+    let report = check_fleet_batch(&fleet, &batch, &manifest, &timings).await;
     assert!(report.is_clean(), "{report}");
     fleet.stop().await;
 }

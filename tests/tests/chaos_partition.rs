@@ -4,7 +4,6 @@
 //! connection through them is dropped and new ones are refused while the
 //! cut lasts, as a network partition would do to that worker alone.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +11,9 @@ use std::time::{Duration, Instant};
 use regatta_coordinator::manifest::Manifest;
 use regatta_coordinator::scheduler::BatchState;
 use regatta_proto::Outcome;
-use regatta_tests::invariants::{check, process_alive, write_session_script, Evidence, Recording};
+use regatta_tests::invariants::{
+    check_fleet_batch, process_alive, write_session_script, Recording,
+};
 use regatta_tests::{write_file, Fleet};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -134,13 +135,7 @@ async fn a_worker_cut_off_from_the_network_kills_its_session_before_the_re_run()
         long.history.last().and_then(|a| a.outcome),
         Some(Outcome::Succeeded)
     );
-    let recording = Recording::read(&timings);
-    let report = check(&Evidence {
-        manifest: &manifest,
-        units: &units,
-        recording: &recording,
-        seen_alive: BTreeMap::new(),
-    });
+    let report = check_fleet_batch(&fleet, &batch, &manifest, &timings).await;
     assert!(report.is_clean(), "{report}");
     fleet.stop().await;
 }

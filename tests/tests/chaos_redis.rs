@@ -2,12 +2,11 @@
 //! test, by `scripts/test.sh` (ignored by a plain `cargo test`). Redis is
 //! always started again, even when an assertion fails.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use regatta_coordinator::manifest::Manifest;
 use regatta_coordinator::scheduler::BatchState;
-use regatta_tests::invariants::{check, write_session_script, Evidence, Recording};
+use regatta_tests::invariants::{check_fleet_batch, write_session_script, Recording};
 use regatta_tests::{redis_url, write_file, Fleet};
 
 /// Starts Redis again (as `scripts/services.sh` does) when dropped.
@@ -82,14 +81,7 @@ async fn a_redis_restart_that_loses_every_lease_over_admits_nothing_and_the_batc
     }
     let summary = fleet.wait_for_end(&batch, Duration::from_secs(180)).await;
     assert_eq!(summary.state, BatchState::Succeeded, "{summary:?}");
-    let units = fleet.client().units(&batch, None).await.expect("units");
-    let recording = Recording::read(&timings);
-    let report = check(&Evidence {
-        manifest: &manifest,
-        units: &units,
-        recording: &recording,
-        seen_alive: BTreeMap::new(),
-    });
+    let report = check_fleet_batch(&fleet, &batch, &manifest, &timings).await;
     assert!(report.is_clean(), "{report}");
     // The batch was written back: a restarted coordinator would find it.
     let mut con = regatta_tests::redis().await;
