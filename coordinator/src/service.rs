@@ -6,20 +6,23 @@
 //! [`scheduler`](crate::scheduler); the I/O that follows (publishing, storing,
 //! acking) runs in tasks fed by channels, so a slow broker or Redis never
 //! blocks event handling.
+//!
+//! - [`publisher`]: orders out, with confirms and re-sends;
+//! - [`recovery`]: batches read back on start, written back after Redis
+//!   lost its data;
+//! - [`view`]: what the API shows.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection};
 use regatta_proto::{
-    open, scripts, seal, EventKind, Keys, LeaseOwner, Names, Outcome, SessionEvent, Signer,
+    open, scripts, EventKind, Keys, LeaseOwner, Names, Outcome, SessionEvent, Signer,
 };
-use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +34,15 @@ use crate::order::work_order;
 use crate::scheduler::{Batch, BatchState, Effects, Finish, Report, UnitState};
 use crate::store::{Store, Write};
 use crate::Error;
+
+mod publisher;
+mod recovery;
+mod view;
+
+use publisher::{publish_loop, Outgoing};
+use recovery::restore;
+use view::summary;
+pub use view::{BatchSummary, LeaseView, ResourceView, UnitView};
 
 /// The coordinator's settings.
 #[derive(Debug, Clone)]
@@ -76,32 +88,6 @@ pub struct Service {
     config: Arc<ServiceConfig>,
 }
 
-/// A sealed order on its way to the work queue.
-struct Outgoing {
-    payload: Vec<u8>,
-    session_id: String,
-    /// The `publish` span: it lasts until the broker confirms, and its trace
-    /// context travels in the message headers to the worker.
-    span: tracing::Span,
-}
-
-impl Outgoing {
-    fn new(order: &regatta_proto::WorkOrder, signer: &Signer) -> Outgoing {
-        let span = tracing::info_span!(
-            "publish",
-            batch = %order.batch_id,
-            unit = %order.unit_id,
-            attempt = order.attempt,
-            session = %order.session_id,
-        );
-        Outgoing {
-            payload: seal(order, signer),
-            session_id: order.session_id.clone(),
-            span,
-        }
-    }
-}
-
 impl Service {
     /// Connects to RabbitMQ and Redis, declares the topology, and starts the
     /// publisher, the event consumer and the reaper; they stop with `shutdown`.
@@ -145,115 +131,6 @@ impl Service {
         tokio::spawn(service.clone().reap_loop(shutdown.clone()));
         tokio::spawn(service.clone().tick_loop(shutdown));
         Ok(service)
-    }
-
-    /// Marks this Redis as holding the fleet's data. On a fresh Redis (no
-    /// batch stored) that is all; if batches were restored but the marker is
-    /// missing, Redis lost data meanwhile and [`Self::notice_data_loss`] acts.
-    async fn mark_epoch(&self) -> Result<(), Error> {
-        let has_batches = !self.fleet().batches.is_empty();
-        if has_batches {
-            self.notice_data_loss().await;
-            return Ok(());
-        }
-        let mut connection = self.store.connection();
-        let _: Option<String> = redis::cmd("SET")
-            .arg(self.config.keys.epoch())
-            .arg("1")
-            .arg("NX")
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| Error::redis(&self.config.redis_url, e))?;
-        Ok(())
-    }
-
-    /// Notices a Redis that lost its data (restarted without persistence):
-    /// no lease is granted for one lease TTL, so that the holders it forgot
-    /// notice and stop first, and every batch is written back from memory.
-    async fn notice_data_loss(&self) {
-        let mut connection = self.store.connection();
-        let lost: Result<i64, _> = redis::Script::new(scripts::NOTICE_LOSS)
-            .key(self.config.keys.epoch())
-            .key(self.config.keys.quiet())
-            .arg(self.config.lease_ttl.as_millis() as u64)
-            .invoke_async(&mut connection)
-            .await;
-        match lost {
-            Ok(1) => {
-                tracing::warn!(quiet = ?self.config.lease_ttl, "Redis lost its data: no lease is granted for one lease TTL; writing every batch back");
-                self.write_back();
-                self.store.flushed().await;
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot check Redis for lost data"),
-        }
-    }
-
-    /// Writes every batch's manifest, state and unit records to Redis.
-    fn write_back(&self) {
-        let fleet = self.fleet();
-        let keys = &self.config.keys;
-        for (id, entry) in &fleet.batches {
-            let batch = &entry.batch;
-            let mut fields = vec![
-                (
-                    "manifest".to_owned(),
-                    serde_json::to_string(&batch.manifest).unwrap_or_default(),
-                ),
-                ("created_ms".to_owned(), entry.created_ms.to_string()),
-            ];
-            fields.extend(progress_fields(entry));
-            self.store.write(Write::Hash {
-                key: keys.batch(id),
-                fields,
-            });
-            self.store.write(Write::IndexBatch {
-                batch_id: id.clone(),
-                created_ms: entry.created_ms,
-            });
-            let units = batch
-                .units
-                .iter()
-                .filter_map(|u| {
-                    serde_json::to_string(u)
-                        .ok()
-                        .map(|json| (u.id.clone(), json))
-                })
-                .collect();
-            self.store.write(Write::Hash {
-                key: keys.units(id),
-                fields: units,
-            });
-            let capacities = batch
-                .manifest
-                .resources
-                .iter()
-                .map(|(name, capacity)| (name.clone(), capacity.to_string()))
-                .collect();
-            self.store.write(Write::Hash {
-                key: keys.capacities(),
-                fields: capacities,
-            });
-        }
-    }
-
-    /// Publishes again every unit that was queued when the state was stored:
-    /// its order may not have reached the broker before a crash. The order
-    /// keeps its session id, so if both copies exist the second is refused
-    /// by its lease (the session holds one, or already ran).
-    fn republish_queued(&self) {
-        let fleet = self.fleet();
-        let now = now_ms();
-        for entry in fleet.batches.values() {
-            for unit in entry.batch.in_flight_units() {
-                if entry.batch.units[unit].state == UnitState::Queued {
-                    let order = work_order(&entry.batch, unit, now);
-                    let _ = self
-                        .publisher
-                        .send(Outgoing::new(&order, &self.config.signer));
-                }
-            }
-        }
     }
 
     fn fleet(&self) -> MutexGuard<'_, Fleet> {
@@ -936,230 +813,6 @@ pub enum Control {
     RetryNeedsReview,
     Skip(String),
     Approve,
-}
-
-/// What the API shows of a batch.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct BatchSummary {
-    pub id: String,
-    pub name: String,
-    pub state: BatchState,
-    pub total: usize,
-    pub counts: BTreeMap<UnitState, usize>,
-    pub created_ms: i64,
-    pub ended_ms: Option<i64>,
-    /// The sha256 of the manifest as enqueued, for evidence packs.
-    pub manifest_sha256: String,
-    pub concurrency: u32,
-    pub resources: Vec<ResourceView>,
-    /// How the calibration units went, when the batch calibrates.
-    pub calibration: Option<crate::scheduler::CalibrationSummary>,
-}
-
-/// A shared resource as seen by the coordinator.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct ResourceView {
-    pub name: String,
-    pub capacity: u32,
-    /// Shares in use over the whole fleet (every batch).
-    pub in_use: u32,
-    /// This batch's units that hold a share (published or running).
-    pub holders: Vec<String>,
-    /// This batch's ready units that need it.
-    pub waiting: Vec<String>,
-}
-
-/// A live lease, as `regatta leases` lists it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct LeaseView {
-    pub session_id: String,
-    pub worker: String,
-    pub batch_id: String,
-    pub unit_id: String,
-    pub attempt: u32,
-    pub fencing: u64,
-    pub expires_at_ms: i64,
-    /// The semaphores held, with the weight held in each.
-    pub semaphores: Vec<(String, u32)>,
-}
-
-/// What the API shows of a unit.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct UnitView {
-    pub id: String,
-    pub state: UnitState,
-    pub attempt: u32,
-    pub failures: u32,
-    pub reason: Option<String>,
-    pub waiting_for: Option<String>,
-    pub history: Vec<crate::scheduler::Attempt>,
-}
-
-fn summary(id: &str, entry: &Entry, usage: &BTreeMap<String, u32>) -> BatchSummary {
-    let batch = &entry.batch;
-    BatchSummary {
-        id: id.to_owned(),
-        name: batch.manifest.batch.clone(),
-        state: batch.state,
-        total: batch.units.len(),
-        counts: batch
-            .counts()
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(s, n)| (*s, *n))
-            .collect(),
-        created_ms: entry.created_ms,
-        ended_ms: entry.ended_ms,
-        manifest_sha256: entry.manifest_sha256.clone(),
-        concurrency: batch.manifest.concurrency,
-        calibration: batch.calibration_summary(),
-        resources: batch
-            .manifest
-            .resources
-            .iter()
-            .map(|(name, capacity)| {
-                let needs = |u: &usize| batch.demand(*u).iter().any(|(r, _)| r == name);
-                let ids = |state: UnitState| -> Vec<String> {
-                    (0..batch.units.len())
-                        .filter(|u| batch.units[*u].state == state && needs(u))
-                        .map(|u| batch.units[u].id.clone())
-                        .collect()
-                };
-                let mut holders = ids(UnitState::Queued);
-                holders.extend(ids(UnitState::Running));
-                ResourceView {
-                    name: name.clone(),
-                    capacity: *capacity,
-                    in_use: usage.get(name).copied().unwrap_or(0),
-                    holders,
-                    waiting: ids(UnitState::Ready),
-                }
-            })
-            .collect(),
-    }
-}
-
-/// Reads every stored batch back from Redis, so a restarted coordinator
-/// resumes where it stopped without re-running succeeded units (contract 5).
-async fn restore(store: &Store, config: &ServiceConfig) -> Result<Fleet, Error> {
-    let keys = &config.keys;
-    let mut connection = store.connection();
-    let redis_error = |e| Error::redis(&config.redis_url, e);
-    let ids: Vec<String> = redis::cmd("ZRANGE")
-        .arg(keys.batches())
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut connection)
-        .await
-        .map_err(redis_error)?;
-    let mut fleet = Fleet::default();
-    for id in ids {
-        let record: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(keys.batch(&id))
-            .query_async(&mut connection)
-            .await
-            .map_err(redis_error)?;
-        let Some(manifest) = record
-            .get("manifest")
-            .and_then(|m| serde_json::from_str::<Manifest>(m).ok())
-        else {
-            tracing::warn!(batch = %id, "stored batch without a readable manifest; skipped");
-            continue;
-        };
-        let Ok(dag) = Dag::build(&manifest) else {
-            tracing::warn!(batch = %id, "stored manifest no longer builds a DAG; skipped");
-            continue;
-        };
-        let state = record
-            .get("state")
-            .and_then(|s| BatchState::parse(s))
-            .unwrap_or(BatchState::Running);
-        let units: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(keys.units(&id))
-            .query_async(&mut connection)
-            .await
-            .map_err(redis_error)?;
-        let records = units
-            .into_iter()
-            .filter_map(|(unit, json)| Some((unit, serde_json::from_str(&json).ok()?)))
-            .collect();
-        let manifest_sha256 = manifest.sha256();
-        let batch = Batch::restore(id.clone(), manifest, dag, state, records);
-        for unit in batch.in_flight_units() {
-            for (resource, weight) in batch.demand(unit) {
-                *fleet.usage.entry(resource.clone()).or_insert(0) += weight;
-            }
-        }
-        let created_ms = record
-            .get("created_ms")
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(0);
-        let ended_ms = record.get("ended_ms").and_then(|t| t.parse().ok());
-        tracing::info!(batch = %id, state = state.as_str(), "batch restored");
-        fleet.batches.insert(
-            id,
-            Entry {
-                batch,
-                created_ms,
-                ended_ms,
-                manifest_sha256,
-            },
-        );
-    }
-    Ok(fleet)
-}
-
-/// Publishes sealed orders with confirms, many in flight at once, and
-/// re-sends any that the broker did not confirm: an order is never dropped.
-async fn publish_loop(
-    channel: Channel,
-    queue: String,
-    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
-    shutdown: CancellationToken,
-) {
-    let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Outgoing>();
-    let mut confirms = FuturesUnordered::new();
-    loop {
-        let next = tokio::select! {
-            Some(job) = outgoing.recv() => job,
-            Some(job) = retry_rx.recv() => job,
-            Some(()) = confirms.next() => continue,
-            _ = shutdown.cancelled() => return,
-        };
-        let mut headers = FieldTable::default();
-        regatta_telemetry::inject(&next.span, &mut headers);
-        let sent = channel
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                lapin::options::BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &next.payload,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_headers(headers),
-            )
-            .await;
-        let retry = retry_tx.clone();
-        let queue = queue.clone();
-        let span = next.span.clone();
-        confirms.push(tracing::Instrument::instrument(async move {
-            let result = match sent {
-                Ok(confirm) => match confirm.await {
-                    Ok(confirmation) => broker::check_confirmation(confirmation, &queue).map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                },
-                Err(e) => Err(e.to_string()),
-            };
-            if let Err(reason) = result {
-                tracing::warn!(session = %next.session_id, %reason, "publishing an order failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                let _ = retry.send(next);
-            }
-        }, span));
-    }
 }
 
 fn new_session_id() -> String {

@@ -1,0 +1,93 @@
+//! Publishing orders: the `publish` span of each, confirms awaited many at
+//! a time, and re-sends until the broker confirms.
+
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel};
+use regatta_proto::{seal, Signer};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker;
+
+/// A sealed order on its way to the work queue.
+pub(super) struct Outgoing {
+    payload: Vec<u8>,
+    session_id: String,
+    /// The `publish` span: it lasts until the broker confirms, and its trace
+    /// context travels in the message headers to the worker.
+    span: tracing::Span,
+}
+
+impl Outgoing {
+    pub(super) fn new(order: &regatta_proto::WorkOrder, signer: &Signer) -> Outgoing {
+        let span = tracing::info_span!(
+            "publish",
+            batch = %order.batch_id,
+            unit = %order.unit_id,
+            attempt = order.attempt,
+            session = %order.session_id,
+        );
+        Outgoing {
+            payload: seal(order, signer),
+            session_id: order.session_id.clone(),
+            span,
+        }
+    }
+}
+
+/// Publishes sealed orders with confirms, many in flight at once, and
+/// re-sends any that the broker did not confirm: an order is never dropped.
+pub(super) async fn publish_loop(
+    channel: Channel,
+    queue: String,
+    mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
+    shutdown: CancellationToken,
+) {
+    let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Outgoing>();
+    let mut confirms = FuturesUnordered::new();
+    loop {
+        let next = tokio::select! {
+            Some(job) = outgoing.recv() => job,
+            Some(job) = retry_rx.recv() => job,
+            Some(()) = confirms.next() => continue,
+            _ = shutdown.cancelled() => return,
+        };
+        let mut headers = FieldTable::default();
+        regatta_telemetry::inject(&next.span, &mut headers);
+        let sent = channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                lapin::options::BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &next.payload,
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_headers(headers),
+            )
+            .await;
+        let retry = retry_tx.clone();
+        let queue = queue.clone();
+        let span = next.span.clone();
+        confirms.push(tracing::Instrument::instrument(async move {
+            let result = match sent {
+                Ok(confirm) => match confirm.await {
+                    Ok(confirmation) => broker::check_confirmation(confirmation, &queue).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(reason) = result {
+                tracing::warn!(session = %next.session_id, %reason, "publishing an order failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let _ = retry.send(next);
+            }
+        }, span));
+    }
+}

@@ -1,0 +1,195 @@
+//! Recovery: reading every batch back from Redis on start, re-publishing
+//! what was queued, and writing every batch back when Redis lost its data.
+
+use std::collections::HashMap;
+
+use regatta_proto::scripts;
+
+use super::{now_ms, progress_fields, Entry, Fleet, Outgoing, Service, ServiceConfig};
+use crate::dag::Dag;
+use crate::manifest::Manifest;
+use crate::order::work_order;
+use crate::scheduler::{Batch, BatchState, UnitState};
+use crate::store::{Store, Write};
+use crate::Error;
+
+impl Service {
+    /// Marks this Redis as holding the fleet's data. On a fresh Redis (no
+    /// batch stored) that is all; if batches were restored but the marker is
+    /// missing, Redis lost data meanwhile and [`Self::notice_data_loss`] acts.
+    pub(super) async fn mark_epoch(&self) -> Result<(), Error> {
+        let has_batches = !self.fleet().batches.is_empty();
+        if has_batches {
+            self.notice_data_loss().await;
+            return Ok(());
+        }
+        let mut connection = self.store.connection();
+        let _: Option<String> = redis::cmd("SET")
+            .arg(self.config.keys.epoch())
+            .arg("1")
+            .arg("NX")
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| Error::redis(&self.config.redis_url, e))?;
+        Ok(())
+    }
+
+    /// Notices a Redis that lost its data (restarted without persistence):
+    /// no lease is granted for one lease TTL, so that the holders it forgot
+    /// notice and stop first, and every batch is written back from memory.
+    pub(super) async fn notice_data_loss(&self) {
+        let mut connection = self.store.connection();
+        let lost: Result<i64, _> = redis::Script::new(scripts::NOTICE_LOSS)
+            .key(self.config.keys.epoch())
+            .key(self.config.keys.quiet())
+            .arg(self.config.lease_ttl.as_millis() as u64)
+            .invoke_async(&mut connection)
+            .await;
+        match lost {
+            Ok(1) => {
+                tracing::warn!(quiet = ?self.config.lease_ttl, "Redis lost its data: no lease is granted for one lease TTL; writing every batch back");
+                self.write_back();
+                self.store.flushed().await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot check Redis for lost data"),
+        }
+    }
+
+    /// Writes every batch's manifest, state and unit records to Redis.
+    fn write_back(&self) {
+        let fleet = self.fleet();
+        let keys = &self.config.keys;
+        for (id, entry) in &fleet.batches {
+            let batch = &entry.batch;
+            let mut fields = vec![
+                (
+                    "manifest".to_owned(),
+                    serde_json::to_string(&batch.manifest).unwrap_or_default(),
+                ),
+                ("created_ms".to_owned(), entry.created_ms.to_string()),
+            ];
+            fields.extend(progress_fields(entry));
+            self.store.write(Write::Hash {
+                key: keys.batch(id),
+                fields,
+            });
+            self.store.write(Write::IndexBatch {
+                batch_id: id.clone(),
+                created_ms: entry.created_ms,
+            });
+            let units = batch
+                .units
+                .iter()
+                .filter_map(|u| {
+                    serde_json::to_string(u)
+                        .ok()
+                        .map(|json| (u.id.clone(), json))
+                })
+                .collect();
+            self.store.write(Write::Hash {
+                key: keys.units(id),
+                fields: units,
+            });
+            let capacities = batch
+                .manifest
+                .resources
+                .iter()
+                .map(|(name, capacity)| (name.clone(), capacity.to_string()))
+                .collect();
+            self.store.write(Write::Hash {
+                key: keys.capacities(),
+                fields: capacities,
+            });
+        }
+    }
+
+    /// Publishes again every unit that was queued when the state was stored:
+    /// its order may not have reached the broker before a crash. The order
+    /// keeps its session id, so if both copies exist the second is refused
+    /// by its lease (the session holds one, or already ran).
+    pub(super) fn republish_queued(&self) {
+        let fleet = self.fleet();
+        let now = now_ms();
+        for entry in fleet.batches.values() {
+            for unit in entry.batch.in_flight_units() {
+                if entry.batch.units[unit].state == UnitState::Queued {
+                    let order = work_order(&entry.batch, unit, now);
+                    let _ = self
+                        .publisher
+                        .send(Outgoing::new(&order, &self.config.signer));
+                }
+            }
+        }
+    }
+}
+
+/// Reads every stored batch back from Redis, so a restarted coordinator
+/// resumes where it stopped without re-running succeeded units (contract 5).
+pub(super) async fn restore(store: &Store, config: &ServiceConfig) -> Result<Fleet, Error> {
+    let keys = &config.keys;
+    let mut connection = store.connection();
+    let redis_error = |e| Error::redis(&config.redis_url, e);
+    let ids: Vec<String> = redis::cmd("ZRANGE")
+        .arg(keys.batches())
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut connection)
+        .await
+        .map_err(redis_error)?;
+    let mut fleet = Fleet::default();
+    for id in ids {
+        let record: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys.batch(&id))
+            .query_async(&mut connection)
+            .await
+            .map_err(redis_error)?;
+        let Some(manifest) = record
+            .get("manifest")
+            .and_then(|m| serde_json::from_str::<Manifest>(m).ok())
+        else {
+            tracing::warn!(batch = %id, "stored batch without a readable manifest; skipped");
+            continue;
+        };
+        let Ok(dag) = Dag::build(&manifest) else {
+            tracing::warn!(batch = %id, "stored manifest no longer builds a DAG; skipped");
+            continue;
+        };
+        let state = record
+            .get("state")
+            .and_then(|s| BatchState::parse(s))
+            .unwrap_or(BatchState::Running);
+        let units: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(keys.units(&id))
+            .query_async(&mut connection)
+            .await
+            .map_err(redis_error)?;
+        let records = units
+            .into_iter()
+            .filter_map(|(unit, json)| Some((unit, serde_json::from_str(&json).ok()?)))
+            .collect();
+        let manifest_sha256 = manifest.sha256();
+        let batch = Batch::restore(id.clone(), manifest, dag, state, records);
+        for unit in batch.in_flight_units() {
+            for (resource, weight) in batch.demand(unit) {
+                *fleet.usage.entry(resource.clone()).or_insert(0) += weight;
+            }
+        }
+        let created_ms = record
+            .get("created_ms")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        let ended_ms = record.get("ended_ms").and_then(|t| t.parse().ok());
+        tracing::info!(batch = %id, state = state.as_str(), "batch restored");
+        fleet.batches.insert(
+            id,
+            Entry {
+                batch,
+                created_ms,
+                ended_ms,
+                manifest_sha256,
+            },
+        );
+    }
+    Ok(fleet)
+}

@@ -1,0 +1,109 @@
+//! What the API and the CLI show of batches, units and leases.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::Entry;
+use crate::scheduler::{BatchState, UnitState};
+
+/// What the API shows of a batch.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct BatchSummary {
+    pub id: String,
+    pub name: String,
+    pub state: BatchState,
+    pub total: usize,
+    pub counts: BTreeMap<UnitState, usize>,
+    pub created_ms: i64,
+    pub ended_ms: Option<i64>,
+    /// The sha256 of the manifest as enqueued, for evidence packs.
+    pub manifest_sha256: String,
+    pub concurrency: u32,
+    pub resources: Vec<ResourceView>,
+    /// How the calibration units went, when the batch calibrates.
+    pub calibration: Option<crate::scheduler::CalibrationSummary>,
+}
+
+/// A shared resource as seen by the coordinator.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ResourceView {
+    pub name: String,
+    pub capacity: u32,
+    /// Shares in use over the whole fleet (every batch).
+    pub in_use: u32,
+    /// This batch's units that hold a share (published or running).
+    pub holders: Vec<String>,
+    /// This batch's ready units that need it.
+    pub waiting: Vec<String>,
+}
+
+/// A live lease, as `regatta leases` lists it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct LeaseView {
+    pub session_id: String,
+    pub worker: String,
+    pub batch_id: String,
+    pub unit_id: String,
+    pub attempt: u32,
+    pub fencing: u64,
+    pub expires_at_ms: i64,
+    /// The semaphores held, with the weight held in each.
+    pub semaphores: Vec<(String, u32)>,
+}
+
+/// What the API shows of a unit.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct UnitView {
+    pub id: String,
+    pub state: UnitState,
+    pub attempt: u32,
+    pub failures: u32,
+    pub reason: Option<String>,
+    pub waiting_for: Option<String>,
+    pub history: Vec<crate::scheduler::Attempt>,
+}
+
+pub(super) fn summary(id: &str, entry: &Entry, usage: &BTreeMap<String, u32>) -> BatchSummary {
+    let batch = &entry.batch;
+    BatchSummary {
+        id: id.to_owned(),
+        name: batch.manifest.batch.clone(),
+        state: batch.state,
+        total: batch.units.len(),
+        counts: batch
+            .counts()
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(s, n)| (*s, *n))
+            .collect(),
+        created_ms: entry.created_ms,
+        ended_ms: entry.ended_ms,
+        manifest_sha256: entry.manifest_sha256.clone(),
+        concurrency: batch.manifest.concurrency,
+        calibration: batch.calibration_summary(),
+        resources: batch
+            .manifest
+            .resources
+            .iter()
+            .map(|(name, capacity)| {
+                let needs = |u: &usize| batch.demand(*u).iter().any(|(r, _)| r == name);
+                let ids = |state: UnitState| -> Vec<String> {
+                    (0..batch.units.len())
+                        .filter(|u| batch.units[*u].state == state && needs(u))
+                        .map(|u| batch.units[u].id.clone())
+                        .collect()
+                };
+                let mut holders = ids(UnitState::Queued);
+                holders.extend(ids(UnitState::Running));
+                ResourceView {
+                    name: name.clone(),
+                    capacity: *capacity,
+                    in_use: usage.get(name).copied().unwrap_or(0),
+                    holders,
+                    waiting: ids(UnitState::Ready),
+                }
+            })
+            .collect(),
+    }
+}
