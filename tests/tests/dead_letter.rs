@@ -88,3 +88,48 @@ async fn garbage_and_forged_orders_are_dead_lettered_and_work_goes_on() {
     );
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreadable_event_is_dead_lettered_by_the_coordinator() {
+    let fleet = Fleet::start("dead-event", 0, 1, "30s").await;
+    let names = Names::new(&fleet.namespace).expect("names");
+    let connection = rabbitmq().await;
+    let channel = broker::confirm_channel(&connection).await.expect("channel");
+    broker::declare_topology(&channel, &names)
+        .await
+        .expect("topology");
+    broker::publish_confirmed(
+        &channel,
+        &names.events_queue(),
+        b"not an event",
+        BasicProperties::default(),
+    )
+    .await
+    .expect("publish");
+    let mut dead = channel
+        .basic_consume(
+            names.dead_letter_queue().as_str().into(),
+            "test".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let delivery = tokio::time::timeout(Duration::from_secs(20), dead.next())
+        .await
+        .expect("a dead letter within 20 s")
+        .expect("open")
+        .expect("delivery");
+    assert_eq!(delivery.data, b"not an event");
+    let headers = delivery.properties.headers().clone().unwrap_or_default();
+    match headers.inner().get(REASON_HEADER) {
+        Some(AMQPValue::LongString(reason)) => {
+            assert!(
+                reason.to_string().contains("not a regatta message"),
+                "{reason}"
+            )
+        }
+        other => panic!("no reason header: {other:?}"),
+    }
+    fleet.stop().await;
+}

@@ -458,3 +458,58 @@ async fn a_worker_stopped_with_sigterm_hands_its_session_back_uncounted() {
     assert_eq!(units[0].failures, 0);
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_never_see_the_fleets_secret_or_connection_urls() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let m = manifest(
+        dir.path(),
+        "batch: secrets\nplaybook:\n  name: p\n  run: 'echo \"${REGATTA_SECRET:-none} ${REGATTA_AMQP_URL:-none} ${REGATTA_REDIS_URL:-none} $REGATTA_UNIT_ID\" > seen.txt'\nunits:\n  - id: curious\n",
+    );
+    let fleet = Fleet::start("secrets", 1, 1, "30s").await;
+    let batch = fleet.client().enqueue(&m).await.expect("enqueue");
+    assert_eq!(
+        fleet
+            .wait_for_end(&batch, Duration::from_secs(30))
+            .await
+            .state,
+        BatchState::Succeeded
+    );
+    let seen = std::fs::read_to_string(dir.path().join("seen.txt")).expect("the session ran");
+    assert_eq!(
+        seen.trim(),
+        "none none none curious",
+        "the session saw: {seen}"
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resource_keeps_one_capacity_across_the_fleet() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let a = tempfile::tempdir_in(dir.path()).expect("a");
+    let b = tempfile::tempdir_in(dir.path()).expect("b");
+    let first = manifest(a.path(), "batch: one\nresources: {db: 2}\nplaybook:\n  name: p\n  run: 'true'\nunits:\n  - id: x\n    uses: [db]\n");
+    let second = manifest(b.path(), "batch: two\nresources: {db: 5}\nplaybook:\n  name: p\n  run: 'true'\nunits:\n  - id: y\n    uses: [db]\n");
+    let fleet = Fleet::start("capacity", 1, 1, "30s").await;
+    let client = fleet.client();
+    client
+        .enqueue(&first)
+        .await
+        .expect("the first batch sets db's capacity");
+    let refused = client
+        .enqueue(&second)
+        .await
+        .expect_err("another capacity for db");
+    let message = refused.to_string();
+    assert!(
+        message.contains("409") && message.contains("'db' has capacity 2"),
+        "{message}"
+    );
+    assert_eq!(
+        client.batches().await.expect("list").len(),
+        1,
+        "nothing of the refused batch was accepted"
+    );
+    fleet.stop().await;
+}
