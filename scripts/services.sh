@@ -6,7 +6,7 @@
 # installed with apt-get first. Then we wait until it answers, or fail with
 # a message that says how to start it by hand.
 #
-# Usage: scripts/services.sh [rabbitmq] [redis] [postgres]   (default: all)
+# Usage: scripts/services.sh [rabbitmq] [redis] [postgres] [iproute2]   (default: the three services)
 set -euo pipefail
 
 log() { printf 'services: %s\n' "$*" >&2; }
@@ -115,6 +115,12 @@ ensure_postgres() {
   fi
 }
 
+# Not a service: the network partition test cuts a worker off in a network
+# namespace of its own, made with iproute2's `ip`.
+ensure_iproute2() {
+  has ip || apt_install iproute2
+}
+
 services=("$@")
 [ ${#services[@]} -gt 0 ] || services=(rabbitmq redis postgres)
 for service in "${services[@]}"; do
@@ -122,6 +128,7 @@ for service in "${services[@]}"; do
     rabbitmq) ensure_rabbitmq ;;
     redis) ensure_redis ;;
     postgres) ensure_postgres ;;
-    *) log "unknown service '$service' (known: rabbitmq redis postgres)"; exit 2 ;;
+    iproute2) ensure_iproute2 ;;
+    *) log "unknown service '$service' (known: rabbitmq redis postgres iproute2)"; exit 2 ;;
   esac
 done

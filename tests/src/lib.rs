@@ -7,6 +7,7 @@
 //! and one Redis without seeing each other's queues or keys.
 
 pub mod invariants;
+pub mod netns;
 
 use std::path::PathBuf;
 
@@ -186,8 +187,23 @@ impl Fleet {
     /// Starts one more worker, with extra environment applied last (for
     /// example a broker or Redis URL that goes through a test's proxy).
     pub fn add_worker_with_env(&mut self, slots: usize, env: &[(&str, &str)]) {
+        self.add_worker_in(&[], slots, env);
+    }
+
+    /// Starts one more worker through a command prefix, for example
+    /// `ip netns exec NAME` to run it inside a network namespace.
+    pub fn add_worker_in(&mut self, prefix: &[String], slots: usize, env: &[(&str, &str)]) {
         let n = self.workers.len();
-        let worker = std::process::Command::new(binary("regatta-worker"))
+        let worker_binary = binary("regatta-worker");
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut command = std::process::Command::new(program);
+                command.args(args).arg(&worker_binary);
+                command
+            }
+            None => std::process::Command::new(&worker_binary),
+        };
+        let worker = command
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .args([
                 "--slots",

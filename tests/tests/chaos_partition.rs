@@ -1,11 +1,10 @@
 //! A worker cut off from RabbitMQ and Redis mid-session, for longer than its
-//! lease TTL, then reconnected. The cut is made by TCP proxies inside the
-//! test, between that worker and the services (loopback only): every
-//! connection through them is dropped and new ones are refused while the
-//! cut lasts, as a network partition would do to that worker alone.
+//! lease TTL, then reconnected (DESIGN scenario 5). The worker runs in a
+//! network namespace of the test's own, joined to the host by a veth pair;
+//! the cut takes the link down, so its packets are dropped in the kernel and
+//! its connections hang, as a real partition does (see `regatta_tests::netns`).
+//! This needs root; without it the test fails and says so, it never skips.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use regatta_coordinator::manifest::Manifest;
@@ -14,60 +13,14 @@ use regatta_proto::Outcome;
 use regatta_tests::invariants::{
     check_fleet_batch, process_alive, write_session_script, Recording,
 };
+use regatta_tests::netns::NetworkNamespace;
 use regatta_tests::{write_file, Fleet};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-
-/// A TCP proxy to one service that the test can cut and restore.
-struct Proxy {
-    port: u16,
-    cut: Arc<AtomicBool>,
-    /// Bumped at each cut: live connections watch it and close.
-    cuts: watch::Sender<u64>,
-}
-
-impl Proxy {
-    async fn start(target: &'static str) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let port = listener.local_addr().expect("addr").port();
-        let cut = Arc::new(AtomicBool::new(false));
-        let (cuts, _) = watch::channel(0u64);
-        let (accept_cut, accept_cuts) = (cut.clone(), cuts.subscribe());
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if accept_cut.load(Ordering::SeqCst) {
-                    drop(inbound);
-                    continue;
-                }
-                let mut cuts = accept_cuts.clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cuts.changed() => {}
-                    }
-                });
-            }
-        });
-        Proxy { port, cut, cuts }
-    }
-
-    fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
-        self.cuts.send_modify(|n| *n += 1);
-    }
-
-    fn restore(&self) {
-        self.cut.store(false, Ordering::SeqCst);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_cut_off_from_the_network_kills_its_session_before_the_re_run() {
-    let amqp = Proxy::start("127.0.0.1:5672").await;
-    let redis = Proxy::start("127.0.0.1:6379").await;
+    let namespace = NetworkNamespace::create(std::process::id());
+    let amqp = namespace.forward("127.0.0.1:5672").await;
+    let redis = namespace.forward("127.0.0.1:6379").await;
     let dir = tempfile::tempdir().expect("temp dir");
     write_session_script(dir.path());
     let timings = dir.path().join("timings.txt");
@@ -81,9 +34,10 @@ async fn a_worker_cut_off_from_the_network_kills_its_session_before_the_re_run()
     );
     let manifest = Manifest::load(&dir.path().join("manifest.yaml")).expect("valid");
     let mut fleet = Fleet::start("chaos-partition", 0, 1, "3s").await;
-    let amqp_url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", amqp.port);
-    let redis_url = format!("redis://127.0.0.1:{}/", redis.port);
-    fleet.add_worker_with_env(
+    let amqp_url = format!("amqp://guest:guest@{amqp}/%2f");
+    let redis_url = format!("redis://{redis}/");
+    fleet.add_worker_in(
+        &namespace.exec_prefix(),
         1,
         &[
             ("REGATTA_AMQP_URL", amqp_url.as_str()),
@@ -91,7 +45,7 @@ async fn a_worker_cut_off_from_the_network_kills_its_session_before_the_re_run()
         ],
     );
     let batch = fleet.client().enqueue(&manifest).await.expect("enqueue");
-    // The first attempt runs on the proxied worker (the only one).
+    // The first attempt runs on the worker in the namespace (the only one).
     let deadline = Instant::now() + Duration::from_secs(20);
     let pid = loop {
         let recording = Recording::read(&timings);
@@ -103,8 +57,7 @@ async fn a_worker_cut_off_from_the_network_kills_its_session_before_the_re_run()
     };
     // A healthy worker joins, then the first one is cut off for twice its TTL.
     fleet.add_worker(1);
-    amqp.cut();
-    redis.cut();
+    namespace.cut();
     let cut_at = Instant::now();
     let mut dead_after = None;
     while cut_at.elapsed() < Duration::from_secs(6) {
@@ -113,8 +66,7 @@ async fn a_worker_cut_off_from_the_network_kills_its_session_before_the_re_run()
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    amqp.restore();
-    redis.restore();
+    namespace.restore();
     let dead_after = dead_after.expect("the cut-off worker's session died during the cut");
     assert!(
         dead_after < Duration::from_secs(3),
