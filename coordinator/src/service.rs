@@ -328,6 +328,12 @@ impl Service {
                     evidence,
                 }),
             };
+            if matches!(report, Report::Finished(_)) {
+                // Before any publish that this result allows (settle below).
+                self.store.write(Write::Release {
+                    session_id: event.session_id.clone(),
+                });
+            }
             let observed = Observation::of(&report);
             let effects = entry.batch.report(unit, &event.session_id, report, usage);
             if !effects.changed.is_empty() {

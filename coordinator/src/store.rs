@@ -20,6 +20,10 @@ pub enum Write {
     },
     /// Add a batch to the index of batches.
     IndexBatch { batch_id: String, created_ms: i64 },
+    /// Frees a finished session's leases (idempotent), so that a unit the
+    /// coordinator publishes next finds them free even before the worker's
+    /// own release, which waits for the coordinator to hold the result.
+    Release { session_id: String },
     /// Signals when every write queued before it is stored.
     Flush(oneshot::Sender<()>),
     /// Runs once every write queued before it is stored: how orders are
@@ -97,6 +101,17 @@ async fn writer(
                     created_ms,
                 } => {
                     pipe.zadd(keys.batches(), batch_id, created_ms).ignore();
+                    commands += 1;
+                }
+                Write::Release { session_id } => {
+                    pipe.cmd("EVAL")
+                        .arg(regatta_proto::scripts::RELEASE)
+                        .arg(3)
+                        .arg(keys.leases())
+                        .arg(keys.lease(&session_id))
+                        .arg(keys.done(&session_id))
+                        .arg(&session_id)
+                        .ignore();
                     commands += 1;
                 }
                 Write::Flush(done) => flushes.push(done),

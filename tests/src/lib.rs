@@ -8,6 +8,7 @@
 
 pub mod invariants;
 pub mod netns;
+pub mod proxy;
 
 use std::path::PathBuf;
 

@@ -334,8 +334,9 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
         run_session(shared, &order, fence).await;
     let ended_at = chrono::Utc::now();
     let log_tail = log_tail(&log_path, 20).await;
-    // Evidence is collected under the leases, renewed meanwhile: an output
-    // may be a touched file, and a worker that dies now must be reaped.
+    // Evidence is collected and the result reported under the leases,
+    // renewed meanwhile: an output may be a touched file, and a worker that
+    // dies now must be reaped.
     let renewing = CancellationToken::new();
     let renewal = tokio::spawn(heartbeat(
         shared.leases.clone(),
@@ -361,11 +362,6 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
     };
     let store = crate::artifact::ArtifactStore::new(&config.artifact_store);
     let evidence = crate::evidence::record_session(&store, &session_end).await;
-    renewing.cancel();
-    let _ = renewal.await;
-    if let Err(e) = shared.leases.release(&order.session_id).await {
-        tracing::warn!(error = %e, "releasing leases failed; they expire with their TTL");
-    }
     let finished = EventKind::Finished {
         outcome,
         exit_code,
@@ -377,12 +373,25 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
         evidence,
     };
     tracing::info!(?outcome, exit_code, "session finished");
-    if let Err(e) = shared
+    // The leases stay renewed until the broker holds the result: a worker
+    // that dies before then leaves leases that expire, so the reaper re-runs
+    // the unit; released first, the unit would stay `running` for good.
+    let reported = shared
         .reporter
         .event(&event(fence, finished), &shared.shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "cannot report the session's end; the coordinator will see its lease expire");
+        .await;
+    renewing.cancel();
+    let _ = renewal.await;
+    match reported {
+        Ok(()) => {
+            // The coordinator releases them too when it applies the result.
+            if let Err(e) = shared.leases.release(&order.session_id).await {
+                tracing::warn!(error = %e, "releasing leases failed; they expire with their TTL");
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot report the session's end; its leases expire and the coordinator re-runs the unit");
+        }
     }
 }
 
