@@ -20,7 +20,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
-use regatta_coordinator::broker;
+use regatta_broker as broker;
 use regatta_coordinator::manifest::Manifest;
 use regatta_coordinator::scheduler::BatchState;
 use regatta_tests::Fleet;
@@ -88,7 +88,10 @@ fn report(plan: &FleetPlan, figures: Figures) -> anyhow::Result<Figures> {
 /// Raw broker and Redis capacity on this machine, right now.
 async fn ceiling() -> anyhow::Result<(Figures, f64)> {
     let connection = regatta_tests::rabbitmq().await;
-    let publisher = broker::confirm_channel(&connection).await?;
+    let publisher = connection.create_channel().await?;
+    publisher
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await?;
     let consumer_channel = connection.create_channel().await?;
     let queue = format!("bench-ceiling-{}", uuid::Uuid::new_v4().simple());
     let mut arguments = FieldTable::default();

@@ -9,13 +9,9 @@ pub enum Error {
     /// Fix them and submit the manifest again.
     #[error("invalid manifest:\n{0}")]
     Manifest(#[from] ManifestErrors),
-    /// RabbitMQ cannot be reached or refused an operation.
-    #[error("RabbitMQ at {url} failed: {source}; is it running? (`scripts/services.sh rabbitmq`)")]
-    Broker {
-        url: String,
-        #[source]
-        source: lapin::Error,
-    },
+    /// The broker link failed (unreachable at start-up, or an operation refused).
+    #[error(transparent)]
+    Link(#[from] regatta_broker::Error),
     /// Redis cannot be reached or refused an operation.
     #[error("Redis at {url} failed: {source}; is it running? (`scripts/services.sh redis`)")]
     Redis {
@@ -35,13 +31,6 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn broker(url: &str, source: lapin::Error) -> Error {
-        Error::Broker {
-            url: regatta_proto::names::redact_url(url),
-            source,
-        }
-    }
-
     pub fn redis(url: &str, source: redis::RedisError) -> Error {
         Error::Redis {
             url: regatta_proto::names::redact_url(url),

@@ -15,7 +15,6 @@
 //! - [`evidence`] assembles a batch's evidence pack and verifies one.
 
 pub mod api;
-pub mod broker;
 pub mod client;
 pub mod evidence;
 pub mod metrics;

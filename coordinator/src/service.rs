@@ -19,14 +19,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel};
+use regatta_broker::{publish_confirmed, BrokerLink, PublishError};
 use regatta_proto::{
     open, scripts, EventKind, Keys, LeaseOwner, Names, Outcome, SessionEvent, Signer,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker;
 use crate::dag::Dag;
 use crate::manifest::Manifest;
 use crate::metrics::{Metrics, OutcomeLabels, UnitLabels};
@@ -81,8 +81,10 @@ struct Fleet {
 pub struct Service {
     fleet: Arc<Mutex<Fleet>>,
     pub metrics: Arc<Metrics>,
-    /// A channel for read-only broker queries (queue depths).
-    inspect: Channel,
+    /// The supervised broker connection every task takes channels from.
+    link: BrokerLink,
+    /// A channel for read-only broker queries (queue depths), opened when needed.
+    inspect: Arc<tokio::sync::Mutex<Option<Channel>>>,
     store: Store,
     publisher: mpsc::UnboundedSender<Outgoing>,
     config: Arc<ServiceConfig>,
@@ -95,26 +97,17 @@ impl Service {
         config: ServiceConfig,
         shutdown: CancellationToken,
     ) -> Result<Service, Error> {
-        let connection = broker::connect(&config.amqp_url, "regatta-coordinator")
-            .await
-            .map_err(|e| Error::broker(&config.amqp_url, e))?;
-        let publish_channel = broker::confirm_channel(&connection)
-            .await
-            .map_err(|e| Error::broker(&config.amqp_url, e))?;
-        broker::declare_topology(&publish_channel, &config.names)
-            .await
-            .map_err(|e| Error::broker(&config.amqp_url, e))?;
+        let connection_name = format!("regatta-coordinator {}", config.names.namespace());
+        let link =
+            BrokerLink::connect(&config.amqp_url, &connection_name, config.names.clone()).await?;
         let store = Store::connect(&config.redis_url, config.keys.clone()).await?;
         let (publisher, outgoing) = mpsc::unbounded_channel();
         let fleet = restore(&store, &config).await?;
-        let inspect = connection
-            .create_channel()
-            .await
-            .map_err(|e| Error::broker(&config.amqp_url, e))?;
         let service = Service {
             fleet: Arc::new(Mutex::new(fleet)),
             metrics: Arc::new(Metrics::new()),
-            inspect,
+            link,
+            inspect: Arc::default(),
             store,
             publisher,
             config: Arc::new(config),
@@ -122,12 +115,12 @@ impl Service {
         service.republish_queued();
         service.mark_epoch().await?;
         tokio::spawn(publish_loop(
-            publish_channel,
+            service.link.clone(),
             service.config.names.work_queue(),
             outgoing,
             shutdown.clone(),
         ));
-        tokio::spawn(service.clone().consume_events(connection, shutdown.clone()));
+        tokio::spawn(service.clone().consume_events(shutdown.clone()));
         tokio::spawn(service.clone().reap_loop(shutdown.clone()));
         tokio::spawn(service.clone().tick_loop(shutdown));
         Ok(service)
@@ -384,6 +377,27 @@ impl Service {
         }
     }
 
+    /// The dead-letter queue as the broker sees it now, on a channel kept
+    /// for such reads and reopened after a loss; `None` if unreachable.
+    async fn dead_letter_depth(&self) -> Option<u32> {
+        let mut inspect = self.inspect.lock().await;
+        if !inspect.as_ref().is_some_and(|c| c.status().connected()) {
+            *inspect = self.link.channel().await.ok();
+        }
+        let queue = inspect
+            .as_ref()?
+            .queue_declare(
+                self.config.names.dead_letter_queue().as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await;
+        queue.ok().map(|q| q.message_count())
+    }
+
     /// The Prometheus text of every metric, with the gauges read now.
     pub async fn render_metrics(&self) -> String {
         {
@@ -401,50 +415,41 @@ impl Service {
                 }
             }
         }
-        let dead = self
-            .inspect
-            .queue_declare(
-                self.config.names.dead_letter_queue().as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        if let Ok(queue) = dead {
-            self.metrics
-                .dead_lettered
-                .set(i64::from(queue.message_count()));
+        if let Some(depth) = self.dead_letter_depth().await {
+            self.metrics.dead_lettered.set(i64::from(depth));
         }
         self.metrics.render()
     }
 
     /// Consumes session events until shutdown; each is acked once stored.
-    async fn consume_events(self, connection: Connection, shutdown: CancellationToken) {
+    async fn consume_events(self, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(200);
         while !shutdown.is_cancelled() {
-            match self.consume_events_once(&connection, &shutdown).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, "event consumer failed; reconnecting");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = shutdown.cancelled() => return,
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
+            let subscribed = std::time::Instant::now();
+            let ended = match self.consume_events_once(&shutdown).await {
+                Ok(()) if shutdown.is_cancelled() => return,
+                // The broker ended the subscription (its channel closed).
+                Ok(()) => "the subscription ended".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            if subscribed.elapsed() > Duration::from_secs(30) {
+                backoff = Duration::from_millis(200);
             }
+            tracing::warn!(error = %ended, "event consumer stopped; subscribing again");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
 
     async fn consume_events_once(
         &self,
-        connection: &Connection,
         shutdown: &CancellationToken,
-    ) -> Result<(), lapin::Error> {
-        let channel = connection.create_channel().await?;
-        broker::declare_topology(&channel, &self.config.names).await?;
+    ) -> Result<(), regatta_broker::Error> {
+        // A new channel after any failure: delivery tags of the old one are void.
+        let channel = self.link.confirm_channel().await?;
         channel.basic_qos(512, BasicQosOptions::default()).await?;
         let mut consumer = channel
             .basic_consume(
@@ -461,7 +466,7 @@ impl Service {
             };
             let delivery = match delivery {
                 Some(Ok(delivery)) => delivery,
-                Some(Err(e)) => return Err(e),
+                Some(Err(e)) => return Err(e.into()),
                 None => return Ok(()),
             };
             match open::<SessionEvent>(&delivery.data, &self.config.signer) {
@@ -486,7 +491,7 @@ impl Service {
                         regatta_proto::REASON_HEADER.into(),
                         lapin::types::AMQPValue::LongString(reason.into()),
                     );
-                    let dead = broker::publish_confirmed(
+                    let dead = publish_confirmed(
                         &channel,
                         &self.config.names.dead_letter_queue(),
                         &delivery.data,
@@ -495,7 +500,7 @@ impl Service {
                     .await;
                     match dead {
                         Ok(()) => {}
-                        Err(broker::PublishError::Broker(e)) => return Err(e),
+                        Err(PublishError::Broker(e)) => return Err(e.into()),
                         Err(other) => {
                             // Left unacked, the broker dead-letters it once
                             // the queue's delivery limit is reached.

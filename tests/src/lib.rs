@@ -33,7 +33,8 @@ pub fn unique_namespace(test: &str) -> String {
 
 /// Connects to RabbitMQ or fails the test saying how to start it.
 pub async fn rabbitmq() -> lapin::Connection {
-    match regatta_coordinator::broker::connect(&amqp_url(), "regatta-tests").await {
+    let properties = lapin::ConnectionProperties::default();
+    match lapin::Connection::connect(&amqp_url(), properties).await {
         Ok(connection) => connection,
         Err(e) => panic!(
             "RabbitMQ is not reachable at {}: {e}\n\
@@ -41,6 +42,16 @@ pub async fn rabbitmq() -> lapin::Connection {
             amqp_url()
         ),
     }
+}
+
+/// A channel with publisher confirms on, for tests that publish.
+pub async fn confirm_channel(connection: &lapin::Connection) -> lapin::Channel {
+    let channel = connection.create_channel().await.expect("open a channel");
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    channel
 }
 
 /// Connects to Redis or fails the test saying how to start it.
@@ -131,7 +142,8 @@ impl Fleet {
         Fleet::start_with_env(test, workers, slots, lease_ttl, &[]).await
     }
 
-    /// Like [`Fleet::start`], with extra environment for every process.
+    /// Like [`Fleet::start`], with extra environment for every process,
+    /// applied over the defaults (a broker URL through a test's proxy, say).
     pub async fn start_with_env(
         test: &str,
         workers: usize,
@@ -205,7 +217,6 @@ impl Fleet {
             None => std::process::Command::new(&worker_binary),
         };
         let worker = command
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .args([
                 "--slots",
                 &slots.to_string(),
@@ -225,6 +236,7 @@ impl Fleet {
             .env("REGATTA_AMQP_URL", amqp_url())
             .env("REGATTA_REDIS_URL", redis_url())
             .env("REGATTA_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().copied())
             .spawn()
             .expect("start regatta-worker");
@@ -296,7 +308,6 @@ async fn spawn_coordinator(
     env: &[(String, String)],
 ) -> (std::process::Child, String) {
     let mut coordinator = std::process::Command::new(binary("regatta"))
-        .envs(env.iter().map(|(k, v)| (k, v)))
         .args([
             "serve",
             "--listen",
@@ -309,6 +320,7 @@ async fn spawn_coordinator(
         .env("REGATTA_AMQP_URL", amqp_url())
         .env("REGATTA_REDIS_URL", redis_url())
         .env("REGATTA_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start regatta serve");

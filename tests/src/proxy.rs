@@ -31,6 +31,8 @@ impl Proxy {
                     continue;
                 }
                 let mut cuts = accept_cuts.clone();
+                // Only cuts from now on close this connection.
+                cuts.borrow_and_update();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
                         return;

@@ -27,7 +27,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use regatta_coordinator::broker;
+use regatta_broker as broker;
 use regatta_coordinator::manifest::Manifest;
 use regatta_coordinator::scheduler::{Attempt, BatchState, UnitState};
 use regatta_coordinator::service::UnitView;
@@ -550,7 +550,7 @@ async fn publish_events(fleet: &Fleet, events: &[SessionEvent]) {
     let names = Names::new(&fleet.namespace).expect("names");
     let signer = Signer::new(fleet.secret.as_bytes());
     let connection = rabbitmq().await;
-    let channel = broker::confirm_channel(&connection).await.expect("channel");
+    let channel = regatta_tests::confirm_channel(&connection).await;
     for event in events {
         broker::publish_confirmed(
             &channel,
@@ -819,7 +819,7 @@ async fn poison_beside_a_batch(
 
     let names = Names::new(&fleet.namespace).expect("names");
     let connection = rabbitmq().await;
-    let channel = broker::confirm_channel(&connection).await.expect("channel");
+    let channel = regatta_tests::confirm_channel(&connection).await;
     broker::declare_topology(&channel, &names)
         .await
         .expect("topology");

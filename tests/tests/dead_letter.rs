@@ -7,7 +7,7 @@ use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
-use regatta_coordinator::broker;
+use regatta_broker as broker;
 use regatta_coordinator::manifest::Manifest;
 use regatta_coordinator::scheduler::BatchState;
 use regatta_proto::{seal, Names, Signer, WorkOrder, REASON_HEADER};
@@ -18,7 +18,7 @@ async fn garbage_and_forged_orders_are_dead_lettered_and_work_goes_on() {
     let fleet = Fleet::start("dead", 1, 1, "30s").await;
     let names = Names::new(&fleet.namespace).expect("names");
     let connection = rabbitmq().await;
-    let channel = broker::confirm_channel(&connection).await.expect("channel");
+    let channel = regatta_tests::confirm_channel(&connection).await;
     broker::declare_topology(&channel, &names)
         .await
         .expect("topology");
@@ -94,7 +94,7 @@ async fn an_unreadable_event_is_dead_lettered_by_the_coordinator() {
     let fleet = Fleet::start("dead-event", 0, 1, "30s").await;
     let names = Names::new(&fleet.namespace).expect("names");
     let connection = rabbitmq().await;
-    let channel = broker::confirm_channel(&connection).await.expect("channel");
+    let channel = regatta_tests::confirm_channel(&connection).await;
     broker::declare_topology(&channel, &names)
         .await
         .expect("topology");

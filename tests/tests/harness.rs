@@ -5,7 +5,7 @@ use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
-use regatta_coordinator::broker;
+use regatta_broker as broker;
 use regatta_proto::{open, seal, Keys, Names, Signer, WorkOrder};
 use regatta_tests::{delete_keys, delete_queues, rabbitmq, redis, unique_namespace};
 
@@ -14,7 +14,7 @@ async fn a_signed_order_round_trips_through_the_work_queue() {
     let namespace = unique_namespace("harness");
     let names = Names::new(&namespace).expect("valid namespace");
     let connection = rabbitmq().await;
-    let channel = broker::confirm_channel(&connection).await.expect("channel");
+    let channel = regatta_tests::confirm_channel(&connection).await;
     broker::declare_topology(&channel, &names)
         .await
         .expect("topology");
@@ -55,7 +55,7 @@ async fn a_signed_order_round_trips_through_the_work_queue() {
 #[tokio::test]
 async fn an_unroutable_publish_is_an_error_not_a_silent_drop() {
     let connection = rabbitmq().await;
-    let channel = broker::confirm_channel(&connection).await.expect("channel");
+    let channel = regatta_tests::confirm_channel(&connection).await;
     let queue = unique_namespace("nowhere");
     let err = broker::publish_confirmed(&channel, &queue, b"x", BasicProperties::default())
         .await

@@ -3,12 +3,9 @@
 /// What can go wrong in a worker.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("RabbitMQ at {url} is unreachable or failed: {source}; start it with `scripts/services.sh rabbitmq`")]
-    Broker {
-        url: String,
-        #[source]
-        source: lapin::Error,
-    },
+    /// The broker link failed (unreachable at start-up, or an operation refused).
+    #[error(transparent)]
+    Link(#[from] regatta_broker::Error),
     #[error("publishing to '{queue}' failed: {reason}")]
     Publish { queue: String, reason: String },
     #[error("Redis at {url} is unreachable or failed: {source}; start it with `scripts/services.sh redis`")]

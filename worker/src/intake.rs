@@ -19,7 +19,8 @@ use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection};
+use lapin::Channel;
+use regatta_broker::BrokerLink;
 use regatta_proto::{open, EventKind, LeaseOwner, Outcome, SessionEvent, WorkOrder};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -27,14 +28,14 @@ use tracing::Instrument;
 
 use crate::gate::run_gates;
 use crate::lease::{Claim, LeaseClient, Renewal};
-use crate::reporter::{self, Reporter};
+use crate::reporter::Reporter;
 use crate::session::{log_tail, run_command, Beats, CommandSpec, Ending, Stop};
 use crate::{Error, WorkerConfig};
 
 /// What every slot shares.
 struct Shared {
     config: WorkerConfig,
-    connection: Connection,
+    link: BrokerLink,
     reporter: Reporter,
     leases: LeaseClient,
     /// Cancelled when the worker stops taking work.
@@ -48,8 +49,8 @@ struct Shared {
 /// (reporting them as interrupted, so the coordinator re-runs them), and
 /// returns.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), Error> {
-    let connection = reporter::connect(&config.amqp_url, &config.name).await?;
-    let reporter = Reporter::new(&connection, config.names.clone(), config.signer.clone()).await?;
+    let link = BrokerLink::connect(&config.amqp_url, &config.name, config.names.clone()).await?;
+    let reporter = Reporter::new(link.clone(), config.names.clone(), config.signer.clone());
     let leases = LeaseClient::connect(&config.redis_url, config.keys.clone()).await?;
     tokio::fs::create_dir_all(&config.work_dir)
         .await
@@ -59,7 +60,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         })?;
     let shared = Arc::new(Shared {
         config,
-        connection,
+        link,
         reporter,
         leases,
         shutdown: shutdown.clone(),
@@ -84,7 +85,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             }
         }
     }
-    let _ = shared.connection.close(200, "worker shutdown".into()).await;
+    shared.link.close("worker shutdown").await;
     Ok(())
 }
 
@@ -96,7 +97,9 @@ async fn slot_loop(shared: Arc<Shared>, slot: usize) {
     let mut channel: Option<Channel> = None;
     while !shared.shutdown.is_cancelled() {
         let result = match &channel {
-            Some(open) if open.status().connected() => take_one(&shared, open, slot).await,
+            Some(open) if open.status().connected() => take_one(&shared, open, slot)
+                .await
+                .map_err(regatta_broker::Error::from),
             _ => match slot_channel(&shared).await {
                 Ok(open) => {
                     channel = Some(open);
@@ -131,8 +134,8 @@ async fn slot_loop(shared: Arc<Shared>, slot: usize) {
 }
 
 /// Opens a slot's channel: a prefetch of one delivery.
-async fn slot_channel(shared: &Shared) -> Result<Channel, lapin::Error> {
-    let channel = shared.connection.create_channel().await?;
+async fn slot_channel(shared: &Shared) -> Result<Channel, regatta_broker::Error> {
+    let channel = shared.link.channel().await?;
     channel.basic_qos(1, BasicQosOptions::default()).await?;
     Ok(channel)
 }

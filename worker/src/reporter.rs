@@ -1,88 +1,36 @@
-//! The worker's side of RabbitMQ: topology, events back to the coordinator,
-//! and the dead-letter queue for orders that can never run.
+//! The worker's side of RabbitMQ's outgoing traffic: events back to the
+//! coordinator, and the dead-letter queue for orders that can never run.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
-use regatta_proto::{seal, Names, QueueArgument, SessionEvent, Signer, REASON_HEADER};
+use lapin::{BasicProperties, Channel};
+use regatta_broker::{publish_confirmed, BrokerLink};
+use regatta_proto::{seal, Names, SessionEvent, Signer, REASON_HEADER};
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 
-use regatta_proto::names::DELIVERY_LIMIT;
-
-/// Connects with heartbeats and lapin's automatic recovery on.
-pub async fn connect(url: &str, name: &str) -> Result<Connection, Error> {
-    let with_heartbeat = if url.contains("heartbeat=") {
-        url.to_owned()
-    } else if url.contains('?') {
-        format!("{url}&heartbeat=10")
-    } else {
-        format!("{url}?heartbeat=10")
-    };
-    let properties = ConnectionProperties::default()
-        .with_connection_name(name.into())
-        .enable_auto_recover();
-    Connection::connect(&with_heartbeat, properties)
-        .await
-        .map_err(|source| Error::Broker {
-            url: regatta_proto::names::redact_url(url),
-            source,
-        })
-}
-
-/// Declares the fleet's queues, exactly as the coordinator does.
-pub async fn declare_topology(channel: &Channel, names: &Names) -> lapin::Result<()> {
-    for queue in names.queues(DELIVERY_LIMIT) {
-        let mut arguments = FieldTable::default();
-        for (key, value) in queue.arguments {
-            arguments.insert(
-                key.into(),
-                match value {
-                    QueueArgument::Text(text) => AMQPValue::LongString(LongString::from(text)),
-                    QueueArgument::Number(n) => AMQPValue::LongLongInt(n),
-                },
-            );
-        }
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..QueueDeclareOptions::default()
-        };
-        channel
-            .queue_declare(queue.name.as_str().into(), durable, arguments)
-            .await?;
-    }
-    Ok(())
-}
-
 /// Publishes events and dead letters with confirms.
 #[derive(Clone)]
 pub struct Reporter {
-    channel: Channel,
+    link: BrokerLink,
+    /// The confirm channel, reopened from the link after any loss.
+    channel: Arc<Mutex<Option<Channel>>>,
     names: Names,
     signer: Signer,
 }
 
 impl Reporter {
-    /// Opens a confirm channel and declares the topology.
-    pub async fn new(connection: &Connection, names: Names, signer: Signer) -> Result<Self, Error> {
-        let broker = |source| Error::Broker {
-            url: String::from("(connected)"),
-            source,
-        };
-        let channel = connection.create_channel().await.map_err(broker)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(broker)?;
-        declare_topology(&channel, &names).await.map_err(broker)?;
-        Ok(Reporter {
-            channel,
+    pub fn new(link: BrokerLink, names: Names, signer: Signer) -> Self {
+        Reporter {
+            link,
+            channel: Arc::default(),
             names,
             signer,
-        })
+        }
     }
 
     /// Sends an event to the coordinator, retrying with backoff through a
@@ -139,26 +87,23 @@ impl Reporter {
         payload: &[u8],
         properties: BasicProperties,
     ) -> Result<(), String> {
-        let confirm = self
-            .channel
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                payload,
-                properties.with_delivery_mode(2),
-            )
+        // The lock only hands out the channel: publishes run side by side.
+        let channel = {
+            let mut current = self.channel.lock().await;
+            match current.as_ref() {
+                Some(open) if open.status().connected() => open.clone(),
+                _ => {
+                    let fresh = self
+                        .link
+                        .confirm_channel()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    current.insert(fresh).clone()
+                }
+            }
+        };
+        publish_confirmed(&channel, queue, payload, properties)
             .await
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
-        match confirm {
-            Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(format!("no queue '{queue}'")),
-            Confirmation::Nack(_) => Err(format!("the broker refused the message for '{queue}'")),
-        }
+            .map_err(|e| e.to_string())
     }
 }

@@ -1,5 +1,6 @@
 //! Publishing orders: the `publish` span of each, confirms awaited many at
-//! a time, and re-sends until the broker confirms.
+//! a time, and re-sends until the broker confirms, on a channel reopened
+//! from the broker link after any loss.
 
 use std::time::Duration;
 
@@ -7,11 +8,10 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
+use regatta_broker::{check_confirmation, BrokerLink};
 use regatta_proto::{seal, Signer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-
-use crate::broker;
 
 /// A sealed order on its way to the work queue.
 pub(super) struct Outgoing {
@@ -42,19 +42,27 @@ impl Outgoing {
 /// Publishes sealed orders with confirms, many in flight at once, and
 /// re-sends any that the broker did not confirm: an order is never dropped.
 pub(super) async fn publish_loop(
-    channel: Channel,
+    link: BrokerLink,
     queue: String,
     mut outgoing: mpsc::UnboundedReceiver<Outgoing>,
     shutdown: CancellationToken,
 ) {
     let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Outgoing>();
     let mut confirms = FuturesUnordered::new();
+    let mut channel: Option<Channel> = None;
     loop {
         let next = tokio::select! {
             Some(job) = outgoing.recv() => job,
             Some(job) = retry_rx.recv() => job,
             Some(()) = confirms.next() => continue,
             _ = shutdown.cancelled() => return,
+        };
+        let channel = match channel.take() {
+            Some(open) if open.status().connected() => channel.insert(open),
+            _ => match open_channel(&link, &shutdown).await {
+                Some(open) => channel.insert(open),
+                None => return,
+            },
         };
         let mut headers = FieldTable::default();
         regatta_telemetry::inject(&next.span, &mut headers);
@@ -78,7 +86,7 @@ pub(super) async fn publish_loop(
         confirms.push(tracing::Instrument::instrument(async move {
             let result = match sent {
                 Ok(confirm) => match confirm.await {
-                    Ok(confirmation) => broker::check_confirmation(confirmation, &queue).map_err(|e| e.to_string()),
+                    Ok(confirmation) => check_confirmation(confirmation, &queue).map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 },
                 Err(e) => Err(e.to_string()),
@@ -89,5 +97,24 @@ pub(super) async fn publish_loop(
                 let _ = retry.send(next);
             }
         }, span));
+    }
+}
+
+/// A confirm channel from the link, retried with backoff through an outage;
+/// `None` on shutdown.
+async fn open_channel(link: &BrokerLink, shutdown: &CancellationToken) -> Option<Channel> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match link.confirm_channel().await {
+            Ok(channel) => return Some(channel),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open a channel to publish orders; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => return None,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
     }
 }

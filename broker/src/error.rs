@@ -1,0 +1,19 @@
+//! What the broker link can fail with.
+
+/// Everything the broker link can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The broker cannot be reached, or refused the connection.
+    #[error("RabbitMQ at {url} is unreachable or refused the connection: {source}; is it running? (`scripts/services.sh rabbitmq`)")]
+    Connect {
+        url: String,
+        #[source]
+        source: lapin::Error,
+    },
+    /// The broker did not answer the connection in time (a partition).
+    #[error("RabbitMQ at {url} did not answer within {seconds} s; is it reachable?")]
+    ConnectTimeout { url: String, seconds: u64 },
+    /// An operation on a connected broker failed.
+    #[error("RabbitMQ operation failed: {0}")]
+    Broker(#[from] lapin::Error),
+}
