@@ -228,11 +228,21 @@ where
             continue;
         }
         let node = Node::Unit(at);
+        // A set only for long lists: most units have a handful of
+        // dependencies, where a scan is cheaper; a set keeps one unit with
+        // tens of thousands of them linear (found by the manifest fuzzer).
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        let long = unit.depends_on.len() > 32;
         for (position, dependency) in unit.depends_on.iter().enumerate() {
             let locator = Locator::Item(node, "depends_on", position);
+            let repeated = if long {
+                !seen.insert(dependency.as_str())
+            } else {
+                unit.depends_on[..position].contains(dependency)
+            };
             if *dependency == unit.id {
                 problems.push(Problem::new(locator, ManifestErrorKind::SelfDependency));
-            } else if unit.depends_on[..position].contains(dependency) {
+            } else if repeated {
                 let kind = ManifestErrorKind::DuplicateDependency {
                     dependency: dependency.clone(),
                 };
@@ -505,5 +515,23 @@ mod tests {
         let problems = problems_of(&units);
         assert_eq!(problems.len(), 1);
         assert!(problems[0].starts_with("dependency cycle: u0 -> u199999 -> u199998"));
+    }
+
+    #[test]
+    fn a_unit_with_a_huge_dependency_list_is_checked_in_linear_time() {
+        // Quadratic before: 150,000 entries took half a minute, optimised.
+        let n = 100_000;
+        let mut units: Vec<Unit> = (0..n).map(|i| unit(&format!("u{i}"), &[])).collect();
+        let mut all: Vec<String> = (0..n).map(|i| format!("u{i}")).collect();
+        all.push("u7".into());
+        units.push(Unit {
+            id: "fan-in".into(),
+            depends_on: all,
+            ..Unit::default()
+        });
+        assert_eq!(
+            problems_of(&units),
+            vec!["dependency 'u7' is listed more than once"]
+        );
     }
 }

@@ -191,6 +191,20 @@ mod tests {
     }
 
     proptest::proptest! {
+        // Failures are kept in proto/proptest-regressions/ (commit them) and
+        // replayed first on every run. `Direct`, with an absolute path: the
+        // default saves relative to the workspace but loads from the crate.
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 2_000,
+            failure_persistence: Some(Box::new(
+                proptest::test_runner::FileFailurePersistence::Direct(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/proptest-regressions/envelope.txt"
+                )),
+            )),
+            ..proptest::test_runner::Config::default()
+        })]
+
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             let _ = open::<WorkOrder>(&bytes, &signer());
@@ -203,6 +217,21 @@ mod tests {
             let at = pos % bytes.len();
             bytes[at] = byte;
             let _ = open::<WorkOrder>(&bytes, &signer());
+        }
+
+        #[test]
+        fn mutated_events_never_panic(edits in proptest::collection::vec((0usize..4096, proptest::num::u8::ANY), 1..8)) {
+            let event = SessionEvent::example(EventKind::Started { lease_wait_ms: 3 });
+            let mut bytes = seal(&event, &signer());
+            for (pos, byte) in edits {
+                let at = pos % bytes.len();
+                bytes[at] = byte;
+            }
+            // Whatever the bytes, an error or the untouched event: a
+            // changed byte never yields a different event.
+            if let Ok(opened) = open::<SessionEvent>(&bytes, &signer()) {
+                proptest::prop_assert_eq!(opened, event);
+            }
         }
     }
 }

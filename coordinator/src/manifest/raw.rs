@@ -202,11 +202,13 @@ fn drive<'de, S: DeserializeSeed<'de>>(
     }
 }
 
-/// Sizes serde-saphyr's budget to the text: its defaults (250,000 nodes) refuse manifests
-/// beyond about 20,000 units. Limits proportional to the input still stop alias and
-/// merge-key amplification, whose own limits stay at their defaults.
+/// Sizes serde-saphyr's budget to the text: its defaults (250,000 nodes, 10,000 merge
+/// keys, 50,000 aliases) refuse manifests beyond about 10,000 to 20,000 units. Limits
+/// proportional to the input still stop alias and merge-key amplification: what a text
+/// expands to stays within a constant factor of its length.
 fn yaml_options(text_len: usize) -> serde_saphyr::Options {
     let defaults = serde_saphyr::Budget::default();
+    let replay_defaults = serde_saphyr::options::AliasLimits::default();
     let scaled = text_len.saturating_mul(2).saturating_add(1_024);
     serde_saphyr::options! {
         with_snippet: false,
@@ -218,6 +220,15 @@ fn yaml_options(text_len: usize) -> serde_saphyr::Options {
             max_events: defaults.max_events.max(scaled),
             max_nodes: defaults.max_nodes.max(scaled),
             max_total_scalar_bytes: defaults.max_total_scalar_bytes.max(scaled),
+            max_aliases: defaults.max_aliases.max(scaled),
+            max_merge_keys: defaults.max_merge_keys.max(scaled),
+            // One anchor merged into every unit (`x-defaults: &d`, then `<<: *d`) is what
+            // `x-` keys are for; this heuristic refused it beyond 100 units (more than
+            // 10 aliases per anchor). The limits above bound amplification anyway.
+            enforce_alias_anchor_ratio: false,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: replay_defaults.max_total_replayed_events.max(scaled),
         },
     }
 }
