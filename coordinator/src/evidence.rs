@@ -15,26 +15,33 @@
 //!
 //! [`verify`] recomputes every hash in such a folder: the batch pack's
 //! sha256 of each session pack, and each session pack's sha256 of each of
-//! its files. The schemas are in `docs/evidence-pack.md`.
+//! its files. The session pack's types are shared with the worker that
+//! writes it, in [`regatta_proto::evidence`]; the schemas are in
+//! `docs/evidence-pack.md`.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
+use regatta_proto::evidence::{iso8601, single_segment, PACK_FILE};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::scheduler::UnitState;
 use crate::service::UnitView;
 
+// The session pack's reader view and pure helpers are the contract's,
+// shared with the worker that writes packs.
+pub use regatta_proto::evidence::{outcome_name, plain_relative, PackedFile, SessionPackFiles};
+
 /// The version of the batch pack's schema.
 pub const BATCH_SCHEMA_VERSION: u32 = 1;
 /// The batch pack's file name at the top of the folder.
 pub const BATCH_PACK_FILE: &str = "batch-pack.json";
 /// A session pack's file name, in the store and in the folder.
-pub const SESSION_PACK_FILE: &str = "evidence-pack.json";
+pub const SESSION_PACK_FILE: &str = PACK_FILE;
 /// The folder, inside a batch pack's folder, holding one folder per session.
 pub const SESSIONS_DIR: &str = "sessions";
 
@@ -92,27 +99,6 @@ pub struct UnitEvidence {
     pub pack: Option<String>,
     /// Hex SHA-256 of the session pack, as its worker reported it.
     pub pack_sha256: Option<String>,
-}
-
-/// The part of a session pack that verification reads; the rest is kept as
-/// written (see the worker's `evidence` module for the full schema).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct SessionPackFiles {
-    pub schema_version: u32,
-    pub batch_id: String,
-    pub unit_id: String,
-    pub session_id: String,
-    pub artifacts: Vec<PackedFile>,
-    pub log: Option<PackedFile>,
-}
-
-/// A file a session pack lists.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct PackedFile {
-    pub filename: String,
-    pub sha256: String,
-    /// Where the file is, relative to the session pack's folder.
-    pub path: Option<String>,
 }
 
 /// One thing wrong in a batch pack's folder, named by its path.
@@ -239,7 +225,7 @@ pub fn assemble(
             batch_name: facts.batch_name.clone(),
             batch_state: facts.batch_state.clone(),
             manifest_sha256: facts.manifest_sha256.clone(),
-            generated_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            generated_at: iso8601(chrono::Utc::now()),
             units: Vec::with_capacity(units.len()),
         },
         packs: 0,
@@ -573,29 +559,6 @@ fn copy_hashed(source: &Path, destination: &Path) -> std::io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Returns `path` as plain relative segments (`.` dropped), or `None` when
-/// it is empty, absolute, or climbs out with `..`.
-pub fn plain_relative(path: &str) -> Option<PathBuf> {
-    let mut relative = PathBuf::new();
-    for component in Path::new(path).components() {
-        match component {
-            Component::Normal(segment) => relative.push(segment),
-            Component::CurDir => {}
-            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
-        }
-    }
-    (!relative.as_os_str().is_empty()).then_some(relative)
-}
-
-/// `id` when it is one plain path segment (ids become folder names).
-fn single_segment(id: &str) -> Option<&str> {
-    let mut components = Path::new(id).components();
-    match (components.next(), components.next()) {
-        (Some(Component::Normal(segment)), None) if segment == id => Some(id),
-        _ => None,
-    }
-}
-
 fn slash(path: &Path) -> String {
     path.components()
         .map(|c| c.as_os_str().to_string_lossy())
@@ -603,285 +566,5 @@ fn slash(path: &Path) -> String {
         .join("/")
 }
 
-/// An outcome as packs and the API spell it.
-pub fn outcome_name(outcome: regatta_proto::Outcome) -> &'static str {
-    use regatta_proto::Outcome;
-    match outcome {
-        Outcome::Succeeded => "succeeded",
-        Outcome::Failed => "failed",
-        Outcome::TimedOut => "timed_out",
-        Outcome::Lost => "lost",
-        Outcome::Interrupted => "interrupted",
-        Outcome::Cancelled => "cancelled",
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::scheduler::Attempt;
-    use regatta_proto::{EvidenceRef, Outcome};
-
-    fn sha(bytes: &[u8]) -> String {
-        hex::encode(Sha256::digest(bytes))
-    }
-
-    fn write(path: &Path, bytes: &[u8]) {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, bytes).unwrap();
-    }
-
-    /// Writes a session pack the way a worker does; returns its reference.
-    fn worker_session(store: &Path, unit: &str, session: &str) -> EvidenceRef {
-        let dir = store.join("b-1").join(unit).join(session);
-        let output = format!("-- {unit}\nselect 1;\n");
-        write(&dir.join("outputs/pg/out.sql"), output.as_bytes());
-        write(&dir.join("artifacts/report.txt"), b"report");
-        write(&dir.join("session.log"), b"log\n");
-        let pack = serde_json::json!({
-            "schema_version": 1,
-            "playbook": "p",
-            "batch_id": "b-1",
-            "unit_id": unit,
-            "session_id": session,
-            "attempt": 1,
-            "timestamp": "2026-11-25T10:00:00.000Z",
-            "artifacts": [
-                {"filename": "pg/out.sql", "sha256": sha(output.as_bytes()), "stage": "output", "path": "outputs/pg/out.sql", "bytes": output.len()},
-                {"filename": "report.txt", "sha256": sha(b"report"), "stage": "artifact", "path": "artifacts/report.txt", "bytes": 6},
-                {"filename": "session.log", "sha256": sha(b"log\n"), "stage": "log", "path": "session.log", "bytes": 4}
-            ],
-            "log": {"filename": "session.log", "sha256": sha(b"log\n"), "path": "session.log", "bytes": 4},
-            "verification": {"tests_passed": true, "lint_clean": true, "security_scan_clean": true, "gates_failed_and_auto_fixed": []},
-            "knowledge_updates": [],
-            "escalations": []
-        });
-        let bytes = serde_json::to_vec_pretty(&pack).unwrap();
-        let path = dir.join(SESSION_PACK_FILE);
-        write(&path, &bytes);
-        EvidenceRef {
-            path: path.display().to_string(),
-            sha256: sha(&bytes),
-        }
-    }
-
-    fn attempt(session: &str, evidence: Option<EvidenceRef>) -> Attempt {
-        Attempt {
-            attempt: 1,
-            session_id: session.into(),
-            worker: Some("w0".into()),
-            fencing: 1,
-            published_at_ms: 0,
-            started_at_ms: Some(1),
-            ended_at_ms: Some(2),
-            outcome: Some(Outcome::Succeeded),
-            exit_code: Some(0),
-            reason: None,
-            log_tail: String::new(),
-            log_path: String::new(),
-            gates: Vec::new(),
-            evidence,
-        }
-    }
-
-    fn unit(id: &str, state: UnitState, history: Vec<Attempt>) -> UnitView {
-        UnitView {
-            id: id.into(),
-            state,
-            attempt: history.len() as u32,
-            failures: 0,
-            reason: None,
-            waiting_for: None,
-            history,
-        }
-    }
-
-    fn facts() -> BatchFacts {
-        BatchFacts {
-            batch_id: "b-1".into(),
-            batch_name: "b".into(),
-            batch_state: "succeeded".into(),
-            manifest_sha256: "m".repeat(64),
-        }
-    }
-
-    struct Fixture {
-        _temp: tempfile::TempDir,
-        out: PathBuf,
-        assembled: Assembled,
-    }
-
-    fn fixture() -> Fixture {
-        let temp = tempfile::tempdir().unwrap();
-        let store = temp.path().join("store");
-        let a = worker_session(&store, "a", "s-a");
-        let b = worker_session(&store, "b", "s-b");
-        let units = vec![
-            unit("a", UnitState::Succeeded, vec![attempt("s-a", Some(a))]),
-            // Two attempts: the pack of the later one is taken.
-            unit(
-                "b",
-                UnitState::Succeeded,
-                vec![attempt("s-old", None), attempt("s-b", Some(b))],
-            ),
-            unit("never-ran", UnitState::Blocked, vec![]),
-        ];
-        let out = temp.path().join("out");
-        let assembled = assemble(&facts(), &units, &store, &out).unwrap();
-        Fixture {
-            _temp: temp,
-            out,
-            assembled,
-        }
-    }
-
-    #[test]
-    fn an_assembled_folder_verifies() {
-        let f = fixture();
-        assert!(
-            f.assembled.problems.is_empty(),
-            "{:?}",
-            f.assembled.problems
-        );
-        assert_eq!((f.assembled.packs, f.assembled.files), (2, 6));
-        let pack = &f.assembled.pack;
-        assert_eq!(pack.units.len(), 3);
-        assert_eq!(
-            pack.units[1].pack.as_deref(),
-            Some("sessions/b/s-b/evidence-pack.json")
-        );
-        assert_eq!(pack.units[2].pack, None);
-        assert_eq!(pack.units[2].state, UnitState::Blocked);
-        let result = verify(&f.out);
-        assert!(result.is_clean(), "{:?}", result.problems);
-        assert_eq!((result.packs, result.files), (2, 6));
-        assert!(result
-            .summary()
-            .starts_with("evidence verified: 2 session packs and 6 files"));
-    }
-
-    #[test]
-    fn a_changed_byte_is_named_by_its_path() {
-        let f = fixture();
-        let path = f.out.join("sessions/a/s-a/outputs/pg/out.sql");
-        let mut bytes = std::fs::read(&path).unwrap();
-        bytes[0] ^= 1;
-        std::fs::write(&path, bytes).unwrap();
-        let result = verify(&f.out);
-        assert_eq!(result.problems.len(), 1, "{:?}", result.problems);
-        let shown = result.problems[0].to_string();
-        assert!(
-            shown.starts_with("sessions/a/s-a/outputs/pg/out.sql: sha256 mismatch"),
-            "{shown}"
-        );
-    }
-
-    #[test]
-    fn a_removed_file_is_named_by_its_path() {
-        let f = fixture();
-        std::fs::remove_file(f.out.join("sessions/b/s-b/session.log")).unwrap();
-        let result = verify(&f.out);
-        let shown: Vec<String> = result.problems.iter().map(|p| p.to_string()).collect();
-        assert_eq!(shown, vec!["sessions/b/s-b/session.log: missing"]);
-    }
-
-    #[test]
-    fn an_edited_session_pack_breaks_the_batch_packs_hash() {
-        let f = fixture();
-        let path = f.out.join("sessions/a/s-a/evidence-pack.json");
-        let text = std::fs::read_to_string(&path).unwrap();
-        std::fs::write(&path, text.replace("\"attempt\": 1", "\"attempt\": 2")).unwrap();
-        let result = verify(&f.out);
-        let shown: Vec<String> = result.problems.iter().map(|p| p.to_string()).collect();
-        assert_eq!(shown.len(), 1, "{shown:?}");
-        assert!(shown[0].starts_with("sessions/a/s-a/evidence-pack.json: sha256 mismatch"));
-    }
-
-    #[test]
-    fn paths_that_escape_the_folder_are_refused() {
-        let f = fixture();
-        // Point a listed file outside through a symlink, and an entry at `..`.
-        let log = f.out.join("sessions/a/s-a/session.log");
-        let outside = f.out.parent().unwrap().join("outside.log");
-        std::fs::write(&outside, b"log\n").unwrap();
-        std::fs::remove_file(&log).unwrap();
-        std::os::unix::fs::symlink(&outside, &log).unwrap();
-        let batch_path = f.out.join(BATCH_PACK_FILE);
-        let mut batch: BatchPack =
-            serde_json::from_slice(&std::fs::read(&batch_path).unwrap()).unwrap();
-        batch.units[1].pack = Some("../store/b-1/b/s-b/evidence-pack.json".into());
-        std::fs::write(&batch_path, serde_json::to_vec(&batch).unwrap()).unwrap();
-        let result = verify(&f.out);
-        let shown: Vec<String> = result.problems.iter().map(|p| p.to_string()).collect();
-        assert_eq!(
-            shown,
-            vec![
-                "sessions/a/s-a/session.log: the path escapes the folder",
-                "../store/b-1/b/s-b/evidence-pack.json: the path escapes the folder",
-            ]
-        );
-    }
-
-    #[test]
-    fn a_missing_batch_pack_is_a_problem_not_a_panic() {
-        let temp = tempfile::tempdir().unwrap();
-        let result = verify(temp.path());
-        assert_eq!(result.problems[0].to_string(), "batch-pack.json: missing");
-    }
-
-    #[test]
-    fn assembling_refuses_a_folder_in_use_and_reports_a_tampered_store() {
-        let temp = tempfile::tempdir().unwrap();
-        let store = temp.path().join("store");
-        let a = worker_session(&store, "a", "s-a");
-        std::fs::write(store.join("b-1/a/s-a/artifacts/report.txt"), b"changed").unwrap();
-        let units = vec![unit(
-            "a",
-            UnitState::Succeeded,
-            vec![attempt("s-a", Some(a))],
-        )];
-        let used = temp.path().join("used");
-        write(&used.join("x"), b"x");
-        assert!(matches!(
-            assemble(&facts(), &units, &store, &used),
-            Err(EvidenceError::OutNotEmpty(_))
-        ));
-        let out = temp.path().join("out");
-        let assembled = assemble(&facts(), &units, &store, &out).unwrap();
-        assert_eq!(assembled.problems.len(), 1, "{:?}", assembled.problems);
-        assert!(assembled.problems[0].path.ends_with("artifacts/report.txt"));
-        assert!(!verify(&out).is_clean());
-    }
-
-    #[test]
-    fn a_finished_event_without_evidence_still_decodes() {
-        // An older worker's event has no `evidence` field.
-        #[derive(Serialize)]
-        enum OldKind {
-            Finished {
-                outcome: Outcome,
-                exit_code: Option<i32>,
-                duration_ms: u64,
-                reason: Option<String>,
-                log_tail: String,
-                log_path: String,
-                gates: Vec<regatta_proto::GateReport>,
-            },
-        }
-        let old = OldKind::Finished {
-            outcome: Outcome::Succeeded,
-            exit_code: Some(0),
-            duration_ms: 1,
-            reason: None,
-            log_tail: String::new(),
-            log_path: String::new(),
-            gates: Vec::new(),
-        };
-        let bytes = rmp_serde::to_vec_named(&old).unwrap();
-        let kind: regatta_proto::EventKind = rmp_serde::from_slice(&bytes).unwrap();
-        assert!(matches!(
-            kind,
-            regatta_proto::EventKind::Finished { evidence: None, .. }
-        ));
-    }
-}
+mod tests;

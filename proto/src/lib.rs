@@ -16,6 +16,7 @@
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod evidence;
 pub mod keys;
 pub mod lease;
 pub mod names;

@@ -5,103 +5,26 @@
 //!
 //! The pack is a superset of the shape teams already file for audits
 //! (`playbook`, `session_id`, `timestamp`, `artifacts`, `verification`,
-//! `knowledge_updates`, `escalations`); its schema is versioned and
-//! documented in `docs/evidence-pack.md`. The finished event carries the
+//! `knowledge_updates`, `escalations`); its types, shared with the
+//! coordinator that reads it, are in [`regatta_proto::evidence`], and its
+//! versioned schema is documented in `docs/evidence-pack.md`. The finished event carries the
 //! pack's path and sha256, so the coordinator can vouch for it later.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
+use regatta_proto::evidence::{
+    self as schema, iso8601, outcome_name, verification, Escalation, LogRef, SessionPack,
+    PACK_FILE, SCHEMA_VERSION,
+};
 use regatta_proto::{EvidenceRef, GateReport, Outcome, WorkOrder};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::artifact::{
-    ArtifactError, ArtifactStore, Collection, HashedInput, RejectedFile, SessionFiles, StoredFile,
+    self, ArtifactError, ArtifactStore, Collection, HashedInput, RejectedFile, SessionFiles,
+    StoredFile,
 };
-
-/// The version of the session pack's schema; bumped on any change that is
-/// not a new optional field.
-pub const SCHEMA_VERSION: u32 = 1;
-/// The pack's file name inside the session's folder of the store.
-pub const PACK_FILE: &str = "evidence-pack.json";
-
-/// `evidence-pack.json`, schema version 1 (see `docs/evidence-pack.md`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SessionPack {
-    pub schema_version: u32,
-    pub playbook: String,
-    pub batch_id: String,
-    pub unit_id: String,
-    pub session_id: String,
-    pub attempt: u32,
-    /// The worker that ran the session.
-    pub worker: String,
-    /// When the pack was written (ISO 8601, UTC).
-    pub timestamp: String,
-    pub started_at: String,
-    pub ended_at: String,
-    pub duration_ms: u64,
-    /// `succeeded`, `failed`, `timed_out`, `lost`, `interrupted` or `cancelled`.
-    pub outcome: String,
-    pub exit_code: Option<i32>,
-    /// Why the session failed, as the coordinator shows it.
-    pub reason: Option<String>,
-    /// Every stored file: outputs, then artifacts, then the log.
-    pub artifacts: Vec<StoredFile>,
-    /// Files the store refused to keep (paths escaping the workdir, symlinks
-    /// pointing outside), with why.
-    pub rejected: Vec<RejectedFile>,
-    /// Declared inputs, hashed (not copied) when the session ended.
-    pub inputs: Vec<HashedInput>,
-    /// The session log, also listed in `artifacts` with stage `log`.
-    pub log: Option<LogRef>,
-    /// Each gate that ran, in order.
-    pub gates: Vec<GateReport>,
-    /// Gates that apply to the unit but never ran (the command failed, an
-    /// earlier required gate escalated, or the session was stopped).
-    pub gates_not_run: Vec<String>,
-    pub verification: Verification,
-    /// Reserved for what a session learnt for the next ones; always empty in
-    /// schema version 1.
-    pub knowledge_updates: Vec<serde_json::Value>,
-    /// What a reviewer must look at: the failure that ended the session.
-    pub escalations: Vec<Escalation>,
-}
-
-/// The audit summary of the gates.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Verification {
-    /// No gate named like `test` failed or was left unrun.
-    pub tests_passed: bool,
-    /// No gate named like `lint` failed or was left unrun.
-    pub lint_clean: bool,
-    /// No gate named like `security`, `scan`, `sast`, `audit` or `vuln`
-    /// failed or was left unrun.
-    pub security_scan_clean: bool,
-    /// Gates that failed, were repaired by their `fix`, then passed.
-    pub gates_failed_and_auto_fixed: Vec<String>,
-}
-
-/// One reason the session needs a human.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Escalation {
-    /// The same words as the session's reason (`gate test failed after 2 repairs`).
-    pub reason: String,
-    /// The required gate that could not be repaired, when that was the cause.
-    pub gate: Option<String>,
-}
-
-/// The session log's entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogRef {
-    pub filename: String,
-    pub sha256: String,
-    /// Relative to the pack's folder.
-    pub path: String,
-    pub bytes: u64,
-}
 
 /// What the worker knows about a session once it is over.
 #[derive(Debug, Clone)]
@@ -173,7 +96,7 @@ pub async fn write_session_pack(
         log_path: end.log_path.to_path_buf(),
     };
     let collection = store.collect(files).await?;
-    let pack = SessionPack::build(end, &collection, Utc::now());
+    let pack = build_pack(end, &collection, Utc::now());
     let mut bytes = serde_json::to_vec_pretty(&pack)?;
     bytes.push(b'\n');
     let path = collection.session_dir.join(PACK_FILE);
@@ -210,99 +133,116 @@ fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-impl SessionPack {
-    /// Builds the pack of a session from what it did and what was stored.
-    pub fn build(end: &SessionEnd<'_>, collection: &Collection, now: DateTime<Utc>) -> SessionPack {
-        let order = end.order;
-        let gates_not_run: Vec<String> = order
-            .gates
-            .iter()
-            .filter(|spec| !end.gates.iter().any(|report| report.name == spec.name))
-            .map(|spec| spec.name.clone())
-            .collect();
-        let escalations = match end.reason {
-            Some(reason) if end.outcome.counts_as_attempt() => vec![Escalation {
-                reason: reason.to_owned(),
-                gate: end
-                    .gates
-                    .iter()
-                    .find(|g| g.required && !g.passed)
-                    .map(|g| g.name.clone()),
-            }],
-            _ => Vec::new(),
-        };
-        SessionPack {
-            schema_version: SCHEMA_VERSION,
-            playbook: order.playbook.clone(),
-            batch_id: order.batch_id.clone(),
-            unit_id: order.unit_id.clone(),
-            session_id: order.session_id.clone(),
-            attempt: order.attempt,
-            worker: end.worker.to_owned(),
-            timestamp: iso8601(now),
-            started_at: iso8601(end.started_at),
-            ended_at: iso8601(end.ended_at),
-            duration_ms: (end.ended_at - end.started_at).num_milliseconds().max(0) as u64,
-            outcome: outcome_name(end.outcome).to_owned(),
-            exit_code: end.exit_code,
-            reason: end.reason.map(str::to_owned),
-            artifacts: collection.files.clone(),
-            rejected: collection.rejected.clone(),
-            inputs: collection.inputs.clone(),
-            log: collection.log().map(|log| LogRef {
-                filename: log.filename.clone(),
-                sha256: log.sha256.clone(),
-                path: log.path.clone(),
-                bytes: log.bytes,
-            }),
-            verification: verification(end.gates, &gates_not_run),
-            gates: end.gates.to_vec(),
-            gates_not_run,
-            knowledge_updates: Vec::new(),
-            escalations,
-        }
-    }
-}
-
-/// Derives the audit summary from the gates' names and results.
-///
-/// A kind of check is clean when no gate of that kind failed or was left
-/// unrun; a unit with no gate of a kind is clean for it (nothing was asked).
-pub fn verification(gates: &[GateReport], gates_not_run: &[String]) -> Verification {
-    let clean = |words: &[&str]| {
-        let named = |name: &str| {
-            let name = name.to_lowercase();
-            words.iter().any(|word| name.contains(word))
-        };
-        gates.iter().all(|g| g.passed || !named(&g.name))
-            && !gates_not_run.iter().any(|name| named(name))
+/// Builds the pack of a session from what it did and what was stored.
+pub fn build_pack(
+    end: &SessionEnd<'_>,
+    collection: &Collection,
+    now: DateTime<Utc>,
+) -> SessionPack {
+    let order = end.order;
+    let gates_not_run: Vec<String> = order
+        .gates
+        .iter()
+        .filter(|spec| !end.gates.iter().any(|report| report.name == spec.name))
+        .map(|spec| spec.name.clone())
+        .collect();
+    let escalations = match end.reason {
+        Some(reason) if end.outcome.counts_as_attempt() => vec![Escalation {
+            reason: reason.to_owned(),
+            gate: end
+                .gates
+                .iter()
+                .find(|g| g.required && !g.passed)
+                .map(|g| g.name.clone()),
+        }],
+        _ => Vec::new(),
     };
-    Verification {
-        tests_passed: clean(&["test"]),
-        lint_clean: clean(&["lint"]),
-        security_scan_clean: clean(&["security", "scan", "sast", "audit", "vuln"]),
-        gates_failed_and_auto_fixed: gates
-            .iter()
-            .filter(|g| g.passed && g.repairs > 0)
-            .map(|g| g.name.clone())
-            .collect(),
+    SessionPack {
+        schema_version: SCHEMA_VERSION,
+        playbook: order.playbook.clone(),
+        batch_id: order.batch_id.clone(),
+        unit_id: order.unit_id.clone(),
+        session_id: order.session_id.clone(),
+        attempt: order.attempt,
+        worker: end.worker.to_owned(),
+        timestamp: iso8601(now),
+        started_at: iso8601(end.started_at),
+        ended_at: iso8601(end.ended_at),
+        duration_ms: (end.ended_at - end.started_at).num_milliseconds().max(0) as u64,
+        outcome: outcome_name(end.outcome).to_owned(),
+        exit_code: end.exit_code,
+        reason: end.reason.map(str::to_owned),
+        artifacts: collection.files.iter().map(packed_file).collect(),
+        rejected: collection.rejected.iter().map(packed_rejected).collect(),
+        inputs: collection.inputs.iter().map(packed_input).collect(),
+        log: collection.log().map(|log| LogRef {
+            filename: log.filename.clone(),
+            sha256: log.sha256.clone(),
+            path: log.path.clone(),
+            bytes: log.bytes,
+        }),
+        verification: verification(end.gates, &gates_not_run),
+        gates: end.gates.to_vec(),
+        gates_not_run,
+        knowledge_updates: Vec::new(),
+        escalations,
     }
 }
 
-/// An outcome as packs and the API spell it.
-pub fn outcome_name(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Succeeded => "succeeded",
-        Outcome::Failed => "failed",
-        Outcome::TimedOut => "timed_out",
-        Outcome::Lost => "lost",
-        Outcome::Interrupted => "interrupted",
-        Outcome::Cancelled => "cancelled",
+// The store's records and the pack's entries are separate types (the store
+// is the worker's, the pack is the contract in `regatta_proto::evidence`).
+// Each conversion destructures every field, so a field added on either side
+// fails to compile here instead of silently missing from packs.
+
+fn packed_stage(stage: artifact::Stage) -> schema::Stage {
+    match stage {
+        artifact::Stage::Output => schema::Stage::Output,
+        artifact::Stage::Artifact => schema::Stage::Artifact,
+        artifact::Stage::Log => schema::Stage::Log,
     }
 }
 
-fn iso8601(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Millis, true)
+fn packed_file(file: &StoredFile) -> schema::StoredFile {
+    let StoredFile {
+        filename,
+        sha256,
+        stage,
+        path,
+        bytes,
+    } = file;
+    schema::StoredFile {
+        filename: filename.clone(),
+        sha256: sha256.clone(),
+        stage: packed_stage(*stage),
+        path: path.clone(),
+        bytes: *bytes,
+    }
+}
+
+fn packed_rejected(file: &RejectedFile) -> schema::RejectedFile {
+    let RejectedFile {
+        filename,
+        stage,
+        reason,
+    } = file;
+    schema::RejectedFile {
+        filename: filename.clone(),
+        stage: packed_stage(*stage),
+        reason: reason.clone(),
+    }
+}
+
+fn packed_input(input: &HashedInput) -> schema::HashedInput {
+    let HashedInput {
+        filename,
+        sha256,
+        bytes,
+    } = input;
+    schema::HashedInput {
+        filename: filename.clone(),
+        sha256: sha256.clone(),
+        bytes: *bytes,
+    }
 }
 
 #[cfg(test)]
@@ -372,7 +312,7 @@ mod tests {
             }],
             ..Collection::default()
         };
-        let pack = SessionPack::build(
+        let pack = build_pack(
             &end(&order, &gates, Outcome::Succeeded, None),
             &collection,
             Utc::now(),
@@ -421,7 +361,7 @@ mod tests {
         let order = WorkOrder::example();
         let gates = [gate("test", false, 2)];
         let reason = "gate test failed after 2 repairs";
-        let pack = SessionPack::build(
+        let pack = build_pack(
             &end(&order, &gates, Outcome::Failed, Some(reason)),
             &Collection::default(),
             Utc::now(),
@@ -435,7 +375,7 @@ mod tests {
         );
         assert!(!pack.verification.tests_passed);
         // An interrupted session is not the unit's fault: nothing escalates.
-        let pack = SessionPack::build(
+        let pack = build_pack(
             &end(&order, &[], Outcome::Interrupted, Some("worker shut down")),
             &Collection::default(),
             Utc::now(),
