@@ -6,17 +6,19 @@
 //!   [`dag`] holds its dependency graph; [`plan`] shows its shape;
 //! - [`service`] accepts a batch, and its [`scheduler`] decides which units
 //!   may start under the batch cap and the resources' capacities;
-//!   [`order`] turns each into a signed work order that [`broker`] publishes
-//!   with confirms;
+//!   [`order`] turns each into a signed work order that the broker link
+//!   (`regatta_broker`) publishes with confirms;
 //! - worker events come back through the same [`service`], which applies them
 //!   to the scheduler and writes every change through [`store`] into Redis;
 //! - [`api`] serves the state over HTTP (and [`metrics`] on `/metrics`), and
 //!   [`client`] is how the CLI and tests talk to it;
-//! - [`evidence`] assembles a batch's evidence pack and verifies one.
+//! - [`evidence`] assembles a batch's evidence pack and verifies one;
+//! - [`lock`] keeps a namespace to one coordinator.
 
 pub mod api;
 pub mod client;
 pub mod evidence;
+pub mod lock;
 pub mod metrics;
 pub mod order;
 pub mod scheduler;

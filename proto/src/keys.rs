@@ -15,6 +15,7 @@
 //! {ns}:capacities                   hash  resource -> capacity, shared by every batch
 //! {ns}:epoch                        set by the coordinator; missing = Redis lost its data
 //! {ns}:quiet                        while it lives (one lease TTL), no new lease is granted
+//! {ns}:coordinator                  the instance that coordinates the namespace (renewed, with a TTL)
 //! ```
 
 use crate::names::validate_namespace;
@@ -70,6 +71,11 @@ impl Keys {
 
     pub fn lease(&self, session: &str) -> String {
         format!("{}:lease:{session}", self.ns)
+    }
+
+    /// Held by the one coordinator of the namespace.
+    pub fn coordinator(&self) -> String {
+        format!("{}:coordinator", self.ns)
     }
 
     pub fn fence(&self) -> String {

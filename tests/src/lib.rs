@@ -394,6 +394,50 @@ pub async fn postgres() -> tokio_postgres::Client {
 }
 
 impl Fleet {
+    /// Starts another `regatta serve` on the fleet's namespace (a second
+    /// coordinator, as a mistaken scale-up would), without waiting for it:
+    /// its stdout lines arrive on the receiver.
+    pub fn spawn_rival_coordinator(
+        &self,
+        env: &[(&str, &str)],
+    ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+        let mut rival = std::process::Command::new(binary("regatta"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("REGATTA_NAMESPACE", &self.namespace)
+            .env("REGATTA_SECRET", &self.secret)
+            .env("REGATTA_AMQP_URL", amqp_url())
+            .env("REGATTA_REDIS_URL", redis_url())
+            .env("REGATTA_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start regatta serve");
+        let stdout = rival.stdout.take().expect("stdout");
+        let (lines_tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = lines_tx.send(line);
+            }
+        });
+        (rival, lines)
+    }
+
+    /// Kills the coordinator with SIGKILL and starts none in its place.
+    pub fn kill_coordinator(&mut self) {
+        let _ = self.coordinator.kill();
+        let _ = self.coordinator.wait();
+    }
+
+    /// Points the fleet's client at another coordinator's API.
+    pub fn use_api(&mut self, api: &str) {
+        self.api = api.to_owned();
+    }
+
     /// Kills one worker with SIGKILL, as a machine loss would.
     pub fn kill_worker(&mut self, index: usize) {
         let worker = &mut self.workers[index];

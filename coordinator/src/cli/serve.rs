@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use regatta_coordinator::api;
+use regatta_coordinator::lock::{default_instance, CoordinatorLock};
 use regatta_coordinator::service::{Service, ServiceConfig};
 use regatta_proto::{Keys, Names, Signer};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,14 @@ pub struct ServeArgs {
     /// loses its data, no lease is granted for this long.
     #[arg(long, env = "REGATTA_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub lease_ttl: Duration,
+    /// This coordinator's name in the namespace's lock (default: host and
+    /// listen address, so a restart in place takes its lock back at once).
+    #[arg(long, env = "REGATTA_INSTANCE")]
+    pub instance: Option<String>,
+    /// How long the namespace's lock outlives a coordinator that stopped
+    /// renewing it: another coordinator waits this long after a crash.
+    #[arg(long, env = "REGATTA_LOCK_TTL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lock_ttl: Duration,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "REGATTA_LOG_JSON")]
     pub log_json: bool,
@@ -47,14 +56,6 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
         lease_ttl: args.lease_ttl,
     };
     let shutdown = CancellationToken::new();
-    let service = Service::start(config, shutdown.clone()).await?;
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let address = listener.local_addr()?;
-    // Tests and scripts read this line to find a port chosen by the system.
-    println!("listening on http://{address}");
-    tracing::info!(%address, namespace = %connection.namespace, "coordinator ready");
     let signals = shutdown.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
@@ -69,11 +70,55 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
         }
         signals.cancel();
     });
-    api::serve(
+    // One coordinator per namespace: a second one waits here.
+    let instance = args
+        .instance
+        .clone()
+        .unwrap_or_else(|| default_instance(&args.listen));
+    let Some(lock) = CoordinatorLock::acquire(
+        &config.redis_url,
+        &config.keys,
+        &instance,
+        args.lock_ttl,
+        &shutdown,
+    )
+    .await?
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    tracing::info!(%instance, "coordinator lock held");
+    let service = Service::start(config, shutdown.clone()).await?;
+    let mut lost = tokio::spawn(lock.hold(shutdown.clone()));
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    // Tests and scripts read this line to find a port chosen by the system.
+    println!("listening on http://{address}");
+    tracing::info!(%address, namespace = %connection.namespace, "coordinator ready");
+    let serving = api::serve(
         listener,
         api::router(service, connection.api_token.clone()),
-        shutdown,
-    )
-    .await?;
+        shutdown.clone(),
+    );
+    tokio::pin!(serving);
+    tokio::select! {
+        served = &mut serving => {
+            // Let the lock go, so a successor does not wait out its TTL.
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut lost).await;
+            served?
+        }
+        lost = &mut lost => {
+            if let Ok(Some(other)) = lost {
+                shutdown.cancel();
+                anyhow::bail!(
+                    "another coordinator ({}) took namespace '{}' over: this one stops so that only one publishes",
+                    other.instance,
+                    connection.namespace
+                );
+            }
+            serving.await?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,127 @@
+//! One coordinator per namespace. Two would both publish every ready unit
+//! and each count resources as if alone, so the second to start waits in
+//! [`CoordinatorLock::acquire`] until the first is gone.
+//!
+//! The lock is a Redis key holding the instance's id, renewed every third of
+//! its TTL. An instance is named by its host and listen address (or
+//! `--instance`), so a coordinator that crashes and restarts in place takes
+//! its own lock back at once, while a different one waits for the TTL to
+//! run out. A coordinator that finds another instance holding its lock (it
+//! was paused past the TTL, or cut off from Redis) stops.
+
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use regatta_proto::{scripts, Keys};
+use tokio_util::sync::CancellationToken;
+
+use crate::Error;
+
+/// The held lock of one namespace.
+pub struct CoordinatorLock {
+    connection: ConnectionManager,
+    key: String,
+    instance: String,
+    ttl: Duration,
+}
+
+/// Who holds a lock, and for how much longer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub instance: String,
+    pub remaining_ms: i64,
+}
+
+impl CoordinatorLock {
+    /// Takes the namespace's lock, waiting (and saying for whom) while another
+    /// instance holds it. `None` if `shutdown` comes first.
+    pub async fn acquire(
+        redis_url: &str,
+        keys: &Keys,
+        instance: &str,
+        ttl: Duration,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<CoordinatorLock>, Error> {
+        let client = redis::Client::open(redis_url).map_err(|e| Error::redis(redis_url, e))?;
+        let connection = ConnectionManager::new(client)
+            .await
+            .map_err(|e| Error::redis(redis_url, e))?;
+        let mut lock = CoordinatorLock {
+            connection,
+            key: keys.coordinator(),
+            instance: instance.to_owned(),
+            ttl,
+        };
+        let mut told = None;
+        loop {
+            match lock.hold_once().await {
+                Ok(None) => return Ok(Some(lock)),
+                Ok(Some(holder)) => {
+                    if told.as_ref() != Some(&holder.instance) {
+                        tracing::warn!(
+                            holder = %holder.instance,
+                            expires_in_ms = holder.remaining_ms,
+                            "another coordinator holds this namespace; waiting until it stops (or its lock expires)"
+                        );
+                        told = Some(holder.instance);
+                    }
+                }
+                Err(e) => return Err(Error::redis(redis_url, e)),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(ttl / 3) => {}
+                _ = shutdown.cancelled() => return Ok(None),
+            }
+        }
+    }
+
+    /// Renews the lock until `shutdown`, then lets it go. Returns the other
+    /// instance if the lock was lost to it: the caller must stop.
+    pub async fn hold(mut self, shutdown: CancellationToken) -> Option<Holder> {
+        let mut interval = tokio::time::interval(self.ttl / 3);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = shutdown.cancelled() => {
+                    let _: Result<i64, _> = redis::Script::new(scripts::LET_GO_COORDINATOR)
+                        .key(&self.key)
+                        .arg(&self.instance)
+                        .invoke_async(&mut self.connection)
+                        .await;
+                    return None;
+                }
+            }
+            match self.hold_once().await {
+                Ok(None) => {}
+                Ok(Some(other)) => return Some(other),
+                // Redis away: nobody else can take the lock meanwhile either.
+                Err(e) => tracing::warn!(error = %e, "cannot renew the coordinator lock; retrying"),
+            }
+        }
+    }
+
+    /// One attempt: `None` when this instance holds the lock now.
+    async fn hold_once(&mut self) -> redis::RedisResult<Option<Holder>> {
+        let (held, instance, remaining_ms): (i64, String, i64) =
+            redis::Script::new(scripts::HOLD_COORDINATOR)
+                .key(&self.key)
+                .arg(&self.instance)
+                .arg(self.ttl.as_millis() as u64)
+                .invoke_async(&mut self.connection)
+                .await?;
+        Ok((held != 1).then_some(Holder {
+            instance,
+            remaining_ms,
+        }))
+    }
+}
+
+/// The default instance name: this host and the API's listen address, the
+/// same across a restart in place, different for any other coordinator.
+pub fn default_instance(listen: &str) -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}/{listen}")
+}
