@@ -1,0 +1,173 @@
+//! The records the scheduler keeps and stores: unit and batch states, each
+//! unit's record and its attempts (stored in Redis as JSON).
+
+use regatta_proto::Outcome;
+use serde::{Deserialize, Serialize};
+
+/// Where a unit is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnitState {
+    Pending,
+    Ready,
+    Queued,
+    Running,
+    Succeeded,
+    NeedsReview,
+    Blocked,
+    Cancelled,
+    Skipped,
+}
+
+impl UnitState {
+    pub const ALL: [UnitState; 9] = [
+        UnitState::Pending,
+        UnitState::Ready,
+        UnitState::Queued,
+        UnitState::Running,
+        UnitState::Succeeded,
+        UnitState::NeedsReview,
+        UnitState::Blocked,
+        UnitState::Cancelled,
+        UnitState::Skipped,
+    ];
+
+    /// Says whether the unit counts as done for its dependents.
+    pub fn satisfies_dependents(self) -> bool {
+        matches!(self, UnitState::Succeeded | UnitState::Skipped)
+    }
+
+    /// Says whether nothing more will happen to the unit without a human.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            UnitState::Succeeded
+                | UnitState::NeedsReview
+                | UnitState::Blocked
+                | UnitState::Cancelled
+                | UnitState::Skipped
+        )
+    }
+
+    /// Says whether a session of the unit is published or running.
+    pub fn is_in_flight(self) -> bool {
+        matches!(self, UnitState::Queued | UnitState::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnitState::Pending => "pending",
+            UnitState::Ready => "ready",
+            UnitState::Queued => "queued",
+            UnitState::Running => "running",
+            UnitState::Succeeded => "succeeded",
+            UnitState::NeedsReview => "needs_review",
+            UnitState::Blocked => "blocked",
+            UnitState::Cancelled => "cancelled",
+            UnitState::Skipped => "skipped",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<UnitState> {
+        UnitState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+impl BatchState {
+    pub const ALL: [BatchState; 7] = [
+        BatchState::Calibrating,
+        BatchState::AwaitingApproval,
+        BatchState::Running,
+        BatchState::Paused,
+        BatchState::Succeeded,
+        BatchState::Failed,
+        BatchState::Cancelled,
+    ];
+
+    pub fn parse(text: &str) -> Option<BatchState> {
+        BatchState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// Where a batch is in its lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchState {
+    /// Only the first `calibration` units run; then a human (or the auto
+    /// ratio) approves the rest.
+    Calibrating,
+    /// The calibration units are done; nothing new starts until approved.
+    AwaitingApproval,
+    Running,
+    Paused,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl BatchState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BatchState::Calibrating => "calibrating",
+            BatchState::AwaitingApproval => "awaiting_approval",
+            BatchState::Running => "running",
+            BatchState::Paused => "paused",
+            BatchState::Succeeded => "succeeded",
+            BatchState::Failed => "failed",
+            BatchState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            BatchState::Succeeded | BatchState::Failed | BatchState::Cancelled
+        )
+    }
+}
+
+/// One attempt of a unit, as its history shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub attempt: u32,
+    pub session_id: String,
+    pub worker: Option<String>,
+    pub fencing: u64,
+    pub published_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub ended_at_ms: Option<i64>,
+    pub outcome: Option<Outcome>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub log_tail: String,
+    pub log_path: String,
+    pub gates: Vec<regatta_proto::GateReport>,
+    /// The session's evidence pack in the worker's artifact store.
+    #[serde(default)]
+    pub evidence: Option<regatta_proto::EvidenceRef>,
+}
+
+/// The runtime record of one unit; stored in Redis as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnitRecord {
+    pub id: String,
+    pub state: UnitState,
+    /// How many attempts failed in a way that uses up a retry.
+    pub failures: u32,
+    /// The number of the latest attempt (0 before the first).
+    pub attempt: u32,
+    /// Why the unit is where it is (a failure, what blocks it, what it waits for).
+    pub reason: Option<String>,
+    pub history: Vec<Attempt>,
+}
+
+impl UnitRecord {
+    /// The attempt now in flight or last finished.
+    pub fn current(&self) -> Option<&Attempt> {
+        self.history.last()
+    }
+
+    pub(super) fn current_mut(&mut self) -> Option<&mut Attempt> {
+        self.history.last_mut()
+    }
+}
