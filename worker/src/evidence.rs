@@ -15,16 +15,12 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use regatta_proto::evidence::{
-    self as schema, iso8601, outcome_name, verification, Escalation, LogRef, SessionPack,
-    PACK_FILE, SCHEMA_VERSION,
+    iso8601, outcome_name, verification, Escalation, LogRef, SessionPack, PACK_FILE, SCHEMA_VERSION,
 };
 use regatta_proto::{EvidenceRef, GateReport, Outcome, WorkOrder};
 use sha2::{Digest, Sha256};
 
-use crate::artifact::{
-    self, ArtifactError, ArtifactStore, Collection, HashedInput, RejectedFile, SessionFiles,
-    StoredFile,
-};
+use crate::artifact::{ArtifactError, ArtifactStore, Collection, SessionFiles};
 
 /// What the worker knows about a session once it is over.
 #[derive(Debug, Clone)]
@@ -172,9 +168,9 @@ pub fn build_pack(
         outcome: outcome_name(end.outcome).to_owned(),
         exit_code: end.exit_code,
         reason: end.reason.map(str::to_owned),
-        artifacts: collection.files.iter().map(packed_file).collect(),
-        rejected: collection.rejected.iter().map(packed_rejected).collect(),
-        inputs: collection.inputs.iter().map(packed_input).collect(),
+        artifacts: collection.files.clone(),
+        rejected: collection.rejected.clone(),
+        inputs: collection.inputs.clone(),
         log: collection.log().map(|log| LogRef {
             filename: log.filename.clone(),
             sha256: log.sha256.clone(),
@@ -189,66 +185,10 @@ pub fn build_pack(
     }
 }
 
-// The store's records and the pack's entries are separate types (the store
-// is the worker's, the pack is the contract in `regatta_proto::evidence`).
-// Each conversion destructures every field, so a field added on either side
-// fails to compile here instead of silently missing from packs.
-
-fn packed_stage(stage: artifact::Stage) -> schema::Stage {
-    match stage {
-        artifact::Stage::Output => schema::Stage::Output,
-        artifact::Stage::Artifact => schema::Stage::Artifact,
-        artifact::Stage::Log => schema::Stage::Log,
-    }
-}
-
-fn packed_file(file: &StoredFile) -> schema::StoredFile {
-    let StoredFile {
-        filename,
-        sha256,
-        stage,
-        path,
-        bytes,
-    } = file;
-    schema::StoredFile {
-        filename: filename.clone(),
-        sha256: sha256.clone(),
-        stage: packed_stage(*stage),
-        path: path.clone(),
-        bytes: *bytes,
-    }
-}
-
-fn packed_rejected(file: &RejectedFile) -> schema::RejectedFile {
-    let RejectedFile {
-        filename,
-        stage,
-        reason,
-    } = file;
-    schema::RejectedFile {
-        filename: filename.clone(),
-        stage: packed_stage(*stage),
-        reason: reason.clone(),
-    }
-}
-
-fn packed_input(input: &HashedInput) -> schema::HashedInput {
-    let HashedInput {
-        filename,
-        sha256,
-        bytes,
-    } = input;
-    schema::HashedInput {
-        filename: filename.clone(),
-        sha256: sha256.clone(),
-        bytes: *bytes,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::artifact::Stage;
+    use regatta_proto::evidence::{Stage, StoredFile};
 
     fn gate(name: &str, passed: bool, repairs: u32) -> GateReport {
         GateReport {
