@@ -58,6 +58,27 @@ pub fn write_session_script(dir: &Path) {
     crate::write_file(dir, "session.sh", SESSION_SCRIPT);
 }
 
+/// The `units:` items of a layered DAG: `layers` layers of `width` units,
+/// each depending on two units of the layer before; `extra` (e.g.
+/// `"    uses: [db]\n"`) is added to every unit.
+pub fn layered_units(layers: usize, width: usize, extra: &str) -> String {
+    let mut units = String::new();
+    for layer in 0..layers {
+        for i in 0..width {
+            units.push_str(&format!("  - id: u{layer}-{i}\n{extra}"));
+            if layer > 0 {
+                units.push_str(&format!(
+                    "    depends_on: [u{}-{i}, u{}-{}]\n",
+                    layer - 1,
+                    layer - 1,
+                    (i + 1) % width
+                ));
+            }
+        }
+    }
+    units
+}
+
 /// One session as its own script recorded it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedSession {

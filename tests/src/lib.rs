@@ -216,6 +216,16 @@ impl Fleet {
             }
             None => std::process::Command::new(&worker_binary),
         };
+        let own: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        fleet_env(
+            &mut command,
+            &self.namespace,
+            &self.secret,
+            &[&self.env, &own],
+        );
         let worker = command
             .args([
                 "--slots",
@@ -231,13 +241,6 @@ impl Fleet {
             .arg(self.artifact_store())
             .arg("--name")
             .arg(format!("w{n}"))
-            .env("REGATTA_NAMESPACE", &self.namespace)
-            .env("REGATTA_SECRET", &self.secret)
-            .env("REGATTA_AMQP_URL", amqp_url())
-            .env("REGATTA_REDIS_URL", redis_url())
-            .env("REGATTA_LOG", "warn")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .envs(env.iter().copied())
             .spawn()
             .expect("start regatta-worker");
         self.workers.push(worker);
@@ -301,26 +304,41 @@ impl Drop for Fleet {
     }
 }
 
+/// The settings every process of a fleet shares, then the fleet's extra
+/// environment and a process's own, each over the one before.
+fn fleet_env(
+    command: &mut std::process::Command,
+    namespace: &str,
+    secret: &str,
+    layers: &[&[(String, String)]],
+) {
+    command
+        .env("REGATTA_NAMESPACE", namespace)
+        .env("REGATTA_SECRET", secret)
+        .env("REGATTA_AMQP_URL", amqp_url())
+        .env("REGATTA_REDIS_URL", redis_url())
+        .env("REGATTA_LOG", "warn");
+    for layer in layers {
+        command.envs(layer.iter().map(|(k, v)| (k, v)));
+    }
+}
+
 /// Starts `regatta serve` on a free port; returns it and its API address.
 async fn spawn_coordinator(
     namespace: &str,
     secret: &str,
     env: &[(String, String)],
 ) -> (std::process::Child, String) {
-    let mut coordinator = std::process::Command::new(binary("regatta"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--reap-interval",
-            "200ms",
-        ])
-        .env("REGATTA_NAMESPACE", namespace)
-        .env("REGATTA_SECRET", secret)
-        .env("REGATTA_AMQP_URL", amqp_url())
-        .env("REGATTA_REDIS_URL", redis_url())
-        .env("REGATTA_LOG", "warn")
-        .envs(env.iter().map(|(k, v)| (k, v)))
+    let mut command = std::process::Command::new(binary("regatta"));
+    command.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--reap-interval",
+        "200ms",
+    ]);
+    fleet_env(&mut command, namespace, secret, &[env]);
+    let mut coordinator = command
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start regatta serve");
@@ -401,15 +419,19 @@ impl Fleet {
         &self,
         env: &[(&str, &str)],
     ) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
-        let mut rival = std::process::Command::new(binary("regatta"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("REGATTA_NAMESPACE", &self.namespace)
-            .env("REGATTA_SECRET", &self.secret)
-            .env("REGATTA_AMQP_URL", amqp_url())
-            .env("REGATTA_REDIS_URL", redis_url())
-            .env("REGATTA_LOG", "warn")
-            .envs(self.env.iter().map(|(k, v)| (k, v)))
-            .envs(env.iter().copied())
+        let own: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let mut command = std::process::Command::new(binary("regatta"));
+        command.args(["serve", "--listen", "127.0.0.1:0"]);
+        fleet_env(
+            &mut command,
+            &self.namespace,
+            &self.secret,
+            &[&self.env, &own],
+        );
+        let mut rival = command
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("start regatta serve");

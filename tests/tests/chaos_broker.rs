@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use regatta_coordinator::manifest::Manifest;
 use regatta_coordinator::scheduler::BatchState;
-use regatta_tests::invariants::{check_fleet_batch, write_session_script, Recording};
+use regatta_tests::invariants::{
+    check_fleet_batch, layered_units, write_session_script, Recording,
+};
 use regatta_tests::{write_file, Fleet};
 
 /// Starts the broker's application again when dropped.
@@ -41,20 +43,7 @@ async fn a_broker_restart_mid_batch_is_waited_out_and_the_batch_completes() {
     let dir = tempfile::tempdir().expect("temp dir");
     write_session_script(dir.path());
     let timings = dir.path().join("timings.txt");
-    let mut units = String::new();
-    for layer in 0..5 {
-        for i in 0..4 {
-            units.push_str(&format!("  - id: u{layer}-{i}\n"));
-            if layer > 0 {
-                units.push_str(&format!(
-                    "    depends_on: [u{}-{i}, u{}-{}]\n",
-                    layer - 1,
-                    layer - 1,
-                    (i + 1) % 4
-                ));
-            }
-        }
-    }
+    let units = layered_units(5, 4, "");
     write_file(
         dir.path(),
         "manifest.yaml",

@@ -13,7 +13,9 @@ use regatta_broker::BrokerLink;
 use regatta_coordinator::manifest::Manifest;
 use regatta_coordinator::scheduler::BatchState;
 use regatta_proto::Names;
-use regatta_tests::invariants::{check_fleet_batch, write_session_script, Recording};
+use regatta_tests::invariants::{
+    check_fleet_batch, layered_units, write_session_script, Recording,
+};
 use regatta_tests::proxy::Proxy;
 use regatta_tests::{rabbitmq, unique_namespace, write_file, Fleet};
 
@@ -63,20 +65,7 @@ async fn a_fleet_that_loses_the_broker_three_times_reconnects_and_completes_its_
     let dir = tempfile::tempdir().expect("temp dir");
     write_session_script(dir.path());
     let timings = dir.path().join("timings.txt");
-    let mut units = String::new();
-    for layer in 0..6 {
-        for i in 0..4 {
-            units.push_str(&format!("  - id: u{layer}-{i}\n    uses: [db]\n"));
-            if layer > 0 {
-                units.push_str(&format!(
-                    "    depends_on: [u{}-{i}, u{}-{}]\n",
-                    layer - 1,
-                    layer - 1,
-                    (i + 1) % 4
-                ));
-            }
-        }
-    }
+    let units = layered_units(6, 4, "    uses: [db]\n");
     write_file(
         dir.path(),
         "manifest.yaml",
