@@ -3,11 +3,12 @@
 //! [`CoordinatorLock::acquire`] until the first is gone.
 //!
 //! The lock is a Redis key holding the instance's id, renewed every third of
-//! its TTL. An instance is named by its host and listen address (or
+//! its TTL. An instance is named by its host and API address (or
 //! `--instance`), so a coordinator that crashes and restarts in place takes
 //! its own lock back at once, while a different one waits for the TTL to
 //! run out. A coordinator that finds another instance holding its lock (it
-//! was paused past the TTL, or cut off from Redis) stops.
+//! was paused past the TTL), or that could not renew it for most of the TTL
+//! (cut off from Redis), stops: another may hold it by then.
 
 use std::time::Duration;
 
@@ -30,6 +31,19 @@ pub struct CoordinatorLock {
 pub struct Holder {
     pub instance: String,
     pub remaining_ms: i64,
+}
+
+/// Why a coordinator no longer holds its lock.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Loss {
+    /// Another instance holds it now.
+    #[error("coordinator '{}' holds it now", .0.instance)]
+    TakenBy(Holder),
+    /// Renewals failed for most of the TTL (Redis unreachable, or this
+    /// process paused): another coordinator may take it any moment, so this
+    /// one must stop before it writes or publishes anything more.
+    #[error("not renewed for {0:?}, most of its TTL")]
+    Unrenewed(Duration),
 }
 
 impl CoordinatorLock {
@@ -66,7 +80,10 @@ impl CoordinatorLock {
                         told = Some(holder.instance);
                     }
                 }
-                Err(e) => return Err(Error::redis(redis_url, e)),
+                // Redis away at start: wait for it like everything else.
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot reach Redis for the coordinator lock; retrying")
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(ttl / 3) => {}
@@ -75,10 +92,11 @@ impl CoordinatorLock {
         }
     }
 
-    /// Renews the lock until `shutdown`, then lets it go. Returns the other
-    /// instance if the lock was lost to it: the caller must stop.
-    pub async fn hold(mut self, shutdown: CancellationToken) -> Option<Holder> {
+    /// Renews the lock until `shutdown`, then lets it go. Returns why the
+    /// lock was lost, if it was: the caller must stop at once.
+    pub async fn hold(mut self, shutdown: CancellationToken) -> Option<Loss> {
         let mut interval = tokio::time::interval(self.ttl / 3);
+        let mut renewed = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 _ = interval.tick() => {}
@@ -92,10 +110,15 @@ impl CoordinatorLock {
                 }
             }
             match self.hold_once().await {
-                Ok(None) => {}
-                Ok(Some(other)) => return Some(other),
-                // Redis away: nobody else can take the lock meanwhile either.
-                Err(e) => tracing::warn!(error = %e, "cannot renew the coordinator lock; retrying"),
+                Ok(None) => renewed = tokio::time::Instant::now(),
+                Ok(Some(other)) => return Some(Loss::TakenBy(other)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot renew the coordinator lock; retrying");
+                    let silent = renewed.elapsed();
+                    if silent > self.ttl * 2 / 3 {
+                        return Some(Loss::Unrenewed(silent));
+                    }
+                }
             }
         }
     }
@@ -116,8 +139,9 @@ impl CoordinatorLock {
     }
 }
 
-/// The default instance name: this host and the API's listen address, the
-/// same across a restart in place, different for any other coordinator.
+/// The default instance name: this host and the API's bound address, the
+/// same across a restart in place (same host, same port), different for any
+/// other coordinator.
 pub fn default_instance(listen: &str) -> String {
     let host = nix::unistd::gethostname()
         .ok()

@@ -337,6 +337,9 @@ async fn spawn_coordinator(
         "--reap-interval",
         "200ms",
     ]);
+    // One name across restarts, as a coordinator restarted in place has: it
+    // takes its lock back at once instead of waiting out the lock's TTL.
+    command.env("REGATTA_INSTANCE", format!("{namespace}-coordinator"));
     fleet_env(&mut command, namespace, secret, &[env]);
     let mut coordinator = command
         .stdout(std::process::Stdio::piped())

@@ -20,7 +20,8 @@ async fn a_second_coordinator_waits_until_the_first_is_gone_then_takes_over() {
     let env = [("REGATTA_LOCK_TTL", "2s"), ("REGATTA_INSTANCE", "first")];
     let mut fleet = Fleet::start_with_env("coordinator-lock", 0, 1, "30s", &env).await;
 
-    let (mut rival, lines) = fleet.spawn_rival_coordinator(&[("REGATTA_INSTANCE", "second")]);
+    let (rival, lines) = fleet.spawn_rival_coordinator(&[("REGATTA_INSTANCE", "second")]);
+    let mut rival = KilledOnDrop(rival);
     // While the first lives, the second does not start (no API, no publishing).
     std::thread::sleep(Duration::from_secs(4));
     assert!(
@@ -28,7 +29,7 @@ async fn a_second_coordinator_waits_until_the_first_is_gone_then_takes_over() {
         "a second coordinator started while the first held the namespace"
     );
     assert!(
-        rival.try_wait().expect("rival status").is_none(),
+        rival.0.try_wait().expect("rival status").is_none(),
         "the second coordinator waits, it does not exit"
     );
 
@@ -47,7 +48,16 @@ async fn a_second_coordinator_waits_until_the_first_is_gone_then_takes_over() {
     let batch = fleet.client().enqueue(&manifest).await.expect("enqueue");
     let summary = fleet.wait_for_end(&batch, Duration::from_secs(30)).await;
     assert_eq!(summary.state, BatchState::Succeeded, "{summary:?}");
-    let _ = rival.kill();
-    let _ = rival.wait();
+    drop(rival);
     fleet.stop().await;
+}
+
+/// A process killed when the test ends, however it ends.
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use regatta_coordinator::api;
-use regatta_coordinator::lock::{default_instance, CoordinatorLock};
+use regatta_coordinator::lock::{default_instance, CoordinatorLock, Loss};
 use regatta_coordinator::service::{Service, ServiceConfig};
 use regatta_proto::{Keys, Names, Signer};
 use tokio_util::sync::CancellationToken;
@@ -25,7 +25,7 @@ pub struct ServeArgs {
     #[arg(long, env = "REGATTA_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub lease_ttl: Duration,
     /// This coordinator's name in the namespace's lock (default: host and
-    /// listen address, so a restart in place takes its lock back at once).
+    /// API port, so a restart in place takes its lock back at once).
     #[arg(long, env = "REGATTA_INSTANCE")]
     pub instance: Option<String>,
     /// How long the namespace's lock outlives a coordinator that stopped
@@ -70,11 +70,17 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
         }
         signals.cancel();
     });
+    // Bound first: the default instance name is this host and this port, so
+    // two coordinators on one host never share a name.
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
     // One coordinator per namespace: a second one waits here.
     let instance = args
         .instance
         .clone()
-        .unwrap_or_else(|| default_instance(&args.listen));
+        .unwrap_or_else(|| default_instance(&address.to_string()));
     let Some(lock) = CoordinatorLock::acquire(
         &config.redis_url,
         &config.keys,
@@ -87,12 +93,23 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
         return Ok(ExitCode::SUCCESS);
     };
     tracing::info!(%instance, "coordinator lock held");
-    let service = Service::start(config, shutdown.clone()).await?;
-    let mut lost = tokio::spawn(lock.hold(shutdown.clone()));
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let address = listener.local_addr()?;
+    // Renewed from now on, while the service starts too.
+    let mut held = tokio::spawn(lock.hold(shutdown.clone()));
+    let lost = |ended: Result<Option<Loss>, tokio::task::JoinError>| -> anyhow::Error {
+        shutdown.cancel();
+        match ended {
+            Ok(Some(loss)) => anyhow::anyhow!(
+                "lost the lock of namespace '{}' ({loss}): this coordinator stops so that only one publishes",
+                connection.namespace
+            ),
+            Ok(None) => anyhow::anyhow!("stopped while starting"),
+            Err(e) => anyhow::anyhow!("the lock's renewal failed ({e}): this coordinator stops"),
+        }
+    };
+    let service = tokio::select! {
+        started = Service::start(config, shutdown.clone()) => started?,
+        ended = &mut held => return Err(lost(ended)),
+    };
     // Tests and scripts read this line to find a port chosen by the system.
     println!("listening on http://{address}");
     tracing::info!(%address, namespace = %connection.namespace, "coordinator ready");
@@ -105,19 +122,15 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
     tokio::select! {
         served = &mut serving => {
             // Let the lock go, so a successor does not wait out its TTL.
-            let _ = tokio::time::timeout(Duration::from_secs(2), &mut lost).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), &mut held).await;
             served?
         }
-        lost = &mut lost => {
-            if let Ok(Some(other)) = lost {
-                shutdown.cancel();
-                anyhow::bail!(
-                    "another coordinator ({}) took namespace '{}' over: this one stops so that only one publishes",
-                    other.instance,
-                    connection.namespace
-                );
+        ended = &mut held => {
+            if shutdown.is_cancelled() && matches!(ended, Ok(None)) {
+                serving.await?;
+            } else {
+                return Err(lost(ended));
             }
-            serving.await?;
         }
     }
     Ok(ExitCode::SUCCESS)
