@@ -321,14 +321,21 @@ impl Service {
                     evidence,
                 }),
             };
-            if matches!(report, Report::Finished(_)) {
-                // Before any publish that this result allows (settle below).
-                self.store.write(Write::Release {
-                    session_id: event.session_id.clone(),
-                });
-            }
+            // A worker's result (the reaper's own reports carry no fence).
+            let finished_fence = match &report {
+                Report::Finished(finish) if finish.fencing > 0 => Some(finish.fencing),
+                _ => None,
+            };
             let observed = Observation::of(&report);
             let effects = entry.batch.report(unit, &event.session_id, report, usage);
+            if let (Some(fence), false) = (finished_fence, effects.changed.is_empty()) {
+                // The result is applied: free its leases before any publish
+                // that it allows (settle below), under its fencing number.
+                self.store.write(Write::Release {
+                    session_id: event.session_id.clone(),
+                    fence,
+                });
+            }
             if !effects.changed.is_empty() {
                 self.observe(&entry.batch, unit, observed);
             }
@@ -377,25 +384,32 @@ impl Service {
         }
     }
 
-    /// The dead-letter queue as the broker sees it now, on a channel kept
-    /// for such reads and reopened after a loss; `None` if unreachable.
+    /// The dead-letter queue's depth as the broker sees it now; `None` when
+    /// the broker does not answer at once (a scrape never waits on an
+    /// outage, and never queues up behind another scrape).
     async fn dead_letter_depth(&self) -> Option<u32> {
-        let mut inspect = self.inspect.lock().await;
-        if !inspect.as_ref().is_some_and(|c| c.status().connected()) {
-            *inspect = self.link.channel().await.ok();
-        }
-        let queue = inspect
-            .as_ref()?
-            .queue_declare(
-                self.config.names.dead_letter_queue().as_str().into(),
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await;
-        queue.ok().map(|q| q.message_count())
+        let mut inspect = self.inspect.try_lock().ok()?;
+        let read = async {
+            if !inspect.as_ref().is_some_and(|c| c.status().connected()) {
+                *inspect = self.link.channel().await.ok();
+            }
+            let queue = inspect
+                .as_ref()?
+                .queue_declare(
+                    self.config.names.dead_letter_queue().as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            queue.ok().map(|q| q.message_count())
+        };
+        tokio::time::timeout(Duration::from_secs(2), read)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// The Prometheus text of every metric, with the gauges read now.

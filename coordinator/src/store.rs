@@ -23,7 +23,7 @@ pub enum Write {
     /// Frees a finished session's leases (idempotent), so that a unit the
     /// coordinator publishes next finds them free even before the worker's
     /// own release, which waits for the coordinator to hold the result.
-    Release { session_id: String },
+    Release { session_id: String, fence: u64 },
     /// Signals when every write queued before it is stored.
     Flush(oneshot::Sender<()>),
     /// Runs once every write queued before it is stored: how orders are
@@ -103,7 +103,7 @@ async fn writer(
                     pipe.zadd(keys.batches(), batch_id, created_ms).ignore();
                     commands += 1;
                 }
-                Write::Release { session_id } => {
+                Write::Release { session_id, fence } => {
                     pipe.cmd("EVAL")
                         .arg(regatta_proto::scripts::RELEASE)
                         .arg(3)
@@ -111,6 +111,7 @@ async fn writer(
                         .arg(keys.lease(&session_id))
                         .arg(keys.done(&session_id))
                         .arg(&session_id)
+                        .arg(fence)
                         .ignore();
                     commands += 1;
                 }

@@ -11,7 +11,7 @@
 //! {ns}:leases                       zset  session id -> lease expiry (ms), for the reaper
 //! {ns}:lease:{s}                    hash  the lease record of session s
 //! {ns}:fence                        counter of fencing numbers
-//! {ns}:done:{s}                     tombstone of a finished session (a day)
+//! {ns}:done:{s}                     tombstone of a finished session (a day): 1 released, reaped, deferred
 //! {ns}:capacities                   hash  resource -> capacity, shared by every batch
 //! {ns}:epoch                        set by the coordinator; missing = Redis lost its data
 //! {ns}:quiet                        while it lives (one lease TTL), no new lease is granted

@@ -81,16 +81,19 @@ return {1, fence, expiry}
 
 /// Extends every semaphore of a session, if it still holds all of them.
 ///
-/// KEYS: leases zset, lease hash, batch record. ARGV: session id, ttl ms, fence.
+/// KEYS: leases zset, lease hash, batch record, the session's tombstone.
+/// ARGV: session id, ttl ms, fence.
 /// Returns the new expiry in ms; 0 when the lease is lost (expired, reaped,
-/// or taken over): the holder must kill its session at once; or -1 when the
+/// or taken over): the holder must kill its session at once; -1 when the
 /// batch was cancelled: the lease is extended so that it holds while the
-/// holder stops its session.
+/// holder stops its session; or -2 when the session's leases were released
+/// (the coordinator holds its result): nothing to renew.
 pub const RENEW: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local session = ARGV[1]
 local fence = redis.call('HGET', KEYS[2], 'fence')
+if (not fence) and redis.call('GET', KEYS[4]) == '1' then return -2 end
 if (not fence) or fence ~= ARGV[3] then return 0 end
 local current = redis.call('ZSCORE', KEYS[1], session)
 if (not current) or tonumber(current) <= now then return 0 end
@@ -156,12 +159,19 @@ return 0
 
 /// Gives back every slot of a session at once.
 ///
-/// KEYS: leases zset, lease hash, the session's tombstone. ARGV: session id.
+/// KEYS: leases zset, lease hash, the session's tombstone. ARGV: session id,
+/// and optionally the fencing number the releaser knows: a lease of that
+/// session under another fencing number (a re-run after Redis lost its data)
+/// is not the releaser's, and is left alone (returns -1).
 /// The tombstone (kept a day) makes a duplicated order of a finished session
 /// refuse to run again. Returns 1 when a lease was released, 0 when there
 /// was none.
 pub const RELEASE: &str = r#"
 local session = ARGV[1]
+if ARGV[2] and ARGV[2] ~= '' then
+  local fence = redis.call('HGET', KEYS[2], 'fence')
+  if fence and fence ~= ARGV[2] then return -1 end
+end
 redis.call('SET', KEYS[3], '1', 'PX', 86400000)
 local held = redis.call('HGET', KEYS[2], 'semaphores')
 redis.call('ZREM', KEYS[1], session)
@@ -199,7 +209,7 @@ for _, session in ipairs(expired) do
   end
   redis.call('DEL', lease)
   redis.call('ZREM', KEYS[1], session)
-  redis.call('SET', ARGV[3] .. session, '1', 'PX', 86400000)
+  redis.call('SET', ARGV[3] .. session, 'reaped', 'PX', 86400000)
   out[#out + 1] = session
   out[#out + 1] = owner
 end

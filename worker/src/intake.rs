@@ -351,6 +351,9 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
         Arc::new(StopCause::default()),
         renewing.clone(),
         tokio::sync::watch::channel(0).0,
+        // At once: the session's own heartbeat may have renewed two thirds
+        // of a TTL ago.
+        Duration::ZERO,
     ));
     let session_end = crate::evidence::SessionEnd {
         order: &order,
@@ -388,7 +391,7 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
     match reported {
         Ok(()) => {
             // The coordinator releases them too when it applies the result.
-            if let Err(e) = shared.leases.release(&order.session_id).await {
+            if let Err(e) = shared.leases.release(&order.session_id, fence).await {
                 tracing::warn!(error = %e, "releasing leases failed; they expire with their TTL");
             }
         }
@@ -482,6 +485,7 @@ async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionS
         lost.clone(),
         session_over.clone(),
         renewed,
+        config.lease_ttl / 3,
     ));
 
     let mut env: Vec<(String, String)> = order
@@ -625,14 +629,17 @@ async fn heartbeat(
     cause: Arc<StopCause>,
     done: CancellationToken,
     renewed: tokio::sync::watch::Sender<u64>,
+    first_after: Duration,
 ) {
     let period = ttl / 3;
     let mut last_renewal = Instant::now();
+    let mut wait = first_after;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(period) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = done.cancelled() => return,
         }
+        wait = period;
         match tokio::time::timeout(period, leases.renew(&batch_id, &session_id, fence, ttl)).await {
             Ok(Ok(Renewal::Renewed)) => {
                 last_renewal = Instant::now();
@@ -646,6 +653,14 @@ async fn heartbeat(
                     tracing::info!(session = %session_id, "batch cancelled: stopping the session");
                     stop.gently.cancel();
                 }
+            }
+            Ok(Ok(Renewal::Released)) => {
+                // Only after the result is sent; a session still running
+                // has no business without its leases either.
+                tracing::debug!(session = %session_id, "leases released: renewals stop");
+                cause.lost.store(true, Ordering::SeqCst);
+                stop.now.cancel();
+                return;
             }
             Ok(Ok(Renewal::Lost)) => {
                 tracing::warn!(session = %session_id, "lease lost (expired or taken over): killing the session");

@@ -34,6 +34,8 @@ pub enum Renewal {
     Lost,
     /// The batch was cancelled: the session must die.
     Cancelled,
+    /// The leases were released: the session's result is with the coordinator.
+    Released,
 }
 
 /// Leases of one fleet in one Redis.
@@ -105,6 +107,7 @@ impl LeaseClient {
             .key(self.keys.leases())
             .key(self.keys.lease(session_id))
             .key(self.keys.batch(batch_id))
+            .key(self.keys.done(session_id))
             .arg(session_id)
             .arg(ttl.as_millis() as u64)
             .arg(fence)
@@ -113,18 +116,21 @@ impl LeaseClient {
         Ok(match expiry {
             e if e > 0 => Renewal::Renewed,
             -1 => Renewal::Cancelled,
+            -2 => Renewal::Released,
             _ => Renewal::Lost,
         })
     }
 
-    /// Gives back every slot of a session at once.
-    pub async fn release(&self, session_id: &str) -> Result<(), Error> {
+    /// Gives back every slot of a session at once, unless its leases now
+    /// belong to another holder of the same session (another `fence`).
+    pub async fn release(&self, session_id: &str, fence: u64) -> Result<(), Error> {
         let mut connection = self.connection.clone();
         let _: i64 = Script::new(scripts::RELEASE)
             .key(self.keys.leases())
             .key(self.keys.lease(session_id))
             .key(self.keys.done(session_id))
             .arg(session_id)
+            .arg(fence)
             .invoke_async(&mut connection)
             .await?;
         Ok(())
