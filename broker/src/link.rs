@@ -37,11 +37,25 @@ struct Inner {
     url: String,
     name: String,
     names: Names,
-    /// The current connection; `None` once closed for shutdown.
-    connection: Mutex<Option<Connection>>,
+    state: Mutex<State>,
     /// Connections built after the first: a loss each.
     rebuilds: AtomicU64,
 }
+
+struct State {
+    /// The current connection; `None` once closed for shutdown.
+    connection: Option<Connection>,
+    /// The last failed rebuild: callers queued behind it get its error
+    /// at once instead of each waiting out an attempt of their own.
+    failed: Option<(tokio::time::Instant, String)>,
+}
+
+/// How long a failed rebuild answers for the link before the next attempt.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// How long opening a channel or declaring the topology may take on a
+/// connection that looks alive but is not (until heartbeats notice).
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl BrokerLink {
     /// Connects and declares the topology; fails at once, naming the broker,
@@ -56,7 +70,10 @@ impl BrokerLink {
                 url: url.to_owned(),
                 name: name.to_owned(),
                 names,
-                connection: Mutex::new(Some(connection)),
+                state: Mutex::new(State {
+                    connection: Some(connection),
+                    failed: None,
+                }),
                 rebuilds: AtomicU64::new(0),
             }),
         })
@@ -66,28 +83,48 @@ impl BrokerLink {
     /// one is built and the topology declared on it first; if that fails,
     /// the error says why and the caller tries again after a pause.
     pub async fn channel(&self) -> Result<Channel, Error> {
-        let mut current = self.inner.connection.lock().await;
-        if let Some(connection) = current.as_ref() {
-            if connection.status().connected() {
-                match connection.create_channel().await {
-                    Ok(channel) => return Ok(channel),
-                    // Anything but a lost connection is the caller's to see.
-                    Err(e) if connection.status().connected() => return Err(e.into()),
-                    Err(_) => {}
-                }
+        let mut state = self.inner.state.lock().await;
+        let Some(connection) = state.connection.as_ref() else {
+            return Err(Error::Closed);
+        };
+        if connection.status().connected() {
+            match bounded(connection.create_channel()).await {
+                Ok(channel) => return Ok(channel),
+                // Anything but a lost connection is the caller's to see.
+                Err(e) if connection.status().connected() => return Err(e),
+                Err(_) => {}
             }
         }
+        if let Some((at, reason)) = &state.failed {
+            if at.elapsed() < RETRY_AFTER {
+                return Err(Error::Unavailable(reason.clone()));
+            }
+        }
+        match self.rebuild().await {
+            Ok((connection, channel)) => {
+                let rebuilds = self.inner.rebuilds.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::info!(
+                    broker = %redact_url(&self.inner.url),
+                    rebuilds,
+                    "broker connection rebuilt; topology declared"
+                );
+                state.connection = Some(connection);
+                state.failed = None;
+                Ok(channel)
+            }
+            Err(e) => {
+                state.failed = Some((tokio::time::Instant::now(), e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    /// A new connection with the topology declared on it, and a channel.
+    async fn rebuild(&self) -> Result<(Connection, Channel), Error> {
         let connection = open(&self.inner.url, &self.inner.name).await?;
-        let channel = connection.create_channel().await?;
-        declare_topology(&channel, &self.inner.names).await?;
-        let rebuilds = self.inner.rebuilds.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::info!(
-            broker = %redact_url(&self.inner.url),
-            rebuilds,
-            "broker connection rebuilt; topology declared"
-        );
-        *current = Some(connection);
-        Ok(channel)
+        let channel = bounded(connection.create_channel()).await?;
+        bounded(declare_topology(&channel, &self.inner.names)).await?;
+        Ok((connection, channel))
     }
 
     /// A new channel with publisher confirms on.
@@ -106,9 +143,22 @@ impl BrokerLink {
 
     /// Closes the connection for shutdown.
     pub async fn close(&self, reason: &str) {
-        if let Some(connection) = self.inner.connection.lock().await.take() {
+        if let Some(connection) = self.inner.state.lock().await.connection.take() {
             let _ = connection.close(200, reason.into()).await;
         }
+    }
+}
+
+/// Runs one broker operation within [`OPERATION_TIMEOUT`].
+async fn bounded<T>(
+    operation: impl std::future::Future<Output = lapin::Result<T>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(OPERATION_TIMEOUT, operation).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(Error::Unavailable(format!(
+            "no answer within {} s",
+            OPERATION_TIMEOUT.as_secs()
+        ))),
     }
 }
 

@@ -23,24 +23,21 @@ pub struct NetworkNamespace {
 }
 
 impl NetworkNamespace {
-    /// Creates the namespace and its veth pair in a /30 of 10.231.0.0/16
-    /// derived from `slot` (e.g. the test process id), so that tests of
-    /// different runs do not collide. Fails the test, saying what is needed,
-    /// if the machine does not allow it: a partition test never skips.
-    pub fn create(slot: u32) -> NetworkNamespace {
-        let tag = slot % 16_000;
-        let name = format!("regatta-{tag}");
-        let host_link = format!("rgh{tag}");
-        let inner_link = format!("rgn{tag}");
-        // Quad `tag` of 10.231.0.0/16: host .1, namespace .2.
-        let base = u32::from(Ipv4Addr::new(10, 231, 0, 0)) + tag * 4;
+    /// Creates the namespace and its veth pair, named after this test
+    /// process, in a /30 of 10.231.0.0/16 derived from its pid. First clears
+    /// what killed runs left (namespaces whose process is gone). Fails the
+    /// test, saying what is needed, if the machine does not allow it: a
+    /// partition test never skips.
+    pub fn create() -> NetworkNamespace {
+        clear_leftovers();
+        let pid = std::process::id();
+        let name = format!("regatta-{pid}");
+        let host_link = format!("rgh{pid}");
+        let inner_link = format!("rgn{pid}");
+        // Quad `pid % 16000` of 10.231.0.0/16: host .1, namespace .2.
+        let base = u32::from(Ipv4Addr::new(10, 231, 0, 0)) + (pid % 16_000) * 4;
         let host_address = Ipv4Addr::from(base + 1);
         let inner_address = Ipv4Addr::from(base + 2);
-        // A namespace left by a killed run of the same slot goes first.
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        let _ = Command::new("ip")
-            .args(["link", "del", &host_link])
-            .output();
         let namespace = NetworkNamespace {
             name: name.clone(),
             host_link: host_link.clone(),
@@ -133,6 +130,25 @@ impl Drop for NetworkNamespace {
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_link])
             .output();
+    }
+}
+
+/// Deletes the namespaces (and veth pairs) of test processes that are gone.
+fn clear_leftovers() {
+    let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or_default();
+        let Some(pid) = name.strip_prefix("regatta-") else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("rgh{pid}")])
+                .output();
+        }
     }
 }
 

@@ -43,7 +43,19 @@ async fn a_lost_connection_is_rebuilt_with_the_topology_it_lost() {
     );
 
     proxy.restore();
-    let channel = link.channel().await.expect("a channel once it is back");
+    // Callers back off between attempts; so does this one.
+    let mut attempts = 0;
+    let channel = loop {
+        match link.channel().await {
+            Ok(channel) => break channel,
+            Err(e) if attempts < 50 => {
+                attempts += 1;
+                eprintln!("not yet: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("no channel once the broker is back: {e}"),
+        }
+    };
     assert_eq!(link.rebuilds(), 1);
     for queue in names.queues(regatta_proto::names::DELIVERY_LIMIT) {
         let passive = QueueDeclareOptions {
