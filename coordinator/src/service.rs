@@ -462,8 +462,11 @@ impl Service {
         &self,
         shutdown: &CancellationToken,
     ) -> Result<(), regatta_broker::Error> {
-        // A new channel after any failure: delivery tags of the old one are void.
+        // A new channel after any failure: delivery tags of the old one are
+        // void. The topology is declared again: a queue deleted under a live
+        // connection would otherwise fail every subscription.
         let channel = self.link.confirm_channel().await?;
+        regatta_broker::declare_topology(&channel, &self.config.names).await?;
         channel.basic_qos(512, BasicQosOptions::default()).await?;
         let mut consumer = channel
             .basic_consume(

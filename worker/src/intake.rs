@@ -136,6 +136,9 @@ async fn slot_loop(shared: Arc<Shared>, slot: usize) {
 /// Opens a slot's channel: a prefetch of one delivery.
 async fn slot_channel(shared: &Shared) -> Result<Channel, regatta_broker::Error> {
     let channel = shared.link.channel().await?;
+    // Again on every (re)opened slot: a queue deleted under a live
+    // connection would otherwise fail every consume.
+    regatta_broker::declare_topology(&channel, &shared.config.names).await?;
     channel.basic_qos(1, BasicQosOptions::default()).await?;
     Ok(channel)
 }
