@@ -10,6 +10,8 @@
 //! was paused past the TTL), or that could not renew it for most of the TTL
 //! (cut off from Redis), stops: another may hold it by then.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -24,6 +26,42 @@ pub struct CoordinatorLock {
     key: String,
     instance: String,
     ttl: Duration,
+    tenure: Tenure,
+}
+
+/// Whether this coordinator may still write: its lock was renewed recently
+/// enough that no other coordinator can hold it yet. The store checks it
+/// before every write, so a coordinator that wakes from a pause, or comes
+/// back from a partition, writes nothing before it learns its fate.
+#[derive(Clone, Debug)]
+pub struct Tenure {
+    start: std::time::Instant,
+    /// Milliseconds from `start` to the last successful renewal.
+    renewed_ms: Arc<AtomicU64>,
+    /// How long after a renewal writes stay allowed.
+    valid_for: Duration,
+}
+
+impl Tenure {
+    fn new(ttl: Duration) -> Tenure {
+        Tenure {
+            start: std::time::Instant::now(),
+            renewed_ms: Arc::new(AtomicU64::new(0)),
+            valid_for: ttl * 2 / 3,
+        }
+    }
+
+    fn renewed(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.renewed_ms.store(now, Ordering::SeqCst);
+    }
+
+    /// True while the last renewal is recent enough.
+    pub fn is_current(&self) -> bool {
+        let since = (self.start.elapsed().as_millis() as u64)
+            .saturating_sub(self.renewed_ms.load(Ordering::SeqCst));
+        Duration::from_millis(since) < self.valid_for
+    }
 }
 
 /// Who holds a lock, and for how much longer.
@@ -65,11 +103,15 @@ impl CoordinatorLock {
             key: keys.coordinator(),
             instance: instance.to_owned(),
             ttl,
+            tenure: Tenure::new(ttl),
         };
         let mut told = None;
         loop {
             match lock.hold_once().await {
-                Ok(None) => return Ok(Some(lock)),
+                Ok(None) => {
+                    lock.tenure.renewed();
+                    return Ok(Some(lock));
+                }
                 Ok(Some(holder)) => {
                     if told.as_ref() != Some(&holder.instance) {
                         tracing::warn!(
@@ -110,7 +152,10 @@ impl CoordinatorLock {
                 }
             }
             match self.hold_once().await {
-                Ok(None) => renewed = tokio::time::Instant::now(),
+                Ok(None) => {
+                    renewed = tokio::time::Instant::now();
+                    self.tenure.renewed();
+                }
                 Ok(Some(other)) => return Some(Loss::TakenBy(other)),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot renew the coordinator lock; retrying");
@@ -121,6 +166,11 @@ impl CoordinatorLock {
                 }
             }
         }
+    }
+
+    /// What the store checks before each write.
+    pub fn tenure(&self) -> Tenure {
+        self.tenure.clone()
     }
 
     /// One attempt: `None` when this instance holds the lock now.
@@ -148,4 +198,27 @@ pub fn default_instance(listen: &str) -> String {
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".to_owned());
     format!("{host}/{listen}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenure_is_current_only_shortly_after_a_renewal() {
+        let tenure = Tenure::new(Duration::from_millis(300));
+        tenure.renewed();
+        assert!(tenure.is_current());
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(!tenure.is_current(), "two thirds of the TTL passed");
+        tenure.renewed();
+        assert!(tenure.is_current());
+    }
+
+    #[test]
+    fn the_default_instance_names_host_and_port() {
+        let name = default_instance("127.0.0.1:7700");
+        assert!(name.ends_with("/127.0.0.1:7700"), "{name}");
+        assert_ne!(name, default_instance("127.0.0.1:7701"));
+    }
 }

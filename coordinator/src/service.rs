@@ -57,6 +57,8 @@ pub struct ServiceConfig {
     /// The workers' lease TTL (the longest, if they differ): after Redis
     /// loses its data, no lease is granted for this long.
     pub lease_ttl: Duration,
+    /// The coordinator lock's tenure: no write while it is not current.
+    pub tenure: Option<crate::lock::Tenure>,
 }
 
 /// A live batch and its timings.
@@ -100,7 +102,12 @@ impl Service {
         let connection_name = format!("regatta-coordinator {}", config.names.namespace());
         let link =
             BrokerLink::connect(&config.amqp_url, &connection_name, config.names.clone()).await?;
-        let store = Store::connect(&config.redis_url, config.keys.clone()).await?;
+        let store = Store::connect(
+            &config.redis_url,
+            config.keys.clone(),
+            config.tenure.clone(),
+        )
+        .await?;
         let (publisher, outgoing) = mpsc::unbounded_channel();
         let fleet = restore(&store, &config).await?;
         let service = Service {

@@ -9,6 +9,7 @@ use redis::aio::ConnectionManager;
 use regatta_proto::Keys;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::lock::Tenure;
 use crate::Error;
 
 /// One change to store.
@@ -44,14 +45,15 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects and starts the writer task.
-    pub async fn connect(url: &str, keys: Keys) -> Result<Store, Error> {
+    /// Connects and starts the writer task. With a `tenure`, nothing is
+    /// written while the coordinator's lock is not known to be held.
+    pub async fn connect(url: &str, keys: Keys, tenure: Option<Tenure>) -> Result<Store, Error> {
         let client = redis::Client::open(url).map_err(|e| Error::redis(url, e))?;
         let connection = ConnectionManager::new(client)
             .await
             .map_err(|e| Error::redis(url, e))?;
         let (sender, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(writer(connection.clone(), keys.clone(), receiver));
+        tokio::spawn(writer(connection.clone(), keys.clone(), receiver, tenure));
         Ok(Store {
             sender,
             keys,
@@ -81,6 +83,7 @@ async fn writer(
     mut connection: ConnectionManager,
     keys: Keys,
     mut receiver: mpsc::UnboundedReceiver<Write>,
+    tenure: Option<Tenure>,
 ) {
     let mut batch = Vec::new();
     while receiver.recv_many(&mut batch, 512).await > 0 {
@@ -117,6 +120,17 @@ async fn writer(
                 }
                 Write::Flush(done) => flushes.push(done),
                 Write::Then(callback) => callbacks.push(callback),
+            }
+        }
+        // A coordinator whose lock renewal is overdue (paused, cut off)
+        // writes nothing, and so publishes nothing, until it is renewed or
+        // the lock's holder stops this process.
+        if let Some(tenure) = &tenure {
+            if !tenure.is_current() {
+                tracing::warn!("the coordinator lock is not renewed: writes wait");
+                while !tenure.is_current() {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
             }
         }
         // Redis outages are waited out: the writes stay queued in order.

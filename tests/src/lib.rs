@@ -458,6 +458,11 @@ impl Fleet {
         let _ = self.coordinator.wait();
     }
 
+    /// The coordinator's exit status, if it has exited.
+    pub fn coordinator_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.coordinator.try_wait().ok().flatten()
+    }
+
     /// Points the fleet's client at another coordinator's API.
     pub fn use_api(&mut self, api: &str) {
         self.api = api.to_owned();

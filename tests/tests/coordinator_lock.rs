@@ -52,6 +52,57 @@ async fn a_second_coordinator_waits_until_the_first_is_gone_then_takes_over() {
     fleet.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_coordinator_that_lost_its_lock_stops_when_it_wakes() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_file(
+        dir.path(),
+        "manifest.yaml",
+        "batch: paused\nplaybook:\n  name: p\n  run: 'true'\nunits:\n  - id: a\n  - id: b\n    depends_on: [a]\n",
+    );
+    let manifest = Manifest::load(&dir.path().join("manifest.yaml")).expect("valid");
+    let env = [("REGATTA_LOCK_TTL", "2s"), ("REGATTA_INSTANCE", "first")];
+    let mut fleet = Fleet::start_with_env("coordinator-pause", 0, 1, "30s", &env).await;
+    let (rival, lines) = fleet.spawn_rival_coordinator(&[("REGATTA_INSTANCE", "second")]);
+    let _rival = KilledOnDrop(rival);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(lines.try_recv().is_err(), "the rival waits");
+
+    // Paused past its lock's TTL: the rival takes the namespace over.
+    let first = Pid::from_raw(fleet.coordinator_pid() as i32);
+    kill(first, Signal::SIGSTOP).expect("SIGSTOP the coordinator");
+    let took_over = lines.recv_timeout(Duration::from_secs(20));
+    kill(first, Signal::SIGCONT).expect("SIGCONT the coordinator");
+    let first_line = took_over.expect("the rival took over from the paused coordinator");
+    let api = first_line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first_line:?}"));
+
+    // Awake, the first finds its lock taken and stops, with a failure.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = fleet.coordinator_exit() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the paused coordinator still runs after it woke without its lock"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success(), "it stops with a failure: {status}");
+
+    fleet.use_api(api);
+    fleet.add_worker(1);
+    let batch = fleet.client().enqueue(&manifest).await.expect("enqueue");
+    let summary = fleet.wait_for_end(&batch, Duration::from_secs(30)).await;
+    assert_eq!(summary.state, BatchState::Succeeded, "{summary:?}");
+    fleet.stop().await;
+}
+
 /// A process killed when the test ends, however it ends.
 struct KilledOnDrop(std::process::Child);
 

@@ -46,7 +46,7 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
         .context(
             "REGATTA_SECRET (or --secret) is required: it signs the work orders workers accept",
         )?;
-    let config = ServiceConfig {
+    let mut config = ServiceConfig {
         amqp_url: connection.amqp_url.clone(),
         redis_url: connection.redis_url.clone(),
         names: Names::new(&connection.namespace)?,
@@ -54,6 +54,7 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
         signer: Signer::new(secret.as_bytes()),
         reap_interval: args.reap_interval,
         lease_ttl: args.lease_ttl,
+        tenure: None,
     };
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
@@ -93,6 +94,7 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
         return Ok(ExitCode::SUCCESS);
     };
     tracing::info!(%instance, "coordinator lock held");
+    config.tenure = Some(lock.tenure());
     // Renewed from now on, while the service starts too.
     let mut held = tokio::spawn(lock.hold(shutdown.clone()));
     let lost = |ended: Result<Option<Loss>, tokio::task::JoinError>| -> anyhow::Error {
