@@ -43,7 +43,8 @@ pub struct Tenure {
 }
 
 impl Tenure {
-    fn new(ttl: Duration) -> Tenure {
+    /// A tenure for a lock of `ttl`, counted as renewed when it is made.
+    pub fn new(ttl: Duration) -> Tenure {
         Tenure {
             start: std::time::Instant::now(),
             renewed_ms: Arc::new(AtomicU64::new(0)),
@@ -51,7 +52,8 @@ impl Tenure {
         }
     }
 
-    fn renewed(&self) {
+    /// Records a successful renewal, now.
+    pub fn renewed(&self) {
         let now = self.start.elapsed().as_millis() as u64;
         self.renewed_ms.store(now, Ordering::SeqCst);
     }

@@ -164,3 +164,24 @@ async fn the_api_wants_the_token_when_one_is_set() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     fleet.stop().await;
 }
+
+#[test]
+fn serve_refuses_a_lock_ttl_or_reap_interval_it_cannot_use() {
+    for (flag, value) in [
+        ("--lock-ttl", "0s"),
+        ("--lock-ttl", "200ms"),
+        ("--reap-interval", "0s"),
+    ] {
+        let output = Command::new(binary("regatta"))
+            .args(["serve", "--listen", "127.0.0.1:0", flag, value])
+            .env("REGATTA_SECRET", "s")
+            .output()
+            .expect("run regatta serve");
+        assert!(!output.status.success(), "{flag} {value} was accepted");
+        assert!(
+            stderr(&output).contains(flag),
+            "the error names {flag}: {}",
+            stderr(&output)
+        );
+    }
+}

@@ -112,3 +112,46 @@ impl Drop for KilledOnDrop {
         let _ = self.0.wait();
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_whose_lock_renewal_is_overdue_writes_nothing() {
+    use redis::AsyncCommands;
+    use regatta_coordinator::lock::Tenure;
+    use regatta_coordinator::store::{Store, Write};
+
+    let namespace = regatta_tests::unique_namespace("tenure");
+    let keys = regatta_proto::Keys::new(&namespace).expect("keys");
+    let tenure = Tenure::new(Duration::from_millis(300));
+    let store = Store::connect(
+        &regatta_tests::redis_url(),
+        keys.clone(),
+        Some(tenure.clone()),
+    )
+    .await
+    .expect("connect the store");
+    let key = keys.batch("b");
+    let mut redis = regatta_tests::redis().await;
+
+    // Two thirds of the TTL pass without a renewal: the write waits.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert!(!tenure.is_current());
+    store.write(Write::Hash {
+        key: key.clone(),
+        fields: vec![("state".into(), "running".into())],
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let early: Option<String> = redis.hget(&key, "state").await.expect("read");
+    assert_eq!(
+        early, None,
+        "written while the lock was not known to be held"
+    );
+
+    // Renewed: the queued write lands, in order.
+    tenure.renewed();
+    tokio::time::timeout(Duration::from_secs(5), store.flushed())
+        .await
+        .expect("the write lands once the lock is renewed");
+    let late: Option<String> = redis.hget(&key, "state").await.expect("read");
+    assert_eq!(late.as_deref(), Some("running"));
+    regatta_tests::delete_keys(&mut redis, &namespace).await;
+}

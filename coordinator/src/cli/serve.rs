@@ -46,6 +46,15 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
         .context(
             "REGATTA_SECRET (or --secret) is required: it signs the work orders workers accept",
         )?;
+    anyhow::ensure!(
+        args.lock_ttl >= Duration::from_secs(1),
+        "--lock-ttl must be at least 1s (it was {:?}): the lock is renewed every third of it",
+        args.lock_ttl
+    );
+    anyhow::ensure!(
+        !args.reap_interval.is_zero(),
+        "--reap-interval must be more than 0s"
+    );
     let mut config = ServiceConfig {
         amqp_url: connection.amqp_url.clone(),
         redis_url: connection.redis_url.clone(),
