@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 use regatta_coordinator::manifest::Manifest;
-use regatta_coordinator::scheduler::BatchState;
+use regatta_coordinator::scheduler::{BatchState, UnitState};
 use regatta_proto::{Keys, Outcome};
 use regatta_tests::invariants::{check_fleet_batch, write_session_script, Recording};
 use regatta_tests::proxy::Proxy;
@@ -88,4 +88,72 @@ async fn wait_for<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> O
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The coordinator frees a finished session's leases itself, as it applies
+/// the result: a worker that cannot reach Redis to release them (here, cut
+/// off from it after its session) does not hold the next unit back until
+/// the lease TTL runs out.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_coordinator_frees_a_finished_sessions_leases_when_it_applies_the_result() {
+    let redis_proxy = Proxy::start("127.0.0.1:6379").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_session_script(dir.path());
+    let timings = dir.path().join("timings.txt");
+    write_file(
+        dir.path(),
+        "manifest.yaml",
+        &format!(
+            "batch: release\nresources: {{db: 1}}\nplaybook:\n  name: record\n  run: ./session.sh\n  env: {{TIMINGS: {}, SLEEP: '0'}}\nunits:\n  - id: work\n    uses: [db]\n    env: {{SLEEP_ATTEMPT_1: '2'}}\n  - id: after\n    depends_on: [work]\n    uses: [db]\n",
+            timings.display()
+        ),
+    );
+    let manifest = Manifest::load(&dir.path().join("manifest.yaml")).expect("valid");
+    // A 30 s TTL: were the leases left to expire, `after` would wait that long.
+    let mut fleet = Fleet::start("chaos-release", 0, 1, "30s").await;
+    let redis_url = format!("redis://127.0.0.1:{}/", redis_proxy.port);
+    fleet.add_worker_with_env(1, &[("REGATTA_REDIS_URL", redis_url.as_str())]);
+    let batch = fleet.client().enqueue(&manifest).await.expect("enqueue");
+    let session = wait_for(Duration::from_secs(20), "work to start", || {
+        let recording = Recording::read(&timings);
+        let first = recording.of_unit("work").next().map(|s| s.session.clone());
+        first
+    })
+    .await;
+    // A second worker for `after`; the first loses Redis, so it cannot
+    // release the leases it holds once its session ends.
+    fleet.add_worker(1);
+    redis_proxy.cut();
+    let ended_ms = wait_for(Duration::from_secs(20), "work to end", || {
+        Recording::read(&timings).session(&session)?.end_ms
+    })
+    .await;
+    let client = fleet.client();
+    for _ in 0..200 {
+        let units = client.units(&batch, None).await.expect("units");
+        if units
+            .iter()
+            .any(|u| u.id == "work" && u.state == UnitState::Succeeded)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Out of the way, so that `after` runs on the healthy worker.
+    fleet.kill_worker(0);
+    let summary = fleet.wait_for_end(&batch, Duration::from_secs(60)).await;
+    assert_eq!(summary.state, BatchState::Succeeded, "{summary:?}");
+    let started_ms = Recording::read(&timings)
+        .of_unit("after")
+        .next()
+        .expect("after ran")
+        .start_ms;
+    assert!(
+        started_ms - ended_ms < 15_000,
+        "`after` waited {} ms for leases the coordinator should have freed",
+        started_ms - ended_ms
+    );
+    let report = check_fleet_batch(&fleet, &batch, &manifest, &timings).await;
+    assert!(report.is_clean(), "{report}");
+    fleet.stop().await;
 }
