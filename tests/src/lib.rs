@@ -44,6 +44,47 @@ pub async fn rabbitmq() -> lapin::Connection {
     }
 }
 
+/// Reads up to `count` messages off the namespace's dead-letter queue
+/// within `timeout`, acking each: their payloads and the reasons in their
+/// header (or a note that the header is missing, for the test to show).
+pub async fn dead_letters(
+    channel: &lapin::Channel,
+    names: &regatta_proto::Names,
+    count: usize,
+    timeout: std::time::Duration,
+) -> Vec<(Vec<u8>, String)> {
+    use futures::StreamExt;
+    use lapin::types::AMQPValue;
+    use regatta_proto::REASON_HEADER;
+
+    let mut consumer = channel
+        .basic_consume(
+            names.dead_letter_queue().as_str().into(),
+            "regatta-tests".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("consume dead letters");
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut letters = Vec::new();
+    while letters.len() < count {
+        let next = tokio::time::timeout_at(deadline, consumer.next()).await;
+        let Ok(Some(Ok(delivery))) = next else { break };
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        let reason = match headers.inner().get(REASON_HEADER) {
+            Some(AMQPValue::LongString(reason)) => reason.to_string(),
+            other => format!("(no {REASON_HEADER} header: {other:?})"),
+        };
+        delivery
+            .ack(lapin::options::BasicAckOptions::default())
+            .await
+            .expect("ack a dead letter");
+        letters.push((delivery.data, reason));
+    }
+    letters
+}
+
 /// A channel with publisher confirms on, for tests that publish.
 pub async fn confirm_channel(connection: &lapin::Connection) -> lapin::Channel {
     let channel = connection.create_channel().await.expect("open a channel");

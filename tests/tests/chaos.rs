@@ -21,9 +21,6 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions};
-use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -33,7 +30,6 @@ use regatta_coordinator::scheduler::{Attempt, BatchState, UnitState};
 use regatta_coordinator::service::UnitView;
 use regatta_proto::{
     open, seal, EventKind, LeaseDemand, Names, Outcome, SessionEvent, Signer, WorkOrder,
-    REASON_HEADER,
 };
 use regatta_tests::invariants::{
     check, now_ms, process_alive, write_session_script, Evidence, InvariantReport, Recording,
@@ -834,30 +830,11 @@ async fn poison_beside_a_batch(
         .await
         .expect("publish poison");
     }
-    let mut dead = channel
-        .basic_consume(
-            names.dead_letter_queue().as_str().into(),
-            "chaos".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume dead letters");
-    let mut reasons: BTreeMap<Vec<u8>, String> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while reasons.len() < poison.len() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(Some(Ok(delivery))) = tokio::time::timeout(left, dead.next()).await else {
-            break;
-        };
-        let headers = delivery.properties.headers().clone().unwrap_or_default();
-        let reason = match headers.inner().get(REASON_HEADER) {
-            Some(AMQPValue::LongString(s)) => s.to_string(),
-            other => format!("(no {REASON_HEADER} header: {other:?})"),
-        };
-        reasons.insert(delivery.data.clone(), reason);
-        delivery.ack(BasicAckOptions::default()).await.expect("ack");
-    }
+    let reasons: BTreeMap<Vec<u8>, String> =
+        regatta_tests::dead_letters(&channel, &names, poison.len(), Duration::from_secs(15))
+            .await
+            .into_iter()
+            .collect();
     for (payload, expected) in &poison {
         match reasons.get(payload) {
             Some(reason) => assert!(

@@ -3,14 +3,11 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions};
-use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use regatta_broker as broker;
 use regatta_coordinator::manifest::Manifest;
 use regatta_coordinator::scheduler::BatchState;
-use regatta_proto::{seal, Names, Signer, WorkOrder, REASON_HEADER};
+use regatta_proto::{seal, Names, Signer, WorkOrder};
 use regatta_tests::{rabbitmq, write_file, Fleet};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -37,30 +34,13 @@ async fn garbage_and_forged_orders_are_dead_lettered_and_work_goes_on() {
         .expect("publish");
     }
 
-    let mut dead = channel
-        .basic_consume(
-            names.dead_letter_queue().as_str().into(),
-            "test".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
-    let mut reasons = Vec::new();
-    for _ in 0..2 {
-        let delivery = tokio::time::timeout(Duration::from_secs(20), dead.next())
-            .await
-            .expect("a dead letter within 20 s")
-            .expect("open")
-            .expect("delivery");
-        let headers = delivery.properties.headers().clone().unwrap_or_default();
-        let reason = match headers.inner().get(REASON_HEADER) {
-            Some(AMQPValue::LongString(s)) => s.to_string(),
-            other => panic!("no reason header: {other:?}"),
-        };
-        reasons.push(reason);
-        delivery.ack(BasicAckOptions::default()).await.expect("ack");
-    }
+    let letters = regatta_tests::dead_letters(&channel, &names, 2, Duration::from_secs(20)).await;
+    let reasons: Vec<String> = letters.into_iter().map(|(_, reason)| reason).collect();
+    assert_eq!(
+        reasons.len(),
+        2,
+        "two dead letters within 20 s: {reasons:?}"
+    );
     assert!(
         reasons.iter().any(|r| r.contains("not a regatta message")),
         "{reasons:?}"
@@ -106,30 +86,9 @@ async fn an_unreadable_event_is_dead_lettered_by_the_coordinator() {
     )
     .await
     .expect("publish");
-    let mut dead = channel
-        .basic_consume(
-            names.dead_letter_queue().as_str().into(),
-            "test".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
-    let delivery = tokio::time::timeout(Duration::from_secs(20), dead.next())
-        .await
-        .expect("a dead letter within 20 s")
-        .expect("open")
-        .expect("delivery");
-    assert_eq!(delivery.data, b"not an event");
-    let headers = delivery.properties.headers().clone().unwrap_or_default();
-    match headers.inner().get(REASON_HEADER) {
-        Some(AMQPValue::LongString(reason)) => {
-            assert!(
-                reason.to_string().contains("not a regatta message"),
-                "{reason}"
-            )
-        }
-        other => panic!("no reason header: {other:?}"),
-    }
+    let letters = regatta_tests::dead_letters(&channel, &names, 1, Duration::from_secs(20)).await;
+    let (payload, reason) = letters.first().expect("a dead letter within 20 s");
+    assert_eq!(payload, b"not an event");
+    assert!(reason.contains("not a regatta message"), "{reason}");
     fleet.stop().await;
 }
