@@ -285,6 +285,31 @@ async fn a_full_artifact_store_never_lets_a_session_succeed_there() {
     assert_handed_back(std::slice::from_ref(&first), "No space left on device");
     let record = wait_unhealthy(&fleet, "faulty", Duration::from_secs(30)).await;
     println!("handed back: {:?}; health: {record}", first.reason);
+    // The disk stays full, so the worker stays out, and says so.
+    let status = tokio::process::Command::new(binary("regatta"))
+        .args(["status", &batch])
+        .env("REGATTA_API", &fleet.api)
+        .env_remove("REGATTA_API_TOKEN")
+        .output()
+        .await
+        .expect("run regatta status");
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("workers: 1 live, 1 unhealthy")
+            && status.contains("worker faulty takes no work: worker fault: ")
+            && status.contains("No space left on device"),
+        "{status}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", fleet.api))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("regatta_workers{worker=\"faulty\",healthy=\"false\"} 1"),
+        "{metrics}"
+    );
     let unit = &client.units(&batch, None).await.expect("units")[0];
     assert_ne!(unit.state, UnitState::Succeeded, "{unit:?}");
     assert_ne!(unit.state, UnitState::NeedsReview, "{unit:?}");

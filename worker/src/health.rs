@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
+use regatta_proto::WorkerHealth;
 use tokio_util::sync::CancellationToken;
 
 /// How a worker-side fault starts a session's reason, so a reviewer (and
@@ -34,18 +34,6 @@ const PUBLISH_EVERY: Duration = Duration::from_secs(2);
 /// hand back the same units in a loop.
 const MIN_HOLD_OFF: Duration = Duration::from_secs(2);
 const MAX_HOLD_OFF: Duration = Duration::from_secs(60);
-
-/// The record a worker publishes about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HealthRecord {
-    pub worker: String,
-    pub healthy: bool,
-    /// Why it takes no work, when unhealthy.
-    pub reason: Option<String>,
-    pub slots: usize,
-    /// When it was written (ms since the epoch, the worker's clock).
-    pub at_ms: i64,
-}
 
 #[derive(Debug, Default)]
 struct State {
@@ -158,9 +146,9 @@ impl Health {
     }
 
     /// The record to publish.
-    pub fn record(&self, worker: &str, slots: usize) -> HealthRecord {
+    pub fn record(&self, worker: &str, slots: usize) -> WorkerHealth {
         let fault = self.fault();
-        HealthRecord {
+        WorkerHealth {
             worker: worker.to_owned(),
             healthy: fault.is_none(),
             reason: fault,
