@@ -360,3 +360,57 @@ async fn a_chatty_session_on_a_full_work_disk_is_not_killed_by_sigpipe() {
     drop((faulty, disk));
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_that_cannot_create_session_folders_spends_no_retry() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let m = manifest(dir.path(), 5, "{}");
+    let fleet = Fleet::start("wf-workdir", 0, 1, "10s").await;
+    let client = fleet.client();
+    let batch = client.enqueue(&m).await.expect("enqueue");
+    // The work dir passes its probe, but a file sits where the batch's
+    // session folders must go (as a broken or read-only disk would refuse them).
+    let work = dir.path().join("faulty-work");
+    std::fs::create_dir_all(&work).expect("work dir");
+    std::fs::write(work.join(&batch), b"in the way").expect("plant");
+    let started = Instant::now();
+    let faulty = Worker::start(
+        &fleet,
+        "faulty",
+        &work,
+        &dir.path().join("faulty-store"),
+        dir.path(),
+    );
+    wait_for_attempt_of(&fleet, &batch, "faulty", Duration::from_secs(60)).await;
+    wait_unhealthy(&fleet, "faulty", Duration::from_secs(30)).await;
+    // Before: 5 units needs_review within 0.2 s. Now none is, and none spent a retry.
+    let units = client.units(&batch, None).await.expect("units");
+    println!(
+        "after {:?}: {:?}",
+        started.elapsed(),
+        units
+            .iter()
+            .map(|u| (u.state, u.failures))
+            .collect::<Vec<_>>()
+    );
+    for unit in &units {
+        assert_ne!(unit.state, UnitState::NeedsReview, "{unit:?}");
+        assert_eq!(unit.failures, 0, "{unit:?}");
+    }
+    let healthy = Worker::start(
+        &fleet,
+        "healthy",
+        &dir.path().join("healthy-work"),
+        &fleet.artifact_store(),
+        dir.path(),
+    );
+    fleet.wait_for_end(&batch, Duration::from_secs(120)).await;
+    let units = client.units(&batch, None).await.expect("units");
+    assert_all_succeeded_with_evidence(&units, &fleet.artifact_store());
+    assert_handed_back(
+        &attempts_of(&units, "faulty"),
+        "cannot create the session folder",
+    );
+    drop((faulty, healthy));
+    fleet.stop().await;
+}
