@@ -326,6 +326,20 @@ async fn a_full_artifact_store_never_lets_a_session_succeed_there() {
     let units = client.units(&batch, None).await.expect("units");
     assert_all_succeeded_with_evidence(&units, &fleet.artifact_store());
     assert_handed_back(&attempts_of(&units, "faulty"), "No space left on device");
+    // Room made on its disk, the faulty worker takes work again.
+    std::fs::remove_dir_all(disk.path.join(&batch)).expect("make room");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let record = health(&fleet, "faulty").await;
+        if record.as_ref().is_some_and(|r| r["healthy"] == true) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the worker never came back: {record:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop((faulty, healthy, disk));
     fleet.stop().await;
 }

@@ -182,8 +182,10 @@ async fn take_one(
             return Ok(None);
         }
         _ = shared.health.became_unhealthy() => {
+            // Closing the channel hands back a delivery that may be in
+            // flight to it; the slot opens a new one once healthy.
             let _ = channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .close(200, "worker unhealthy: taking no work".into())
                 .await;
             return Ok(None);
         }
