@@ -94,6 +94,7 @@ pub fn router(service: Service, token: Option<String>) -> Router {
         )
         .route("/v1/batches/{id}", get(show_batch))
         .route("/v1/leases", get(list_leases))
+        .route("/v1/workers", get(list_workers))
         .route("/v1/batches/{id}/units", get(list_units))
         .route("/v1/batches/{id}/sessions", get(list_sessions))
         .route("/v1/batches/{id}/units/{unit}/log", get(unit_log))
@@ -186,6 +187,13 @@ async fn list_leases(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<crate::service::LeaseView>>, Error> {
     Ok(Json(state.service.leases().await?))
+}
+
+/// Live workers and their health, as they report it.
+async fn list_workers(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<regatta_proto::WorkerHealth>>, Error> {
+    Ok(Json(state.service.workers().await?))
 }
 
 async fn show_batch(

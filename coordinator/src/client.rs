@@ -105,6 +105,11 @@ impl ApiClient {
         self.get("/v1/leases").await
     }
 
+    /// Live workers and their health.
+    pub async fn workers(&self) -> Result<Vec<regatta_proto::WorkerHealth>, ClientError> {
+        self.get("/v1/workers").await
+    }
+
     pub async fn batch(&self, id: &str) -> Result<BatchSummary, ClientError> {
         self.get(&format!("/v1/batches/{id}")).await
     }

@@ -26,8 +26,15 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use regatta_proto::evidence::{iso8601, single_segment, PACK_FILE};
+use regatta_proto::Outcome;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use regular_file::{open_regular, open_regular_beneath, Refusal};
+pub use signature::{SignatureCheck, SIGNATURE_FILE};
+
+mod regular_file;
+mod signature;
 
 use crate::scheduler::UnitState;
 use crate::service::UnitView;
@@ -124,6 +131,15 @@ pub enum ProblemKind {
     Unreadable(String),
     /// A session pack that names another unit or session than its entry.
     WrongSession(String),
+    /// A symlink, FIFO, device or folder where a file should be: never
+    /// read (a FIFO would hang the reader, a symlink vouch for elsewhere).
+    NotRegular(String),
+    /// A unit that succeeded without a pack of its succeeding session: its
+    /// success is vouched for by nothing. `path` is the unit's id.
+    UnitWithoutPack,
+    /// `batch-pack.json.sig` does not match `batch-pack.json` under the key
+    /// given: the folder was changed after it was signed, or by someone else.
+    BadSignature(String),
 }
 
 impl fmt::Display for Problem {
@@ -140,6 +156,12 @@ impl fmt::Display for Problem {
             ProblemKind::Escapes => write!(f, "{path}: the path escapes the folder"),
             ProblemKind::Unreadable(why) => write!(f, "{path}: unreadable pack: {why}"),
             ProblemKind::WrongSession(why) => write!(f, "{path}: {why}"),
+            ProblemKind::NotRegular(why) => write!(f, "{path}: {why}"),
+            ProblemKind::UnitWithoutPack => write!(
+                f,
+                "unit '{path}' succeeded but has no evidence pack of its succeeding session"
+            ),
+            ProblemKind::BadSignature(why) => write!(f, "{path}: bad signature: {why}"),
         }
     }
 }
@@ -154,6 +176,8 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
     /// Hex SHA-256 of `batch-pack.json`, for the auditor to note down.
     pub batch_pack_sha256: Option<String>,
+    /// Whether the batch pack's signature was checked (a key was given).
+    pub signature_checked: bool,
 }
 
 impl VerifyReport {
@@ -161,13 +185,19 @@ impl VerifyReport {
         self.problems.is_empty()
     }
 
-    /// `evidence verified: 3 session packs and 9 files match their sha256 (batch-pack.json sha256 ...)`
+    /// `evidence verified: 3 session packs and 9 files match their sha256 (batch-pack.json sha256 ...)`,
+    /// then `, signature valid` when it was checked.
     pub fn summary(&self) -> String {
         format!(
-            "evidence verified: {} session packs and {} files match their sha256 (batch-pack.json sha256 {})",
+            "evidence verified: {} session packs and {} files match their sha256 (batch-pack.json sha256 {}){}",
             self.packs,
             self.files,
-            self.batch_pack_sha256.as_deref().unwrap_or("-")
+            self.batch_pack_sha256.as_deref().unwrap_or("-"),
+            if self.signature_checked {
+                ", signature valid"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -196,12 +226,15 @@ pub struct Assembled {
 
 /// Gathers a batch's evidence from the artifact store into `out` (new or
 /// empty): every unit's latest session pack and the files it lists, and
-/// `batch-pack.json`. Blocking: run it off the async runtime.
+/// `batch-pack.json`, signed with `secret` in [`SIGNATURE_FILE`]. Only
+/// regular files are read from the store, never through a symlink.
+/// Blocking: run it off the async runtime.
 pub fn assemble(
     facts: &BatchFacts,
     units: &[UnitView],
     store: &Path,
     out: &Path,
+    secret: &[u8],
 ) -> Result<Assembled, EvidenceError> {
     let write_error = |path: &Path, source| EvidenceError::Write {
         path: path.display().to_string(),
@@ -249,6 +282,16 @@ pub fn assemble(
             .iter()
             .rev()
             .find_map(|a| a.evidence.as_ref().map(|e| (a, e)));
+        // A success is vouched for only by the pack of the session that
+        // succeeded, not by an earlier failure's.
+        let succeeded_with_pack =
+            latest.is_some_and(|(attempt, _)| attempt.outcome == Some(Outcome::Succeeded));
+        if unit.state == UnitState::Succeeded && !succeeded_with_pack {
+            assembled.problems.push(Problem {
+                path: unit.id.clone(),
+                kind: ProblemKind::UnitWithoutPack,
+            });
+        }
         if let Some((attempt, evidence)) = latest {
             entry.session_id = Some(attempt.session_id.clone());
             entry.attempt = Some(attempt.attempt);
@@ -260,9 +303,9 @@ pub fn assemble(
             ) {
                 let relative = Path::new(SESSIONS_DIR).join(unit_dir).join(session_dir);
                 entry.pack = Some(slash(&relative.join(SESSION_PACK_FILE)));
-                let in_store = store.join(&facts.batch_id).join(unit_dir).join(session_dir);
+                let in_store = Path::new(&facts.batch_id).join(unit_dir).join(session_dir);
                 copy_session(
-                    &in_store,
+                    (store, &in_store),
                     Path::new(&evidence.path),
                     &evidence.sha256,
                     &out.join(&relative),
@@ -279,39 +322,44 @@ pub fn assemble(
     }
     let mut bytes = serde_json::to_vec_pretty(&assembled.pack)?;
     bytes.push(b'\n');
+    let signed = signature::sign(secret, &bytes);
     let path = out.join(BATCH_PACK_FILE);
     std::fs::write(&path, bytes).map_err(|e| write_error(&path, e))?;
+    let path = out.join(SIGNATURE_FILE);
+    std::fs::write(&path, signed).map_err(|e| write_error(&path, e))?;
     Ok(assembled)
 }
+
+/// A folder to read from: a base the operator chose (followed if it is a
+/// symlink) and a path under it where no symlink is followed.
+type Source<'a> = (&'a Path, &'a Path);
 
 /// Copies one session's pack and the files it lists from the store (or,
 /// failing that, from where the worker said it wrote the pack).
 fn copy_session(
-    in_store: &Path,
+    (store, in_store): Source<'_>,
     reported_pack: &Path,
     expected_sha256: &str,
     target: &Path,
     assembled: &mut Assembled,
 ) -> Result<(), EvidenceError> {
     let store_pack = in_store.join(SESSION_PACK_FILE);
-    let (source_dir, pack_path) = if store_pack.is_file() {
-        (in_store.to_path_buf(), store_pack)
-    } else if reported_pack.is_file() {
-        let dir = reported_pack.parent().unwrap_or(Path::new("/"));
-        (dir.to_path_buf(), reported_pack.to_path_buf())
-    } else {
-        assembled.problems.push(Problem {
-            path: store_pack.display().to_string(),
-            kind: ProblemKind::Missing,
-        });
-        return Ok(());
-    };
-    let bytes = match std::fs::read(&pack_path) {
+    let reported_dir = reported_pack.parent().unwrap_or(Path::new("/"));
+    let (source, pack_path, opened): (Source<'_>, PathBuf, _) =
+        match open_regular_beneath(store, &store_pack) {
+            Err(Refusal::NotFound) => (
+                (reported_dir, Path::new("")),
+                reported_pack.to_path_buf(),
+                open_regular(reported_pack),
+            ),
+            other => ((store, in_store), store.join(&store_pack), other),
+        };
+    let bytes = match opened.and_then(|file| read_all(file).map_err(Refusal::Io)) {
         Ok(bytes) => bytes,
-        Err(e) => {
+        Err(refusal) => {
             assembled.problems.push(Problem {
                 path: pack_path.display().to_string(),
-                kind: ProblemKind::Unreadable(e.to_string()),
+                kind: refusal_kind(refusal),
             });
             return Ok(());
         }
@@ -346,6 +394,7 @@ fn copy_session(
             return Ok(());
         }
     };
+    let (base, prefix) = source;
     for (relative, expected) in listed_files(&pack) {
         let Some(relative) = relative.and_then(|p| plain_relative(&p)) else {
             assembled.problems.push(Problem {
@@ -354,23 +403,27 @@ fn copy_session(
             });
             continue;
         };
-        let source = source_dir.join(&relative);
+        let shown = base.join(prefix).join(&relative).display().to_string();
+        let input = match open_regular_beneath(base, &prefix.join(&relative)) {
+            Ok(input) => input,
+            Err(refusal) => {
+                assembled.problems.push(Problem {
+                    path: shown,
+                    kind: refusal_kind(refusal),
+                });
+                continue;
+            }
+        };
         let destination = target.join(&relative);
-        match copy_hashed(&source, &destination) {
+        match copy_hashed(input, &destination) {
             Ok(found) => {
                 assembled.files += 1;
                 if found != expected {
                     assembled.problems.push(Problem {
-                        path: source.display().to_string(),
+                        path: shown,
                         kind: ProblemKind::Mismatch { expected, found },
                     });
                 }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                assembled.problems.push(Problem {
-                    path: source.display().to_string(),
-                    kind: ProblemKind::Missing,
-                })
             }
             Err(e) => {
                 return Err(EvidenceError::Write {
@@ -381,6 +434,21 @@ fn copy_session(
         }
     }
     Ok(())
+}
+
+/// The problem a refused or failed open is.
+fn refusal_kind(refusal: Refusal) -> ProblemKind {
+    match refusal {
+        Refusal::NotFound => ProblemKind::Missing,
+        refusal @ Refusal::NotRegular(_) => ProblemKind::NotRegular(refusal.to_string()),
+        Refusal::Io(e) => ProblemKind::Unreadable(e.to_string()),
+    }
+}
+
+fn read_all(mut file: File) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Every distinct (path, sha256) a session pack lists: its artifacts and its log.
@@ -395,9 +463,12 @@ fn listed_files(pack: &SessionPackFiles) -> Vec<(Option<String>, String)> {
 }
 
 /// Recomputes every hash of a batch pack's folder: each session pack
-/// against `batch-pack.json`, each file against its session pack. Every
-/// problem is named by its path relative to `dir`. Blocking.
-pub fn verify(dir: &Path) -> VerifyReport {
+/// against `batch-pack.json`, each file against its session pack, and,
+/// given the fleet secret, the batch pack against its signature. Every
+/// problem is named by its path relative to `dir`. Only regular files are
+/// opened, never through a symlink, and never so that a FIFO could block.
+/// Blocking.
+pub fn verify(dir: &Path, secret: Option<&[u8]>) -> VerifyReport {
     let mut result = VerifyReport::default();
     let problem = |path: &str, kind| Problem {
         path: path.to_owned(),
@@ -417,6 +488,31 @@ pub fn verify(dir: &Path) -> VerifyReport {
         }
     };
     result.batch_pack_sha256 = Some(hex::encode(Sha256::digest(&bytes)));
+    if let Some(secret) = secret {
+        result.signature_checked = true;
+        match read_inside(&root, Path::new(SIGNATURE_FILE)) {
+            Ok(signed) => {
+                let why = match signature::check(secret, &bytes, &String::from_utf8_lossy(&signed))
+                {
+                    SignatureCheck::Valid => None,
+                    SignatureCheck::Mismatch => Some(format!(
+                        "it does not match {BATCH_PACK_FILE} under the key given: the folder was changed after it was signed, or signed with another key"
+                    )),
+                    SignatureCheck::Malformed(why) => Some(why),
+                };
+                if let Some(why) = why {
+                    result
+                        .problems
+                        .push(problem(SIGNATURE_FILE, ProblemKind::BadSignature(why)));
+                }
+            }
+            Err(ProblemKind::Missing) => result.problems.push(problem(
+                SIGNATURE_FILE,
+                ProblemKind::BadSignature("missing: the batch pack is unsigned".into()),
+            )),
+            Err(kind) => result.problems.push(problem(SIGNATURE_FILE, kind)),
+        }
+    }
     let batch: BatchPack = match serde_json::from_slice(&bytes) {
         Ok(batch) => batch,
         Err(e) => {
@@ -428,6 +524,13 @@ pub fn verify(dir: &Path) -> VerifyReport {
         }
     };
     for unit in &batch.units {
+        if unit.state == UnitState::Succeeded
+            && (unit.pack.is_none() || unit.outcome.as_deref() != Some("succeeded"))
+        {
+            result
+                .problems
+                .push(problem(&unit.unit_id, ProblemKind::UnitWithoutPack));
+        }
         let Some(pack_path) = &unit.pack else {
             continue;
         };
@@ -507,26 +610,35 @@ pub fn verify(dir: &Path) -> VerifyReport {
     result
 }
 
-/// Resolves `relative` under `root` and checks it stays inside (a symlink
-/// in the folder must not vouch for a file elsewhere).
-fn resolve_inside(root: &Path, relative: &Path) -> Result<PathBuf, ProblemKind> {
+/// Checks that `relative` under `root` stays inside once resolved (a
+/// symlink in the folder must not vouch for a file elsewhere), then opens
+/// it as a regular file, following no symlink on the way.
+fn open_inside(root: &Path, relative: &Path) -> Result<File, ProblemKind> {
     let path = root.join(relative);
     match std::fs::canonicalize(&path) {
-        Ok(resolved) if resolved.starts_with(root) => Ok(resolved),
-        Ok(_) => Err(ProblemKind::Escapes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(ProblemKind::Missing),
-        Err(e) => Err(ProblemKind::Unreadable(e.to_string())),
+        Ok(resolved) if resolved.starts_with(root) => {}
+        Ok(_) => return Err(ProblemKind::Escapes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A dangling symlink is refused for what it is, not as missing.
+            if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_symlink()) {
+                return Err(ProblemKind::Missing);
+            }
+        }
+        Err(e) => return Err(ProblemKind::Unreadable(e.to_string())),
     }
+    open_regular_beneath(root, relative).map_err(refusal_kind)
 }
 
 fn read_inside(root: &Path, relative: &Path) -> Result<Vec<u8>, ProblemKind> {
-    let path = resolve_inside(root, relative)?;
-    std::fs::read(path).map_err(|e| ProblemKind::Unreadable(e.to_string()))
+    let file = open_inside(root, relative)?;
+    read_all(file).map_err(|e| ProblemKind::Unreadable(e.to_string()))
 }
 
 fn hash_inside(root: &Path, relative: &Path) -> Result<String, ProblemKind> {
-    let path = resolve_inside(root, relative)?;
-    sha256_file(&path).map_err(|e| ProblemKind::Unreadable(e.to_string()))
+    let mut file = open_inside(root, relative)?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| ProblemKind::Unreadable(e.to_string()))?;
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Returns the hex SHA-256 of a file's bytes, as packs record them.
@@ -537,10 +649,9 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Copies a file, creating the destination's folders, and returns the hex
-/// SHA-256 of the bytes copied.
-fn copy_hashed(source: &Path, destination: &Path) -> std::io::Result<String> {
-    let mut input = File::open(source)?;
+/// Copies an opened file, creating the destination's folders, and returns
+/// the hex SHA-256 of the bytes copied.
+fn copy_hashed(mut input: File, destination: &Path) -> std::io::Result<String> {
     if let Some(parent) = destination.parent() {
         std::fs::create_dir_all(parent)?;
     }

@@ -24,6 +24,14 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+/// The labels of a worker's health.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    pub worker: String,
+    /// `true`, or `false` while its disks fail and it takes no work.
+    pub healthy: String,
+}
+
 /// Every metric the coordinator exports.
 pub struct Metrics {
     registry: Registry,
@@ -45,6 +53,8 @@ pub struct Metrics {
     pub dead_lettered: Gauge,
     /// Orders published.
     pub published: Counter,
+    /// Live workers by health (1 each), read from their records at scrape time.
+    pub workers: Family<WorkerLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -67,6 +77,7 @@ impl Metrics {
             lost_sessions: Counter::default(),
             dead_lettered: Gauge::default(),
             published: Counter::default(),
+            workers: Family::default(),
             registry: Registry::default(),
         };
         registry.register("units", "Units per batch and state", metrics.units.clone());
@@ -109,6 +120,11 @@ impl Metrics {
             "published_orders",
             "Work orders published",
             metrics.published.clone(),
+        );
+        registry.register(
+            "workers",
+            "Live workers by health: healthy=\"false\" takes no work until its disks work",
+            metrics.workers.clone(),
         );
         Metrics {
             registry,

@@ -38,6 +38,7 @@ use crate::Error;
 mod publisher;
 mod recovery;
 mod view;
+mod workers;
 
 use publisher::{publish_loop, Outgoing};
 use recovery::restore;
@@ -439,6 +440,7 @@ impl Service {
         if let Some(depth) = self.dead_letter_depth().await {
             self.metrics.dead_lettered.set(i64::from(depth));
         }
+        self.scrape_worker_health().await;
         self.metrics.render()
     }
 

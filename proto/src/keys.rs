@@ -16,6 +16,7 @@
 //! {ns}:epoch                        set by the coordinator; missing = Redis lost its data
 //! {ns}:quiet                        while it lives (one lease TTL), no new lease is granted
 //! {ns}:coordinator                  the instance that coordinates the namespace (renewed, with a TTL)
+//! {ns}:worker:{w}                   a worker's health record (JSON, with a TTL)
 //! ```
 
 use crate::names::validate_namespace;
@@ -102,6 +103,16 @@ impl Keys {
     /// Marks a session that ran, so a duplicated order of it never runs again.
     pub fn done(&self, session: &str) -> String {
         format!("{}:done:{session}", self.ns)
+    }
+
+    /// A worker's health record, written by the worker with a TTL.
+    pub fn worker(&self, worker: &str) -> String {
+        format!("{}:worker:{worker}", self.ns)
+    }
+
+    /// The pattern that matches every worker's health record.
+    pub fn workers(&self) -> String {
+        format!("{}:worker:*", self.ns)
     }
 
     /// The pattern that matches every key of this namespace (for cleanup in tests).

@@ -76,6 +76,8 @@ async fn regatta(fleet: &Fleet, args: &[&str]) -> Output {
     tokio::process::Command::new(binary("regatta"))
         .args(args)
         .env("REGATTA_API", &fleet.api)
+        // The batch pack is signed, and checked, with the fleet secret.
+        .env("REGATTA_SECRET", &fleet.secret)
         .env_remove("REGATTA_API_TOKEN")
         .output()
         .await
@@ -415,6 +417,7 @@ async fn a_batch_pack_verifies_until_a_byte_changes_or_a_file_goes() {
         "{}/outputs/out/second.sql",
         Path::new(second).parent().expect("folder").display()
     );
+    let second_output = std::fs::read(out.join(&output_file)).expect("output");
     std::fs::remove_file(out.join(&output_file)).expect("remove");
     let removed = regatta(&fleet, &["verify-evidence", out.to_str().expect("utf-8")]).await;
     assert_eq!(removed.status.code(), Some(2));
@@ -422,7 +425,95 @@ async fn a_batch_pack_verifies_until_a_byte_changes_or_a_file_goes() {
         text(&removed.stdout).trim(),
         format!("{output_file}: missing")
     );
+
+    // Restored, then a log edited with every hash above it recomputed: the
+    // hashes match again, the signature does not.
+    std::fs::write(out.join(&output_file), &second_output).expect("restore");
+    let second_pack = Path::new(second).parent().expect("folder").to_path_buf();
+    forge_log(&out, &second_pack, 1);
+    let forged = regatta(&fleet, &["verify-evidence", out.to_str().expect("utf-8")]).await;
+    assert_eq!(
+        forged.status.code(),
+        Some(2),
+        "{}{}",
+        text(&forged.stdout),
+        text(&forged.stderr)
+    );
+    let report = text(&forged.stdout);
+    assert!(
+        report.starts_with("batch-pack.json.sig: bad signature"),
+        "{report}"
+    );
     fleet.stop().await;
+}
+
+/// Rewrites a session's log in a batch pack's folder and recomputes its
+/// sha256 in the session pack, and the session pack's in the batch pack
+/// (entry `unit_index`), as someone able to write the folder could.
+fn forge_log(dir: &Path, session_dir: &Path, unit_index: usize) {
+    let forged_log = b"nothing happened\n";
+    std::fs::write(dir.join(session_dir).join("session.log"), forged_log).expect("edit the log");
+    let forged_sha = sha256_file(&dir.join(session_dir).join("session.log")).expect("hash");
+    let pack_path = dir.join(session_dir).join("evidence-pack.json");
+    let mut pack: Value =
+        serde_json::from_slice(&std::fs::read(&pack_path).expect("pack")).expect("pack JSON");
+    for artifact in pack["artifacts"].as_array_mut().expect("artifacts") {
+        if artifact["stage"] == "log" {
+            artifact["sha256"] = forged_sha.clone().into();
+        }
+    }
+    pack["log"]["sha256"] = forged_sha.into();
+    std::fs::write(
+        &pack_path,
+        serde_json::to_vec_pretty(&pack).expect("encode"),
+    )
+    .expect("write");
+    let batch_path = dir.join("batch-pack.json");
+    let mut batch: Value =
+        serde_json::from_slice(&std::fs::read(&batch_path).expect("batch pack")).expect("JSON");
+    batch["units"][unit_index]["pack_sha256"] = sha256_file(&pack_path).expect("hash").into();
+    std::fs::write(
+        &batch_path,
+        serde_json::to_vec_pretty(&batch).expect("encode"),
+    )
+    .expect("write");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_evidence_refuses_a_fifo_for_a_batch_pack_at_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fifo = dir.path().join("batch-pack.json");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo failed");
+    let started = std::time::Instant::now();
+    let run = tokio::process::Command::new(binary("regatta"))
+        .arg("verify-evidence")
+        .arg(dir.path())
+        .env("REGATTA_SECRET", "any")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("verify-evidence returned instead of blocking on the FIFO")
+        .expect("run regatta");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "{}{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    assert_eq!(
+        text(&output.stdout).trim(),
+        "batch-pack.json: a FIFO, not a regular file: refused"
+    );
+    println!(
+        "verify-evidence on a FIFO returned in {:?}",
+        started.elapsed()
+    );
 }
 
 /// Copies a folder (files and sub-folders, permissions kept), leaving out `out/`.

@@ -64,6 +64,14 @@ pub enum ArtifactError {
     /// The blocking copy task panicked or was cancelled.
     #[error("the artifact copy task failed: {0}")]
     Task(String),
+    /// A file of the session (an output, an artifact, its log) could not
+    /// be read: the session's doing, not the store's.
+    #[error("cannot read {path} to store it: {source}")]
+    Source {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ArtifactError {
@@ -309,7 +317,11 @@ impl Target {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(ArtifactError::io(&destination, e)),
         }
-        let mut input = File::open(source).map_err(|e| ArtifactError::io(source, e))?;
+        let source_error = |e| ArtifactError::Source {
+            path: source.display().to_string(),
+            source: e,
+        };
+        let mut input = File::open(source).map_err(source_error)?;
         let mut output = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -319,9 +331,7 @@ impl Target {
         let mut buffer = vec![0u8; 64 * 1024];
         let mut bytes = 0u64;
         loop {
-            let n = input
-                .read(&mut buffer)
-                .map_err(|e| ArtifactError::io(source, e))?;
+            let n = input.read(&mut buffer).map_err(source_error)?;
             if n == 0 {
                 break;
             }

@@ -26,4 +26,12 @@ pub enum Error {
     },
     #[error("cannot start the session: {0}")]
     Spawn(#[source] std::io::Error),
+    /// The session's output could not be written to its log (a full or
+    /// broken work disk): the log is incomplete.
+    #[error("cannot write the session log {path}: {source}; the log is incomplete")]
+    SessionLog {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }

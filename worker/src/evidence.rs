@@ -52,20 +52,38 @@ pub enum EvidenceError {
     Encode(#[from] serde_json::Error),
 }
 
-/// Stores a session's files and writes its pack; logs and returns `None`
-/// when that fails, because a missing pack must not lose the session's
-/// result (the coordinator shows the attempt without evidence).
-pub async fn record_session(store: &ArtifactStore, end: &SessionEnd<'_>) -> Option<EvidenceRef> {
-    match write_session_pack(store, end).await {
-        Ok(evidence) => {
-            tracing::debug!(path = %evidence.path, sha256 = %evidence.sha256, "evidence pack written");
-            Some(evidence)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, store = %store.root().display(), "cannot record the session's evidence");
-            None
+impl EvidenceError {
+    /// Says whether the worker's own store failed (cannot be written, full,
+    /// tampered with), rather than a file of the session: such a fault is
+    /// not the unit's, and the session is handed back uncounted.
+    pub fn is_worker_fault(&self) -> bool {
+        match self {
+            EvidenceError::Artifact(ArtifactError::Source { .. })
+            | EvidenceError::Artifact(ArtifactError::UnsafeId(_)) => false,
+            EvidenceError::Artifact(_) | EvidenceError::Write { .. } | EvidenceError::Encode(_) => {
+                true
+            }
         }
     }
+}
+
+/// Stores a session's files and writes its pack. A session whose evidence
+/// cannot be stored must not count as succeeded: the caller decides what
+/// it becomes (see `fault`).
+pub async fn record_session(
+    store: &ArtifactStore,
+    end: &SessionEnd<'_>,
+) -> Result<EvidenceRef, EvidenceError> {
+    let written = write_session_pack(store, end).await;
+    match &written {
+        Ok(evidence) => {
+            tracing::debug!(path = %evidence.path, sha256 = %evidence.sha256, "evidence pack written");
+        }
+        Err(e) => {
+            tracing::error!(error = %e, store = %store.root().display(), "cannot record the session's evidence");
+        }
+    }
+    written
 }
 
 /// Copies the session's files into the store, writes `evidence-pack.json`

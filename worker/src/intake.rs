@@ -42,6 +42,8 @@ struct Shared {
     shutdown: CancellationToken,
     /// Cancelled when running sessions must be killed (grace period over).
     kill_sessions: CancellationToken,
+    /// Whether this worker's disks work; slots take no work while not.
+    health: Arc<crate::health::Health>,
 }
 
 /// Runs a worker until `shutdown` is cancelled, then stops taking work,
@@ -58,6 +60,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             path: config.work_dir.display().to_string(),
             source,
         })?;
+    let health = crate::health::start(&config, &shutdown).await;
     let shared = Arc::new(Shared {
         config,
         link,
@@ -65,6 +68,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         leases,
         shutdown: shutdown.clone(),
         kill_sessions: CancellationToken::new(),
+        health,
     });
     tracing::info!(worker = %shared.config.name, slots = shared.config.slots, queue = %shared.config.names.work_queue(), "worker ready");
 
@@ -96,6 +100,10 @@ async fn slot_loop(shared: Arc<Shared>, slot: usize) {
     // costs the broker more than the unit's own messages.
     let mut channel: Option<Channel> = None;
     while !shared.shutdown.is_cancelled() {
+        // A worker whose disks fail takes no work until they work again.
+        if !shared.health.wait_healthy(&shared.shutdown).await {
+            break;
+        }
         let result = match &channel {
             Some(open) if open.status().connected() => take_one(&shared, open, slot)
                 .await
@@ -113,7 +121,8 @@ async fn slot_loop(shared: Arc<Shared>, slot: usize) {
                 backoff = Duration::from_millis(200);
                 handle(&shared, delivery).await;
             }
-            Ok(None) => break,
+            Ok(None) if shared.shutdown.is_cancelled() => break,
+            Ok(None) => continue,
             Err(e) => {
                 tracing::warn!(slot, error = %e, "cannot consume from the work queue; retrying");
                 // Deliveries of a broken channel are void: start afresh.
@@ -145,7 +154,7 @@ async fn slot_channel(shared: &Shared) -> Result<Channel, regatta_broker::Error>
 
 /// Waits for one delivery and cancels the consumer before returning it,
 /// so nothing else is pushed to this slot while it is busy. `None` on
-/// shutdown.
+/// shutdown, or when the worker became unhealthy meanwhile.
 async fn take_one(
     shared: &Shared,
     channel: &Channel,
@@ -169,6 +178,14 @@ async fn take_one(
         _ = shared.shutdown.cancelled() => {
             let _ = channel
                 .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+            return Ok(None);
+        }
+        _ = shared.health.became_unhealthy() => {
+            // Closing the channel hands back a delivery that may be in
+            // flight to it; the slot opens a new one once healthy.
+            let _ = channel
+                .close(200, "worker unhealthy: taking no work".into())
                 .await;
             return Ok(None);
         }
@@ -370,7 +387,9 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
         log_path: &log_path,
     };
     let store = crate::artifact::ArtifactStore::new(&config.artifact_store);
-    let evidence = crate::evidence::record_session(&store, &session_end).await;
+    let stored = crate::evidence::record_session(&store, &session_end).await;
+    let (outcome, reason, evidence) =
+        crate::fault::after_evidence(&shared.health, outcome, reason, stored);
     let finished = EventKind::Finished {
         outcome,
         exit_code,
@@ -456,12 +475,13 @@ async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionS
     let artifact_dir = session_dir.join("artifacts");
     let log_path = session_dir.join("session.log");
     if let Err(e) = tokio::fs::create_dir_all(&artifact_dir).await {
-        let reason = format!(
+        let what = format!(
             "cannot create the session folder {}: {e}",
             session_dir.display()
         );
+        let (outcome, reason) = crate::fault::worker_fault(&shared.health, &what);
         return (
-            Outcome::Failed,
+            outcome,
             None,
             started.elapsed(),
             Some(reason),
@@ -547,10 +567,23 @@ async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionS
         }
     };
     let command = run_command(&spec, &stop).instrument(tracing::info_span!("command"));
+    // The command's own errors are the worker's: its log, its leader.
+    let faulted = |e: Error, exit_code| match (e, &*lost) {
+        (_, cause)
+            if cause.cancelled.load(Ordering::SeqCst) || cause.lost.load(Ordering::SeqCst) =>
+        {
+            let (outcome, reason) = stopped_outcome(cause);
+            (outcome, exit_code, Some(reason), vec![])
+        }
+        (e, _) => {
+            let (outcome, reason) = crate::fault::worker_fault(&shared.health, &e.to_string());
+            (outcome, exit_code, Some(reason), vec![])
+        }
+    };
     let result = match command.await {
-        Err(e) => (Outcome::Failed, None, Some(e.to_string()), vec![]),
+        Err(e) => faulted(e, None),
         Ok((Ending::Exited(0), _)) => match run_gates(&order.gates, &spec, &stop).await {
-            Err(e) => (Outcome::Failed, Some(0), Some(e.to_string()), vec![]),
+            Err(e) => faulted(e, Some(0)),
             Ok(verdict) if verdict.stopped => {
                 let (outcome, reason) = stopped_outcome(&lost);
                 (outcome, Some(0), Some(reason), verdict.reports)

@@ -163,7 +163,12 @@ pub async fn run_command(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Dur
     if let Some(forward) = forward {
         forward.abort();
     }
-    let _ = tokio::time::timeout(Duration::from_secs(5), capture).await;
+    if let Ok(Ok(Err(source))) = tokio::time::timeout(Duration::from_secs(5), capture).await {
+        return Err(Error::SessionLog {
+            path: spec.log_path.display().to_string(),
+            source,
+        });
+    }
     Ok((ending, started.elapsed()))
 }
 
@@ -206,20 +211,29 @@ async fn kill_group(pgid: Option<Pid>, child: &mut tokio::process::Child) {
 }
 
 /// Copies the session's output into its log, keeping at most `limit` bytes
-/// and noting where output was dropped.
-async fn capture(reader: std::io::PipeReader, mut log: tokio::fs::File, limit: u64) {
+/// and noting where output was dropped. When the log cannot be written (a
+/// full disk), the pipe is still drained to its end, so the session is not
+/// killed by SIGPIPE for the worker's fault; the first write error is
+/// returned, and noted in the log if there is room left for it.
+async fn capture(
+    reader: std::io::PipeReader,
+    mut log: tokio::fs::File,
+    limit: u64,
+) -> Result<(), std::io::Error> {
     let fd = std::os::fd::OwnedFd::from(reader);
-    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(fd) else {
-        return;
-    };
+    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
     let mut written = log.metadata().await.map(|m| m.len()).unwrap_or(0);
     let mut truncated = false;
+    let mut failed: Option<std::io::Error> = None;
     let mut buffer = vec![0u8; 16 * 1024];
     loop {
         let n = match pipe.read(&mut buffer).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if failed.is_some() {
+            continue;
+        }
         if written >= limit {
             if !truncated {
                 let _ = log
@@ -230,12 +244,27 @@ async fn capture(reader: std::io::PipeReader, mut log: tokio::fs::File, limit: u
             continue;
         }
         let keep = (n as u64).min(limit - written) as usize;
-        if log.write_all(&buffer[..keep]).await.is_err() {
-            break;
+        match log.write_all(&buffer[..keep]).await {
+            Ok(()) => written += keep as u64,
+            Err(e) => failed = Some(e),
         }
-        written += keep as u64;
     }
-    let _ = log.flush().await;
+    let flushed = log.flush().await;
+    match failed {
+        Some(e) => {
+            let _ = log
+                .write_all(
+                    format!(
+                        "\n[regatta: the log could not be written ({e}); output was dropped]\n"
+                    )
+                    .as_bytes(),
+                )
+                .await;
+            let _ = log.flush().await;
+            Err(e)
+        }
+        None => flushed,
+    }
 }
 
 /// The last `lines` lines of a log, read from its end.

@@ -152,12 +152,17 @@ pub async fn status(
                     );
                 }
             }
+            if !json {
+                print_workers(&api).await;
+            }
         }
         Some(batch) => {
             let summary = api.batch(batch).await?;
             let waiting = api.units(batch, Some("ready")).await?;
             if json {
-                let value = serde_json::json!({"batch": summary, "ready": waiting});
+                let workers = api.workers().await.unwrap_or_default();
+                let value =
+                    serde_json::json!({"batch": summary, "ready": waiting, "workers": workers});
                 println!("{}", serde_json::to_string_pretty(&value)?);
                 return Ok(ExitCode::SUCCESS);
             }
@@ -182,9 +187,31 @@ pub async fn status(
                     unit.waiting_for.as_deref().unwrap_or("?")
                 );
             }
+            print_workers(&api).await;
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `workers: 3 live, 1 unhealthy`, then why each unhealthy one takes no
+/// work; nothing from a coordinator too old to list them.
+async fn print_workers(api: &ApiClient) {
+    let Ok(workers) = api.workers().await else {
+        return;
+    };
+    let unhealthy: Vec<_> = workers.iter().filter(|w| !w.healthy).collect();
+    println!(
+        "workers: {} live, {} unhealthy",
+        workers.len(),
+        unhealthy.len()
+    );
+    for worker in unhealthy {
+        println!(
+            "  worker {} takes no work: {}",
+            worker.worker,
+            worker.reason.as_deref().unwrap_or("unhealthy")
+        );
+    }
 }
 
 fn counts_text(summary: &BatchSummary) -> String {

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use regatta_coordinator::client::ApiClient;
-use regatta_coordinator::evidence::{self, BatchFacts, BATCH_PACK_FILE};
+use regatta_coordinator::evidence::{self, BatchFacts, BATCH_PACK_FILE, SIGNATURE_FILE};
 use regatta_coordinator::manifest::Manifest;
 
 use super::Connection;
@@ -24,6 +24,12 @@ pub async fn evidence(
     store: &Path,
     manifest: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
+    let Some(secret) = connection.secret.clone().filter(|s| !s.is_empty()) else {
+        eprintln!(
+            "regatta: the batch pack is signed with the fleet secret: set REGATTA_SECRET (or --secret) as for `regatta serve`"
+        );
+        return Ok(ExitCode::from(NOT_VERIFIED));
+    };
     let api = ApiClient::new(&connection.api, connection.api_token.clone());
     let summary = api.batch(batch).await?;
     let units = api.units(batch, None).await?;
@@ -44,10 +50,11 @@ pub async fn evidence(
         manifest_sha256,
     };
     let (store, out_dir) = (store.to_path_buf(), out.to_path_buf());
-    let assembled =
-        tokio::task::spawn_blocking(move || evidence::assemble(&facts, &units, &store, &out_dir))
-            .await
-            .context("the evidence task failed")??;
+    let assembled = tokio::task::spawn_blocking(move || {
+        evidence::assemble(&facts, &units, &store, &out_dir, secret.as_bytes())
+    })
+    .await
+    .context("the evidence task failed")??;
     for problem in &assembled.problems {
         eprintln!("{problem}");
     }
@@ -137,12 +144,23 @@ async fn reported_manifest_sha256(connection: &Connection, batch: &str) -> Optio
 }
 
 /// `regatta verify-evidence DIR`: each problem on its own line, then exit 2;
-/// or one summary line and exit 0.
-pub async fn verify(dir: &Path) -> anyhow::Result<ExitCode> {
+/// or one summary line and exit 0. With the fleet secret (`--secret`,
+/// `REGATTA_SECRET`) the batch pack's signature is checked too; without it
+/// only the hashes are, which anyone able to write the folder can recompute,
+/// and a warning says so.
+pub async fn verify(connection: &Connection, dir: &Path) -> anyhow::Result<ExitCode> {
     let folder = dir.to_path_buf();
-    let result = tokio::task::spawn_blocking(move || evidence::verify(&folder))
-        .await
-        .context("the verification task failed")?;
+    let secret = connection.secret.clone().filter(|s| !s.is_empty());
+    let result = tokio::task::spawn_blocking(move || {
+        evidence::verify(&folder, secret.as_deref().map(str::as_bytes))
+    })
+    .await
+    .context("the verification task failed")?;
+    if !result.signature_checked {
+        eprintln!(
+            "regatta: {SIGNATURE_FILE} not checked: give the fleet secret (REGATTA_SECRET or --secret) to check that the hashes themselves were not rewritten"
+        );
+    }
     if result.is_clean() {
         println!("{}", result.summary());
         return Ok(ExitCode::SUCCESS);

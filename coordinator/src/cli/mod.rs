@@ -205,6 +205,6 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             )
             .await
         }
-        Command::VerifyEvidence { dir } => evidence::verify(&dir).await,
+        Command::VerifyEvidence { dir } => evidence::verify(&connection, &dir).await,
     }
 }

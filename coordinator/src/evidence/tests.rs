@@ -2,6 +2,9 @@ use super::*;
 use crate::scheduler::Attempt;
 use regatta_proto::{EvidenceRef, Outcome};
 
+/// The fleet secret the batch packs of these tests are signed with.
+const SECRET: &[u8] = b"fleet-secret";
+
 fn sha(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -107,7 +110,7 @@ fn fixture() -> Fixture {
         unit("never-ran", UnitState::Blocked, vec![]),
     ];
     let out = temp.path().join("out");
-    let assembled = assemble(&facts(), &units, &store, &out).unwrap();
+    let assembled = assemble(&facts(), &units, &store, &out, SECRET).unwrap();
     Fixture {
         _temp: temp,
         out,
@@ -132,7 +135,7 @@ fn an_assembled_folder_verifies() {
     );
     assert_eq!(pack.units[2].pack, None);
     assert_eq!(pack.units[2].state, UnitState::Blocked);
-    let result = verify(&f.out);
+    let result = verify(&f.out, Some(SECRET));
     assert!(result.is_clean(), "{:?}", result.problems);
     assert_eq!((result.packs, result.files), (2, 6));
     assert!(result
@@ -147,7 +150,7 @@ fn a_changed_byte_is_named_by_its_path() {
     let mut bytes = std::fs::read(&path).unwrap();
     bytes[0] ^= 1;
     std::fs::write(&path, bytes).unwrap();
-    let result = verify(&f.out);
+    let result = verify(&f.out, Some(SECRET));
     assert_eq!(result.problems.len(), 1, "{:?}", result.problems);
     let shown = result.problems[0].to_string();
     assert!(
@@ -160,7 +163,7 @@ fn a_changed_byte_is_named_by_its_path() {
 fn a_removed_file_is_named_by_its_path() {
     let f = fixture();
     std::fs::remove_file(f.out.join("sessions/b/s-b/session.log")).unwrap();
-    let result = verify(&f.out);
+    let result = verify(&f.out, Some(SECRET));
     let shown: Vec<String> = result.problems.iter().map(|p| p.to_string()).collect();
     assert_eq!(shown, vec!["sessions/b/s-b/session.log: missing"]);
 }
@@ -171,7 +174,7 @@ fn an_edited_session_pack_breaks_the_batch_packs_hash() {
     let path = f.out.join("sessions/a/s-a/evidence-pack.json");
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replace("\"attempt\": 1", "\"attempt\": 2")).unwrap();
-    let result = verify(&f.out);
+    let result = verify(&f.out, Some(SECRET));
     let shown: Vec<String> = result.problems.iter().map(|p| p.to_string()).collect();
     assert_eq!(shown.len(), 1, "{shown:?}");
     assert!(shown[0].starts_with("sessions/a/s-a/evidence-pack.json: sha256 mismatch"));
@@ -191,7 +194,7 @@ fn paths_that_escape_the_folder_are_refused() {
         serde_json::from_slice(&std::fs::read(&batch_path).unwrap()).unwrap();
     batch.units[1].pack = Some("../store/b-1/b/s-b/evidence-pack.json".into());
     std::fs::write(&batch_path, serde_json::to_vec(&batch).unwrap()).unwrap();
-    let result = verify(&f.out);
+    let result = verify(&f.out, None);
     let shown: Vec<String> = result.problems.iter().map(|p| p.to_string()).collect();
     assert_eq!(
         shown,
@@ -205,7 +208,7 @@ fn paths_that_escape_the_folder_are_refused() {
 #[test]
 fn a_missing_batch_pack_is_a_problem_not_a_panic() {
     let temp = tempfile::tempdir().unwrap();
-    let result = verify(temp.path());
+    let result = verify(temp.path(), Some(SECRET));
     assert_eq!(result.problems[0].to_string(), "batch-pack.json: missing");
 }
 
@@ -223,14 +226,14 @@ fn assembling_refuses_a_folder_in_use_and_reports_a_tampered_store() {
     let used = temp.path().join("used");
     write(&used.join("x"), b"x");
     assert!(matches!(
-        assemble(&facts(), &units, &store, &used),
+        assemble(&facts(), &units, &store, &used, SECRET),
         Err(EvidenceError::OutNotEmpty(_))
     ));
     let out = temp.path().join("out");
-    let assembled = assemble(&facts(), &units, &store, &out).unwrap();
+    let assembled = assemble(&facts(), &units, &store, &out, SECRET).unwrap();
     assert_eq!(assembled.problems.len(), 1, "{:?}", assembled.problems);
     assert!(assembled.problems[0].path.ends_with("artifacts/report.txt"));
-    assert!(!verify(&out).is_clean());
+    assert!(!verify(&out, Some(SECRET)).is_clean());
 }
 
 #[test]
@@ -263,4 +266,163 @@ fn a_finished_event_without_evidence_still_decodes() {
         kind,
         regatta_proto::EventKind::Finished { evidence: None, .. }
     ));
+}
+
+#[test]
+fn a_symlink_planted_in_the_store_is_refused_and_nothing_outside_is_copied() {
+    let temp = tempfile::tempdir().unwrap();
+    let store = temp.path().join("store");
+    let a = worker_session(&store, "a", "s-a");
+    let b = worker_session(&store, "b", "s-b");
+    let secret_file = temp.path().join("outside-secret.txt");
+    std::fs::write(&secret_file, b"the host's secret\n").unwrap();
+    // A listed artifact replaced by a symlink to a file outside the store,
+    // and a listed folder replaced by a symlink to a folder outside.
+    let report = store.join("b-1/a/s-a/artifacts/report.txt");
+    std::fs::remove_file(&report).unwrap();
+    std::os::unix::fs::symlink(&secret_file, &report).unwrap();
+    let outside_dir = temp.path().join("outside-dir");
+    write(&outside_dir.join("pg/out.sql"), b"outside\n");
+    let outputs = store.join("b-1/b/s-b/outputs");
+    std::fs::remove_dir_all(&outputs).unwrap();
+    std::os::unix::fs::symlink(&outside_dir, &outputs).unwrap();
+    let units = vec![
+        unit("a", UnitState::Succeeded, vec![attempt("s-a", Some(a))]),
+        unit("b", UnitState::Succeeded, vec![attempt("s-b", Some(b))]),
+    ];
+    let out = temp.path().join("out");
+    let assembled = assemble(&facts(), &units, &store, &out, SECRET).unwrap();
+    let shown: Vec<String> = assembled.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(shown.len(), 2, "{shown:?}");
+    assert!(
+        shown[0]
+            .ends_with("b-1/a/s-a/artifacts/report.txt: a symlink, not a regular file: refused"),
+        "{shown:?}"
+    );
+    assert!(
+        shown[1].ends_with("b-1/b/s-b/outputs/pg/out.sql: a symlink, not a regular file: refused"),
+        "{shown:?}"
+    );
+    // Nothing from outside reached the auditor's folder.
+    assert!(!out.join("sessions/a/s-a/artifacts/report.txt").exists());
+    assert!(!out.join("sessions/b/s-b/outputs/pg/out.sql").exists());
+    let mut copied = Vec::new();
+    collect_files(&out, &mut copied);
+    for file in copied {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains("the host's secret") && bytes != b"outside\n",
+            "{} holds an outside file",
+            file.display()
+        );
+    }
+}
+
+fn collect_files(dir: &Path, found: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            collect_files(&entry.path(), found);
+        } else {
+            found.push(entry.path());
+        }
+    }
+}
+
+#[test]
+fn an_edited_log_with_every_hash_recomputed_fails_the_signature() {
+    let f = fixture();
+    assert!(verify(&f.out, Some(SECRET)).is_clean());
+    // Edit a log, recompute its sha256 in the session pack, and the session
+    // pack's in the batch pack: every hash matches again.
+    let session = f.out.join("sessions/a/s-a");
+    std::fs::write(session.join("session.log"), b"nothing to see\n").unwrap();
+    let pack_path = session.join(SESSION_PACK_FILE);
+    let mut pack: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&pack_path).unwrap()).unwrap();
+    let forged = sha(b"nothing to see\n");
+    pack["artifacts"][2]["sha256"] = forged.clone().into();
+    pack["log"]["sha256"] = forged.into();
+    let pack_bytes = serde_json::to_vec_pretty(&pack).unwrap();
+    std::fs::write(&pack_path, &pack_bytes).unwrap();
+    let batch_path = f.out.join(BATCH_PACK_FILE);
+    let mut batch: BatchPack =
+        serde_json::from_slice(&std::fs::read(&batch_path).unwrap()).unwrap();
+    batch.units[0].pack_sha256 = Some(sha(&pack_bytes));
+    std::fs::write(&batch_path, serde_json::to_vec_pretty(&batch).unwrap()).unwrap();
+
+    assert!(
+        verify(&f.out, None).is_clean(),
+        "hashes alone no longer see the edit"
+    );
+    let result = verify(&f.out, Some(SECRET));
+    let shown: Vec<String> = result.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(shown.len(), 1, "{shown:?}");
+    assert!(
+        shown[0].starts_with("batch-pack.json.sig: bad signature"),
+        "{shown:?}"
+    );
+    // The right folder under another key fails too.
+    let g = fixture();
+    let other = verify(&g.out, Some(b"another-secret"));
+    assert_eq!(other.problems.len(), 1, "{:?}", other.problems);
+    assert!(matches!(
+        other.problems[0].kind,
+        ProblemKind::BadSignature(_)
+    ));
+}
+
+#[test]
+fn a_fifo_named_batch_pack_is_refused_without_blocking() {
+    let temp = tempfile::tempdir().unwrap();
+    nix::unistd::mkfifo(
+        &temp.path().join(BATCH_PACK_FILE),
+        nix::sys::stat::Mode::from_bits_truncate(0o644),
+    )
+    .unwrap();
+    let dir = temp.path().to_path_buf();
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(verify(&dir, Some(SECRET)));
+    });
+    let result = result
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("verify returned instead of blocking on the FIFO");
+    let shown: Vec<String> = result.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        shown,
+        vec!["batch-pack.json: a FIFO, not a regular file: refused"]
+    );
+}
+
+#[test]
+fn a_succeeded_unit_without_a_pack_is_named_by_assembly_and_verification() {
+    let temp = tempfile::tempdir().unwrap();
+    let store = temp.path().join("store");
+    let a = worker_session(&store, "a", "s-a");
+    let mut failed = attempt("s-old", Some(worker_session(&store, "c", "s-old")));
+    failed.outcome = Some(Outcome::Failed);
+    let units = vec![
+        unit("a", UnitState::Succeeded, vec![attempt("s-a", Some(a))]),
+        // Its store was full: the session left no pack.
+        unit("b", UnitState::Succeeded, vec![attempt("s-b", None)]),
+        // Only an earlier failure left a pack: it vouches for no success.
+        unit(
+            "c",
+            UnitState::Succeeded,
+            vec![failed, attempt("s-c", None)],
+        ),
+        unit("skipped", UnitState::Skipped, vec![]),
+    ];
+    let out = temp.path().join("out");
+    let assembled = assemble(&facts(), &units, &store, &out, SECRET).unwrap();
+    let shown: Vec<String> = assembled.problems.iter().map(|p| p.to_string()).collect();
+    let expected = vec![
+        "unit 'b' succeeded but has no evidence pack of its succeeding session".to_owned(),
+        "unit 'c' succeeded but has no evidence pack of its succeeding session".to_owned(),
+    ];
+    assert_eq!(shown, expected);
+    let result = verify(&out, Some(SECRET));
+    let shown: Vec<String> = result.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(shown, expected);
 }
