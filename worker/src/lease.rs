@@ -176,3 +176,33 @@ fn parse_claim(answer: &[redis::Value]) -> Option<Claim> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    #[test]
+    fn answers_of_the_lease_script_are_read_and_garbage_is_not() {
+        let text = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        assert_eq!(
+            parse_claim(&[Value::Int(1), Value::Int(9), Value::Int(1_000)]),
+            Some(Claim::Held {
+                fence: 9,
+                expiry_ms: 1_000
+            })
+        );
+        assert_eq!(
+            parse_claim(&[Value::Int(-4), text("the unit is succeeded")]),
+            Some(Claim::NotCurrent {
+                reason: "the unit is succeeded".into()
+            })
+        );
+        assert_eq!(
+            parse_claim(&[Value::Int(-1), text("session already ran")]),
+            Some(Claim::AlreadyHeld)
+        );
+        assert_eq!(parse_claim(&[Value::Int(7)]), None);
+        assert_eq!(parse_claim(&[]), None);
+    }
+}
