@@ -130,3 +130,46 @@ async fn an_order_replayed_after_its_tombstone_expired_is_dead_lettered_and_neve
     assert_eq!(leases, 0, "the replay holds no lease");
     fleet.stop().await;
 }
+
+/// Two copies of one order (a redelivery after a lost ack) taken at once by
+/// two slots of one worker carry the same lease owner: only the claim, one
+/// per delivery, tells them apart, so the copy is refused, not handed the
+/// lease that the first copy's claim holds.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_copies_of_an_order_on_two_slots_of_one_worker_run_once() {
+    let mut fleet = Fleet::start("replay-copies", 0, 1, "5s").await;
+    let names = Names::new(&fleet.namespace).expect("names");
+    let connection = rabbitmq().await;
+    let channel = regatta_tests::confirm_channel(&connection).await;
+    broker::declare_topology(&channel, &names)
+        .await
+        .expect("topology");
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_file(
+        dir.path(),
+        "manifest.yaml",
+        "batch: copies\nplaybook:\n  name: p\n  run: echo \"$REGATTA_SESSION_ID\" >> ran.txt; sleep 2\nunits:\n  - id: once\n",
+    );
+    let manifest = Manifest::load(&dir.path().join("manifest.yaml")).expect("valid manifest");
+    let client = fleet.client();
+    let batch = client.enqueue(&manifest).await.expect("enqueue");
+    let captured = capture_order(&channel, &names, Duration::from_secs(20)).await;
+    for _ in 0..2 {
+        broker::publish_confirmed(
+            &channel,
+            &names.work_queue(),
+            &captured,
+            BasicProperties::default(),
+        )
+        .await
+        .expect("publish a copy of the order");
+    }
+    fleet.add_worker(2);
+    let summary = fleet.wait_for_end(&batch, Duration::from_secs(60)).await;
+    assert_eq!(summary.state, BatchState::Succeeded, "{summary:?}");
+    assert_eq!(runs(dir.path()).len(), 1, "one run: {:?}", runs(dir.path()));
+    let units = client.units(&batch, None).await.expect("units");
+    let once = units.iter().find(|u| u.id == "once").expect("unit once");
+    assert_eq!(once.history.len(), 1, "{:?}", once.history);
+    fleet.stop().await;
+}
