@@ -28,6 +28,7 @@ use crate::dag::Dag;
 use crate::manifest::Manifest;
 
 mod control;
+mod event;
 mod record;
 
 pub use record::{Attempt, BatchState, UnitRecord, UnitState};
@@ -50,10 +51,11 @@ pub enum Report {
         fencing: u64,
         at_ms: i64,
     },
-    /// A worker handed the unit back at `at_ms` (its leases were busy).
+    /// A worker handed the unit back (its leases were busy); the
+    /// coordinator received that at `received_at_ms`, by its own clock.
     Deferred {
         reason: String,
-        at_ms: i64,
+        received_at_ms: i64,
     },
     Finished(Finish),
 }
@@ -435,7 +437,10 @@ impl Batch {
             {
                 return effects;
             }
-            Report::Deferred { reason, at_ms } => {
+            Report::Deferred {
+                reason,
+                received_at_ms,
+            } => {
                 self.release_usage(unit, fleet_usage);
                 self.set_state(unit, UnitState::Ready);
                 let record = &mut self.units[unit];
@@ -443,7 +448,8 @@ impl Batch {
                 // The attempt never ran: it does not count.
                 record.history.pop();
                 record.attempt = record.attempt.saturating_sub(1);
-                self.deferred_until.insert(unit, at_ms + DEFER_MS);
+                // By the coordinator's clock, as `dispatch` compares it.
+                self.deferred_until.insert(unit, received_at_ms + DEFER_MS);
                 effects.changed.insert(unit);
             }
             Report::Finished(finish) => {

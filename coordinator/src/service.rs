@@ -31,7 +31,7 @@ use crate::dag::Dag;
 use crate::manifest::Manifest;
 use crate::metrics::{Metrics, OutcomeLabels, UnitLabels};
 use crate::order::work_order;
-use crate::scheduler::{Batch, BatchState, Effects, Finish, Report, UnitState};
+use crate::scheduler::{Batch, BatchState, Effects, Report, UnitState};
 use crate::store::{Store, Write};
 use crate::Error;
 
@@ -293,42 +293,13 @@ impl Service {
                 tracing::warn!(batch = %event.batch_id, unit = %event.unit_id, "event for an unknown unit ignored");
                 return;
             };
-            let report = match event.kind {
-                EventKind::Started { lease_wait_ms } => {
-                    self.metrics
-                        .lease_wait
-                        .observe(lease_wait_ms as f64 / 1000.0);
-                    Report::Started {
-                        worker: event.worker,
-                        fencing: event.fencing,
-                        at_ms: event.at_ms,
-                    }
-                }
-                EventKind::Deferred { reason } => Report::Deferred {
-                    reason,
-                    at_ms: event.at_ms,
-                },
-                EventKind::Finished {
-                    outcome,
-                    exit_code,
-                    reason,
-                    log_tail,
-                    log_path,
-                    gates,
-                    evidence,
-                    ..
-                } => Report::Finished(Finish {
-                    outcome,
-                    exit_code,
-                    reason,
-                    at_ms: event.at_ms,
-                    log_tail,
-                    log_path,
-                    gates,
-                    fencing: event.fencing,
-                    evidence,
-                }),
-            };
+            if let EventKind::Started { lease_wait_ms } = event.kind {
+                self.metrics
+                    .lease_wait
+                    .observe(lease_wait_ms as f64 / 1000.0);
+            }
+            // Deferrals count from this coordinator's clock, not the worker's.
+            let report = Report::from_event(&event, now_ms());
             // A worker's result (the reaper's own reports carry no fence).
             let finished_fence = match &report {
                 Report::Finished(finish) if finish.fencing > 0 => Some(finish.fencing),

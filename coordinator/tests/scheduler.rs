@@ -8,8 +8,9 @@ use std::path::Path;
 
 use regatta_coordinator::dag::Dag;
 use regatta_coordinator::manifest::Manifest;
+use regatta_coordinator::scheduler::DEFER_MS;
 use regatta_coordinator::scheduler::{Batch, BatchState, Effects, Finish, Report, UnitState};
-use regatta_proto::Outcome;
+use regatta_proto::{EventKind, Outcome, SessionEvent};
 
 /// The dispatch time of every step-by-step test: far from the wall clock, so
 /// that a test passes only if the scheduler uses the time it is given.
@@ -110,7 +111,7 @@ impl Fleet {
             unit,
             Report::Deferred {
                 reason: "the database is in maintenance".into(),
-                at_ms: NOW,
+                received_at_ms: NOW,
             },
         )
     }
@@ -530,7 +531,7 @@ fn events_of_a_stale_or_unknown_session_change_nothing() {
             finished(Outcome::Failed),
             Report::Deferred {
                 reason: "late".into(),
-                at_ms: NOW,
+                received_at_ms: NOW,
             },
         ] {
             let effects = fleet.report_for(&mut batch, "a", session, report);
@@ -788,6 +789,43 @@ fn a_deferred_unit_is_dispatched_again_once_its_delay_has_passed() {
         names(&batch, &later.publish),
         ["a"],
         "an hour after the deferral, the unit runs again"
+    );
+}
+
+#[test]
+fn a_deferral_from_a_worker_an_hour_ahead_waits_only_the_defer_period_of_the_coordinators_clock() {
+    let mut batch = batch("", "  - {id: a}");
+    let mut fleet = Fleet::new();
+    assert_eq!(fleet.dispatch(&mut batch), ["a"]);
+    // The worker's clock runs an hour ahead of the coordinator's.
+    let event = SessionEvent {
+        batch_id: batch.id.clone(),
+        unit_id: "a".into(),
+        session_id: session_of(&batch, "a"),
+        attempt: 1,
+        fencing: 0,
+        worker: "worker-ahead".into(),
+        at_ms: NOW + HOUR_MS,
+        kind: EventKind::Deferred {
+            reason: "waiting for db".into(),
+        },
+    };
+    let effects = fleet.report(&mut batch, "a", Report::from_event(&event, NOW));
+    assert!(effects.changed.contains(&0), "the hand-back applies");
+    assert_eq!(state(&batch, "a"), UnitState::Ready);
+    assert!(
+        fleet
+            .dispatch_at(&mut batch, NOW + DEFER_MS - 1)
+            .publish
+            .is_empty(),
+        "the unit waits its defer period"
+    );
+    let again = fleet.dispatch_at(&mut batch, NOW + DEFER_MS);
+    assert_eq!(
+        names(&batch, &again.publish),
+        ["a"],
+        "{DEFER_MS} ms after the coordinator received the deferral, by its own clock, the unit \
+         runs again, whatever the worker's clock said"
     );
 }
 
@@ -1775,7 +1813,7 @@ fn run_random_fleet(seed: u64) {
             // Only a claim that never started can be handed back.
             Report::Deferred {
                 reason: "busy".into(),
-                at_ms: now_ms,
+                received_at_ms: now_ms,
             }
         } else {
             let mut report = finished(random_outcome(&mut rng));

@@ -19,7 +19,8 @@ pub struct SessionEvent {
     pub fencing: u64,
     /// The worker's name (host and pid), for status and leases listings.
     pub worker: String,
-    /// Milliseconds since the epoch, on the worker's clock.
+    /// Milliseconds since the epoch, on the worker's clock: shown (when a
+    /// session started and ended), never compared with the coordinator's.
     pub at_ms: i64,
     pub kind: EventKind,
 }

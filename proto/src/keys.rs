@@ -3,13 +3,15 @@
 //! ```text
 //! {ns}:batches                      zset  batch id -> creation time (ms)
 //! {ns}:batch:{b}                    hash  batch record: manifest, state, times
-//! {ns}:batch:{b}:units              hash  unit id -> unit record (JSON)
+//! {ns}:batch:{b}:units              hash  unit id -> unit record (JSON); the lease script
+//!                                         admits only the current session of a queued unit
 //! {ns}:batch:{b}:sessions           hash  session id -> session record (JSON)
 //! {ns}:sem:{b}                      zset  the batch's concurrency cap: holder -> expiry (ms)
 //! {ns}:sem:res:{r}                  zset  a shared resource's slots: holder#k -> expiry
 //! {ns}:sem:file:{path}              zset  a touched file's mutex: holder -> expiry
 //! {ns}:leases                       zset  session id -> lease expiry (ms), for the reaper
-//! {ns}:lease:{s}                    hash  the lease record of session s
+//! {ns}:lease:{s}                    hash  the lease record of session s: owner, claim, fence,
+//!                                         expiry, semaphores
 //! {ns}:fence                        counter of fencing numbers
 //! {ns}:done:{s}                     tombstone of a finished session (a day): 1 released, reaped, deferred
 //! {ns}:capacities                   hash  resource -> capacity, shared by every batch

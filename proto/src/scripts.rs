@@ -12,22 +12,61 @@
 /// Acquires every semaphore of a session, all or none.
 ///
 /// KEYS: leases zset, lease hash, fence counter, batch record, the session's
-/// tombstone, the epoch marker, the quiet marker, then each semaphore key. ARGV: session id, ttl ms, owner, then per semaphore
-/// capacity and weight. Returns `{1, fence, expiry_ms}` on success, `{0, key}`
-/// naming the first semaphore that is full, `{-1, reason}` if the session
-/// already holds a lease or already ran (a duplicated order), `{-2,
-/// reason}` if the batch was cancelled, or `{-3, reason}` if no batch of
-/// that id was ever stored (an order from elsewhere). While Redis has lost
-/// its data (no epoch marker) or is quiet after that, it answers `{0, why}`
-/// like a full semaphore: the unit is handed back and published again.
+/// tombstone, the epoch marker, the quiet marker, the batch's unit records,
+/// then each semaphore key. ARGV: session id, ttl ms, owner, unit id, claim
+/// id (one per delivery the worker handles), then per semaphore capacity and
+/// weight.
+///
+/// Returns `{1, fence, expiry_ms}` on success, also when this very claim
+/// (same owner and claim id) already holds the lease: a retry after a reply
+/// that timed out then gets its own lease back, extended, instead of losing
+/// the unit. Otherwise `{0, key}` naming the first semaphore that is full,
+/// `{-1, reason}` if the session already holds a lease or already ran (a
+/// duplicated order), `{-2, reason}` if the batch was cancelled, `{-3,
+/// reason}` if no batch of that id was ever stored (an order from
+/// elsewhere), or `{-4, reason}` if the session is not the unit's current
+/// queued session in the coordinator's stored unit record (a stale or
+/// replayed order: refused for good, not only while its tombstone lives).
+/// While Redis has lost its data (no epoch marker) or is quiet after that,
+/// it answers `{0, why}` like a full semaphore: the unit is handed back and
+/// published again.
 pub const ACQUIRE: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local session = ARGV[1]
 local ttl = tonumber(ARGV[2])
-local n = #KEYS - 7
+local n = #KEYS - 8
 if redis.call('EXISTS', KEYS[2]) == 1 then
-  return {-1, 'session already holds a lease'}
+  local lease = redis.call('HMGET', KEYS[2], 'owner', 'claim', 'fence', 'semaphores')
+  if lease[1] ~= ARGV[3] or lease[2] ~= ARGV[5] then
+    return {-1, 'session already holds a lease'}
+  end
+  -- This claim's own lease: its reply was lost. Give it back, extended,
+  -- if every slot of it is still live.
+  local current = redis.call('ZSCORE', KEYS[1], session)
+  if (not current) or tonumber(current) <= now then
+    return {-1, 'session lease expired before its claim was confirmed'}
+  end
+  local semaphores = {}
+  for line in string.gmatch(lease[4] or '', '[^\n]+') do
+    local key, weight = string.match(line, '^(.*)\t(%d+)$')
+    for k = 1, tonumber(weight) do
+      local score = redis.call('ZSCORE', key, session .. '#' .. k)
+      if (not score) or tonumber(score) <= now then
+        return {-1, 'session lease expired before its claim was confirmed'}
+      end
+    end
+    semaphores[#semaphores + 1] = {key, tonumber(weight)}
+  end
+  local expiry = now + ttl
+  for _, s in ipairs(semaphores) do
+    for k = 1, s[2] do
+      redis.call('ZADD', s[1], 'XX', expiry, session .. '#' .. k)
+    end
+  end
+  redis.call('HSET', KEYS[2], 'expiry', expiry)
+  redis.call('ZADD', KEYS[1], 'XX', expiry, session)
+  return {1, tonumber(lease[3]), expiry}
 end
 if redis.call('EXISTS', KEYS[5]) == 1 then
   return {-1, 'session already ran'}
@@ -49,11 +88,27 @@ end
 if redis.call('HGET', KEYS[4], 'state') == 'cancelled' then
   return {-2, 'batch cancelled'}
 end
+-- Only the session the coordinator stored as the unit's current, queued
+-- one may run: tombstones last a day, an order forever.
+local stored = redis.call('HGET', KEYS[8], ARGV[4])
+if not stored then
+  return {-4, 'the unit has no stored record'}
+end
+local ok, unit = pcall(cjson.decode, stored)
+if (not ok) or type(unit) ~= 'table' or type(unit.history) ~= 'table' then
+  return {-4, 'the unit record is unreadable'}
+end
+local latest = unit.history[#unit.history]
+local latest_session = type(latest) == 'table' and latest.session_id or nil
+if unit.state ~= 'queued' or latest_session ~= session then
+  return {-4, 'the unit is ' .. tostring(unit.state) .. ' and its current session is '
+    .. tostring(latest_session)}
+end
 for i = 1, n do
-  local key = KEYS[7 + i]
+  local key = KEYS[8 + i]
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  local capacity = tonumber(ARGV[2 + 2 * i])
-  local weight = tonumber(ARGV[3 + 2 * i])
+  local capacity = tonumber(ARGV[4 + 2 * i])
+  local weight = tonumber(ARGV[5 + 2 * i])
   if redis.call('ZCARD', key) + weight > capacity then
     -- The session is handed back and will never run: the coordinator
     -- re-publishes the unit as a new session, so a copy of this order
@@ -65,16 +120,16 @@ end
 local expiry = now + ttl
 local held = {}
 for i = 1, n do
-  local key = KEYS[7 + i]
-  local weight = tonumber(ARGV[3 + 2 * i])
+  local key = KEYS[8 + i]
+  local weight = tonumber(ARGV[5 + 2 * i])
   for k = 1, weight do
     redis.call('ZADD', key, expiry, session .. '#' .. k)
   end
   held[#held + 1] = key .. '\t' .. weight
 end
 local fence = redis.call('INCR', KEYS[3])
-redis.call('HSET', KEYS[2], 'owner', ARGV[3], 'fence', fence, 'expiry', expiry,
-  'semaphores', table.concat(held, '\n'))
+redis.call('HSET', KEYS[2], 'owner', ARGV[3], 'claim', ARGV[5], 'fence', fence,
+  'expiry', expiry, 'semaphores', table.concat(held, '\n'))
 redis.call('ZADD', KEYS[1], expiry, session)
 return {1, fence, expiry}
 "#;

@@ -477,3 +477,112 @@ async fn a_cancelled_batch_gives_every_slot_back() {
     assert!(units.iter().all(|u| u.state == UnitState::Succeeded));
     fleet.stop().await;
 }
+
+/// A relay to Redis whose replies can be held back (while `stalled`),
+/// while requests still reach Redis: a slow Redis as the worker sees it.
+struct StallingRelay {
+    port: u16,
+    stalled: Arc<AtomicBool>,
+}
+
+impl StallingRelay {
+    async fn start() -> StallingRelay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the relay");
+        let port = listener.local_addr().expect("relay address").port();
+        let stalled = Arc::new(AtomicBool::new(false));
+        let stall = stalled.clone();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let stall = stall.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let Ok(outbound) = tokio::net::TcpStream::connect("127.0.0.1:6379").await
+                    else {
+                        return;
+                    };
+                    let (mut client_read, mut client_write) = inbound.into_split();
+                    let (mut redis_read, mut redis_write) = outbound.into_split();
+                    tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut client_read, &mut redis_write).await;
+                    });
+                    let mut buffer = vec![0u8; 64 * 1024];
+                    while let Ok(n) = redis_read.read(&mut buffer).await {
+                        if n == 0 {
+                            break;
+                        }
+                        while stall.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        if client_write.write_all(&buffer[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        StallingRelay { port, stalled }
+    }
+
+    fn stall(&self, on: bool) {
+        self.stalled.store(on, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_whose_reply_was_slow_gets_its_own_lease_back_and_runs_once() {
+    let relay = StallingRelay::start().await;
+    let mut fleet = Fleet::start("slow-claim", 0, 1, "5s").await;
+    let redis_url = format!("redis://127.0.0.1:{}/", relay.port);
+    fleet.add_worker_with_env(1, &[("REGATTA_REDIS_URL", &redis_url)]);
+    // The worker runs the script by its hash: have Redis know it, so that
+    // the stalled try really takes the lease (not a NOSCRIPT answer).
+    let mut con = redis().await;
+    let _: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(regatta_proto::scripts::ACQUIRE)
+        .query_async(&mut con)
+        .await
+        .expect("load the lease script");
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_file(
+        dir.path(),
+        "manifest.yaml",
+        "batch: slow-claim\nplaybook:\n  name: p\n  run: echo \"$REGATTA_SESSION_ID\" >> ran.txt\nunits:\n  - id: once\n",
+    );
+    let manifest = Manifest::load(&dir.path().join("manifest.yaml")).expect("valid manifest");
+    // Let the worker connect and go idle, then hold every Redis reply back.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    relay.stall(true);
+    let client = fleet.client();
+    let batch = client.enqueue(&manifest).await.expect("enqueue");
+    let keys = Keys::new(&fleet.namespace).expect("keys");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while zcard(&keys.leases()).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the worker took no lease within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Longer than the worker's 500 ms reply timeout, twice over: the first
+    // try and at least one retry time out after Redis granted the lease.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    relay.stall(false);
+
+    let summary = fleet.wait_for_end(&batch, Duration::from_secs(60)).await;
+    assert_eq!(summary.state, BatchState::Succeeded, "{summary:?}");
+    let units = client.units(&batch, None).await.expect("units");
+    let once = units.iter().find(|u| u.id == "once").expect("unit once");
+    assert_eq!(
+        once.history.len(),
+        1,
+        "the first claim ran; no lost attempt and re-run: {:#?}",
+        once.history
+    );
+    assert_eq!(once.history[0].outcome, Some(Outcome::Succeeded));
+    let ran = std::fs::read_to_string(dir.path().join("ran.txt")).unwrap_or_default();
+    assert_eq!(ran.lines().count(), 1, "the command ran once: {ran:?}");
+    fleet.stop().await;
+}

@@ -315,6 +315,10 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
             );
             return refuse(shared, delivery, &reason).await;
         }
+        Ok(Claim::NotCurrent { reason }) => {
+            let reason = stale_order_reason(&order, &reason);
+            return refuse(shared, delivery, &reason).await;
+        }
         Ok(Claim::AlreadyHeld) => {
             tracing::warn!(
                 "duplicate order of a session that holds its leases or already ran; dropped"
@@ -423,6 +427,17 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
     }
 }
 
+/// Why an order that is not its unit's current queued session is refused:
+/// dead-lettered rather than dropped, since once its tombstone is gone only
+/// a replay or a long-lost copy can bring it, and a human should see it.
+fn stale_order_reason(order: &WorkOrder, why: &str) -> String {
+    format!(
+        "stale or replayed order: session '{}' is not the current queued session of unit '{}' \
+         of batch '{}' ({why}); never run",
+        order.session_id, order.unit_id, order.batch_id
+    )
+}
+
 type SessionSummary = (
     Outcome,
     Option<i32>,
@@ -443,10 +458,13 @@ async fn acquire_with_retries(
 ) -> Result<Claim, Error> {
     let started = Instant::now();
     let mut backoff = Duration::from_millis(100);
+    // One claim for every try: a try whose reply was lost left a lease that
+    // the next try gets back instead of being refused as a duplicate.
+    let claim = uuid::Uuid::new_v4().simple().to_string();
     loop {
         match shared
             .leases
-            .acquire(order, owner, shared.config.lease_ttl)
+            .acquire(order, owner, &claim, shared.config.lease_ttl)
             .await
         {
             Ok(claim) => return Ok(claim),

@@ -24,6 +24,9 @@ pub enum Claim {
     Cancelled,
     /// No such batch was ever enqueued: the order must not run.
     UnknownBatch,
+    /// The session is not the unit's current queued session, as the
+    /// coordinator stored it: a stale or replayed order that must never run.
+    NotCurrent { reason: String },
 }
 
 /// The answer to a renewal.
@@ -58,10 +61,16 @@ impl LeaseClient {
     }
 
     /// Acquires the batch slot and every resource share of an order, all or none.
+    ///
+    /// `claim` names this handling of the order (one per delivery): asked
+    /// again with the same owner and claim, after a reply that never came,
+    /// the script answers `Held` with the lease it already granted, extended.
+    /// A redelivered copy handled under another claim is refused.
     pub async fn acquire(
         &self,
         order: &WorkOrder,
         owner: &LeaseOwner,
+        claim: &str,
         ttl: Duration,
     ) -> Result<Claim, Error> {
         let script = Script::new(scripts::ACQUIRE);
@@ -74,9 +83,12 @@ impl LeaseClient {
             .key(self.keys.done(&order.session_id))
             .key(self.keys.epoch())
             .key(self.keys.quiet())
+            .key(self.keys.units(&order.batch_id))
             .arg(&order.session_id)
             .arg(ttl.as_millis() as u64)
-            .arg(owner.encode());
+            .arg(owner.encode())
+            .arg(&order.unit_id)
+            .arg(claim);
         invocation
             .key(self.keys.batch_semaphore(&order.batch_id))
             .arg(order.leases.concurrency.max(1))
@@ -143,20 +155,54 @@ fn parse_claim(answer: &[redis::Value]) -> Option<Claim> {
         Some(Value::Int(n)) => Some(*n),
         _ => None,
     };
+    let text = |v: Option<&Value>| match v {
+        Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+        _ => String::new(),
+    };
     match int(answer.first())? {
         1 => Some(Claim::Held {
             fence: int(answer.get(1))?.max(0) as u64,
             expiry_ms: int(answer.get(2))?,
         }),
         0 => Some(Claim::Busy {
-            semaphore: match answer.get(1) {
-                Some(Value::BulkString(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
-                _ => String::new(),
-            },
+            semaphore: text(answer.get(1)),
         }),
         -1 => Some(Claim::AlreadyHeld),
         -2 => Some(Claim::Cancelled),
         -3 => Some(Claim::UnknownBatch),
+        -4 => Some(Claim::NotCurrent {
+            reason: text(answer.get(1)),
+        }),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use redis::Value;
+
+    #[test]
+    fn answers_of_the_lease_script_are_read_and_garbage_is_not() {
+        let text = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        assert_eq!(
+            parse_claim(&[Value::Int(1), Value::Int(9), Value::Int(1_000)]),
+            Some(Claim::Held {
+                fence: 9,
+                expiry_ms: 1_000
+            })
+        );
+        assert_eq!(
+            parse_claim(&[Value::Int(-4), text("the unit is succeeded")]),
+            Some(Claim::NotCurrent {
+                reason: "the unit is succeeded".into()
+            })
+        );
+        assert_eq!(
+            parse_claim(&[Value::Int(-1), text("session already ran")]),
+            Some(Claim::AlreadyHeld)
+        );
+        assert_eq!(parse_claim(&[Value::Int(7)]), None);
+        assert_eq!(parse_claim(&[]), None);
     }
 }

@@ -198,12 +198,20 @@ fn assemble(draft: Draft, input: &Input<'_>) -> Assembled {
         None => input.base_dir.clone(),
         Some(workdir) => lexical_normal(&input.base_dir.join(workdir)),
     };
-    if input.check_workdir && !workdir.is_dir() {
-        let kind = ManifestErrorKind::WorkdirNotFound {
-            path: workdir.clone(),
-        };
-        problems.push(Problem::new(Locator::Value(Node::Top, "workdir"), kind));
-    }
+    let workdir = if input.check_workdir {
+        match real_workdir(&workdir) {
+            Some(real) => real,
+            None => {
+                let kind = ManifestErrorKind::WorkdirNotFound {
+                    path: workdir.clone(),
+                };
+                problems.push(Problem::new(Locator::Value(Node::Top, "workdir"), kind));
+                workdir
+            }
+        }
+    } else {
+        workdir
+    };
     let mut playbook_file = None;
     let (playbook, playbook_known) = match draft.playbook {
         PlaybookSpec::Inline(mut playbook) => {
@@ -254,6 +262,15 @@ fn assemble(draft: Draft, input: &Input<'_>) -> Assembled {
         playbook_known,
         playbook_file,
     }
+}
+
+/// The workdir with every symlink resolved, or `None` if it is not a folder:
+/// touched files are named by their absolute path, so two workdirs that are
+/// links to one folder must name its files alike, or one file gets two mutexes.
+fn real_workdir(workdir: &Path) -> Option<PathBuf> {
+    std::fs::canonicalize(workdir)
+        .ok()
+        .filter(|real| real.is_dir())
 }
 
 /// Reads the playbook file a manifest names, relative to the manifest's folder. Its
@@ -405,4 +422,52 @@ fn lexical_normal(path: &Path) -> PathBuf {
         }
     }
     normal
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn workdirs_that_are_links_to_one_folder_load_as_that_folder() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let real = root.path().join("repo");
+        std::fs::create_dir(&real).expect("create the folder");
+        std::os::unix::fs::symlink(&real, root.path().join("link")).expect("symlink");
+        let manifest = |workdir: &str| {
+            let dir = root.path().join(format!("m-{workdir}"));
+            std::fs::create_dir(&dir).expect("create the manifest's folder");
+            let path = dir.join("manifest.yaml");
+            let text = format!(
+                "batch: b\nworkdir: ../{workdir}\nplaybook: {{name: p, run: 'true'}}\n\
+                 units:\n  - {{id: a, touches: [schema/x.sql]}}\n"
+            );
+            std::fs::write(&path, text).expect("write the manifest");
+            crate::Manifest::load(&path).expect("a valid manifest")
+        };
+        let (direct, linked) = (manifest("repo"), manifest("link"));
+        let canonical = std::fs::canonicalize(&real).expect("canonical folder");
+        assert_eq!(direct.workdir, canonical);
+        assert_eq!(linked.workdir, canonical, "the link is resolved");
+        // One file, one mutex, whichever way the manifest reached it.
+        let demand = |manifest: crate::Manifest| {
+            let dag = crate::dag::Dag::build(&manifest).expect("a DAG");
+            let batch = crate::scheduler::Batch::new("b-1".into(), manifest, dag);
+            batch.demand(0).to_vec()
+        };
+        assert_eq!(demand(direct), demand(linked));
+    }
+
+    #[test]
+    fn a_missing_workdir_is_refused_with_its_path() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let path = root.path().join("manifest.yaml");
+        let text =
+            "batch: b\nworkdir: nowhere\nplaybook: {name: p, run: 'true'}\nunits:\n  - id: a\n";
+        std::fs::write(&path, text).expect("write the manifest");
+        let errors = crate::Manifest::load(&path).expect_err("a missing workdir is refused");
+        let shown = errors.to_string();
+        assert!(
+            shown.contains("nowhere") && shown.contains("workdir"),
+            "{shown}"
+        );
+    }
 }
