@@ -159,19 +159,28 @@ impl Service {
             serde_json::to_string(&manifest).map_err(|e| Error::Invalid(e.to_string()))?;
         let manifest_sha256 = manifest.sha256();
         let batch = Batch::new(batch_id.clone(), manifest, dag);
-        {
-            let mut fleet = self.fleet();
-            self.store.write(Write::Hash {
+        // Stored first, and checked: a record Redis refuses (over its bulk
+        // limit, say) fails this request and leaves nothing half-stored.
+        let record = vec![
+            Write::Hash {
                 key: self.config.keys.batch(&batch_id),
                 fields: vec![
                     ("manifest".into(), manifest_json),
                     ("created_ms".into(), now.to_string()),
                 ],
-            });
-            self.store.write(Write::IndexBatch {
+            },
+            Write::IndexBatch {
                 batch_id: batch_id.clone(),
                 created_ms: now,
-            });
+            },
+        ];
+        if let Err(e) = self.store.store(record).await {
+            self.store.write(Write::Forget { batch_id });
+            self.store.flushed().await;
+            return Err(e);
+        }
+        {
+            let mut fleet = self.fleet();
             let entry = Entry {
                 batch,
                 created_ms: now,
@@ -627,6 +636,7 @@ impl Service {
 
     /// Applies a human's decision to a batch.
     pub async fn control(&self, batch_id: &str, action: Control) -> Result<(), Error> {
+        let cancelling = matches!(action, Control::Cancel);
         {
             let mut fleet = self.fleet();
             let Fleet { batches, usage } = &mut *fleet;
@@ -696,6 +706,13 @@ impl Service {
                 entry.ended_ms = None;
             }
             self.settle(&mut fleet, batch_id, effects);
+        }
+        if cancelling {
+            // Workers hear it now, not at their next lease renewal.
+            self.store
+                .write(Write::Notify(regatta_proto::Notice::Cancel {
+                    batch_id: batch_id.to_owned(),
+                }));
         }
         self.store.flushed().await;
         Ok(())

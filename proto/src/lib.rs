@@ -20,6 +20,7 @@ pub mod evidence;
 pub mod keys;
 pub mod lease;
 pub mod names;
+pub mod notice;
 pub mod order;
 pub mod scripts;
 pub mod sign;
@@ -30,6 +31,7 @@ pub use event::{EventKind, EvidenceRef, GateReport, Outcome, SessionEvent};
 pub use keys::Keys;
 pub use lease::LeaseOwner;
 pub use names::{Names, QueueArgument, QueueSpec, REASON_HEADER};
+pub use notice::Notice;
 pub use order::{GateSpec, LeaseDemand, ResourceDemand, WorkOrder};
 pub use sign::Signer;
 
