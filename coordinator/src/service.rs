@@ -584,6 +584,11 @@ impl Service {
                     continue;
                 };
                 tracing::warn!(batch = %owner.batch_id, unit = %owner.unit_id, session = %session_id, worker = %owner.worker, "session lost: its worker stopped renewing its leases");
+                // A worker still alive kills it now, not at its next renewal.
+                self.store
+                    .write(Write::Notify(regatta_proto::Notice::Revoke {
+                        session_id: session_id.clone(),
+                    }));
                 let event = SessionEvent {
                     batch_id: owner.batch_id,
                     unit_id: owner.unit_id,
