@@ -193,3 +193,55 @@ async fn a_write_redis_refuses_fails_its_enqueue_and_later_writes_go_through() {
     assert_eq!(summary.state, BatchState::Succeeded, "{summary:?}");
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_writes_after_redis_lost_its_data_but_never_once_another_tenure_holds_the_lock() {
+    use regatta_coordinator::lock::Tenure;
+    use regatta_coordinator::store::{Store, Write};
+    use regatta_coordinator::Error;
+
+    let namespace = regatta_tests::unique_namespace("tenure-fence");
+    let keys = regatta_proto::Keys::new(&namespace).expect("keys");
+    let tenure = Tenure::named("me", Duration::from_secs(30));
+    let store = Store::connect(
+        &regatta_tests::redis_url(),
+        keys.clone(),
+        Some(tenure.clone()),
+    )
+    .await
+    .expect("connect the store");
+    let mut redis = regatta_tests::redis().await;
+    let state = |value: &str| Write::Hash {
+        key: keys.batch("b"),
+        fields: vec![("state".into(), value.into())],
+    };
+
+    // No lock and no tenure recorded (Redis lost its data): the holder
+    // writes, and takes its lock back.
+    store
+        .store(vec![state("running")])
+        .await
+        .expect("stored after a data loss");
+    let holder: Option<String> = redis.get(keys.coordinator()).await.expect("read");
+    let recorded: Option<String> = redis.get(keys.coordinator_tenure()).await.expect("read");
+    assert_eq!(holder.as_deref(), Some("me"));
+    assert_eq!(recorded.as_deref(), Some(tenure.id.as_str()));
+
+    // Another tenure took the lock (a restart in place under the same
+    // name): every write of this one is refused, in Redis.
+    let _: () = redis
+        .set(keys.coordinator_tenure(), "me#another-run")
+        .await
+        .expect("another tenure");
+    let refused = store.store(vec![state("cancelled")]).await;
+    assert!(
+        matches!(refused, Err(Error::LockLost(_))),
+        "a deposed tenure's write: {refused:?}"
+    );
+    assert!(tenure.is_deposed(), "the lock holder is told to stop");
+    store.write(state("paused"));
+    store.flushed().await;
+    let stored: Option<String> = redis.hget(keys.batch("b"), "state").await.expect("read");
+    assert_eq!(stored.as_deref(), Some("running"), "a deposed write landed");
+    regatta_tests::delete_keys(&mut redis, &namespace).await;
+}
