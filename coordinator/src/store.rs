@@ -144,10 +144,20 @@ enum Step {
         what: String,
         ops: Vec<Op>,
         refused: Option<Error>,
-        done: Option<oneshot::Sender<Result<(), Error>>>,
+        answer: Answer,
     },
     Flush(oneshot::Sender<()>),
     Then(Box<dyn FnOnce() + Send>),
+}
+
+/// Who learns that a write was refused.
+enum Answer {
+    /// The request that made it ([`Write::Checked`]).
+    Caller(oneshot::Sender<Result<(), Error>>),
+    /// The orders queued after it: they are not published.
+    Orders,
+    /// Nobody: a clean-up that may fail for the reason it cleans up.
+    Log,
 }
 
 impl Step {
@@ -206,11 +216,11 @@ impl Writer {
 
     /// Turns a write into the steps that carry it.
     fn steps_of(&self, write: Write, steps: &mut Vec<Step>) {
-        let store = |what: String, ops: Vec<Op>, done| Step::Store {
+        let store = |what: String, ops: Vec<Op>, answer| Step::Store {
             what,
             ops,
             refused: None,
-            done,
+            answer,
         };
         match write {
             Write::Flush(done) => steps.push(Step::Flush(done)),
@@ -224,7 +234,7 @@ impl Writer {
                         ops.extend(o);
                     }
                 }
-                steps.push(store(what.join(", "), ops, Some(done)));
+                steps.push(store(what.join(", "), ops, Answer::Caller(done)));
             }
             Write::Forget { batch_id } => {
                 // Two steps: a refused index (the usual culprit) must not
@@ -245,7 +255,7 @@ impl Writer {
                 steps.push(store(
                     format!("the removal of batch '{batch_id}'"),
                     del,
-                    None,
+                    Answer::Log,
                 ));
                 let zrem = Op {
                     name: "zrem",
@@ -255,12 +265,12 @@ impl Writer {
                 steps.push(store(
                     format!("the removal of batch '{batch_id}' from {}", keys.batches()),
                     vec![zrem],
-                    None,
+                    Answer::Log,
                 ));
             }
             other => {
                 if let Some((what, ops)) = self.ops_of(other) {
-                    steps.push(store(what, ops, None));
+                    steps.push(store(what, ops, Answer::Orders));
                 }
             }
         }
@@ -466,7 +476,7 @@ impl Writer {
                 Step::Store {
                     what,
                     refused,
-                    done: Some(done),
+                    answer: Answer::Caller(done),
                     ..
                 } => {
                     if let Some(e) = &refused {
@@ -477,11 +487,13 @@ impl Writer {
                 Step::Store {
                     what,
                     refused: Some(e),
-                    done: None,
+                    answer,
                     ..
                 } => {
                     tracing::error!(error = %e, %what, "Redis refused a write; it is dropped, later writes go on");
-                    self.refused_since_marker = true;
+                    if matches!(answer, Answer::Orders) {
+                        self.refused_since_marker = true;
+                    }
                 }
                 Step::Store { .. } => {}
                 Step::Flush(done) => {
