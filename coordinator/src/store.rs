@@ -17,7 +17,7 @@
 //! fails alone, with its reason, and the writes after it go on. Outages
 //! (connection and I/O errors) are waited out, the writes kept in order.
 
-use redis::aio::ConnectionManager;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RetryMethod};
 use regatta_proto::{scripts, Keys, Notice};
 use tokio::sync::{mpsc, oneshot};
@@ -63,6 +63,39 @@ pub enum Write {
 /// Redis (which also serves lease renewals) for long.
 const FIELDS_PER_COMMAND: usize = 1_000;
 
+/// How long the writer waits for Redis to answer one script.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Redis's largest value (`proto-max-bulk-len`) when it will not say.
+const DEFAULT_LARGEST_VALUE: usize = 512 * 1024 * 1024;
+
+/// Redis's largest value: a larger one would have it drop the connection
+/// (and the writer send it again, forever), so it is refused here first.
+async fn largest_value(connection: &mut ConnectionManager) -> usize {
+    let answer: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("proto-max-bulk-len")
+        .query_async(connection)
+        .await;
+    answer
+        .ok()
+        .and_then(|pair| pair.get(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(DEFAULT_LARGEST_VALUE)
+}
+
+/// Names the first value of `ops` that Redis would not take.
+fn oversized(ops: &[Op], largest: usize) -> Option<String> {
+    ops.iter().find_map(|op| {
+        let size = op.args.iter().map(String::len).max()?;
+        (size > largest).then(|| {
+            format!(
+                "a value of {size} bytes for {} is over Redis's largest ({largest} bytes, its proto-max-bulk-len)",
+                op.keys.first().map(String::as_str).unwrap_or("a notice")
+            )
+        })
+    })
+}
+
 /// The sending side of the store.
 #[derive(Clone)]
 pub struct Store {
@@ -77,12 +110,21 @@ impl Store {
     /// Redis refuses every write once another tenure holds it.
     pub async fn connect(url: &str, keys: Keys, tenure: Option<Tenure>) -> Result<Store, Error> {
         let client = redis::Client::open(url).map_err(|e| Error::redis(url, e))?;
-        let connection = ConnectionManager::new(client)
+        let connection = ConnectionManager::new(client.clone())
             .await
             .map_err(|e| Error::redis(url, e))?;
+        // The writer's own connection waits longer for an answer: storing a
+        // manifest of hundreds of MB takes seconds, and a write that timed
+        // out would be sent again, and time out again, forever.
+        let patient = ConnectionManagerConfig::new().set_response_timeout(Some(WRITE_TIMEOUT));
+        let mut writer_connection = ConnectionManager::new_with_config(client, patient)
+            .await
+            .map_err(|e| Error::redis(url, e))?;
+        let largest_value = largest_value(&mut writer_connection).await;
         let (sender, receiver) = mpsc::unbounded_channel();
         let writer = Writer {
-            connection: connection.clone(),
+            connection: writer_connection,
+            largest_value,
             keys: keys.clone(),
             tenure,
             script: redis::Script::new(&scripts::FENCED_WRITE),
@@ -192,6 +234,8 @@ enum Sent {
 /// The task that sends every write, in order.
 struct Writer {
     connection: ConnectionManager,
+    /// Redis's `proto-max-bulk-len`.
+    largest_value: usize,
     keys: Keys,
     tenure: Option<Tenure>,
     script: redis::Script,
@@ -336,6 +380,13 @@ impl Writer {
         let mut chunks: Vec<Vec<(usize, usize)>> = Vec::new();
         let mut chunk = Vec::new();
         let mut weight = 0;
+        for step in steps.iter_mut() {
+            if let Step::Store { ops, .. } = step {
+                if let Some(reason) = oversized(ops, self.largest_value) {
+                    step.refuse(|what| refusal(what, &reason));
+                }
+            }
+        }
         for (s, step) in steps.iter().enumerate() {
             let Step::Store { ops, .. } = step else {
                 continue;
@@ -530,4 +581,26 @@ fn refusal(what: &str, reason: &str) -> Error {
 fn refused_for_good(e: &redis::RedisError) -> bool {
     matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
         && matches!(e.retry_method(), RetryMethod::NoRetry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_over_redis_largest_is_named_and_nothing_smaller_is() {
+        let hset = |value: &str| Op {
+            name: "hset",
+            keys: vec!["ns:batch:b".into()],
+            args: vec!["manifest".into(), value.into()],
+        };
+        assert_eq!(oversized(&[hset("12345678")], 8), None);
+        let reason = oversized(&[hset("1"), hset("123456789")], 8).expect("over");
+        assert!(
+            reason.contains("9 bytes")
+                && reason.contains("ns:batch:b")
+                && reason.contains("8 bytes"),
+            "{reason}"
+        );
+    }
 }
