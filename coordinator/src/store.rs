@@ -325,18 +325,22 @@ impl Writer {
         let keys = &self.keys;
         Some(match write {
             Write::Hash { key, fields } => {
-                let ops = fields
-                    .chunks(FIELDS_PER_COMMAND)
-                    .map(|chunk| Op {
+                // Moved, not copied: a manifest may be hundreds of MB.
+                let what = format!("{key} ({} fields)", fields.len());
+                let mut fields = fields.into_iter().peekable();
+                let mut ops = Vec::new();
+                while fields.peek().is_some() {
+                    ops.push(Op {
                         name: "hset",
                         keys: vec![key.clone()],
-                        args: chunk
-                            .iter()
-                            .flat_map(|(f, v)| [f.clone(), v.clone()])
+                        args: fields
+                            .by_ref()
+                            .take(FIELDS_PER_COMMAND)
+                            .flat_map(|(f, v)| [f, v])
                             .collect(),
-                    })
-                    .collect();
-                (format!("{key} ({} fields)", fields.len()), ops)
+                    });
+                }
+                (what, ops)
             }
             Write::IndexBatch {
                 batch_id,
@@ -409,6 +413,9 @@ impl Writer {
                 .into_iter()
                 .filter(|(s, _)| !steps[*s].refused())
                 .collect();
+            if live.is_empty() {
+                continue;
+            }
             let mut owners: Vec<usize> = live.iter().map(|(s, _)| *s).collect();
             owners.dedup();
             let script = self.script.clone();
