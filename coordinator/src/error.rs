@@ -19,6 +19,14 @@ pub enum Error {
         #[source]
         source: redis::RedisError,
     },
+    /// Redis refused a write for good (an error reply, not an outage): it
+    /// is not retried, and the request that made it fails.
+    #[error("Redis refused to store {what}: {reason}")]
+    StoreRefused { what: String, reason: String },
+    /// Redis refused a write because another coordinator holds the
+    /// namespace now: this one stops.
+    #[error("not stored: this coordinator lost the namespace's lock ({0})")]
+    LockLost(String),
     /// The batch or unit named does not exist.
     #[error("no such {0}")]
     NotFound(String),

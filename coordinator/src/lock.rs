@@ -9,6 +9,11 @@
 //! run out. A coordinator that finds another instance holding its lock (it
 //! was paused past the TTL), or that could not renew it for most of the TTL
 //! (cut off from Redis), stops: another may hold it by then.
+//!
+//! Each run of a coordinator is a [`Tenure`] with an id of its own that the
+//! lock records in Redis (`Keys::coordinator_tenure`); the store's writes are
+//! fenced by it in Redis itself, so a write that was sent in time but lands
+//! late (stalled on the network) after another took over is refused.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,6 +29,8 @@ use crate::Error;
 pub struct CoordinatorLock {
     connection: ConnectionManager,
     key: String,
+    /// Names the tenure holding the lock; outlives the lock.
+    tenure_key: String,
     instance: String,
     ttl: Duration,
     tenure: Tenure,
@@ -33,6 +40,11 @@ pub struct CoordinatorLock {
 /// enough that no other coordinator can hold it yet. The store checks it
 /// before every write, so a coordinator that wakes from a pause, or comes
 /// back from a partition, writes nothing before it learns its fate.
+///
+/// A tenure also names this run of the coordinator (`id`): the lock records
+/// it in Redis, and every store write is fenced by it there
+/// (`scripts::FENCED_WRITE`), since a write may be sent while the tenure is
+/// current yet land, stalled on the network, after another took over.
 #[derive(Clone, Debug)]
 pub struct Tenure {
     start: std::time::Instant,
@@ -40,15 +52,35 @@ pub struct Tenure {
     renewed_ms: Arc<AtomicU64>,
     /// How long after a renewal writes stay allowed.
     valid_for: Duration,
+    /// The lock's TTL.
+    pub ttl: Duration,
+    /// The name the lock holds.
+    pub instance: String,
+    /// This run's own id, unique across runs of the same instance.
+    pub id: String,
+    /// Cancelled by the store when Redis refuses a write as another
+    /// tenure's: the lock holder then stops at once.
+    deposed: CancellationToken,
 }
 
 impl Tenure {
-    /// A tenure for a lock of `ttl`, counted as renewed when it is made.
+    /// A tenure for a lock of `ttl`, counted as renewed when it is made,
+    /// with a fresh id (an instance named after it, for tests and tools).
     pub fn new(ttl: Duration) -> Tenure {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        Tenure::named(&id, ttl)
+    }
+
+    /// A fresh tenure of `instance`.
+    pub fn named(instance: &str, ttl: Duration) -> Tenure {
         Tenure {
             start: std::time::Instant::now(),
             renewed_ms: Arc::new(AtomicU64::new(0)),
             valid_for: ttl * 2 / 3,
+            ttl,
+            instance: instance.to_owned(),
+            id: format!("{instance}#{}", uuid::Uuid::new_v4().simple()),
+            deposed: CancellationToken::new(),
         }
     }
 
@@ -63,6 +95,16 @@ impl Tenure {
         let since = (self.start.elapsed().as_millis() as u64)
             .saturating_sub(self.renewed_ms.load(Ordering::SeqCst));
         Duration::from_millis(since) < self.valid_for
+    }
+
+    /// Redis refused a write of this tenure: another holds the lock.
+    pub fn depose(&self) {
+        self.deposed.cancel();
+    }
+
+    /// True once Redis refused a write of this tenure.
+    pub fn is_deposed(&self) -> bool {
+        self.deposed.is_cancelled()
     }
 }
 
@@ -84,6 +126,10 @@ pub enum Loss {
     /// one must stop before it writes or publishes anything more.
     #[error("not renewed for {0:?}, most of its TTL")]
     Unrenewed(Duration),
+    /// Redis refused a store write of this coordinator: another tenure
+    /// holds the lock (this one was stalled or paused meanwhile).
+    #[error("Redis refused a write of this coordinator: another coordinator holds the namespace")]
+    Fenced,
 }
 
 impl CoordinatorLock {
@@ -103,13 +149,14 @@ impl CoordinatorLock {
         let mut lock = CoordinatorLock {
             connection,
             key: keys.coordinator(),
+            tenure_key: keys.coordinator_tenure(),
             instance: instance.to_owned(),
             ttl,
-            tenure: Tenure::new(ttl),
+            tenure: Tenure::named(instance, ttl),
         };
         let mut told = None;
         loop {
-            match lock.hold_once().await {
+            match lock.hold_once(scripts::TAKE_COORDINATOR).await {
                 Ok(None) => {
                     lock.tenure.renewed();
                     return Ok(Some(lock));
@@ -144,16 +191,19 @@ impl CoordinatorLock {
         loop {
             tokio::select! {
                 _ = interval.tick() => {}
+                _ = self.tenure.deposed.cancelled() => return Some(Loss::Fenced),
                 _ = shutdown.cancelled() => {
-                    let _: Result<i64, _> = redis::Script::new(scripts::LET_GO_COORDINATOR)
+                    let _: Result<i64, _> = redis::Script::new(scripts::LET_GO_TENURE)
                         .key(&self.key)
+                        .key(&self.tenure_key)
                         .arg(&self.instance)
+                        .arg(&self.tenure.id)
                         .invoke_async(&mut self.connection)
                         .await;
                     return None;
                 }
             }
-            match self.hold_once().await {
+            match self.hold_once(scripts::RENEW_COORDINATOR).await {
                 Ok(None) => {
                     renewed = tokio::time::Instant::now();
                     self.tenure.renewed();
@@ -175,15 +225,17 @@ impl CoordinatorLock {
         self.tenure.clone()
     }
 
-    /// One attempt: `None` when this instance holds the lock now.
-    async fn hold_once(&mut self) -> redis::RedisResult<Option<Holder>> {
-        let (held, instance, remaining_ms): (i64, String, i64) =
-            redis::Script::new(scripts::HOLD_COORDINATOR)
-                .key(&self.key)
-                .arg(&self.instance)
-                .arg(self.ttl.as_millis() as u64)
-                .invoke_async(&mut self.connection)
-                .await?;
+    /// One attempt of `script` (take or renew): `None` when this tenure
+    /// holds the lock now.
+    async fn hold_once(&mut self, script: &str) -> redis::RedisResult<Option<Holder>> {
+        let (held, instance, remaining_ms): (i64, String, i64) = redis::Script::new(script)
+            .key(&self.key)
+            .key(&self.tenure_key)
+            .arg(&self.instance)
+            .arg(&self.tenure.id)
+            .arg(self.ttl.as_millis() as u64)
+            .invoke_async(&mut self.connection)
+            .await?;
         Ok((held != 1).then_some(Holder {
             instance,
             remaining_ms,

@@ -160,19 +160,28 @@ impl Service {
             serde_json::to_string(&manifest).map_err(|e| Error::Invalid(e.to_string()))?;
         let manifest_sha256 = manifest.sha256();
         let batch = Batch::new(batch_id.clone(), manifest, dag);
-        {
-            let mut fleet = self.fleet();
-            self.store.write(Write::Hash {
+        // Stored first, and checked: a record Redis refuses (over its bulk
+        // limit, say) fails this request and leaves nothing half-stored.
+        let record = vec![
+            Write::Hash {
                 key: self.config.keys.batch(&batch_id),
                 fields: vec![
                     ("manifest".into(), manifest_json),
                     ("created_ms".into(), now.to_string()),
                 ],
-            });
-            self.store.write(Write::IndexBatch {
+            },
+            Write::IndexBatch {
                 batch_id: batch_id.clone(),
                 created_ms: now,
-            });
+            },
+        ];
+        if let Err(e) = self.store.store(record).await {
+            self.store.write(Write::Forget { batch_id });
+            self.store.flushed().await;
+            return Err(e);
+        }
+        {
+            let mut fleet = self.fleet();
             let entry = Entry {
                 batch,
                 created_ms: now,
@@ -548,6 +557,11 @@ impl Service {
                     continue;
                 };
                 tracing::warn!(batch = %owner.batch_id, unit = %owner.unit_id, session = %session_id, worker = %owner.worker, "session lost: its worker stopped renewing its leases");
+                // A worker still alive kills it now, not at its next renewal.
+                self.store
+                    .write(Write::Notify(regatta_proto::Notice::Revoke {
+                        session_id: session_id.clone(),
+                    }));
                 let event = SessionEvent {
                     batch_id: owner.batch_id,
                     unit_id: owner.unit_id,
@@ -600,6 +614,7 @@ impl Service {
 
     /// Applies a human's decision to a batch.
     pub async fn control(&self, batch_id: &str, action: Control) -> Result<(), Error> {
+        let cancelling = matches!(action, Control::Cancel);
         {
             let mut fleet = self.fleet();
             let Fleet { batches, usage } = &mut *fleet;
@@ -669,6 +684,13 @@ impl Service {
                 entry.ended_ms = None;
             }
             self.settle(&mut fleet, batch_id, effects);
+        }
+        if cancelling {
+            // Workers hear it now, not at their next lease renewal.
+            self.store
+                .write(Write::Notify(regatta_proto::Notice::Cancel {
+                    batch_id: batch_id.to_owned(),
+                }));
         }
         self.store.flushed().await;
         Ok(())

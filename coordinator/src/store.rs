@@ -1,12 +1,25 @@
 //! Batch state in Redis: the coordinator writes every change through here,
 //! so the CLI, the API and a restarted coordinator read the truth.
 //!
-//! Writes are queued to one task that sends them in pipelines, in order; a
-//! write can carry a completion signal so that an event is acked only once
-//! its effect is stored.
+//! Writes are queued to one task that sends them in order; a write can carry
+//! a completion signal so that an event is acked only once its effect is
+//! stored.
+//!
+//! Every write is fenced in Redis itself: it is sent as one Lua script
+//! ([`scripts::FENCED_WRITE`]) that first checks that the coordinator lock
+//! still names this coordinator's tenure, then applies it. A coordinator
+//! that believed it held the lock when it sent a write, but whose request
+//! stalled on the network while another took over, is refused: it stops,
+//! and never retries.
+//!
+//! A write Redis refuses for good (an error reply: a key of the wrong type, a
+//! value over its bulk limit, no memory left) is not retried either: it
+//! fails alone, with its reason, and the writes after it go on. Outages
+//! (connection and I/O errors) are waited out, the writes kept in order.
 
-use redis::aio::ConnectionManager;
-use regatta_proto::Keys;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RetryMethod};
+use regatta_proto::{scripts, Keys, Notice};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::lock::Tenure;
@@ -25,16 +38,63 @@ pub enum Write {
     /// coordinator publishes next finds them free even before the worker's
     /// own release, which waits for the coordinator to hold the result.
     Release { session_id: String, fence: u64 },
-    /// Signals when every write queued before it is stored.
+    /// Drops a batch that could not be stored whole: its records and its
+    /// place in the index, so that nothing of it is left half-stored.
+    Forget { batch_id: String },
+    /// Tells the workers at once (pub/sub) what their next lease renewal
+    /// would tell them, once every write queued before it is stored.
+    Notify(Notice),
+    /// Signals when every write queued before it is stored (or refused).
     Flush(oneshot::Sender<()>),
     /// Runs once every write queued before it is stored: how orders are
-    /// published only after the state that names them (contract 5).
+    /// published only after the state that names them (contract 5). It does
+    /// not run if a write queued since the previous `Then` or `Flush` was
+    /// refused: the orders would name state Redis does not hold.
     Then(Box<dyn FnOnce() + Send>),
+    /// Stores these writes and answers whether every one was stored, so
+    /// that a request can fail with Redis's reason.
+    Checked {
+        writes: Vec<Write>,
+        done: oneshot::Sender<Result<(), Error>>,
+    },
 }
 
-/// The most fields written by one HSET, so a huge batch never blocks Redis
-/// (which also serves lease renewals) for long.
+/// The most fields written by one script, so a huge batch never blocks
+/// Redis (which also serves lease renewals) for long.
 const FIELDS_PER_COMMAND: usize = 1_000;
+
+/// How long the writer waits for Redis to answer one script.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Redis's largest value (`proto-max-bulk-len`) when it will not say.
+const DEFAULT_LARGEST_VALUE: usize = 512 * 1024 * 1024;
+
+/// Redis's largest value: a larger one would have it drop the connection
+/// (and the writer send it again, forever), so it is refused here first.
+async fn largest_value(connection: &mut ConnectionManager) -> usize {
+    let answer: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("proto-max-bulk-len")
+        .query_async(connection)
+        .await;
+    answer
+        .ok()
+        .and_then(|pair| pair.get(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(DEFAULT_LARGEST_VALUE)
+}
+
+/// Names the first value of `ops` that Redis would not take.
+fn oversized(ops: &[Op], largest: usize) -> Option<String> {
+    ops.iter().find_map(|op| {
+        let size = op.args.iter().map(String::len).max()?;
+        (size > largest).then(|| {
+            format!(
+                "a value of {size} bytes for {} is over Redis's largest ({largest} bytes, its proto-max-bulk-len)",
+                op.keys.first().map(String::as_str).unwrap_or("a notice")
+            )
+        })
+    })
+}
 
 /// The sending side of the store.
 #[derive(Clone)]
@@ -46,14 +106,32 @@ pub struct Store {
 
 impl Store {
     /// Connects and starts the writer task. With a `tenure`, nothing is
-    /// written while the coordinator's lock is not known to be held.
+    /// written while the coordinator's lock is not known to be held, and
+    /// Redis refuses every write once another tenure holds it.
     pub async fn connect(url: &str, keys: Keys, tenure: Option<Tenure>) -> Result<Store, Error> {
         let client = redis::Client::open(url).map_err(|e| Error::redis(url, e))?;
-        let connection = ConnectionManager::new(client)
+        let connection = ConnectionManager::new(client.clone())
             .await
             .map_err(|e| Error::redis(url, e))?;
+        // The writer's own connection waits longer for an answer: storing a
+        // manifest of hundreds of MB takes seconds, and a write that timed
+        // out would be sent again, and time out again, forever.
+        let patient = ConnectionManagerConfig::new().set_response_timeout(Some(WRITE_TIMEOUT));
+        let mut writer_connection = ConnectionManager::new_with_config(client, patient)
+            .await
+            .map_err(|e| Error::redis(url, e))?;
+        let largest_value = largest_value(&mut writer_connection).await;
         let (sender, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(writer(connection.clone(), keys.clone(), receiver, tenure));
+        let writer = Writer {
+            connection: writer_connection,
+            largest_value,
+            keys: keys.clone(),
+            tenure,
+            script: redis::Script::new(&scripts::FENCED_WRITE),
+            lost: None,
+            refused_since_marker: false,
+        };
+        tokio::spawn(writer.run(receiver));
         Ok(Store {
             sender,
             keys,
@@ -73,71 +151,373 @@ impl Store {
         let _ = wait.await;
     }
 
+    /// Stores `writes` after every write queued so far, and says whether
+    /// Redis took every one of them.
+    pub async fn store(&self, writes: Vec<Write>) -> Result<(), Error> {
+        let (done, wait) = oneshot::channel();
+        self.write(Write::Checked { writes, done });
+        wait.await
+            .map_err(|_| Error::LockLost("the store's writer stopped".into()))?
+    }
+
     /// A connection for reads and scripts.
     pub fn connection(&self) -> ConnectionManager {
         self.connection.clone()
     }
 }
 
-async fn writer(
-    mut connection: ConnectionManager,
+/// One Redis operation of [`scripts::FENCED_WRITE`].
+struct Op {
+    name: &'static str,
+    keys: Vec<String>,
+    args: Vec<String>,
+}
+
+impl Op {
+    /// How much of a script's budget it takes.
+    fn weight(&self) -> usize {
+        (self.args.len() / 2).max(1)
+    }
+}
+
+/// A write as the writer handles it: operations, or a marker.
+enum Step {
+    Store {
+        what: String,
+        ops: Vec<Op>,
+        refused: Option<Error>,
+        answer: Answer,
+    },
+    Flush(oneshot::Sender<()>),
+    Then(Box<dyn FnOnce() + Send>),
+}
+
+/// Who learns that a write was refused.
+enum Answer {
+    /// The request that made it ([`Write::Checked`]).
+    Caller(oneshot::Sender<Result<(), Error>>),
+    /// The orders queued after it: they are not published.
+    Orders,
+    /// Nobody: a clean-up that may fail for the reason it cleans up.
+    Log,
+}
+
+impl Step {
+    fn refused(&self) -> bool {
+        matches!(
+            self,
+            Step::Store {
+                refused: Some(_),
+                ..
+            }
+        )
+    }
+
+    fn refuse(&mut self, why: impl FnOnce(&str) -> Error) {
+        if let Step::Store { what, refused, .. } = self {
+            if refused.is_none() {
+                *refused = Some(why(what));
+            }
+        }
+    }
+}
+
+/// What came of one script.
+enum Sent {
+    Stored,
+    /// An error reply: sent again, it would be refused again.
+    Refused(String),
+    /// Another tenure holds the lock.
+    Deposed,
+}
+
+/// The task that sends every write, in order.
+struct Writer {
+    connection: ConnectionManager,
+    /// Redis's `proto-max-bulk-len`.
+    largest_value: usize,
     keys: Keys,
-    mut receiver: mpsc::UnboundedReceiver<Write>,
     tenure: Option<Tenure>,
-) {
-    let mut batch = Vec::new();
-    while receiver.recv_many(&mut batch, 512).await > 0 {
-        let mut pipe = redis::pipe();
-        let mut commands = 0;
-        let mut flushes = Vec::new();
-        let mut callbacks: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
-        for write in batch.drain(..) {
-            match write {
-                Write::Hash { key, fields } => {
-                    for chunk in fields.chunks(FIELDS_PER_COMMAND) {
-                        pipe.hset_multiple(&key, chunk).ignore();
-                        commands += 1;
+    script: redis::Script,
+    /// Set once Redis refused a write as another tenure's: who holds it.
+    lost: Option<String>,
+    /// A write not checked by its caller was refused since the last marker.
+    refused_since_marker: bool,
+}
+
+impl Writer {
+    async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Write>) {
+        let mut batch = Vec::new();
+        while receiver.recv_many(&mut batch, 512).await > 0 {
+            let mut steps = Vec::with_capacity(batch.len());
+            for write in batch.drain(..) {
+                self.steps_of(write, &mut steps);
+            }
+            self.apply(&mut steps).await;
+            self.finish(steps);
+        }
+    }
+
+    /// Turns a write into the steps that carry it.
+    fn steps_of(&self, write: Write, steps: &mut Vec<Step>) {
+        let store = |what: String, ops: Vec<Op>, answer| Step::Store {
+            what,
+            ops,
+            refused: None,
+            answer,
+        };
+        match write {
+            Write::Flush(done) => steps.push(Step::Flush(done)),
+            Write::Then(callback) => steps.push(Step::Then(callback)),
+            Write::Checked { writes, done } => {
+                let mut what = Vec::new();
+                let mut ops = Vec::new();
+                for write in writes {
+                    if let Some((w, o)) = self.ops_of(write) {
+                        what.push(w);
+                        ops.extend(o);
                     }
                 }
-                Write::IndexBatch {
-                    batch_id,
-                    created_ms,
-                } => {
-                    pipe.zadd(keys.batches(), batch_id, created_ms).ignore();
-                    commands += 1;
+                steps.push(store(what.join(", "), ops, Answer::Caller(done)));
+            }
+            Write::Forget { batch_id } => {
+                // Two steps: a refused index (the usual culprit) must not
+                // keep the records.
+                let keys = &self.keys;
+                let del = [
+                    keys.batch(&batch_id),
+                    keys.units(&batch_id),
+                    keys.sessions(&batch_id),
+                ]
+                .into_iter()
+                .map(|key| Op {
+                    name: "del",
+                    keys: vec![key],
+                    args: vec![],
+                })
+                .collect();
+                steps.push(store(
+                    format!("the removal of batch '{batch_id}'"),
+                    del,
+                    Answer::Log,
+                ));
+                let zrem = Op {
+                    name: "zrem",
+                    keys: vec![keys.batches()],
+                    args: vec![batch_id.clone()],
+                };
+                steps.push(store(
+                    format!("the removal of batch '{batch_id}' from {}", keys.batches()),
+                    vec![zrem],
+                    Answer::Log,
+                ));
+            }
+            other => {
+                if let Some((what, ops)) = self.ops_of(other) {
+                    steps.push(store(what, ops, Answer::Orders));
                 }
-                Write::Release { session_id, fence } => {
-                    pipe.cmd("EVAL")
-                        .arg(regatta_proto::scripts::RELEASE)
-                        .arg(3)
-                        .arg(keys.leases())
-                        .arg(keys.lease(&session_id))
-                        .arg(keys.done(&session_id))
-                        .arg(&session_id)
-                        .arg(fence)
-                        .ignore();
-                    commands += 1;
-                }
-                Write::Flush(done) => flushes.push(done),
-                Write::Then(callback) => callbacks.push(callback),
             }
         }
-        // A coordinator whose lock renewal is overdue (paused, cut off)
-        // writes nothing, and so publishes nothing, until it is renewed or
-        // the lock's holder stops this process.
-        if let Some(tenure) = &tenure {
-            if !tenure.is_current() {
-                tracing::warn!("the coordinator lock is not renewed: writes wait");
-                while !tenure.is_current() {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    /// What a data write is called in messages, and its operations.
+    fn ops_of(&self, write: Write) -> Option<(String, Vec<Op>)> {
+        let keys = &self.keys;
+        Some(match write {
+            Write::Hash { key, fields } => {
+                // Moved, not copied: a manifest may be hundreds of MB.
+                let what = format!("{key} ({} fields)", fields.len());
+                let mut fields = fields.into_iter().peekable();
+                let mut ops = Vec::new();
+                while fields.peek().is_some() {
+                    ops.push(Op {
+                        name: "hset",
+                        keys: vec![key.clone()],
+                        args: fields
+                            .by_ref()
+                            .take(FIELDS_PER_COMMAND)
+                            .flat_map(|(f, v)| [f, v])
+                            .collect(),
+                    });
+                }
+                (what, ops)
+            }
+            Write::IndexBatch {
+                batch_id,
+                created_ms,
+            } => (
+                format!("batch '{batch_id}' in {}", keys.batches()),
+                vec![Op {
+                    name: "zadd",
+                    keys: vec![keys.batches()],
+                    args: vec![created_ms.to_string(), batch_id],
+                }],
+            ),
+            Write::Release { session_id, fence } => (
+                format!("the release of session {session_id}'s leases"),
+                vec![Op {
+                    name: "release",
+                    keys: vec![
+                        keys.leases(),
+                        keys.lease(&session_id),
+                        keys.done(&session_id),
+                    ],
+                    args: vec![session_id, fence.to_string()],
+                }],
+            ),
+            Write::Notify(notice) => (
+                format!("the notice '{}'", notice.encode()),
+                vec![Op {
+                    name: "publish",
+                    keys: vec![],
+                    args: vec![keys.control_channel(), notice.encode()],
+                }],
+            ),
+            Write::Forget { .. } | Write::Flush(_) | Write::Then(_) | Write::Checked { .. } => {
+                return None
+            }
+        })
+    }
+
+    /// Sends every step's operations, in scripts of bounded size, in order.
+    async fn apply(&mut self, steps: &mut [Step]) {
+        let mut chunks: Vec<Vec<(usize, usize)>> = Vec::new();
+        let mut chunk = Vec::new();
+        let mut weight = 0;
+        for step in steps.iter_mut() {
+            if let Step::Store { ops, .. } = step {
+                if let Some(reason) = oversized(ops, self.largest_value) {
+                    step.refuse(|what| refusal(what, &reason));
                 }
             }
         }
-        // Redis outages are waited out: the writes stay queued in order.
+        for (s, step) in steps.iter().enumerate() {
+            let Step::Store { ops, .. } = step else {
+                continue;
+            };
+            for (o, op) in ops.iter().enumerate() {
+                if weight + op.weight() > FIELDS_PER_COMMAND && !chunk.is_empty() {
+                    chunks.push(std::mem::take(&mut chunk));
+                    weight = 0;
+                }
+                chunk.push((s, o));
+                weight += op.weight();
+            }
+        }
+        if !chunk.is_empty() {
+            chunks.push(chunk);
+        }
+        for chunk in chunks {
+            // A step refused in an earlier script sends nothing more.
+            let live: Vec<(usize, usize)> = chunk
+                .into_iter()
+                .filter(|(s, _)| !steps[*s].refused())
+                .collect();
+            if live.is_empty() {
+                continue;
+            }
+            let mut owners: Vec<usize> = live.iter().map(|(s, _)| *s).collect();
+            owners.dedup();
+            let script = self.script.clone();
+            match self.send(self.invocation(&script, steps, &live)).await {
+                Sent::Stored => {}
+                Sent::Deposed => self.refuse_lost(steps, &owners),
+                Sent::Refused(reason) if owners.len() == 1 => {
+                    steps[owners[0]].refuse(|what| refusal(what, &reason));
+                }
+                // One write spoils the script: each alone, to find it.
+                Sent::Refused(_) => {
+                    for s in owners {
+                        let own: Vec<(usize, usize)> =
+                            live.iter().copied().filter(|(o, _)| *o == s).collect();
+                        match self.send(self.invocation(&script, steps, &own)).await {
+                            Sent::Stored => {}
+                            Sent::Deposed => self.refuse_lost(steps, &[s]),
+                            Sent::Refused(reason) => {
+                                steps[s].refuse(|what| refusal(what, &reason));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn refuse_lost(&self, steps: &mut [Step], owners: &[usize]) {
+        let holder = self.lost.clone().unwrap_or_default();
+        for &s in owners {
+            steps[s].refuse(|_| Error::LockLost(holder.clone()));
+        }
+    }
+
+    /// The script call that carries `part`, fenced by this tenure.
+    fn invocation<'s>(
+        &self,
+        script: &'s redis::Script,
+        steps: &[Step],
+        part: &[(usize, usize)],
+    ) -> redis::ScriptInvocation<'s> {
+        let (instance, id, ttl_ms) = match &self.tenure {
+            Some(t) => (t.instance.clone(), t.id.clone(), t.ttl.as_millis() as u64),
+            None => (String::new(), String::new(), 0),
+        };
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.keys.coordinator())
+            .key(self.keys.coordinator_tenure())
+            .arg(instance)
+            .arg(id)
+            .arg(ttl_ms);
+        for &(s, o) in part {
+            let Step::Store { ops, .. } = &steps[s] else {
+                continue;
+            };
+            let op = &ops[o];
+            invocation.arg(op.name).arg(op.args.len());
+            for key in &op.keys {
+                invocation.key(key);
+            }
+            for arg in &op.args {
+                invocation.arg(arg);
+            }
+        }
+        invocation
+    }
+
+    /// Sends one script until Redis answers it; outages are waited out,
+    /// while the coordinator's lock is known to be held.
+    async fn send(&mut self, invocation: redis::ScriptInvocation<'_>) -> Sent {
         let mut backoff = std::time::Duration::from_millis(100);
-        while commands > 0 {
-            match pipe.query_async::<()>(&mut connection).await {
-                Ok(()) => commands = 0,
+        loop {
+            if self.lost.is_some() {
+                return Sent::Deposed;
+            }
+            // A coordinator whose lock renewal is overdue (paused, cut off)
+            // writes nothing, and so publishes nothing, until it is renewed
+            // or the lock's holder stops this process.
+            if let Some(tenure) = &self.tenure {
+                if !tenure.is_current() {
+                    tracing::warn!("the coordinator lock is not renewed: writes wait");
+                    while !tenure.is_current() {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                }
+            }
+            let answer = invocation
+                .invoke_async::<(i64, String, String)>(&mut self.connection)
+                .await;
+            match answer {
+                Ok((1, _, _)) => return Sent::Stored,
+                Ok((_, holder, tenure)) => {
+                    let holder = format!("coordinator '{holder}' (tenure '{tenure}') holds it");
+                    tracing::error!(%holder, "Redis refused a write: another coordinator holds the namespace; this one stops");
+                    if let Some(tenure) = &self.tenure {
+                        tenure.depose();
+                    }
+                    self.lost = Some(holder);
+                    return Sent::Deposed;
+                }
+                Err(e) if refused_for_good(&e) => return Sent::Refused(e.to_string()),
                 Err(e) => {
                     tracing::warn!(error = %e, "storing batch state failed; retrying");
                     tokio::time::sleep(backoff).await;
@@ -145,11 +525,89 @@ async fn writer(
                 }
             }
         }
-        for callback in callbacks {
-            callback();
+    }
+
+    /// Answers every step, runs the callbacks whose state was stored.
+    fn finish(&mut self, steps: Vec<Step>) {
+        for step in steps {
+            match step {
+                Step::Store {
+                    what,
+                    refused,
+                    answer: Answer::Caller(done),
+                    ..
+                } => {
+                    if let Some(e) = &refused {
+                        tracing::warn!(error = %e, %what, "a write was refused; its request fails");
+                    }
+                    let _ = done.send(refused.map_or(Ok(()), Err));
+                }
+                Step::Store {
+                    what,
+                    refused: Some(e),
+                    answer,
+                    ..
+                } => {
+                    tracing::error!(error = %e, %what, "Redis refused a write; it is dropped, later writes go on");
+                    if matches!(answer, Answer::Orders) {
+                        self.refused_since_marker = true;
+                    }
+                }
+                Step::Store { .. } => {}
+                Step::Flush(done) => {
+                    self.refused_since_marker = false;
+                    let _ = done.send(());
+                }
+                Step::Then(callback) => {
+                    if self.refused_since_marker || self.lost.is_some() {
+                        tracing::error!(
+                            "orders not published: Redis refused the state that names them"
+                        );
+                    } else {
+                        callback();
+                    }
+                    self.refused_since_marker = false;
+                }
+            }
         }
-        for done in flushes {
-            let _ = done.send(());
-        }
+    }
+}
+
+/// The error a refused write answers.
+fn refusal(what: &str, reason: &str) -> Error {
+    Error::StoreRefused {
+        what: what.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// True for an error reply of Redis that a retry would get again (a key
+/// of the wrong type, a value over the bulk limit, no memory left), as
+/// opposed to an outage (a lost connection, a timeout, a Redis loading
+/// its data) that is waited out.
+fn refused_for_good(e: &redis::RedisError) -> bool {
+    matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
+        && matches!(e.retry_method(), RetryMethod::NoRetry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_over_redis_largest_is_named_and_nothing_smaller_is() {
+        let hset = |value: &str| Op {
+            name: "hset",
+            keys: vec!["ns:batch:b".into()],
+            args: vec!["manifest".into(), value.into()],
+        };
+        assert_eq!(oversized(&[hset("12345678")], 8), None);
+        let reason = oversized(&[hset("1"), hset("123456789")], 8).expect("over");
+        assert!(
+            reason.contains("9 bytes")
+                && reason.contains("ns:batch:b")
+                && reason.contains("8 bytes"),
+            "{reason}"
+        );
     }
 }

@@ -123,6 +123,27 @@ impl Keys {
     }
 }
 
+/// Keys of the coordinator's tenure and of the fleet's control channel.
+///
+/// ```text
+/// {ns}:coordinator:tenure           the tenure that last took the coordinator lock (no TTL)
+/// {ns}:control                      pub/sub channel: `cancel {batch}`, `revoke {session}`
+/// ```
+impl Keys {
+    /// Names the tenure (one run of one coordinator) that last took the
+    /// lock; it outlives the lock, so store writes of any older tenure are
+    /// refused (see `scripts::FENCED_WRITE`).
+    pub fn coordinator_tenure(&self) -> String {
+        format!("{}:coordinator:tenure", self.ns)
+    }
+
+    /// The pub/sub channel on which the coordinator tells workers at once
+    /// what their next lease renewal would tell them later.
+    pub fn control_channel(&self) -> String {
+        format!("{}:control", self.ns)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,7 @@ pub mod health;
 pub mod keys;
 pub mod lease;
 pub mod names;
+pub mod notice;
 pub mod order;
 pub mod scripts;
 pub mod sign;
@@ -32,6 +33,7 @@ pub use health::WorkerHealth;
 pub use keys::Keys;
 pub use lease::LeaseOwner;
 pub use names::{Names, QueueArgument, QueueSpec, REASON_HEADER};
+pub use notice::Notice;
 pub use order::{GateSpec, LeaseDemand, ResourceDemand, WorkOrder};
 pub use sign::Signer;
 

@@ -270,3 +270,137 @@ for _, session in ipairs(expired) do
 end
 return out
 "#;
+
+/// Takes the coordinator lock of a namespace for a new tenure: free, or held
+/// under this instance's name (a restart in place). The tenure key records
+/// which tenure holds it, and outlives the lock, so that a write of an older
+/// tenure (a stalled request, a paused process of the same name) can be
+/// told apart from the holder's own (see [`FENCED_WRITE`]).
+///
+/// KEYS: the lock, the tenure key. ARGV: this instance's id, this tenure's
+/// id, TTL in ms. Returns `{1, id, ttl}` when taken, or `{0, holder,
+/// remaining ms}` when another instance holds it.
+pub const TAKE_COORDINATOR: &str = r#"
+local holder = redis.call('GET', KEYS[1])
+if (not holder) or holder == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[3]))
+  redis.call('SET', KEYS[2], ARGV[2])
+  return {1, ARGV[1], tonumber(ARGV[3])}
+end
+return {0, holder, redis.call('PTTL', KEYS[1])}
+"#;
+
+/// Renews the coordinator lock, only for the tenure that took it. A missing
+/// tenure key means Redis lost its data (nobody else took the lock since,
+/// or it would name their tenure): the lock is taken back.
+///
+/// KEYS: the lock, the tenure key. ARGV: instance id, tenure id, TTL in ms.
+/// Returns `{1, id, ttl}` when renewed, or `{0, holder, remaining ms}`
+/// when another instance, or another tenure of this one, holds it.
+pub const RENEW_COORDINATOR: &str = r#"
+local tenure = redis.call('GET', KEYS[2])
+local holder = redis.call('GET', KEYS[1])
+if ((not tenure) or tenure == ARGV[2]) and ((not holder) or holder == ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[3]))
+  redis.call('SET', KEYS[2], ARGV[2])
+  return {1, ARGV[1], tonumber(ARGV[3])}
+end
+if holder == ARGV[1] then holder = holder .. ' (another tenure: ' .. tostring(tenure) .. ')' end
+return {0, holder or '(nobody)', redis.call('PTTL', KEYS[1])}
+"#;
+
+/// Lets the coordinator lock go, if this tenure holds it.
+///
+/// KEYS: the lock, the tenure key. ARGV: instance id, tenure id.
+/// Returns 1 when it was let go.
+pub const LET_GO_TENURE: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('GET', KEYS[2]) == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"#;
+
+/// The coordinator's store writes, fenced in Redis itself: applied only if
+/// the tenure key still names the writer's tenure, so a request that was
+/// stalled on the network and lands after another coordinator took over is
+/// refused, whatever the writer believed when it sent it.
+///
+/// KEYS: the lock, the tenure key, then each operation's keys in order.
+/// ARGV: instance id, tenure id (empty: not fenced, for tools and tests),
+/// lock TTL in ms, then each operation as `name, argument count,
+/// arguments...`:
+///
+/// - `hset` (1 key; field, value, ...), `zadd` (1 key; score, member),
+///   `zrem` (1 key; member), `del` (1 key);
+/// - `release` (the 3 keys of [`RELEASE`]; session, fence), the same
+///   script, run as a function;
+/// - `publish` (no key; channel, message).
+///
+/// Every key's type is checked before anything is written, so a script
+/// is applied whole or refused whole (an error reply naming the key).
+/// Returns `{1, '', ''}` when applied, `{0, holder, tenure}` when another
+/// tenure holds the lock (nothing written). With no tenure recorded and the
+/// lock free or this instance's (Redis lost its data), the writer takes the
+/// lock back and writes.
+pub static FENCED_WRITE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!("{FENCE_AND_CHECK}local function release(KEYS, ARGV)\n{RELEASE}\nend\n{APPLY}")
+});
+
+/// [`FENCED_WRITE`], first part: the fence, then every key's type.
+const FENCE_AND_CHECK: &str = r#"
+if ARGV[2] ~= '' then
+  local tenure = redis.call('GET', KEYS[2])
+  if tenure ~= ARGV[2] then
+    local holder = redis.call('GET', KEYS[1])
+    if tenure or (holder and holder ~= ARGV[1]) then
+      return {0, holder or '', tenure or ''}
+    end
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[3]))
+    redis.call('SET', KEYS[2], ARGV[2])
+  end
+end
+local types = {hset = {'hash'}, zadd = {'zset'}, zrem = {'zset'}, del = {'any'},
+  release = {'zset', 'hash', 'any'}, publish = {}}
+local ops = {}
+local k, a = 3, 4
+while a <= #ARGV do
+  local name = ARGV[a]
+  local want = types[name]
+  if not want then return redis.error_reply('ERR unknown store operation ' .. tostring(name)) end
+  local n = tonumber(ARGV[a + 1])
+  local op = {name = name, keys = {}, args = {}}
+  for i = 1, #want do
+    local key = KEYS[k]
+    k = k + 1
+    local held = redis.call('TYPE', key)['ok']
+    if want[i] ~= 'any' and held ~= 'none' and held ~= want[i] then
+      return redis.error_reply('WRONGTYPE key ' .. key .. ' holds a ' .. held .. ', not a ' .. want[i])
+    end
+    op.keys[i] = key
+  end
+  for i = 1, n do op.args[i] = ARGV[a + 1 + i] end
+  a = a + 2 + n
+  ops[#ops + 1] = op
+end
+"#;
+
+/// [`FENCED_WRITE`], last part: every operation, in order.
+const APPLY: &str = r#"
+for _, op in ipairs(ops) do
+  if op.name == 'hset' then
+    redis.call('HSET', op.keys[1], unpack(op.args))
+  elseif op.name == 'zadd' then
+    redis.call('ZADD', op.keys[1], op.args[1], op.args[2])
+  elseif op.name == 'zrem' then
+    redis.call('ZREM', op.keys[1], op.args[1])
+  elseif op.name == 'del' then
+    redis.call('DEL', op.keys[1])
+  elseif op.name == 'release' then
+    release(op.keys, op.args)
+  elseif op.name == 'publish' then
+    redis.call('PUBLISH', op.args[1], op.args[2])
+  end
+end
+return {1, '', ''}
+"#;

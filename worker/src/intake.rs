@@ -44,6 +44,8 @@ struct Shared {
     kill_sessions: CancellationToken,
     /// Whether this worker's disks work; slots take no work while not.
     health: Arc<crate::health::Health>,
+    /// Cancels and revokes, heard at once from the coordinator.
+    notices: crate::control::Notices,
 }
 
 /// Runs a worker until `shutdown` is cancelled, then stops taking work,
@@ -61,7 +63,9 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             source,
         })?;
     let health = crate::health::start(&config, &shutdown).await;
+    let notices = crate::control::Notices::start(&config.redis_url, &config.keys);
     let shared = Arc::new(Shared {
+        notices,
         config,
         link,
         reporter,
@@ -378,6 +382,7 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
         // At once: the session's own heartbeat may have renewed two thirds
         // of a TTL ago.
         Duration::ZERO,
+        shared.notices.listen(),
     ));
     let session_end = crate::evidence::SessionEnd {
         order: &order,
@@ -527,6 +532,7 @@ async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionS
         session_over.clone(),
         renewed,
         config.lease_ttl / 3,
+        shared.notices.listen(),
     ));
 
     let mut env: Vec<(String, String)> = order
@@ -669,9 +675,10 @@ async fn missing_output(order: &WorkOrder) -> Option<String> {
     None
 }
 
-/// Renews the leases every third of their TTL; when they are lost (taken
-/// over, reaped, or Redis unreachable for longer than the TTL), marks the
-/// session lost and stops it, so it cannot overlap a re-run.
+/// Renews the leases every third of their TTL, and at once when a control
+/// notice concerns them; when they are lost (taken over, reaped, or Redis
+/// unreachable for longer than the TTL), marks the session lost and stops
+/// it, so it cannot overlap a re-run.
 #[allow(clippy::too_many_arguments)]
 async fn heartbeat(
     leases: LeaseClient,
@@ -684,6 +691,7 @@ async fn heartbeat(
     done: CancellationToken,
     renewed: tokio::sync::watch::Sender<u64>,
     first_after: Duration,
+    mut notices: crate::control::Listener,
 ) {
     let period = ttl / 3;
     let mut last_renewal = Instant::now();
@@ -692,6 +700,7 @@ async fn heartbeat(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = done.cancelled() => return,
+            _ = notices.concerning(&batch_id, &session_id) => {}
         }
         wait = period;
         match tokio::time::timeout(period, leases.renew(&batch_id, &session_id, fence, ttl)).await {

@@ -24,6 +24,7 @@
 
 pub mod artifact;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod evidence;
 pub mod fault;

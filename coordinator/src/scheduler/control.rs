@@ -10,8 +10,9 @@ use super::{Batch, BatchState, CalibrationSummary, Effects, UnitState};
 impl Batch {
     /// Cancels the batch: nothing new starts. The coordinator's own
     /// accounting frees the batch's shares at once, but running sessions are
-    /// not revoked in Redis: their workers see the cancel at their next lease
-    /// renewal, kill them and only then release their leases. A unit of
+    /// not revoked in Redis: their workers hear of the cancel (a notice on
+    /// the control channel, or else their next lease renewal), kill them and
+    /// only then release their leases. A unit of
     /// another batch published meanwhile finds the lease still held and is
     /// handed back, so a slot is never used twice while its session is
     /// still dying (contract 6).
