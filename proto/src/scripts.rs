@@ -187,31 +187,6 @@ redis.call('SET', KEYS[1], '1')
 return 1
 "#;
 
-/// Takes or renews the coordinator lock of a namespace.
-///
-/// KEYS: the lock. ARGV: this instance's id, TTL in ms.
-/// Returns `{1, id, ttl}` when this instance holds it now, or `{0, holder,
-/// remaining ms}` when another does.
-pub const HOLD_COORDINATOR: &str = r#"
-local holder = redis.call('GET', KEYS[1])
-if (not holder) or holder == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', tonumber(ARGV[2]))
-  return {1, ARGV[1], tonumber(ARGV[2])}
-end
-return {0, holder, redis.call('PTTL', KEYS[1])}
-"#;
-
-/// Lets the coordinator lock go, if this instance holds it.
-///
-/// KEYS: the lock. ARGV: this instance's id. Returns 1 when it was let go.
-pub const LET_GO_COORDINATOR: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-"#;
-
 /// Gives back every slot of a session at once.
 ///
 /// KEYS: leases zset, lease hash, the session's tombstone. ARGV: session id,
