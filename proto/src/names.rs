@@ -96,11 +96,17 @@ impl Names {
 pub const DELIVERY_LIMIT: i64 = 20;
 
 /// Hides the password of a URL, for error messages and logs.
+///
+/// The credentials end at the last `@`: a password may itself hold `@`
+/// (or `/`, `?`, `#` when its writer did not percent-encode it), and
+/// splitting at the first one printed the rest of the password as the
+/// host. An `@` later in the path then hides a little too much, never too
+/// little.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    match rest.split_once('@') {
+    match rest.rsplit_once('@') {
         Some((credentials, host)) => {
             let user = credentials.split(':').next().unwrap_or("");
             format!("{scheme}://{user}:***@{host}")
@@ -152,6 +158,26 @@ mod tests {
             redact_url("redis://127.0.0.1:6379/"),
             "redis://127.0.0.1:6379/"
         );
+    }
+
+    #[test]
+    fn a_password_holding_at_signs_is_hidden_whole() {
+        for (url, hidden) in [
+            (
+                "amqp://app:p@ss@rabbit:5672/%2f",
+                "amqp://app:***@rabbit:5672/%2f",
+            ),
+            ("redis://:s3@cr@t@redis:6379/", "redis://:***@redis:6379/"),
+            ("amqp://app:a/b@c@rabbit/vh", "amqp://app:***@rabbit/vh"),
+        ] {
+            let redacted = redact_url(url);
+            assert_eq!(redacted, hidden);
+            for secret in ["ss@", "s3", "cr@t", "a/b", "@c"] {
+                if url.contains(secret) {
+                    assert!(!redacted.contains(secret), "{redacted} shows {secret}");
+                }
+            }
+        }
     }
 
     #[test]
