@@ -82,13 +82,35 @@ impl Names {
         vec![
             QueueSpec {
                 name: self.dead_letter_queue(),
-                arguments: vec![quorum()],
+                arguments: vec![
+                    quorum(),
+                    (
+                        "x-max-length",
+                        QueueArgument::Number(DEAD_LETTER_MAX_LENGTH),
+                    ),
+                    (
+                        "x-max-length-bytes",
+                        QueueArgument::Number(DEAD_LETTER_MAX_BYTES),
+                    ),
+                    ("x-overflow", QueueArgument::Text("drop-head".into())),
+                    ("x-message-ttl", QueueArgument::Number(DEAD_LETTER_TTL_MS)),
+                ],
             },
             dead_lettered(self.work_queue()),
             dead_lettered(self.events_queue()),
         ]
     }
 }
+
+/// The dead-letter queue keeps at most this many messages, dropping the
+/// oldest: it holds valid signed orders too (a poison order, an order for a
+/// batch that was never stored), and nothing consumes it but a human, so
+/// unbounded it would grow until the broker's memory alarm stops the fleet.
+pub const DEAD_LETTER_MAX_LENGTH: i64 = 10_000;
+/// ... and at most this many bytes of message bodies.
+pub const DEAD_LETTER_MAX_BYTES: i64 = 64 << 20;
+/// ... each for at most a week: long enough for a human to look.
+pub const DEAD_LETTER_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
 
 /// How many times a quorum queue delivers one message before it
 /// dead-letters it (a poison message that crashes its consumer). Both sides
@@ -178,6 +200,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_dead_letter_queue_is_bounded() {
+        let names = Names::new("staging").expect("valid");
+        let queues = names.queues(DELIVERY_LIMIT);
+        let dead = queues
+            .iter()
+            .find(|q| q.name == names.dead_letter_queue())
+            .expect("a dead-letter queue");
+        let argument = |key: &str| {
+            dead.arguments
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v)
+        };
+        assert_eq!(
+            argument("x-max-length"),
+            Some(&QueueArgument::Number(DEAD_LETTER_MAX_LENGTH))
+        );
+        assert_eq!(
+            argument("x-overflow"),
+            Some(&QueueArgument::Text("drop-head".into()))
+        );
+        assert!(argument("x-max-length-bytes").is_some());
+        assert!(argument("x-message-ttl").is_some());
     }
 
     #[test]
