@@ -9,7 +9,6 @@ pub mod server;
 pub mod session_log;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -27,8 +26,9 @@ use crate::Error;
 pub use body::BodyLimits;
 pub use server::{serve, ServerLimits};
 
-/// The default cap on a request body (`--max-manifest-bytes`): about
-/// 250 000 units of JSON; a larger manifest needs the flag raised.
+/// The default cap on a request body (`--max-manifest-bytes`): a few
+/// hundred thousand units of JSON (a generated 100 000-unit manifest is
+/// 12 MB); a larger manifest needs the flag raised.
 pub const DEFAULT_MAX_MANIFEST_BYTES: usize = 64 << 20;
 
 /// How the API authenticates and what it serves.
@@ -41,21 +41,6 @@ pub struct ApiConfig {
     /// The workers' artifact store, where session logs are read from.
     pub artifact_store: PathBuf,
     pub body: BodyLimits,
-}
-
-impl ApiConfig {
-    /// No token, public metrics, the default limits: for tests.
-    pub fn open(artifact_store: PathBuf) -> ApiConfig {
-        ApiConfig {
-            token: None,
-            metrics_public: true,
-            artifact_store,
-            body: BodyLimits {
-                max_bytes: DEFAULT_MAX_MANIFEST_BYTES,
-                timeout: Duration::from_secs(60),
-            },
-        }
-    }
 }
 
 /// The body of `POST /v1/batches`.
