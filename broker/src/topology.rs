@@ -23,9 +23,23 @@ pub async fn declare_topology(channel: &Channel, names: &Names) -> lapin::Result
             durable: true,
             ..QueueDeclareOptions::default()
         };
-        channel
+        let declared = channel
             .queue_declare(queue.name.as_str().into(), options, arguments)
-            .await?;
+            .await;
+        if let Err(e) = declared {
+            // The broker names the argument that differs; say what to do.
+            if e.to_string().contains("PRECONDITION_FAILED") {
+                tracing::error!(
+                    queue = %queue.name,
+                    error = %e,
+                    "the queue exists with other arguments (declared by an older regatta: the \
+                     dead-letter queue gained a length limit and a TTL); drain it, delete it \
+                     (`rabbitmqctl delete_queue {}`) and start again",
+                    queue.name
+                );
+            }
+            return Err(e);
+        }
     }
     Ok(())
 }

@@ -1,8 +1,14 @@
 //! The coordinator's HTTP API: the same data the CLI shows, for scripts and
-//! dashboards. Every route but `/healthz` wants `Authorization: Bearer
-//! <REGATTA_API_TOKEN>` when a token is configured.
+//! dashboards. Every route but `/healthz` (and `/metrics` with
+//! `--metrics-public`) wants `Authorization: Bearer <REGATTA_API_TOKEN>`
+//! when a token is configured.
 
-use std::net::SocketAddr;
+mod auth;
+mod body;
+pub mod server;
+pub mod session_log;
+
+use std::path::PathBuf;
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -11,15 +17,31 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
 
 use crate::manifest::Manifest;
 use crate::scheduler::UnitState;
 use crate::service::{Control, Service};
 use crate::Error;
 
-/// The largest manifest the API accepts, in bytes of JSON.
-pub const MAX_MANIFEST_BYTES: usize = 1 << 30;
+pub use body::BodyLimits;
+pub use server::{serve, ServerLimits};
+
+/// The default cap on a request body (`--max-manifest-bytes`): a few
+/// hundred thousand units of JSON (a generated 100 000-unit manifest is
+/// 12 MB); a larger manifest needs the flag raised.
+pub const DEFAULT_MAX_MANIFEST_BYTES: usize = 64 << 20;
+
+/// How the API authenticates and what it serves.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Turns bearer authentication on for every route but `/healthz`.
+    pub token: Option<String>,
+    /// Serve `/metrics` without the token (it names batch ids).
+    pub metrics_public: bool,
+    /// The workers' artifact store, where session logs are read from.
+    pub artifact_store: PathBuf,
+    pub body: BodyLimits,
+}
 
 /// The body of `POST /v1/batches`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -66,6 +88,8 @@ pub struct SessionView {
 pub struct LogView {
     pub unit: String,
     pub session_id: Option<String>,
+    /// The log in the coordinator's view of the artifact store, or empty
+    /// when `tail` is the few lines the worker's event carried.
     pub log_path: String,
     pub tail: String,
 }
@@ -79,19 +103,18 @@ struct StateFilter {
 struct AppState {
     service: Service,
     token: Option<String>,
+    artifact_store: PathBuf,
 }
 
-/// Builds the router; `token` turns bearer authentication on.
-pub fn router(service: Service, token: Option<String>) -> Router {
-    let state = AppState { service, token };
-    let api = Router::new()
-        // A million-unit manifest is a few hundred megabytes of JSON.
-        .route(
-            "/v1/batches",
-            post(enqueue)
-                .get(list_batches)
-                .layer(axum::extract::DefaultBodyLimit::max(MAX_MANIFEST_BYTES)),
-        )
+/// Builds the router.
+pub fn router(service: Service, config: ApiConfig) -> Router {
+    let state = AppState {
+        service,
+        token: config.token.filter(|t| !t.is_empty()),
+        artifact_store: config.artifact_store,
+    };
+    let mut api = Router::new()
+        .route("/v1/batches", post(enqueue).get(list_batches))
         .route("/v1/batches/{id}", get(show_batch))
         .route("/v1/leases", get(list_leases))
         .route("/v1/workers", get(list_workers))
@@ -103,34 +126,31 @@ pub fn router(service: Service, token: Option<String>) -> Router {
         .route("/v1/batches/{id}/resume", post(resume))
         .route("/v1/batches/{id}/approve", post(approve))
         .route("/v1/batches/{id}/retry", post(retry))
-        .route("/v1/batches/{id}/skip", post(skip))
+        .route("/v1/batches/{id}/skip", post(skip));
+    let mut open = Router::new().route("/healthz", get(|| async { "ok" }));
+    if config.metrics_public {
+        open = open.route("/metrics", get(metrics));
+    } else {
+        api = api.route("/metrics", get(metrics));
+    }
+    // Layers added last run first: the token is checked before a body is read.
+    let api = api
+        // The body middleware bounds every body; the extractors' own
+        // default limit (2 MB) would refuse a large manifest it admitted.
+        .route_layer(axum::extract::DefaultBodyLimit::disable())
+        .route_layer(axum::middleware::from_fn_with_state(
+            config.body,
+            body::limit_body,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             authenticate,
         ));
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
-        .merge(api)
-        .with_state(state)
+    open.merge(api).with_state(state)
 }
 
-/// Serves the API until `shutdown`.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
-}
-
-/// Prometheus scrapes without a token, like `/healthz`: counts and
-/// timings only, no commands or logs.
+/// Counts and timings only, no commands or logs; but per batch id, so it
+/// wants the token unless `--metrics-public` says Prometheus scrapes without.
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (
         [(
@@ -147,10 +167,11 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if presented != Some(token.as_str()) {
+            .and_then(auth::bearer_token);
+        if !presented.is_some_and(|presented| auth::token_matches(presented, token)) {
             return (
                 StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
                 Json(serde_json::json!({"error": "missing or wrong bearer token: set REGATTA_API_TOKEN"})),
             )
                 .into_response();
@@ -297,22 +318,38 @@ async fn unit_log(
         .into_iter()
         .find(|u| u.id == unit)
         .ok_or_else(|| Error::NotFound(format!("unit '{unit}' in batch '{id}'")))?;
-    let last = record.history.last();
-    let log_path = last.map(|a| a.log_path.clone()).unwrap_or_default();
-    // The full log is on the worker's disk; when it is shared with the
-    // coordinator (one machine, or a volume), serve a longer tail from it.
-    let tail = match tokio::fs::read(&log_path).await {
-        Ok(bytes) if !log_path.is_empty() => {
-            let text = String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(64 * 1024)..])
-                .into_owned();
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(200)..].join("\n")
+    let Some(last) = record.history.last() else {
+        return Ok(Json(LogView {
+            unit,
+            session_id: None,
+            log_path: String::new(),
+            tail: String::new(),
+        }));
+    };
+    // The full log is in the artifact store, under ids this coordinator
+    // issued; the path a worker's event names is never opened.
+    let (store, batch, unit_id, session) = (
+        state.artifact_store.clone(),
+        id.clone(),
+        unit.clone(),
+        last.session_id.clone(),
+    );
+    let stored = tokio::task::spawn_blocking(move || {
+        session_log::read_tail(&store, &batch, &unit_id, &session)
+    })
+    .await
+    .unwrap_or_else(|e| session_log::StoredLog::Refused(format!("the read stopped: {e}")));
+    let (log_path, tail) = match stored {
+        session_log::StoredLog::Found { path, tail } => (path.display().to_string(), tail),
+        session_log::StoredLog::Missing => (String::new(), last.log_tail.clone()),
+        session_log::StoredLog::Refused(why) => {
+            tracing::warn!(batch = %id, %unit, reason = %why, "a session log in the artifact store was not served");
+            (String::new(), last.log_tail.clone())
         }
-        _ => last.map(|a| a.log_tail.clone()).unwrap_or_default(),
     };
     Ok(Json(LogView {
         unit,
-        session_id: last.map(|a| a.session_id.clone()),
+        session_id: Some(last.session_id.clone()),
         log_path,
         tail,
     }))

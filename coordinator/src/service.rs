@@ -30,7 +30,6 @@ use tokio_util::sync::CancellationToken;
 use crate::dag::Dag;
 use crate::manifest::Manifest;
 use crate::metrics::{Metrics, OutcomeLabels, UnitLabels};
-use crate::order::work_order;
 use crate::scheduler::{Batch, BatchState, Effects, Report, UnitState};
 use crate::store::{Store, Write};
 use crate::Error;
@@ -238,9 +237,14 @@ impl Service {
             return;
         };
         let now = now_ms();
-        let dispatched = entry.batch.dispatch(now, usage, &mut new_session_id);
-        effects.publish.extend(dispatched.publish);
-        effects.changed.extend(dispatched.changed);
+        let outgoing = publisher::dispatch_orders(
+            &mut entry.batch,
+            usage,
+            now,
+            &mut effects,
+            &self.config.signer,
+            &mut new_session_id,
+        );
         let batch = &entry.batch;
         if !effects.changed.is_empty() {
             let fields = effects
@@ -258,16 +262,7 @@ impl Service {
             });
         }
         self.metrics.published.inc_by(effects.publish.len() as u64);
-        if !effects.publish.is_empty() {
-            let outgoing: Vec<Outgoing> = effects
-                .publish
-                .iter()
-                .map(|&unit| {
-                    let order = work_order(batch, unit, now);
-                    tracing::debug!(batch = %batch_id, unit = %order.unit_id, attempt = order.attempt, session = %order.session_id, "publishing");
-                    Outgoing::new(&order, &self.config.signer)
-                })
-                .collect();
+        if !outgoing.is_empty() {
             // Publish only once the units' `queued` records are stored: a
             // crash in between then re-publishes the same sessions on
             // restart, never new ones beside live orders.

@@ -82,7 +82,19 @@ impl Names {
         vec![
             QueueSpec {
                 name: self.dead_letter_queue(),
-                arguments: vec![quorum()],
+                arguments: vec![
+                    quorum(),
+                    (
+                        "x-max-length",
+                        QueueArgument::Number(DEAD_LETTER_MAX_LENGTH),
+                    ),
+                    (
+                        "x-max-length-bytes",
+                        QueueArgument::Number(DEAD_LETTER_MAX_BYTES),
+                    ),
+                    ("x-overflow", QueueArgument::Text("drop-head".into())),
+                    ("x-message-ttl", QueueArgument::Number(DEAD_LETTER_TTL_MS)),
+                ],
             },
             dead_lettered(self.work_queue()),
             dead_lettered(self.events_queue()),
@@ -90,17 +102,33 @@ impl Names {
     }
 }
 
+/// The dead-letter queue keeps at most this many messages, dropping the
+/// oldest: it holds valid signed orders too (a poison order, an order for a
+/// batch that was never stored), and nothing consumes it but a human, so
+/// unbounded it would grow until the broker's memory alarm stops the fleet.
+pub const DEAD_LETTER_MAX_LENGTH: i64 = 10_000;
+/// ... and at most this many bytes of message bodies.
+pub const DEAD_LETTER_MAX_BYTES: i64 = 64 << 20;
+/// ... each for at most a week: long enough for a human to look.
+pub const DEAD_LETTER_TTL_MS: i64 = 7 * 24 * 3600 * 1000;
+
 /// How many times a quorum queue delivers one message before it
 /// dead-letters it (a poison message that crashes its consumer). Both sides
 /// must declare the queues with the same arguments, hence one constant.
 pub const DELIVERY_LIMIT: i64 = 20;
 
 /// Hides the password of a URL, for error messages and logs.
+///
+/// The credentials end at the last `@`: a password may itself hold `@`
+/// (or `/`, `?`, `#` when its writer did not percent-encode it), and
+/// splitting at the first one printed the rest of the password as the
+/// host. An `@` later in the path then hides a little too much, never too
+/// little.
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    match rest.split_once('@') {
+    match rest.rsplit_once('@') {
         Some((credentials, host)) => {
             let user = credentials.split(':').next().unwrap_or("");
             format!("{scheme}://{user}:***@{host}")
@@ -152,6 +180,52 @@ mod tests {
             redact_url("redis://127.0.0.1:6379/"),
             "redis://127.0.0.1:6379/"
         );
+    }
+
+    #[test]
+    fn a_password_holding_at_signs_is_hidden_whole() {
+        for (url, hidden) in [
+            (
+                "amqp://app:p@ss@rabbit:5672/%2f",
+                "amqp://app:***@rabbit:5672/%2f",
+            ),
+            ("redis://:s3@cr@t@redis:6379/", "redis://:***@redis:6379/"),
+            ("amqp://app:a/b@c@rabbit/vh", "amqp://app:***@rabbit/vh"),
+        ] {
+            let redacted = redact_url(url);
+            assert_eq!(redacted, hidden);
+            for secret in ["ss@", "s3", "cr@t", "a/b", "@c"] {
+                if url.contains(secret) {
+                    assert!(!redacted.contains(secret), "{redacted} shows {secret}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_dead_letter_queue_is_bounded() {
+        let names = Names::new("staging").expect("valid");
+        let queues = names.queues(DELIVERY_LIMIT);
+        let dead = queues
+            .iter()
+            .find(|q| q.name == names.dead_letter_queue())
+            .expect("a dead-letter queue");
+        let argument = |key: &str| {
+            dead.arguments
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v)
+        };
+        assert_eq!(
+            argument("x-max-length"),
+            Some(&QueueArgument::Number(DEAD_LETTER_MAX_LENGTH))
+        );
+        assert_eq!(
+            argument("x-overflow"),
+            Some(&QueueArgument::Text("drop-head".into()))
+        );
+        assert!(argument("x-max-length-bytes").is_some());
+        assert!(argument("x-message-ttl").is_some());
     }
 
     #[test]

@@ -35,6 +35,36 @@ pub struct ServeArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "REGATTA_LOG_JSON")]
     pub log_json: bool,
+    /// Listen on a non-loopback address without REGATTA_API_TOKEN: anyone
+    /// who reaches the port may then enqueue commands that workers run.
+    #[arg(long, env = "REGATTA_INSECURE")]
+    pub insecure: bool,
+    /// The workers' artifact store (this machine's view of it), where
+    /// session logs are read from; never a path a worker's event names.
+    #[arg(
+        long = "artifact-dir",
+        value_name = "DIR",
+        env = "REGATTA_ARTIFACT_STORE",
+        default_value = ".regatta/artifacts"
+    )]
+    pub artifact_store: std::path::PathBuf,
+    /// Serve `/metrics` without the API token (it names batch ids), for a
+    /// Prometheus that cannot send one.
+    #[arg(long, env = "REGATTA_METRICS_PUBLIC")]
+    pub metrics_public: bool,
+    /// The largest request body (a manifest), in bytes; larger ones get 413.
+    #[arg(long, env = "REGATTA_MAX_MANIFEST_BYTES", default_value_t = api::DEFAULT_MAX_MANIFEST_BYTES)]
+    pub max_manifest_bytes: usize,
+    /// How long a request's headers may take to arrive.
+    #[arg(long, env = "REGATTA_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// How long a request's whole body may take to arrive.
+    #[arg(long, env = "REGATTA_BODY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+    /// Open API connections at most (lowered to fit the open-file limit);
+    /// past it, the oldest idle connection is closed for the newcomer.
+    #[arg(long, env = "REGATTA_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
 }
 
 pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -86,6 +116,9 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let address = listener.local_addr()?;
+    let token = connection.api_token.clone().filter(|t| !t.is_empty());
+    refuse_open_listen(address, token.is_some(), args.insecure)?;
+    let limits = server_limits(&args)?;
     // One coordinator per namespace: a second one waits here.
     let instance = args
         .instance
@@ -124,9 +157,19 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
     // Tests and scripts read this line to find a port chosen by the system.
     println!("listening on http://{address}");
     tracing::info!(%address, namespace = %connection.namespace, "coordinator ready");
+    let api_config = api::ApiConfig {
+        token,
+        metrics_public: args.metrics_public,
+        artifact_store: args.artifact_store.clone(),
+        body: api::BodyLimits {
+            max_bytes: args.max_manifest_bytes,
+            timeout: args.body_timeout,
+        },
+    };
     let serving = api::serve(
         listener,
-        api::router(service, connection.api_token.clone()),
+        api::router(service, api_config),
+        limits,
         shutdown.clone(),
     );
     tokio::pin!(serving);
@@ -145,4 +188,74 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Refuses to serve the API on a non-loopback address without a token,
+/// unless `--insecure` says so: the API enqueues commands that workers run.
+fn refuse_open_listen(
+    address: std::net::SocketAddr,
+    has_token: bool,
+    insecure: bool,
+) -> anyhow::Result<()> {
+    if address.ip().is_loopback() || has_token {
+        return Ok(());
+    }
+    if insecure {
+        tracing::warn!(%address, "serving the API without a token on a non-loopback address (--insecure)");
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to serve the API on {address} without a token: anyone who reaches it could \
+         enqueue commands for the workers to run. Set REGATTA_API_TOKEN (or --api-token), listen \
+         on 127.0.0.1, or pass --insecure"
+    )
+}
+
+/// The server's bounds, the connection cap lowered to fit the open-file
+/// limit (raised to its hard limit first).
+fn server_limits(args: &ServeArgs) -> anyhow::Result<api::ServerLimits> {
+    anyhow::ensure!(
+        args.max_connections > 0,
+        "--max-connections must be at least 1"
+    );
+    anyhow::ensure!(
+        !args.header_timeout.is_zero() && !args.body_timeout.is_zero(),
+        "--header-timeout and --body-timeout must be more than 0s"
+    );
+    let fd_limit = api::server::raise_fd_limit();
+    let max_connections = api::server::connection_cap(args.max_connections, fd_limit);
+    if max_connections < args.max_connections {
+        tracing::warn!(
+            wanted = args.max_connections,
+            max_connections,
+            fd_limit,
+            "--max-connections lowered to fit the open-file limit (ulimit -n)"
+        );
+    }
+    Ok(api::ServerLimits {
+        max_connections,
+        header_timeout: args.header_timeout,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_open_address_needs_a_token_or_insecure() {
+        let open: std::net::SocketAddr = "0.0.0.0:7700".parse().unwrap();
+        let public: std::net::SocketAddr = "192.0.2.1:7700".parse().unwrap();
+        let loopback: std::net::SocketAddr = "127.0.0.1:7700".parse().unwrap();
+        let loopback6: std::net::SocketAddr = "[::1]:7700".parse().unwrap();
+        for address in [open, public] {
+            let refused = refuse_open_listen(address, false, false).unwrap_err();
+            assert!(refused.to_string().contains("--insecure"), "{refused}");
+            assert!(refuse_open_listen(address, true, false).is_ok());
+            assert!(refuse_open_listen(address, false, true).is_ok());
+        }
+        for address in [loopback, loopback6] {
+            assert!(refuse_open_listen(address, false, false).is_ok());
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! Publishing orders: the `publish` span of each, confirms awaited many at
 //! a time, and re-sends until the broker confirms, on a channel reopened
-//! from the broker link after any loss.
+//! from the broker link after any loss. An order larger than the broker
+//! accepts is never sent: its unit fails with the reason instead.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
@@ -9,9 +11,18 @@ use futures::StreamExt;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use regatta_broker::{check_confirmation, BrokerLink};
-use regatta_proto::{seal, Signer};
+use regatta_proto::{seal, Outcome, Signer};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::order::work_order;
+use crate::scheduler::{Batch, Effects, Finish, Report};
+
+/// The largest order published: RabbitMQ refuses a message over its
+/// `max_message_size` (128 MiB up to 3.13, 16 MiB from 4.0), and a refused
+/// order used to be re-sent forever. The smaller of the two, so that a
+/// broker upgrade does not change what passes.
+pub(super) const MAX_ORDER_BYTES: usize = 16 << 20;
 
 /// A sealed order on its way to the work queue.
 pub(super) struct Outgoing {
@@ -39,6 +50,68 @@ impl Outgoing {
     }
 }
 
+/// Dispatches what can start and seals its orders. A unit whose order is
+/// over [`MAX_ORDER_BYTES`] is not published: it fails at once with the
+/// reason (a retry would build the same order, so it ends in
+/// `needs_review` after its retries), and dispatch runs again for what that
+/// frees. Returns the orders to publish; `effects.publish` lists their units.
+pub(super) fn dispatch_orders(
+    batch: &mut Batch,
+    usage: &mut BTreeMap<String, u32>,
+    now_ms: i64,
+    effects: &mut Effects,
+    signer: &Signer,
+    new_session: &mut dyn FnMut() -> String,
+) -> Vec<Outgoing> {
+    let mut outgoing = Vec::new();
+    let mut sealed = 0;
+    loop {
+        let dispatched = batch.dispatch(now_ms, usage, new_session);
+        effects.publish.extend(dispatched.publish);
+        effects.changed.extend(dispatched.changed);
+        let mut refused = Vec::new();
+        let mut kept = Vec::new();
+        for &unit in &effects.publish[sealed..] {
+            let order = work_order(batch, unit, now_ms);
+            let sealed_order = Outgoing::new(&order, signer);
+            if sealed_order.payload.len() > MAX_ORDER_BYTES {
+                refused.push((unit, order.session_id, sealed_order.payload.len()));
+            } else {
+                tracing::debug!(batch = %order.batch_id, unit = %order.unit_id, attempt = order.attempt, session = %order.session_id, "publishing");
+                outgoing.push(sealed_order);
+                kept.push(unit);
+            }
+        }
+        effects.publish.truncate(sealed);
+        effects.publish.extend(kept);
+        sealed = effects.publish.len();
+        if refused.is_empty() {
+            return outgoing;
+        }
+        for (unit, session_id, bytes) in refused {
+            let reason = format!(
+                "order of {bytes} bytes exceeds the broker's limit of {MAX_ORDER_BYTES}: \
+                 shorten the unit's task, env or lists"
+            );
+            tracing::error!(batch = %batch.id, unit = %batch.units[unit].id, %reason, "order not published");
+            let failed = Finish {
+                outcome: Outcome::Failed,
+                exit_code: None,
+                reason: Some(reason),
+                at_ms: now_ms,
+                log_tail: String::new(),
+                log_path: String::new(),
+                gates: Vec::new(),
+                fencing: 0,
+                evidence: None,
+            };
+            let more = batch.report(unit, &session_id, Report::Finished(failed), usage);
+            effects.changed.extend(more.changed);
+            effects.publish.extend(more.publish);
+        }
+    }
+}
+
 /// Publishes sealed orders with confirms, many in flight at once, and
 /// re-sends any that the broker did not confirm: an order is never dropped.
 pub(super) async fn publish_loop(
@@ -57,6 +130,12 @@ pub(super) async fn publish_loop(
             Some(()) = confirms.next() => continue,
             _ = shutdown.cancelled() => return,
         };
+        // Never built by dispatch_orders; an order stored before this
+        // check (re-published on restart) would be refused forever.
+        if next.payload.len() > MAX_ORDER_BYTES {
+            tracing::error!(session = %next.session_id, bytes = next.payload.len(), limit = MAX_ORDER_BYTES, "order larger than the broker accepts; not published");
+            continue;
+        }
         let channel = match channel.take() {
             Some(open) if open.status().connected() => channel.insert(open),
             _ => match open_channel(&link, &shutdown).await {
