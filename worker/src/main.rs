@@ -52,6 +52,12 @@ struct Args {
     /// secret file. Needs a worker running as root.
     #[arg(long, value_name = "UID[:GID]", env = "REGATTA_SESSION_USER")]
     session_user: Option<String>,
+    /// Whether each session gets a cgroup v2 of its own, killed whole at its
+    /// end: `auto` where the machine lets the worker make them, `required`
+    /// to refuse to start otherwise, `off` to rely on the session leader
+    /// alone (it kills every process its command left, as their subreaper).
+    #[arg(long, env = "REGATTA_SESSION_CGROUPS", value_enum, default_value_t = CgroupMode::Auto)]
+    session_cgroups: CgroupMode,
     /// Prefix of every queue and Redis key, so that several fleets share one
     /// broker and one Redis without seeing each other's work.
     #[arg(long, env = "REGATTA_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
@@ -87,6 +93,14 @@ struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "REGATTA_LOG_JSON")]
     log_json: bool,
+}
+
+/// See `--session-cgroups`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CgroupMode {
+    Auto,
+    Required,
+    Off,
 }
 
 fn main() -> ExitCode {
@@ -175,7 +189,7 @@ async fn run(args: Args, secret: regatta_secret::FleetSecret) -> anyhow::Result<
         grace: args.grace,
         name: args.name.unwrap_or_else(WorkerConfig::default_name),
         max_log_bytes: args.max_log_bytes,
-        containment: containment(session_user.as_deref())?,
+        containment: containment(session_user.as_deref(), args.session_cgroups)?,
     };
     tracing::info!("{}", config.containment.describe());
     let shutdown = CancellationToken::new();
@@ -199,14 +213,18 @@ async fn run(args: Args, secret: regatta_secret::FleetSecret) -> anyhow::Result<
 
 /// The leader beside this binary, the session user, and a cgroup per
 /// session where this machine lets the worker make them.
-fn containment(session_user: Option<&str>) -> anyhow::Result<Containment> {
+fn containment(session_user: Option<&str>, mode: CgroupMode) -> anyhow::Result<Containment> {
     let leader_exe = leader::executable(
         &std::env::current_exe().context("cannot find the worker's own executable")?,
     );
     let session_user = session_user.map(SessionUser::parse).transpose()?;
-    let cgroups = match CgroupParent::probe() {
-        Ok(parent) => Some(parent),
-        Err(reason) => {
+    let cgroups = match (mode, CgroupParent::probe()) {
+        (CgroupMode::Off, _) => None,
+        (_, Ok(parent)) => Some(parent),
+        (CgroupMode::Required, Err(reason)) => {
+            anyhow::bail!("--session-cgroups required, but sessions cannot get a cgroup of their own: {reason}")
+        }
+        (CgroupMode::Auto, Err(reason)) => {
             tracing::info!("sessions get no cgroup of their own: {reason}");
             None
         }
