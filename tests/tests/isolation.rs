@@ -179,16 +179,16 @@ fn assert_nothing_leaked(
     let seen = std::fs::read_to_string(dir.join("seen.txt")).expect("the probe wrote seen.txt");
     assert!(seen.contains("== end"), "the probe did not finish:\n{seen}");
     assert!(
-        seen.contains("Permission denied"),
-        "the probe's reads of the worker were not refused:\n{seen}"
-    );
-    assert!(
         !seen.contains("No such file"),
         "the probe looked at the wrong process:\n{seen}"
     );
     assert!(
         !seen.contains(secret),
         "the session read the fleet's secret:\n{seen}"
+    );
+    assert!(
+        seen.contains("Permission denied"),
+        "the probe's reads of the worker were not refused:\n{seen}"
     );
     assert!(
         !attempt.log_tail.contains(secret),
@@ -396,6 +396,8 @@ async fn a_daemon_dies_with_its_session(test: &str, mode: &str, contained_by: &s
     let attempt = run_one(&fleet, &m).await;
     let pid = std::fs::read_to_string(dir.path().join("daemon.pid")).expect("daemon.pid");
     let pid = pid.trim();
+    let took = attempt.ended_at_ms.unwrap_or_default() - attempt.started_at_ms.unwrap_or_default();
+    println!("{mode}: the session with a daemon on its stdout took {took} ms");
     // Right after the unit succeeded: the daemon is gone (or a zombie
     // waiting for its reaper).
     let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -417,8 +419,6 @@ async fn a_daemon_dies_with_its_session(test: &str, mode: &str, contained_by: &s
         before, after,
         "something of the session still writes its touched file"
     );
-    let took = attempt.ended_at_ms.unwrap_or_default() - attempt.started_at_ms.unwrap_or_default();
-    println!("{mode}: the session with a daemon on its stdout took {took} ms");
     // The log capture waits at most 5 s for a pipe still held open.
     assert!(took < 5_000, "the daemon held the session up: {took} ms");
     drop(worker);
@@ -435,4 +435,49 @@ async fn a_detached_daemon_dies_with_its_session_in_its_cgroup() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_detached_daemon_dies_with_its_session_under_its_subreaper_leader() {
     a_daemon_dies_with_its_session("iso-reaper", "off", "leader (a subreaper) kills").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_that_kills_its_own_leader_leaves_nothing_behind_in_its_cgroup() {
+    // Needs a writable cgroup v2 (root, or a delegated subtree): the worker
+    // refuses to start otherwise and the test fails saying so.
+    let fleet = Fleet::start("iso-orphan", 0, 1, "30s").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_file(dir.path(), "daemon.sh", DAEMON);
+    let mut worker = Worker::start(
+        &fleet,
+        dir.path(),
+        &[],
+        &["--session-cgroups", "required"],
+        &[("REGATTA_SECRET", &fleet.secret)],
+    );
+    worker.wait_for_log("each in a cgroup v2 of its own");
+    // The command starts its daemon, then kills its leader (same user), so
+    // no subreaper is left to kill the daemon: only the cgroup can.
+    let m = manifest(
+        dir.path(),
+        "batch: orphan\nretries: 0\nplaybook:\n  name: p\n  run: ./daemon.sh && kill -9 $PPID && sleep 30\nunits:\n  - id: orphan\n",
+    );
+    let client = fleet.client();
+    let batch = client.enqueue(&m).await.expect("enqueue");
+    let summary = fleet.wait_for_end(&batch, Duration::from_secs(120)).await;
+    assert_ne!(
+        summary.state,
+        BatchState::Succeeded,
+        "the session's leader was killed"
+    );
+    let pid = std::fs::read_to_string(dir.path().join("daemon.pid")).expect("daemon.pid");
+    let state = std::fs::read_to_string(format!("/proc/{}/stat", pid.trim()))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.trim().chars().next())
+        });
+    assert!(
+        matches!(state, None | Some('Z')),
+        "the daemon {} of a session whose leader died outlived it (state {state:?})",
+        pid.trim()
+    );
+    drop(worker);
+    fleet.stop().await;
 }

@@ -41,7 +41,7 @@ impl Containment {
                 parent.dir().display()
             ),
             None => format!(
-                "sessions run {user}; no writable cgroup v2, so each leader (a subreaper) kills and reaps every process its command left"
+                "sessions run {user}, without cgroups of their own: each leader (a subreaper) kills and reaps every process its command left"
             ),
         }
     }

@@ -209,19 +209,24 @@ pub fn main(worker_pid: i32, deadline_ms: u64, command: &str, user: Option<&str>
 /// Kills (SIGKILL) and reaps every child of the leader until it has none:
 /// the command, and the processes it left, which the kernel hands to the
 /// leader, their subreaper, as their parents die. A process that forks
-/// meanwhile only adds a child that is handed over before its parent's
-/// death is reaped, so the next round finds it.
+/// meanwhile only adds a child that is handed over when its parent dies,
+/// so a later round finds it; the rounds never block on a child, so one
+/// missed by a round cannot hang the leader.
 fn sweep() {
     let me = getpid();
     loop {
         for child in children_of(me) {
             let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
         }
-        match waitpid(Pid::from_raw(-1), None) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            // ECHILD: no child is left.
-            Err(_) => return,
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                // ECHILD: no child is left.
+                Err(_) => return,
+            }
         }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
