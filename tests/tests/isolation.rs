@@ -356,17 +356,39 @@ fn placeholder_and_short_secrets_are_refused_at_start() {
             );
         }
     }
-    // A good one is accepted: the worker gets past the secret to its flags.
-    let output = Command::new(binary("regatta-worker"))
-        .args(["--slots", "0"])
-        .env("REGATTA_SECRET", new_secret())
-        .output()
-        .expect("run regatta-worker");
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("--slots"),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    // A placeholder in a secret file is refused too, naming the file; a
+    // good one gets both binaries past the secret (to a flag they refuse).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("secret");
+    for (secret, refused) in [(placeholder.to_owned(), true), (new_secret(), false)] {
+        std::fs::write(&file, format!("{secret}\n")).expect("write the secret file");
+        for (program, args) in [
+            (
+                "regatta",
+                &["serve", "--listen", "127.0.0.1:0", "--lock-ttl", "0s"][..],
+            ),
+            ("regatta-worker", &["--slots", "0"][..]),
+        ] {
+            let output = Command::new(binary(program))
+                .args(args)
+                .arg("--secret-file")
+                .arg(&file)
+                .env_remove("REGATTA_SECRET")
+                .output()
+                .expect("run the binary");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!output.status.success());
+            if refused {
+                assert!(
+                    stderr.contains(&file.display().to_string()),
+                    "{program}: {stderr}"
+                );
+                assert!(stderr.contains("placeholder"), "{program}: {stderr}");
+            } else {
+                assert!(stderr.contains(args[args.len() - 2]), "{program}: {stderr}");
+            }
+        }
+    }
 }
 
 /// Runs the daemon unit on a worker with `--session-cgroups mode` and checks
