@@ -47,7 +47,30 @@ impl CgroupParent {
                 parent.dir.display()
             ));
         }
+        parent.remove_stale();
         Ok(parent)
+    }
+
+    /// Removes the empty session cgroups of workers that are gone (killed
+    /// before they could remove them); a populated one stays.
+    fn remove_stale(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("regatta-"))
+                .and_then(|rest| rest.split_once('-'))
+                .and_then(|(pid, _)| pid.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir(entry.path());
+            }
+        }
     }
 
     /// Where the session cgroups are made.
