@@ -11,7 +11,9 @@ cargo build --bins --quiet
 bin=target/debug
 run_dir=$(mktemp -d)
 export REGATTA_NAMESPACE="demo-$$"
-export REGATTA_SECRET="demo-secret-$$"
+# A fresh secret per run: the binaries refuse anything under 32 bytes.
+REGATTA_SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+export REGATTA_SECRET
 export REGATTA_LOG=warn
 port=${REGATTA_DEMO_PORT:-7701}
 export REGATTA_API="http://127.0.0.1:$port"

@@ -7,7 +7,17 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::Args::parse();
+    let mut args = cli::Args::parse();
+    // The secret, the API token and the URLs stay out of reach of the
+    // other processes of this user: out of the environment (before any
+    // thread exists) and out of /proc (non-dumpable).
+    args.connection.note_secret_source();
+    // SAFETY: no thread exists yet.
+    unsafe { regatta_secret::scrub_environment(regatta_secret::FLEET_VARIABLES) };
+    if let Err(e) = regatta_secret::keep_memory_private() {
+        eprintln!("regatta: cannot make the process non-dumpable (prctl PR_SET_DUMPABLE): {e}");
+        return ExitCode::FAILURE;
+    }
     if !matches!(args.command, cli::Command::Serve(_)) {
         // A command piped into `head` should stop quietly, like any Unix
         // tool, instead of panicking on a closed stdout.

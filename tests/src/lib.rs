@@ -31,6 +31,14 @@ pub fn unique_namespace(test: &str) -> String {
     format!("t-{test}-{}", &id[..8])
 }
 
+/// A fresh fleet secret: 64 random hex digits, as `openssl rand -hex 32`
+/// prints (the binaries refuse secrets under 32 bytes).
+pub fn new_secret() -> String {
+    let a = uuid::Uuid::new_v4().simple().to_string();
+    let b = uuid::Uuid::new_v4().simple().to_string();
+    format!("{a}{b}")
+}
+
 /// Connects to RabbitMQ or fails the test saying how to start it.
 pub async fn rabbitmq() -> lapin::Connection {
     let properties = lapin::ConnectionProperties::default();
@@ -196,7 +204,7 @@ impl Fleet {
         drop(rabbitmq().await);
         drop(redis().await);
         let namespace = unique_namespace(test);
-        let secret = format!("secret-{namespace}");
+        let secret = new_secret();
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))

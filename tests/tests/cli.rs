@@ -174,7 +174,7 @@ fn serve_refuses_a_lock_ttl_or_reap_interval_it_cannot_use() {
     ] {
         let output = Command::new(binary("regatta"))
             .args(["serve", "--listen", "127.0.0.1:0", flag, value])
-            .env("REGATTA_SECRET", "s")
+            .env("REGATTA_SECRET", regatta_tests::new_secret())
             .output()
             .expect("run regatta serve");
         assert!(!output.status.success(), "{flag} {value} was accepted");

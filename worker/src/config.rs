@@ -30,8 +30,8 @@ pub struct WorkerConfig {
     pub name: String,
     /// The largest session log kept on disk; output past it is dropped.
     pub max_log_bytes: u64,
-    /// The executable that leads session process groups (this binary).
-    pub leader_exe: PathBuf,
+    /// The session leader, the user sessions run as, and their cgroups.
+    pub containment: crate::containment::Containment,
 }
 
 impl WorkerConfig {

@@ -563,7 +563,7 @@ async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionS
         log_path: log_path.clone(),
         max_log_bytes: config.max_log_bytes,
         grace: config.grace.min(Duration::from_secs(30)),
-        leader_exe: config.leader_exe.clone(),
+        containment: config.containment.clone(),
         // Two renewal periods: the leader kills a stalled worker's session
         // before its lease can expire and the unit re-run elsewhere.
         beats: Some(Beats {

@@ -13,6 +13,18 @@
 //! hears nothing for its deadline (two renewal periods, before the lease
 //! can expire) kills the group too; so does one whose stdin closes.
 //!
+//! A command may also detach (`setsid cmd &`, a double fork) and outlive
+//! its group. The leader is therefore a child subreaper: orphans of the
+//! session become its children, and before it exits (the command ended, or
+//! it kills the session) it kills and reaps every child it has until none
+//! is left ([`sweep`]), so nothing of the session survives it and nothing
+//! holds the session's log pipe open. Where the machine allows, the worker
+//! also puts the leader in a cgroup of its own ([`crate::cgroup`]).
+//!
+//! The leader is non-dumpable, as the worker: the session, same user, may
+//! not read or ptrace it. `--session-user` (a root worker only) makes the
+//! command run as another user, which may not read the worker's files.
+//!
 //! The leader ignores SIGTERM itself so that a deadline's SIGTERM to the
 //! group reaches the command, which may clean up during the grace period,
 //! and it exits with the command's status. It is started once per command,
@@ -28,7 +40,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{killpg, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-use nix::unistd::{getpgrp, getpid, getppid, Pid};
+use nix::unistd::{getpgrp, getpid, getppid, Gid, Pid, Uid};
+
+use crate::containment::SessionUser;
 
 /// The hidden subcommand under which the worker binary acts as a leader.
 pub const SUBCOMMAND: &str = "session-leader";
@@ -48,15 +62,16 @@ pub fn executable(worker_exe: &std::path::Path) -> std::path::PathBuf {
     }
 }
 
-/// Runs the leader:
-/// `regatta-worker session-leader <worker pid> <deadline ms, 0 for none> <command>`.
-pub fn main(worker_pid: i32, deadline_ms: u64, command: &str) -> ExitCode {
+/// Runs the leader: `regatta-worker session-leader <worker pid>
+/// <deadline ms, 0 for none> <command> [<uid>:<gid> to run it as]`.
+pub fn main(worker_pid: i32, deadline_ms: u64, command: &str, user: Option<&str>) -> ExitCode {
     // Only a process that leads its own group may take the group down; a
     // leader started by hand in someone else's group just runs the command.
     let leads_group = getpgrp() == getpid();
     // Killing the group kills the leader too: the worker sees its leader
     // die of SIGKILL (not an exit code) and reports the session lost.
     let kill = || {
+        sweep();
         if leads_group {
             let _ = killpg(getpgrp(), Signal::SIGKILL);
         }
@@ -86,15 +101,40 @@ pub fn main(worker_pid: i32, deadline_ms: u64, command: &str) -> ExitCode {
     if getppid() != Pid::from_raw(worker_pid) {
         return kill();
     }
+    // execve made this process dumpable again: the session, same user,
+    // could otherwise ptrace it or read its memory.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        eprintln!("regatta session leader: cannot make itself non-dumpable: {e}");
+        return ExitCode::from(125);
+    }
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        eprintln!("regatta session leader: cannot become the session's subreaper: {e}");
+        return ExitCode::from(125);
+    }
+    let user = match user.map(parse_user).transpose() {
+        Ok(user) => user,
+        Err(e) => {
+            eprintln!("regatta session leader: {e}");
+            return ExitCode::from(125);
+        }
+    };
+    if let Some(user) = user {
+        hand_artifact_dir_to(user);
+    }
     let mut child = std::process::Command::new("/bin/sh");
     child.arg("-c").arg(command).stdin(Stdio::null());
-    // The command gets the default signal mask back.
-    // SAFETY: only an async-signal-safe call between fork and exec.
+    // The command gets the default signal mask back, and its user.
+    // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
-        child.pre_exec(|| {
-            SigSet::all()
-                .thread_unblock()
-                .map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+        child.pre_exec(move || {
+            let os = |e: nix::errno::Errno| std::io::Error::from_raw_os_error(e as i32);
+            if let Some(user) = user {
+                let gid = Gid::from_raw(user.gid);
+                nix::unistd::setgroups(&[gid]).map_err(os)?;
+                nix::unistd::setgid(gid).map_err(os)?;
+                nix::unistd::setuid(Uid::from_raw(user.uid)).map_err(os)?;
+            }
+            SigSet::all().thread_unblock().map_err(os)
         });
     }
     let child = match child.spawn() {
@@ -140,10 +180,12 @@ pub fn main(worker_pid: i32, deadline_ms: u64, command: &str) -> ExitCode {
                 Ok(Signal::SIGTERM) => {}
                 _ => match waitpid(child_pid, Some(WaitPidFlag::WNOHANG)) {
                     Ok(WaitStatus::Exited(_, code)) => {
-                        return ExitCode::from(code.clamp(0, 255) as u8)
+                        sweep();
+                        return ExitCode::from(code.clamp(0, 255) as u8);
                     }
                     Ok(WaitStatus::Signaled(_, signal, _)) => {
-                        return ExitCode::from((128 + signal as i32).clamp(0, 255) as u8)
+                        sweep();
+                        return ExitCode::from((128 + signal as i32).clamp(0, 255) as u8);
                     }
                     Ok(_) => {}
                     Err(_) => return ExitCode::from(125),
@@ -161,5 +203,78 @@ pub fn main(worker_pid: i32, deadline_ms: u64, command: &str) -> ExitCode {
             eprintln!("regatta session leader: no lease renewal from the worker within {deadline_ms} ms; killing the session");
             return kill();
         }
+    }
+}
+
+/// Kills (SIGKILL) and reaps every child of the leader until it has none:
+/// the command, and the processes it left, which the kernel hands to the
+/// leader, their subreaper, as their parents die. A process that forks
+/// meanwhile only adds a child that is handed over when its parent dies,
+/// so a later round finds it; the rounds never block on a child, so one
+/// missed by a round cannot hang the leader.
+fn sweep() {
+    let me = getpid();
+    loop {
+        for child in children_of(me) {
+            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
+        }
+        loop {
+            match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => break,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                // ECHILD: no child is left.
+                Err(_) => return,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The children of `parent`, from `/proc` (the `children` file needs a
+/// kernel option, so every process's parent is read instead).
+fn children_of(parent: Pid) -> Vec<Pid> {
+    let own = format!("/proc/{parent}/task/{parent}/children");
+    if let Ok(list) = std::fs::read_to_string(own) {
+        return list
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok().map(Pid::from_raw))
+            .collect();
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // `pid (name) state ppid ...`; the name may hold spaces and parentheses.
+            let ppid: i32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == parent.as_raw()).then_some(Pid::from_raw(pid))
+        })
+        .collect()
+}
+
+/// Parses the `<uid>:<gid>` argument the worker passes.
+fn parse_user(text: &str) -> Result<SessionUser, String> {
+    let (uid, gid) = text
+        .split_once(':')
+        .ok_or_else(|| format!("the session user '{text}' is not <uid>:<gid>"))?;
+    match (uid.parse(), gid.parse()) {
+        (Ok(uid), Ok(gid)) => Ok(SessionUser { uid, gid }),
+        _ => Err(format!("the session user '{text}' is not <uid>:<gid>")),
+    }
+}
+
+/// Gives the session's artifact folder (`REGATTA_ARTIFACT_DIR`, made by the
+/// worker) to the user the command runs as, so that it may write there.
+fn hand_artifact_dir_to(user: SessionUser) {
+    if let Some(dir) = std::env::var_os("REGATTA_ARTIFACT_DIR") {
+        let _ = std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid));
     }
 }

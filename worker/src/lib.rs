@@ -23,7 +23,9 @@
 //!    coordinator, and the leases are released at once.
 
 pub mod artifact;
+pub mod cgroup;
 pub mod config;
+pub mod containment;
 pub mod control;
 pub mod error;
 pub mod evidence;

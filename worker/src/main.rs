@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use regatta_proto::{Keys, Names, Signer, DEFAULT_NAMESPACE};
+use regatta_worker::cgroup::CgroupParent;
+use regatta_worker::containment::{Containment, SessionUser};
 use regatta_worker::{leader, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -36,9 +38,26 @@ struct Args {
         default_value = "redis://127.0.0.1:6379/"
     )]
     redis_url: String,
-    /// The key that work orders are signed with; the coordinator's must match.
+    /// The key that work orders are signed with; the coordinator's must
+    /// match. Prefer --secret-file: a flag's value is visible to every
+    /// process of the machine in /proc/<pid>/cmdline.
     #[arg(long, env = "REGATTA_SECRET", hide_env_values = true)]
-    secret: String,
+    secret: Option<String>,
+    /// A file holding the key work orders are signed with (at least 32
+    /// bytes; `openssl rand -hex 32 > FILE`), readable by this worker only.
+    #[arg(long, value_name = "FILE", env = "REGATTA_SECRET_FILE")]
+    secret_file: Option<PathBuf>,
+    /// Run sessions as this user (UID or UID:GID, e.g. 65534:65534), not as
+    /// the worker's: then they cannot read the worker's files, such as the
+    /// secret file. Needs a worker running as root.
+    #[arg(long, value_name = "UID[:GID]", env = "REGATTA_SESSION_USER")]
+    session_user: Option<String>,
+    /// Whether each session gets a cgroup v2 of its own, killed whole at its
+    /// end: `auto` where the machine lets the worker make them, `required`
+    /// to refuse to start otherwise, `off` to rely on the session leader
+    /// alone (it kills every process its command left, as their subreaper).
+    #[arg(long, env = "REGATTA_SESSION_CGROUPS", value_enum, default_value_t = CgroupMode::Auto)]
+    session_cgroups: CgroupMode,
     /// Prefix of every queue and Redis key, so that several fleets share one
     /// broker and one Redis without seeing each other's work.
     #[arg(long, env = "REGATTA_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
@@ -76,6 +95,14 @@ struct Args {
     log_json: bool,
 }
 
+/// See `--session-cgroups`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum CgroupMode {
+    Auto,
+    Required,
+    Off,
+}
+
 fn main() -> ExitCode {
     // The hidden session-leader mode: see `leader`.
     let argv: Vec<String> = std::env::args().collect();
@@ -83,10 +110,43 @@ fn main() -> ExitCode {
         let worker_pid = argv.get(2).and_then(|p| p.parse().ok()).unwrap_or(0);
         let deadline_ms = argv.get(3).and_then(|d| d.parse().ok()).unwrap_or(0);
         let command = argv.get(4).cloned().unwrap_or_default();
-        return leader::main(worker_pid, deadline_ms, &command);
+        return leader::main(
+            worker_pid,
+            deadline_ms,
+            &command,
+            argv.get(5).map(String::as_str),
+        );
+    }
+    // Sessions run as this user by default: they must not read this
+    // process's memory or its environment in /proc. First thing, before
+    // any thread exists.
+    if let Err(e) = regatta_secret::keep_memory_private() {
+        eprintln!(
+            "regatta-worker: cannot make the process non-dumpable (prctl PR_SET_DUMPABLE): {e}"
+        );
+        return ExitCode::FAILURE;
     }
     let args = Args::parse();
+    let on_command_line =
+        args.secret.is_some() && std::env::var("REGATTA_SECRET").ok() != args.secret;
+    let loaded = regatta_secret::load(
+        args.secret.as_deref(),
+        args.secret_file.as_deref(),
+        on_command_line,
+    );
+    // SAFETY: no thread exists yet (neither the runtime nor telemetry).
+    unsafe { regatta_secret::scrub_environment(regatta_secret::FLEET_VARIABLES) };
+    let loaded = match loaded {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("regatta-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let _telemetry = regatta_telemetry::init("regatta-worker", args.log_json);
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -94,7 +154,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(args, loaded.secret)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("regatta-worker: {e:#}");
@@ -103,7 +163,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args, secret: regatta_secret::FleetSecret) -> anyhow::Result<()> {
     anyhow::ensure!(args.slots > 0, "--slots must be at least 1");
     if let Some(name) = &args.name {
         anyhow::ensure!(
@@ -111,15 +171,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "--name must be non-empty text without control characters (it is stored in lease records)"
         );
     }
-    anyhow::ensure!(!args.secret.is_empty(), "REGATTA_SECRET must not be empty");
     anyhow::ensure!(
         args.lease_ttl >= Duration::from_secs(1),
         "--lease-ttl must be at least 1s"
     );
+    let session_user = args.session_user.clone();
     let config = WorkerConfig {
         names: Names::new(&args.namespace)?,
         keys: Keys::new(&args.namespace)?,
-        signer: Signer::new(args.secret.as_bytes()),
+        signer: Signer::new(secret.as_bytes()),
         amqp_url: args.amqp_url,
         redis_url: args.redis_url,
         slots: args.slots,
@@ -129,10 +189,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         grace: args.grace,
         name: args.name.unwrap_or_else(WorkerConfig::default_name),
         max_log_bytes: args.max_log_bytes,
-        leader_exe: leader::executable(
-            &std::env::current_exe().context("cannot find the worker's own executable")?,
-        ),
+        containment: containment(session_user.as_deref(), args.session_cgroups)?,
     };
+    tracing::info!("{}", config.containment.describe());
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -150,4 +209,29 @@ async fn run(args: Args) -> anyhow::Result<()> {
     });
     regatta_worker::run(config, shutdown).await?;
     Ok(())
+}
+
+/// The leader beside this binary, the session user, and a cgroup per
+/// session where this machine lets the worker make them.
+fn containment(session_user: Option<&str>, mode: CgroupMode) -> anyhow::Result<Containment> {
+    let leader_exe = leader::executable(
+        &std::env::current_exe().context("cannot find the worker's own executable")?,
+    );
+    let session_user = session_user.map(SessionUser::parse).transpose()?;
+    let cgroups = match (mode, CgroupParent::probe()) {
+        (CgroupMode::Off, _) => None,
+        (_, Ok(parent)) => Some(parent),
+        (CgroupMode::Required, Err(reason)) => {
+            anyhow::bail!("--session-cgroups required, but sessions cannot get a cgroup of their own: {reason}")
+        }
+        (CgroupMode::Auto, Err(reason)) => {
+            tracing::info!("sessions get no cgroup of their own: {reason}");
+            None
+        }
+    };
+    Ok(Containment {
+        leader_exe,
+        session_user,
+        cgroups,
+    })
 }

@@ -1,5 +1,6 @@
 //! Runs one command of a session: under a [`leader`](crate::leader), in its
-//! own process group, with a deadline, its output captured to a bounded log.
+//! own process group (and its own cgroup where the machine allows), with a
+//! deadline, its output captured to a bounded log.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -10,7 +11,8 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::{leader, Error};
+use crate::containment::Containment;
+use crate::{cgroup, leader, Error};
 
 /// What to run and how.
 #[derive(Debug, Clone)]
@@ -25,7 +27,8 @@ pub struct CommandSpec {
     pub max_log_bytes: u64,
     /// Between SIGTERM and SIGKILL of the process group.
     pub grace: Duration,
-    pub leader_exe: PathBuf,
+    /// The leader, the session's user and its cgroup.
+    pub containment: Containment,
     /// Lease renewals, forwarded to the session's leader so that it kills
     /// the session if the worker stalls (see [`leader`]); `None` in tests
     /// that run a command without leases.
@@ -79,10 +82,11 @@ pub async fn run_command(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Dur
         })?;
     let (reader, writer) = std::io::pipe().map_err(Error::Spawn)?;
     let writer_err = writer.try_clone().map_err(Error::Spawn)?;
-    let mut command = tokio::process::Command::new(&spec.leader_exe);
+    let containment = &spec.containment;
+    let mut command = tokio::process::Command::new(&containment.leader_exe);
     // The worker binary leads through a hidden subcommand; the dedicated
     // leader binary takes the arguments directly.
-    if spec.leader_exe.file_name() != Some(std::ffi::OsStr::new(leader::BINARY)) {
+    if containment.leader_exe.file_name() != Some(std::ffi::OsStr::new(leader::BINARY)) {
         command.arg(leader::SUBCOMMAND);
     }
     command
@@ -94,6 +98,7 @@ pub async fn run_command(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Dur
                 .to_string(),
         )
         .arg(&spec.command)
+        .args(containment.session_user.map(|user| user.to_arg()))
         .current_dir(&spec.workdir)
         // The fleet's secrets and connection URLs stay with the worker: a
         // session that could read REGATTA_SECRET could sign its own orders.
@@ -111,6 +116,15 @@ pub async fn run_command(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Dur
         .stderr(Stdio::from(writer_err))
         .process_group(0)
         .kill_on_drop(false);
+    // The leader joins the session's cgroup before it runs anything, so
+    // every process of the session is in it.
+    let cgroup = session_cgroup(containment);
+    if let Some(procs) = cgroup.as_ref().map(cgroup::SessionCgroup::procs_fd) {
+        // SAFETY: one `write` between fork and exec (async-signal-safe).
+        unsafe {
+            command.pre_exec(move || cgroup::join(procs));
+        }
+    }
     let started = Instant::now();
     let mut child = command.spawn().map_err(Error::Spawn)?;
     // Forward each renewal to the leader as one byte on its stdin.
@@ -156,9 +170,13 @@ pub async fn run_command(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Dur
         }
     };
     // A command may exit while its background children still run: they
-    // belong to the session and die with it.
+    // belong to the session and die with it. The leader killed those it
+    // could see; the cgroup holds even those of a leader killed first.
     if let Some(pgid) = pgid {
         let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    if let Some(cgroup) = cgroup {
+        cgroup.kill_and_remove(Duration::from_secs(5)).await;
     }
     if let Some(forward) = forward {
         forward.abort();
@@ -198,16 +216,34 @@ async fn terminate_group(
         _ = tokio::time::sleep(grace) => {}
         _ = now.cancelled() => {}
     }
-    let _ = killpg(pgid, Signal::SIGKILL);
-    let _ = child.wait().await;
+    kill_group(Some(pgid), child).await;
 }
 
-/// SIGKILL to the whole group, without a grace period.
+/// Kills the whole session without a grace period: the leader first hears
+/// SIGHUP, as if the worker died, and kills every process of the session,
+/// those that left its group too; SIGKILL to the group follows, for a
+/// leader that does not answer within a second.
 async fn kill_group(pgid: Option<Pid>, child: &mut tokio::process::Child) {
     if let Some(pgid) = pgid {
+        let _ = nix::sys::signal::kill(pgid, Signal::SIGHUP);
+        let _ = tokio::time::timeout(Duration::from_secs(1), child.wait()).await;
         let _ = killpg(pgid, Signal::SIGKILL);
     }
     let _ = child.wait().await;
+}
+
+/// A new cgroup for the session, when the worker has cgroups; a session
+/// whose cgroup cannot be made runs without one (its leader still kills
+/// what its command leaves), with a warning.
+fn session_cgroup(containment: &Containment) -> Option<cgroup::SessionCgroup> {
+    let parent = containment.cgroups.as_ref()?;
+    match parent.create() {
+        Ok(cgroup) => Some(cgroup),
+        Err(e) => {
+            tracing::warn!(parent = %parent.dir().display(), "cannot make the session's cgroup ({e}); its leader alone will kill what it leaves");
+            None
+        }
+    }
 }
 
 /// Copies the session's output into its log, keeping at most `limit` bytes

@@ -59,12 +59,40 @@ pub struct Connection {
         default_value = "redis://127.0.0.1:6379/"
     )]
     pub redis_url: String,
-    /// The key work orders are signed with (used by `serve`); workers must have the same.
+    /// The key work orders are signed with (used by `serve`); workers must
+    /// have the same. Prefer --secret-file: a flag's value is visible to
+    /// every process of the machine in /proc/<pid>/cmdline.
     #[arg(long, global = true, env = "REGATTA_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
+    /// A file holding the key work orders are signed with (used by `serve`;
+    /// at least 32 bytes: `openssl rand -hex 32 > FILE`).
+    #[arg(long, global = true, value_name = "FILE", env = "REGATTA_SECRET_FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// Whether `secret` came from the command line rather than the
+    /// environment (then `serve` warns); set by [`Connection::note_secret_source`].
+    #[arg(skip)]
+    pub secret_on_command_line: bool,
     /// Prefix of every queue and Redis key, so several fleets share one broker and one Redis.
     #[arg(long, global = true, env = "REGATTA_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
     pub namespace: String,
+}
+
+impl Connection {
+    /// Records whether `--secret` was given on the command line; call it
+    /// before the environment is scrubbed.
+    pub fn note_secret_source(&mut self) {
+        self.secret_on_command_line =
+            self.secret.is_some() && std::env::var("REGATTA_SECRET").ok() != self.secret;
+    }
+
+    /// The fleet's secret from `--secret-file` or `--secret`, checked.
+    pub fn load_secret(&self) -> Result<regatta_secret::Loaded, regatta_secret::Error> {
+        regatta_secret::load(
+            self.secret.as_deref(),
+            self.secret_file.as_deref(),
+            self.secret_on_command_line,
+        )
+    }
 }
 
 #[derive(Debug, Subcommand)]

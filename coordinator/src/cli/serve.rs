@@ -69,13 +69,11 @@ pub struct ServeArgs {
 
 pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let _telemetry = regatta_telemetry::init("regatta-coordinator", args.log_json);
-    let secret = connection
-        .secret
-        .as_deref()
-        .filter(|s| !s.is_empty())
-        .context(
-            "REGATTA_SECRET (or --secret) is required: it signs the work orders workers accept",
-        )?;
+    let loaded = connection.load_secret()?;
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
+    }
+    let secret = loaded.secret;
     anyhow::ensure!(
         args.lock_ttl >= Duration::from_secs(1),
         "--lock-ttl must be at least 1s (it was {:?}): the lock is renewed every third of it",

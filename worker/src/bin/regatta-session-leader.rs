@@ -10,5 +10,6 @@ fn main() -> ExitCode {
     let worker_pid = argv.get(1).and_then(|p| p.parse().ok()).unwrap_or(0);
     let deadline_ms = argv.get(2).and_then(|d| d.parse().ok()).unwrap_or(0);
     let command = argv.get(3).cloned().unwrap_or_default();
-    regatta_worker::leader::main(worker_pid, deadline_ms, &command)
+    let user = argv.get(4).map(String::as_str);
+    regatta_worker::leader::main(worker_pid, deadline_ms, &command, user)
 }
