@@ -24,9 +24,9 @@ pub async fn evidence(
     store: &Path,
     manifest: Option<&Path>,
 ) -> anyhow::Result<ExitCode> {
-    let Some(secret) = connection.secret.clone().filter(|s| !s.is_empty()) else {
+    let Some(secret) = fleet_secret(connection)? else {
         eprintln!(
-            "regatta: the batch pack is signed with the fleet secret: set REGATTA_SECRET (or --secret) as for `regatta serve`"
+            "regatta: the batch pack is signed with the fleet secret: set REGATTA_SECRET_FILE (or REGATTA_SECRET) as for `regatta serve`"
         );
         return Ok(ExitCode::from(NOT_VERIFIED));
     };
@@ -143,22 +143,37 @@ async fn reported_manifest_sha256(connection: &Connection, batch: &str) -> Optio
         .map(str::to_owned)
 }
 
+/// The fleet's secret from `--secret-file` or `--secret` (or their
+/// variables), checked as `serve` checks it; `None` when none was given.
+fn fleet_secret(connection: &Connection) -> anyhow::Result<Option<regatta_secret::FleetSecret>> {
+    match connection.load_secret() {
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("regatta: {warning}");
+            }
+            Ok(Some(loaded.secret))
+        }
+        Err(regatta_secret::Error::Missing) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `regatta verify-evidence DIR`: each problem on its own line, then exit 2;
-/// or one summary line and exit 0. With the fleet secret (`--secret`,
+/// or one summary line and exit 0. With the fleet secret (`--secret-file`,
 /// `REGATTA_SECRET`) the batch pack's signature is checked too; without it
 /// only the hashes are, which anyone able to write the folder can recompute,
 /// and a warning says so.
 pub async fn verify(connection: &Connection, dir: &Path) -> anyhow::Result<ExitCode> {
     let folder = dir.to_path_buf();
-    let secret = connection.secret.clone().filter(|s| !s.is_empty());
+    let secret = fleet_secret(connection)?;
     let result = tokio::task::spawn_blocking(move || {
-        evidence::verify(&folder, secret.as_deref().map(str::as_bytes))
+        evidence::verify(&folder, secret.as_ref().map(|s| s.as_bytes()))
     })
     .await
     .context("the verification task failed")?;
     if !result.signature_checked {
         eprintln!(
-            "regatta: {SIGNATURE_FILE} not checked: give the fleet secret (REGATTA_SECRET or --secret) to check that the hashes themselves were not rewritten"
+            "regatta: {SIGNATURE_FILE} not checked: give the fleet secret (REGATTA_SECRET_FILE or REGATTA_SECRET) to check that the hashes themselves were not rewritten"
         );
     }
     if result.is_clean() {
