@@ -5,7 +5,7 @@
 //! and publishes what it returns. Units are numbered by their position in
 //! the manifest, which is also the DAG's node index.
 //!
-//! Lifecycle (DESIGN.md, "Unit lifecycle"):
+//! Lifecycle (docs/architecture.md, "Unit lifecycle"):
 //!
 //! ```text
 //! pending --deps succeeded--> ready --published--> queued --claimed--> running

@@ -47,7 +47,7 @@ pub enum Write {
     /// Signals when every write queued before it is stored (or refused).
     Flush(oneshot::Sender<()>),
     /// Runs once every write queued before it is stored: how orders are
-    /// published only after the state that names them (contract 5). It does
+    /// published only after the state that names them (contract 5, docs/contracts.md). It does
     /// not run if a write queued since the previous `Then` or `Flush` was
     /// refused: the orders would name state Redis does not hold.
     Then(Box<dyn FnOnce() + Send>),

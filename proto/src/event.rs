@@ -2,7 +2,7 @@
 //!
 //! Every event names its session and carries the fencing number of the
 //! session's leases, so the coordinator can ignore a stale or duplicated
-//! event (contract 4).
+//! event (contract 4, docs/contracts.md).
 
 use serde::{Deserialize, Serialize};
 

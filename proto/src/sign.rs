@@ -1,7 +1,7 @@
 //! HMAC-SHA256 signing of messages with the fleet's shared secret.
 //!
 //! Anyone who can publish to the work queue could otherwise make workers run
-//! commands: workers execute only orders whose MAC verifies (contract 8).
+//! commands: workers execute only orders whose MAC verifies (contract 8, docs/contracts.md).
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;

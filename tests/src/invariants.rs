@@ -5,7 +5,7 @@
 //! starts and an `end` line when it ends; a session killed on the way has a
 //! start and no end. [`check`] then holds that record, the manifest and the
 //! coordinator's own history (`ApiClient::units`) against the contracts of
-//! DESIGN.md:
+//! docs/contracts.md:
 //!
 //! - every unit ended in a terminal state ([`UnitState::is_terminal`]);
 //! - no session started before every dependency's succeeded session ended;

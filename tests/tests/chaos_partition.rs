@@ -1,5 +1,5 @@
 //! A worker cut off from RabbitMQ and Redis mid-session, for longer than its
-//! lease TTL, then reconnected (DESIGN scenario 5). The worker runs in a
+//! lease TTL, then reconnected (contract 3, docs/contracts.md). The worker runs in a
 //! network namespace of the test's own, joined to the host by a veth pair;
 //! the cut takes the link down, so its packets are dropped in the kernel and
 //! its connections hang, as a real partition does (see `regatta_tests::netns`).

@@ -1,7 +1,7 @@
 //! The worker's main loop: slots that take one unit at a time off the work
 //! queue, claim its leases, run its session and report the result.
 //!
-//! Intake control (contract 2): each slot has its own channel with a
+//! Intake control (contract 2, docs/contracts.md): each slot has its own channel with a
 //! prefetch of one and consumes only while it is free. On a delivery it
 //! cancels its consumer *before* acking, so the broker cannot push it a
 //! second unit: a unit never waits in a busy worker's buffer, and a worker

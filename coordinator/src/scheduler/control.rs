@@ -15,7 +15,7 @@ impl Batch {
     /// only then release their leases. A unit of
     /// another batch published meanwhile finds the lease still held and is
     /// handed back, so a slot is never used twice while its session is
-    /// still dying (contract 6).
+    /// still dying (contract 6, docs/contracts.md).
     pub fn cancel(&mut self, fleet_usage: &mut BTreeMap<String, u32>) -> Effects {
         let mut effects = Effects::default();
         if self.state.is_terminal() {

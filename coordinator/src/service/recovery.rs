@@ -125,7 +125,7 @@ impl Service {
 }
 
 /// Reads every stored batch back from Redis, so a restarted coordinator
-/// resumes where it stopped without re-running succeeded units (contract 5).
+/// resumes where it stopped without re-running succeeded units (contract 5, docs/contracts.md).
 pub(super) async fn restore(store: &Store, config: &ServiceConfig) -> Result<Fleet, Error> {
     let keys = &config.keys;
     let mut connection = store.connection();
