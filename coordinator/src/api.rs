@@ -249,24 +249,10 @@ async fn list_units(
 /// A session's state in words: queued, running, or its outcome.
 fn session_state(attempt: &crate::scheduler::Attempt) -> String {
     match (attempt.outcome, attempt.started_at_ms) {
-        (Some(outcome), _) => serde_json::to_value(outcome)
-            .ok()
-            .and_then(|v| v.as_str().map(to_snake))
-            .unwrap_or_default(),
+        (Some(outcome), _) => outcome.as_str().into(),
         (None, Some(_)) => "running".into(),
         (None, None) => "queued".into(),
     }
-}
-
-fn to_snake(name: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in name.chars().enumerate() {
-        if c.is_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_lowercase());
-    }
-    out
 }
 
 async fn list_sessions(
@@ -418,4 +404,44 @@ async fn skip(
         .unit
         .ok_or_else(|| Error::Invalid("give the unit to skip".into()))?;
     control(&state, &id, Control::Skip(unit)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use regatta_proto::Outcome;
+
+    use crate::metrics::{Metrics, OutcomeLabels};
+    use crate::scheduler::Attempt;
+
+    fn ended(outcome: Outcome) -> Attempt {
+        let mut attempt: Attempt = serde_json::from_value(serde_json::json!({
+            "attempt": 1, "session_id": "s", "worker": null, "fencing": 1,
+            "published_at_ms": 0, "started_at_ms": 1, "ended_at_ms": 2,
+            "outcome": null, "exit_code": null, "reason": null,
+            "log_tail": "", "log_path": "", "gates": []
+        }))
+        .expect("an attempt");
+        attempt.outcome = Some(outcome);
+        attempt
+    }
+
+    #[test]
+    fn the_api_and_the_metric_labels_name_every_outcome_alike() {
+        let metrics = Metrics::new();
+        for outcome in Outcome::ALL {
+            metrics
+                .sessions
+                .get_or_create(&OutcomeLabels::of(outcome))
+                .inc();
+        }
+        let text = metrics.render();
+        for outcome in Outcome::ALL {
+            let name = super::session_state(&ended(outcome));
+            assert_eq!(name, outcome.as_str());
+            assert!(
+                text.contains(&format!("outcome=\"{name}\"")),
+                "/metrics has no label {name:?} for {outcome:?}:\n{text}"
+            );
+        }
+    }
 }

@@ -41,7 +41,7 @@ use crate::service::UnitView;
 
 // The session pack's reader view and pure helpers are the contract's,
 // shared with the worker that writes packs.
-pub use regatta_proto::evidence::{outcome_name, plain_relative, PackedFile, SessionPackFiles};
+pub use regatta_proto::evidence::{plain_relative, PackedFile, SessionPackFiles};
 
 /// The version of the batch pack's schema.
 pub const BATCH_SCHEMA_VERSION: u32 = 1;
@@ -295,7 +295,7 @@ pub fn assemble(
         if let Some((attempt, evidence)) = latest {
             entry.session_id = Some(attempt.session_id.clone());
             entry.attempt = Some(attempt.attempt);
-            entry.outcome = attempt.outcome.map(|o| outcome_name(o).to_owned());
+            entry.outcome = attempt.outcome.map(|o| o.as_str().to_owned());
             entry.pack_sha256 = Some(evidence.sha256.clone());
             if let (Some(unit_dir), Some(session_dir)) = (
                 single_segment(&unit.id),

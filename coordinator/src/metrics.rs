@@ -24,6 +24,15 @@ pub struct OutcomeLabels {
     pub outcome: String,
 }
 
+impl OutcomeLabels {
+    /// The labels of one outcome, spelled as the API spells it.
+    pub fn of(outcome: regatta_proto::Outcome) -> OutcomeLabels {
+        OutcomeLabels {
+            outcome: outcome.as_str().to_owned(),
+        }
+    }
+}
+
 /// The labels of a worker's health.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WorkerLabels {

@@ -343,13 +343,9 @@ impl Service {
                 }
             }
             Observation::Finished(outcome) => {
-                let name = serde_json::to_value(outcome)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_lowercase))
-                    .unwrap_or_default();
                 self.metrics
                     .sessions
-                    .get_or_create(&OutcomeLabels { outcome: name })
+                    .get_or_create(&OutcomeLabels::of(outcome))
                     .inc();
                 if outcome == Outcome::Lost {
                     self.metrics.lost_sessions.inc();

@@ -78,6 +78,31 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, for code that must name them all (metric labels,
+    /// tests that the names agree).
+    pub const ALL: [Outcome; 6] = [
+        Outcome::Succeeded,
+        Outcome::Failed,
+        Outcome::TimedOut,
+        Outcome::Lost,
+        Outcome::Interrupted,
+        Outcome::Cancelled,
+    ];
+
+    /// The outcome as people read it, the one spelling of the API, the
+    /// evidence pack, the CLI and the `/metrics` labels. (The wire format
+    /// keeps serde's own names, so older peers still decode it.)
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Failed => "failed",
+            Outcome::TimedOut => "timed_out",
+            Outcome::Lost => "lost",
+            Outcome::Interrupted => "interrupted",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+
     /// Says whether this outcome uses up one of the unit's retries.
     pub fn counts_as_attempt(self) -> bool {
         matches!(self, Outcome::Failed | Outcome::TimedOut | Outcome::Lost)

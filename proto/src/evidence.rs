@@ -193,18 +193,6 @@ pub fn verification(gates: &[GateReport], gates_not_run: &[String]) -> Verificat
     }
 }
 
-/// An outcome as packs and the API spell it.
-pub fn outcome_name(outcome: Outcome) -> &'static str {
-    match outcome {
-        Outcome::Succeeded => "succeeded",
-        Outcome::Failed => "failed",
-        Outcome::TimedOut => "timed_out",
-        Outcome::Lost => "lost",
-        Outcome::Interrupted => "interrupted",
-        Outcome::Cancelled => "cancelled",
-    }
-}
-
 /// A time as packs spell it: ISO 8601, UTC, milliseconds, `Z`.
 pub fn iso8601(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -266,7 +254,7 @@ mod tests {
             started_at: "2026-11-25T10:00:00.120Z".into(),
             ended_at: "2026-11-25T10:00:02.295Z".into(),
             duration_ms: 2175,
-            outcome: outcome_name(Outcome::Failed).into(),
+            outcome: Outcome::Failed.as_str().into(),
             exit_code: None,
             reason: Some("gate lint failed after 2 repairs".into()),
             artifacts: vec![

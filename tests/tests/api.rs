@@ -232,7 +232,7 @@ impl LimitedCoordinator {
         command
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env("REGATTA_NAMESPACE", &namespace)
-            .env("REGATTA_SECRET", format!("secret-{namespace}"))
+            .env("REGATTA_SECRET", regatta_tests::new_secret())
             .env("REGATTA_AMQP_URL", regatta_tests::amqp_url())
             .env("REGATTA_REDIS_URL", regatta_tests::redis_url())
             .env("REGATTA_LOG", "warn")
@@ -526,7 +526,7 @@ async fn serve_refuses_an_open_address_without_a_token() {
     serve
         .args(["serve", "--listen", "0.0.0.0:0"])
         .env("REGATTA_NAMESPACE", &namespace)
-        .env("REGATTA_SECRET", "s")
+        .env("REGATTA_SECRET", regatta_tests::new_secret())
         .env("REGATTA_AMQP_URL", regatta_tests::amqp_url())
         .env("REGATTA_REDIS_URL", regatta_tests::redis_url())
         .env_remove("REGATTA_API_TOKEN")
@@ -570,7 +570,7 @@ async fn serve_refuses_an_open_address_without_a_token() {
     let mut insecure = std::process::Command::new(binary("regatta"))
         .args(["serve", "--listen", "0.0.0.0:0", "--insecure"])
         .env("REGATTA_NAMESPACE", &namespace)
-        .env("REGATTA_SECRET", "s")
+        .env("REGATTA_SECRET", regatta_tests::new_secret())
         .env("REGATTA_AMQP_URL", regatta_tests::amqp_url())
         .env("REGATTA_REDIS_URL", regatta_tests::redis_url())
         .env_remove("REGATTA_API_TOKEN")

@@ -492,7 +492,7 @@ async fn verify_evidence_refuses_a_fifo_for_a_batch_pack_at_once() {
     let run = tokio::process::Command::new(binary("regatta"))
         .arg("verify-evidence")
         .arg(dir.path())
-        .env("REGATTA_SECRET", "any")
+        .env("REGATTA_SECRET", regatta_tests::new_secret())
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(Duration::from_secs(20), run)

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use regatta_proto::evidence::{
-    iso8601, outcome_name, verification, Escalation, LogRef, SessionPack, PACK_FILE, SCHEMA_VERSION,
+    iso8601, verification, Escalation, LogRef, SessionPack, PACK_FILE, SCHEMA_VERSION,
 };
 use regatta_proto::{EvidenceRef, GateReport, Outcome, WorkOrder};
 use sha2::{Digest, Sha256};
@@ -183,7 +183,7 @@ pub fn build_pack(
         started_at: iso8601(end.started_at),
         ended_at: iso8601(end.ended_at),
         duration_ms: (end.ended_at - end.started_at).num_milliseconds().max(0) as u64,
-        outcome: outcome_name(end.outcome).to_owned(),
+        outcome: end.outcome.as_str().to_owned(),
         exit_code: end.exit_code,
         reason: end.reason.map(str::to_owned),
         artifacts: collection.files.clone(),
