@@ -17,7 +17,7 @@ use std::path::{Component, Path, PathBuf};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::event::{GateReport, Outcome};
+use crate::event::GateReport;
 
 /// The version of the session pack's schema; bumped on any change that is
 /// not a new optional field.
@@ -226,6 +226,7 @@ pub fn single_segment(id: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Outcome;
 
     fn example_pack() -> SessionPack {
         let log = StoredFile {
