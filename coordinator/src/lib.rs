@@ -3,7 +3,8 @@
 //! The data path:
 //!
 //! - [`manifest`] reads and validates a manifest (all errors at once), and
-//!   [`dag`] holds its dependency graph; [`plan`] shows its shape;
+//!   [`dag`] holds its dependency graph; [`plan`] shows its shape (all three
+//!   from the `regatta-manifest` crate);
 //! - [`service`] accepts a batch, and its [`scheduler`] decides which units
 //!   may start under the batch cap and the resources' capacities;
 //!   [`order`] turns each into a signed work order that the broker link
@@ -25,21 +26,15 @@ pub mod scheduler;
 pub mod service;
 pub mod store;
 
-/// The dependency graph of a valid manifest.
-pub mod dag;
-/// Durations as manifests spell them (`90s`, `1h30m`).
-pub mod duration;
 /// The crate's error enum.
 pub mod error;
-/// Manifest and playbook: reading, validation, the domain types.
-pub mod manifest;
-/// The batch's shape before it runs: levels, critical path, resource demand.
-pub mod plan;
 
-pub use dag::Dag;
+/// The manifest, its DAG and plan live in `regatta-manifest`; they are
+/// re-exported here under their old paths.
+pub use regatta_manifest::{dag, duration, manifest, plan};
+
 pub use error::Error;
-pub use manifest::{
-    Gate, Manifest, ManifestError, ManifestErrorKind, ManifestErrors, ManifestSummary, Playbook,
-    Unit,
+pub use regatta_manifest::{
+    Dag, Gate, Manifest, ManifestError, ManifestErrorKind, ManifestErrors, ManifestSummary, Plan,
+    Playbook, Unit,
 };
-pub use plan::Plan;

@@ -25,7 +25,7 @@ use regatta_proto::Outcome;
 use serde::{Deserialize, Serialize};
 
 use crate::dag::Dag;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, FILE_RESOURCE_PREFIX};
 
 mod control;
 mod event;
@@ -143,13 +143,18 @@ impl Batch {
             .map(|unit| {
                 unit.resource_demands()
                     .into_iter()
-                    .map(|(name, weight)| match name.strip_prefix("file:") {
-                        Some(path) => (
-                            format!("file:{}/{path}", workdir.trim_end_matches('/')),
-                            weight,
-                        ),
-                        None => (name, weight),
-                    })
+                    .map(
+                        |(name, weight)| match name.strip_prefix(FILE_RESOURCE_PREFIX) {
+                            Some(path) => (
+                                format!(
+                                    "{FILE_RESOURCE_PREFIX}{}/{path}",
+                                    workdir.trim_end_matches('/')
+                                ),
+                                weight,
+                            ),
+                            None => (name, weight),
+                        },
+                    )
                     .collect()
             })
             .collect();
@@ -264,7 +269,7 @@ impl Batch {
 
     /// The capacity of a resource: declared, or 1 for a touched file.
     pub fn capacity(&self, resource: &str) -> u32 {
-        if resource.starts_with("file:") {
+        if resource.starts_with(FILE_RESOURCE_PREFIX) {
             1
         } else {
             self.manifest.resources.get(resource).copied().unwrap_or(1)

@@ -1868,3 +1868,36 @@ fn a_hand_back_after_the_session_started_changes_nothing() {
     );
     assert_eq!(state(&batch, "a"), UnitState::Running);
 }
+
+/// A touched file is named by its absolute path, so two manifests that
+/// reach one repository through a symlink and through its real path ask for
+/// one mutex, not two.
+#[test]
+fn workdirs_that_are_links_to_one_folder_load_as_that_folder() {
+    let root = tempfile::tempdir().expect("temp dir");
+    let real = root.path().join("repo");
+    std::fs::create_dir(&real).expect("create the folder");
+    std::os::unix::fs::symlink(&real, root.path().join("link")).expect("symlink");
+    let manifest = |workdir: &str| {
+        let dir = root.path().join(format!("m-{workdir}"));
+        std::fs::create_dir(&dir).expect("create the manifest's folder");
+        let path = dir.join("manifest.yaml");
+        let text = format!(
+            "batch: b\nworkdir: ../{workdir}\nplaybook: {{name: p, run: 'true'}}\n\
+             units:\n  - {{id: a, touches: [schema/x.sql]}}\n"
+        );
+        std::fs::write(&path, text).expect("write the manifest");
+        Manifest::load(&path).expect("a valid manifest")
+    };
+    let (direct, linked) = (manifest("repo"), manifest("link"));
+    let canonical = std::fs::canonicalize(&real).expect("canonical folder");
+    assert_eq!(direct.workdir, canonical);
+    assert_eq!(linked.workdir, canonical, "the link is resolved");
+    // One file, one mutex, whichever way the manifest reached it.
+    let demand = |manifest: Manifest| {
+        let dag = Dag::build(&manifest).expect("a DAG");
+        let batch = Batch::new("b-1".into(), manifest, dag);
+        batch.demand(0).to_vec()
+    };
+    assert_eq!(demand(direct), demand(linked));
+}

@@ -1200,7 +1200,7 @@ fn manifest_parsing_never_panics_on_mutated_or_hostile_yaml() {
     fuzz(
         "Manifest::parse",
         0x5eed_f022_0001,
-        // The deep fuzzing of manifests is coordinator/tests/manifest_fuzz.rs;
+        // The deep fuzzing of manifests is manifest/tests/manifest_fuzz.rs;
         // this seeded loop stays as a quick second opinion. Its budget only
         // catches a hang: the suite shares two cores with other tests.
         1_500,

@@ -427,36 +427,6 @@ fn lexical_normal(path: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn workdirs_that_are_links_to_one_folder_load_as_that_folder() {
-        let root = tempfile::tempdir().expect("temp dir");
-        let real = root.path().join("repo");
-        std::fs::create_dir(&real).expect("create the folder");
-        std::os::unix::fs::symlink(&real, root.path().join("link")).expect("symlink");
-        let manifest = |workdir: &str| {
-            let dir = root.path().join(format!("m-{workdir}"));
-            std::fs::create_dir(&dir).expect("create the manifest's folder");
-            let path = dir.join("manifest.yaml");
-            let text = format!(
-                "batch: b\nworkdir: ../{workdir}\nplaybook: {{name: p, run: 'true'}}\n\
-                 units:\n  - {{id: a, touches: [schema/x.sql]}}\n"
-            );
-            std::fs::write(&path, text).expect("write the manifest");
-            crate::Manifest::load(&path).expect("a valid manifest")
-        };
-        let (direct, linked) = (manifest("repo"), manifest("link"));
-        let canonical = std::fs::canonicalize(&real).expect("canonical folder");
-        assert_eq!(direct.workdir, canonical);
-        assert_eq!(linked.workdir, canonical, "the link is resolved");
-        // One file, one mutex, whichever way the manifest reached it.
-        let demand = |manifest: crate::Manifest| {
-            let dag = crate::dag::Dag::build(&manifest).expect("a DAG");
-            let batch = crate::scheduler::Batch::new("b-1".into(), manifest, dag);
-            batch.demand(0).to_vec()
-        };
-        assert_eq!(demand(direct), demand(linked));
-    }
-
-    #[test]
     fn a_missing_workdir_is_refused_with_its_path() {
         let root = tempfile::tempdir().expect("temp dir");
         let path = root.path().join("manifest.yaml");

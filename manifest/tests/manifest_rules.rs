@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use regatta_coordinator::manifest::ManifestErrorKind;
-use regatta_coordinator::{Dag, Manifest, ManifestErrors, Plan};
+use regatta_manifest::manifest::ManifestErrorKind;
+use regatta_manifest::{Dag, Manifest, ManifestErrors, Plan};
 
 const BASE: &str = "/srv/batches";
 
@@ -788,10 +788,7 @@ fn errors_serialise_for_scripts() {
             "message": "unknown dependency 'zz'",
         }]})
     );
-    let error: regatta_coordinator::Error = errors.into();
-    assert!(error
-        .to_string()
-        .starts_with("invalid manifest:\nm.yaml:5:18:"));
+    assert!(errors.to_string().starts_with("m.yaml:5:18:"));
 }
 
 #[test]

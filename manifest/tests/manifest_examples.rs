@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use regatta_coordinator::{Dag, Manifest, Plan};
+use regatta_manifest::{Dag, Manifest, Plan};
 
 fn examples_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");

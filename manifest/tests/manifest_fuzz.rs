@@ -29,7 +29,7 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
 use proptest::test_runner::FileFailurePersistence;
-use regatta_coordinator::{Dag, Manifest, ManifestErrorKind, ManifestErrors};
+use regatta_manifest::{Dag, Manifest, ManifestErrorKind, ManifestErrors};
 
 /// Longest a single input may take to read in a debug build. The slowest known input, a
 /// merge-key bomb that serde-saphyr's node budget refuses, takes about 8 s unoptimised.
@@ -44,7 +44,7 @@ macro_rules! fuzz_config {
             // `Direct`, with an absolute path. The default finds no `lib.rs` above
             // `tests/` and falls back to `WithSource`, which saves against the
             // workspace-relative `file!()` from the crate's folder (into
-            // `coordinator/coordinator/tests/`) but loads from the right place.
+            // `manifest/manifest/tests/`) but loads from the right place.
             failure_persistence: Some(Box::new(FileFailurePersistence::Direct(concat!(
                 env!("CARGO_MANIFEST_DIR"),
                 "/tests/proptest-regressions/manifest_fuzz/",
