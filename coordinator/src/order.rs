@@ -1,13 +1,8 @@
 //! Builds the work order of one unit attempt from the batch's manifest.
 
-use std::collections::BTreeMap;
-
 use regatta_proto::{GateSpec, LeaseDemand, ResourceDemand, WorkOrder};
 
 use crate::scheduler::Batch;
-
-/// How many times a gate's `fix` may run when the playbook does not say.
-pub const DEFAULT_REPAIRS: u32 = 2;
 
 /// The order for the unit's current attempt.
 pub fn work_order(batch: &Batch, unit: usize, now_ms: i64) -> WorkOrder {
@@ -15,23 +10,16 @@ pub fn work_order(batch: &Batch, unit: usize, now_ms: i64) -> WorkOrder {
     let spec = &manifest.units[unit];
     let record = &batch.units[unit];
     let playbook = &manifest.playbook;
-    let mut env: BTreeMap<String, String> = playbook.env.clone();
-    env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let gates = playbook
-        .gates
-        .iter()
-        .filter(|gate| {
-            spec.verify
-                .as_ref()
-                .is_none_or(|names| names.contains(&gate.name))
-        })
+    // What runs is the manifest's to say: the order only carries it.
+    let gates = manifest
+        .gates_for(spec)
         .map(|gate| GateSpec {
             name: gate.name.clone(),
             run: gate.run.clone(),
             fix: gate.fix.clone(),
             timeout_ms: gate.timeout.map(|t| t.as_millis() as u64),
             required: gate.required,
-            repairs: gate.repairs.unwrap_or(DEFAULT_REPAIRS),
+            repairs: gate.repair_limit(),
         })
         .collect();
     let resources = batch
@@ -53,9 +41,9 @@ pub fn work_order(batch: &Batch, unit: usize, now_ms: i64) -> WorkOrder {
             .unwrap_or_default(),
         playbook: playbook.name.clone(),
         task: spec.task.clone(),
-        run: spec.run.clone().unwrap_or_else(|| playbook.run.clone()),
+        run: manifest.effective_run(spec).to_owned(),
         workdir: manifest.workdir.display().to_string(),
-        env,
+        env: manifest.effective_env(spec),
         inputs: spec.inputs.clone(),
         outputs: spec.outputs.clone(),
         timeout_ms: manifest.effective_timeout(spec).as_millis() as u64,

@@ -175,9 +175,19 @@ pub struct Gate {
     /// A failing optional gate is recorded in the evidence but does not fail the unit.
     #[serde(default = "default_required", skip_serializing_if = "is_true")]
     pub required: bool,
-    /// Repair attempts; `None` leaves the worker's default.
+    /// Repair attempts; `None` means [`DEFAULT_REPAIRS`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repairs: Option<u32>,
+}
+
+/// How many times a gate's `fix` may run when the playbook does not say.
+pub const DEFAULT_REPAIRS: u32 = 2;
+
+impl Gate {
+    /// How many times this gate's `fix` may run before it escalates.
+    pub fn repair_limit(&self) -> u32 {
+        self.repairs.unwrap_or(DEFAULT_REPAIRS)
+    }
 }
 
 impl Default for Gate {
@@ -279,6 +289,14 @@ impl Manifest {
     /// Returns the command a unit's session runs: the unit's override, else the playbook's.
     pub fn effective_run<'m>(&'m self, unit: &'m Unit) -> &'m str {
         unit.run.as_deref().unwrap_or(&self.playbook.run)
+    }
+
+    /// Returns the environment a unit's session gets beside the `REGATTA_*`
+    /// variables: the playbook's, overridden by the unit's.
+    pub fn effective_env(&self, unit: &Unit) -> BTreeMap<String, String> {
+        let mut env = self.playbook.env.clone();
+        env.extend(unit.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
     }
 
     /// Returns the gates that apply to a unit, in playbook order.
