@@ -145,6 +145,21 @@ pub struct Attempt {
     /// The session's evidence pack in the worker's artifact store.
     #[serde(default)]
     pub evidence: Option<regatta_proto::EvidenceRef>,
+    /// The attempt's trace, when spans are exported: absent from records
+    /// stored before traces were recorded.
+    #[serde(default)]
+    pub trace: Option<AttemptTrace>,
+}
+
+/// Where an attempt's trace is: one trace per attempt, rooted at its
+/// `publish` span, so a person can go from a session to its spans.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptTrace {
+    /// 32 hex digits, as tracing UIs search it.
+    pub trace_id: String,
+    /// The root `publish` span (16 hex digits): what a retry links to, and
+    /// what a re-published order or a reaped session's result joins.
+    pub span_id: String,
 }
 
 /// The runtime record of one unit; stored in Redis as JSON.
@@ -169,5 +184,17 @@ impl UnitRecord {
 
     pub(super) fn current_mut(&mut self) -> Option<&mut Attempt> {
         self.history.last_mut()
+    }
+
+    /// The attempt before the current one, which a retry follows from.
+    pub fn previous(&self) -> Option<&Attempt> {
+        self.history.iter().rev().nth(1)
+    }
+
+    /// Records where the current attempt's trace is, once it is published.
+    pub fn set_trace(&mut self, trace: AttemptTrace) {
+        if let Some(attempt) = self.current_mut() {
+            attempt.trace = Some(trace);
+        }
     }
 }
