@@ -35,6 +35,7 @@ pub mod health;
 pub mod intake;
 pub mod leader;
 pub mod lease;
+pub mod lease_span;
 pub mod reporter;
 pub mod session;
 
