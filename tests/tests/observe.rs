@@ -201,8 +201,9 @@ async fn otlp_receiver(received: &Received) -> String {
 }
 
 /// A batch with a dependency (`after` waits for `flaky`), a unit retried
-/// (`flaky` fails its first attempt), a gate repaired once (`mended`) and
-/// a gate that escalates after its repair (`doomed`, twice: it is retried).
+/// (`flaky` fails its first attempt), a gate repaired once (`mended`), a
+/// gate that escalates after its repair (`doomed`, twice: it is retried)
+/// and a session past its deadline (`slow`, twice).
 const TRACED_BATCH: &str = r#"batch: traced
 retries: 1
 playbook:
@@ -228,6 +229,10 @@ units:
     verify: [mendable]
   - id: doomed
     verify: [hopeless]
+  - id: slow
+    run: 'sleep 30'
+    timeout: 500ms
+    verify: []
 "#;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -257,8 +262,8 @@ async fn each_attempt_is_one_linked_trace_with_its_errors_marked() {
         .sessions(&batch, None)
         .await
         .expect("sessions");
-    // flaky twice, after, mended, doomed twice.
-    assert_eq!(sessions.len(), 6, "{sessions:#?}");
+    // flaky twice, after, mended, doomed twice, slow twice.
+    assert_eq!(sessions.len(), 8, "{sessions:#?}");
 
     // Wait until every session's publish, session and finished result arrived.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -374,7 +379,7 @@ async fn each_attempt_is_one_linked_trace_with_its_errors_marked() {
             );
         }
     }
-    assert_eq!(traces.len(), 6);
+    assert_eq!(traces.len(), 8);
 
     // Links: the retry follows from the failed attempt's result and trace;
     // the dependent unit follows from the result that made it ready.
@@ -446,6 +451,24 @@ async fn each_attempt_is_one_linked_trace_with_its_errors_marked() {
         assert_eq!(gate.len(), 1);
         error_with(gate[0], reason);
         assert_eq!(gate[0].int("gate.repairs"), Some(1));
+    }
+    for attempt in [1, 2] {
+        let slow = session_of("slow", attempt);
+        assert_eq!(slow.state, "timed_out");
+        let reason = slow.reason.as_deref().expect("a reason");
+        assert_eq!(
+            reason,
+            "the deadline of 500ms passed; the session was killed"
+        );
+        let session = span_of("session", &slow.session_id);
+        error_with(session, reason);
+        let command = children(session, "command")[0];
+        error_with(
+            command,
+            "the deadline of 500ms passed; the command was killed",
+        );
+        assert_eq!(command.text("process.signal"), Some("SIGTERM"));
+        assert_eq!(command.text("command.ending"), Some("timed_out"));
     }
     // Successes are OK, a repaired gate too, with its numbered repair.
     let mended = span_of("session", &session_of("mended", 1).session_id);
@@ -544,5 +567,133 @@ async fn each_attempt_is_one_linked_trace_with_its_errors_marked() {
                 .is_some_and(|h| !h.is_empty()));
         }
     }
+    fleet.stop().await;
+}
+
+/// Waits until `ready` says the received spans hold what the test needs.
+async fn spans_when(
+    received: &Received,
+    what: &str,
+    ready: impl Fn(&[ReceivedSpan]) -> bool,
+) -> Vec<ReceivedSpan> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let spans = received.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if ready(&spans) {
+            return spans;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} never arrived: {:#?}",
+            spans
+                .iter()
+                .map(|s| (&s.name, s.text("session")))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_republished_and_then_lost_attempt_stays_one_trace_ending_in_error() {
+    let received = Received::default();
+    let endpoint = otlp_receiver(&received).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_file(
+        dir.path(),
+        "manifest.yaml",
+        "batch: lost\nretries: 0\nplaybook:\n  name: p\n  run: 'sleep 30'\nunits:\n  - id: stuck\n",
+    );
+    let manifest = Manifest::load(&dir.path().join("manifest.yaml")).expect("valid");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    // No worker yet: the order waits in the queue while the coordinator
+    // restarts and publishes it again.
+    let mut fleet = Fleet::start_with_env("traces-lost", 0, 1, "2s", &env).await;
+    let batch = fleet.client().enqueue(&manifest).await.expect("enqueue");
+    spans_when(&received, "the first publish", |spans| {
+        spans.iter().any(|s| s.name == "publish")
+    })
+    .await;
+    fleet.restart_coordinator().await;
+    fleet.add_worker(1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while fleet
+        .client()
+        .sessions(&batch, Some("running"))
+        .await
+        .map(|s| s.is_empty())
+        .unwrap_or(true)
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fleet.kill_worker(0);
+    assert_eq!(
+        fleet
+            .wait_for_end(&batch, Duration::from_secs(30))
+            .await
+            .state,
+        BatchState::Failed
+    );
+    let sessions = fleet
+        .client()
+        .sessions(&batch, None)
+        .await
+        .expect("sessions");
+    assert_eq!(sessions.len(), 1, "{sessions:#?}");
+    let lost = &sessions[0];
+    assert_eq!(lost.state, "lost");
+    let reason = lost.reason.clone().expect("a reason");
+    assert_eq!(reason, "lost: worker w0 stopped renewing its leases");
+    let session_id = lost.session_id.clone();
+    let spans = spans_when(&received, "the reaped result", |spans| {
+        spans
+            .iter()
+            .any(|s| s.name == "result.finished" && s.text("session") == Some(&session_id))
+    })
+    .await;
+
+    let publishes: Vec<_> = spans
+        .iter()
+        .filter(|s| s.name == "publish" && s.text("session") == Some(&session_id))
+        .collect();
+    assert_eq!(
+        publishes.len(),
+        2,
+        "published, then again after the restart"
+    );
+    let first = publishes
+        .iter()
+        .find(|s| s.parent_span_id.is_empty())
+        .expect("a root publish");
+    let again = publishes
+        .iter()
+        .find(|s| !s.parent_span_id.is_empty())
+        .expect("a second publish");
+    assert_eq!(lost.trace_id.as_deref(), Some(first.trace_hex().as_str()));
+    assert_eq!(
+        again.trace_id, first.trace_id,
+        "the re-publish joins the attempt's trace"
+    );
+    assert_eq!(again.parent_span_id, first.span_id);
+    let result = spans
+        .iter()
+        .find(|s| s.name == "result.finished" && s.text("session") == Some(&session_id))
+        .expect("the reaped result");
+    assert_eq!(
+        result.trace_id, first.trace_id,
+        "the reaped result is in the attempt's trace"
+    );
+    assert_eq!(result.parent_span_id, first.span_id);
+    assert_eq!(result.status, (ERROR, reason.clone()));
+    assert!(result.events.iter().any(|(name, a)| name == "exception"
+        && a.get("exception.message") == Some(&AttributeValue::StringValue(reason.clone()))));
     fleet.stop().await;
 }
