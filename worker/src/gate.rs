@@ -103,7 +103,7 @@ async fn run_gate(
             break false;
         }
         repairs += 1;
-        tracing::info!(gate = %gate.name, repairs, "gate failed; running its fix");
+        tracing::info!(gate = %gate.name, repairs = i64::from(repairs), "gate failed; running its fix");
         let fix_spec = spec(fix);
         // `repair.number`, not `attempt`: that is the unit's attempt.
         let repair = run_command(&fix_spec, stop).instrument(tracing::info_span!(
