@@ -697,3 +697,94 @@ async fn a_republished_and_then_lost_attempt_stays_one_trace_ending_in_error() {
         && a.get("exception.message") == Some(&AttributeValue::StringValue(reason.clone()))));
     fleet.stop().await;
 }
+
+/// Copies the demo (manifest, scripts, inputs) into `to`, so its outputs
+/// land there and not in the repository.
+fn copy_demo(to: &std::path::Path) {
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/demo");
+    std::fs::copy(demo.join("manifest.yaml"), to.join("manifest.yaml")).expect("manifest");
+    for folder in ["scripts", "input"] {
+        std::fs::create_dir_all(to.join(folder)).expect("folder");
+        for entry in std::fs::read_dir(demo.join(folder)).expect("demo folder") {
+            let entry = entry.expect("entry");
+            std::fs::copy(entry.path(), to.join(folder).join(entry.file_name())).expect("copy");
+        }
+    }
+}
+
+/// How deep a span sits in its trace (a root is 1).
+fn depth(spans: &[ReceivedSpan], span: &ReceivedSpan) -> usize {
+    let mut depth = 1;
+    let mut parent = span.parent_span_id.clone();
+    while let Some(up) = spans
+        .iter()
+        .find(|s| !parent.is_empty() && s.span_id == parent && s.trace_id == span.trace_id)
+    {
+        depth += 1;
+        parent = up.parent_span_id.clone();
+    }
+    depth
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_demo_batch_is_one_shallow_trace_per_attempt() {
+    let received = Received::default();
+    let endpoint = otlp_receiver(&received).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    copy_demo(dir.path());
+    let manifest = Manifest::load(&dir.path().join("manifest.yaml")).expect("valid");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    let fleet = Fleet::start_with_env("traces-demo", 3, 2, "30s", &env).await;
+    let batch = fleet.client().enqueue(&manifest).await.expect("enqueue");
+    assert_eq!(
+        fleet
+            .wait_for_end(&batch, Duration::from_secs(90))
+            .await
+            .state,
+        BatchState::Succeeded
+    );
+    let sessions = fleet
+        .client()
+        .sessions(&batch, None)
+        .await
+        .expect("sessions");
+    assert_eq!(sessions.len(), 21, "20 units, warmup twice");
+    let spans = spans_when(&received, "every session's result", |spans| {
+        sessions.iter().all(|s| {
+            spans
+                .iter()
+                .any(|sp| sp.name == "result.finished" && sp.text("session") == Some(&s.session_id))
+        })
+    })
+    .await;
+    let traces: std::collections::BTreeSet<_> = spans.iter().map(|s| &s.trace_id).collect();
+    let largest = traces
+        .iter()
+        .map(|t| spans.iter().filter(|s| &&s.trace_id == t).count())
+        .max()
+        .unwrap_or(0);
+    let deepest = spans.iter().map(|s| depth(&spans, s)).max().unwrap_or(0);
+    let mut errors: Vec<_> = spans
+        .iter()
+        .filter(|s| s.status.0 == ERROR)
+        .map(|s| s.name.as_str())
+        .collect();
+    errors.sort_unstable();
+    println!(
+        "demo batch: {} spans in {} traces for {} sessions; largest trace {largest} spans, \
+         deepest span at level {deepest}; ERROR spans: {errors:?}",
+        spans.len(),
+        traces.len(),
+        sessions.len()
+    );
+    assert_eq!(traces.len(), sessions.len(), "one trace per attempt");
+    // publish > session > gate > command: four levels, whatever the batch's size.
+    assert_eq!(deepest, 4);
+    // warmup's first attempt: its command, its session and its result.
+    assert_eq!(errors, ["command", "result.finished", "session"]);
+    fleet.stop().await;
+}
