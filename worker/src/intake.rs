@@ -433,7 +433,6 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
         gates,
         evidence,
     };
-
     // The leases stay renewed until the broker holds the result: a worker
     // that dies before then leaves leases that expire, so the reaper re-runs
     // the unit; released first, the unit would stay `running` for good.

@@ -71,84 +71,11 @@ pub struct Stop {
 ///
 /// Whatever happens, no process of the group is left running on return.
 pub async fn run_command(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Duration), Error> {
-    let span = tracing::info_span!(
-        "command",
-        process.exit.code = tracing::field::Empty,
-        process.signal = tracing::field::Empty,
-        command.ending = tracing::field::Empty,
-        command.duration_ms = tracing::field::Empty,
-    );
+    let span = crate::command_span::command_span();
     let started = Instant::now();
     let result = tracing::Instrument::instrument(run_contained(spec, stop), span.clone()).await;
-    describe_ending(&span, &result, spec.timeout, started.elapsed());
+    crate::command_span::describe_ending(&span, &result, spec.timeout, started.elapsed());
     result
-}
-
-/// Records how a command ended on its span: exit code or signal, duration,
-/// and ERROR with the reason when it did not exit 0 by itself.
-fn describe_ending(
-    span: &tracing::Span,
-    result: &Result<(Ending, Duration), Error>,
-    timeout: Duration,
-    elapsed: Duration,
-) {
-    use regatta_telemetry::status;
-    let duration = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-    let (ending, ran) = match result {
-        Ok((ending, ran)) => (*ending, *ran),
-        Err(e) => {
-            span.record("command.duration_ms", duration(elapsed));
-            span.record("command.ending", "error");
-            return status::failed(span, "command.error", &e.to_string());
-        }
-    };
-    span.record("command.duration_ms", duration(ran));
-    match ending {
-        Ending::Exited(0) => {
-            span.record("process.exit.code", 0i64);
-            span.record("command.ending", "exited");
-            status::succeeded(span);
-        }
-        Ending::Exited(code) => {
-            span.record("process.exit.code", i64::from(code));
-            span.record("command.ending", "exited");
-            // The leader reports a command killed by signal n as 128 + n.
-            if let Some(signal) = code.checked_sub(128).and_then(|n| Signal::try_from(n).ok()) {
-                span.record("process.signal", signal.as_str());
-            }
-            status::failed(
-                span,
-                "command.failed",
-                &format!("the command exited with status {code}"),
-            );
-        }
-        Ending::TimedOut => {
-            span.record("process.signal", Signal::SIGTERM.as_str());
-            span.record("command.ending", "timed_out");
-            status::failed(
-                span,
-                "command.timed_out",
-                &format!(
-                    "the deadline of {} passed; the command was killed",
-                    humantime::format_duration(timeout)
-                ),
-            );
-        }
-        // Stopped by a cancel, a lost lease or a shutdown: the session's
-        // span says which.
-        Ending::Stopped => {
-            span.record("command.ending", "stopped");
-        }
-        Ending::Abandoned => {
-            span.record("process.signal", Signal::SIGKILL.as_str());
-            span.record("command.ending", "abandoned");
-            status::failed(
-                span,
-                "command.abandoned",
-                "the session leader was killed with the whole session",
-            );
-        }
-    }
 }
 
 /// [`run_command`] without its span.

@@ -59,7 +59,6 @@ impl Outgoing {
         signer: &Signer,
         origin: Origin<'_>,
     ) -> Outgoing {
-        let made_ready = TraceRef::current();
         // A root: a publish made inside a `result` span must not become its
         // child, or a whole batch ends up as one trace.
         let span = tracing::info_span!(
@@ -73,7 +72,9 @@ impl Outgoing {
         );
         match origin {
             Origin::Attempt { previous } => {
-                if let Some(made_ready) = made_ready {
+                // The span the caller runs in (a `result.finished`) made the
+                // unit ready; none when a person or a timer did.
+                if let Some(made_ready) = TraceRef::current() {
                     made_ready.link_from(&span, "made_ready");
                 }
                 if let Some(previous) = previous {
@@ -122,7 +123,6 @@ pub(super) fn dispatch_orders(
         effects.publish.extend(dispatched.publish);
         effects.changed.extend(dispatched.changed);
         let mut refused = Vec::new();
-        let mut refused_spans = Vec::new();
         let mut kept = Vec::new();
         for &unit in &effects.publish[sealed..] {
             let order = work_order(batch, unit, now_ms);
@@ -132,8 +132,8 @@ pub(super) fn dispatch_orders(
                 batch.units[unit].set_trace(trace);
             }
             if sealed_order.payload.len() > MAX_ORDER_BYTES {
-                refused.push((unit, order.session_id, sealed_order.payload.len()));
-                refused_spans.push(sealed_order.span);
+                let bytes = sealed_order.payload.len();
+                refused.push((unit, order.session_id, bytes, sealed_order.span));
             } else {
                 tracing::debug!(batch = %order.batch_id, unit = %order.unit_id, attempt = order.attempt, session = %order.session_id, "publishing");
                 outgoing.push(sealed_order);
@@ -146,7 +146,7 @@ pub(super) fn dispatch_orders(
         if refused.is_empty() {
             return outgoing;
         }
-        for ((unit, session_id, bytes), span) in refused.into_iter().zip(refused_spans) {
+        for (unit, session_id, bytes, span) in refused {
             let reason = format!(
                 "order of {bytes} bytes exceeds the broker's limit of {MAX_ORDER_BYTES}: \
                  shorten the unit's task, env or lists"
