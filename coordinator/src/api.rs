@@ -81,6 +81,10 @@ pub struct SessionView {
     /// The session's evidence pack (path on the worker's disk, sha256).
     #[serde(default)]
     pub evidence: Option<regatta_proto::EvidenceRef>,
+    /// The session's trace (32 hex digits) in the tracing UI, when spans
+    /// are exported.
+    #[serde(default)]
+    pub trace_id: Option<String>,
 }
 
 /// A unit's log, as `regatta logs` prints it.
@@ -277,6 +281,7 @@ async fn list_sessions(
                 reason: attempt.reason.clone(),
                 gates: attempt.gates.clone(),
                 evidence: attempt.evidence.clone(),
+                trace_id: attempt.trace.as_ref().map(|t| t.trace_id.clone()),
             };
             // A filter matches the session's own state or its unit's
             // (`needs_review`, `blocked`), so both questions have an answer.

@@ -31,7 +31,7 @@ mod control;
 mod event;
 mod record;
 
-pub use record::{Attempt, BatchState, UnitRecord, UnitState};
+pub use record::{Attempt, AttemptTrace, BatchState, UnitRecord, UnitState};
 
 /// What the service must do after a change: publish these units, and
 /// persist these unit records.
@@ -393,6 +393,7 @@ impl Batch {
                 log_path: String::new(),
                 gates: Vec::new(),
                 evidence: None,
+                trace: None,
             });
             effects.publish.push(unit);
             effects.changed.insert(unit);

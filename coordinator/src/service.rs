@@ -36,10 +36,11 @@ use crate::Error;
 
 mod publisher;
 mod recovery;
+mod result_span;
 mod view;
 mod workers;
 
-use publisher::{publish_loop, Outgoing};
+use publisher::{publish_loop, Origin, Outgoing};
 use recovery::restore;
 use view::summary;
 pub use view::{BatchSummary, LeaseView, ResourceView, UnitView};
@@ -321,6 +322,13 @@ impl Service {
             }
             if !effects.changed.is_empty() {
                 self.observe(&entry.batch, unit, observed);
+                if let Some(attempt) = entry.batch.units[unit]
+                    .history
+                    .iter()
+                    .find(|a| a.session_id == event.session_id)
+                {
+                    result_span::conclude(attempt);
+                }
             }
             let batch_id = event.batch_id.clone();
             self.settle(&mut fleet, &batch_id, effects);
@@ -469,14 +477,12 @@ impl Service {
             match open::<SessionEvent>(&delivery.data, &self.config.signer) {
                 Ok(event) => {
                     // The result handling joins the session's trace.
-                    let span = tracing::info_span!(
-                        "result",
-                        batch = %event.batch_id,
-                        unit = %event.unit_id,
-                        attempt = event.attempt,
-                        session = %event.session_id,
+                    let span = result_span::received(
+                        &event,
+                        &self.config.names.events_queue(),
+                        delivery.properties.headers().as_ref(),
+                        delivery.data.len(),
                     );
-                    regatta_telemetry::extract(&span, delivery.properties.headers().as_ref());
                     tracing::Instrument::instrument(self.apply_event(event), span).await
                 }
                 Err(e) => {
@@ -575,7 +581,18 @@ impl Service {
                         evidence: None,
                     },
                 };
-                self.apply_event(event).await;
+                let span = {
+                    let fleet = self.fleet();
+                    let attempt = fleet.batches.get(&event.batch_id).and_then(|e| {
+                        let unit = e.batch.index_of(&event.unit_id)?;
+                        e.batch.units[unit]
+                            .history
+                            .iter()
+                            .find(|a| a.session_id == event.session_id)
+                    });
+                    result_span::reaped(&event, attempt)
+                };
+                tracing::Instrument::instrument(self.apply_event(event), span).await;
             }
         }
     }

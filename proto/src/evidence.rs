@@ -67,6 +67,10 @@ pub struct SessionPack {
     pub knowledge_updates: Vec<serde_json::Value>,
     /// What a reviewer must look at: the failure that ended the session.
     pub escalations: Vec<Escalation>,
+    /// The session's trace (32 hex digits) in the fleet's tracing UI, when
+    /// spans are exported; absent from packs written before.
+    #[serde(default)]
+    pub trace_id: Option<String>,
 }
 
 /// Where a stored file came from.
@@ -292,6 +296,7 @@ mod tests {
                 reason: "gate lint failed after 2 repairs".into(),
                 gate: None,
             }],
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
         }
     }
 
@@ -302,6 +307,15 @@ mod tests {
         let read: SessionPack = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(read, pack);
         assert_eq!(serde_json::to_vec_pretty(&read).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_pack_written_before_trace_ids_still_loads() {
+        let mut value = serde_json::to_value(example_pack()).unwrap();
+        value.as_object_mut().unwrap().remove("trace_id");
+        let read: SessionPack = serde_json::from_value(value).unwrap();
+        assert_eq!(read.trace_id, None);
+        assert_eq!(read.session_id, "s-1");
     }
 
     #[test]
@@ -331,6 +345,7 @@ mod tests {
             "verification",
             "knowledge_updates",
             "escalations",
+            "trace_id",
         ];
         let positions: Vec<usize> = order
             .iter()

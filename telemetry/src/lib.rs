@@ -6,24 +6,31 @@
 //!   (`OTEL_SERVICE_NAME` overrides it). Unset, nothing is exported and
 //!   nothing complains.
 //! - [`inject`] and [`extract`] carry the W3C trace context in AMQP message
-//!   headers, so that one trace follows a unit from the coordinator's publish
-//!   through the queue into the worker's session and back.
+//!   headers, so that a unit attempt's trace follows it from the
+//!   coordinator's publish through the queue into the worker's session and
+//!   back.
+//! - [`TraceRef`] names a span after it ended: attempts record their trace,
+//!   and each publish links to what made its unit ready.
+//! - [`status`] and [`messaging`] say what a tracing UI needs: errors as
+//!   errors, producers and consumers with their queue.
 //!
 //! This crate exists so the coordinator and the worker share one
 //! implementation without depending on each other; `proto` stays free of I/O.
 
-use std::collections::HashMap;
-
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use opentelemetry_sdk::Resource;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
+
+pub mod messaging;
+mod propagation;
+mod resource;
+pub mod status;
+mod trace_ref;
+
+pub use propagation::{extract, inject};
+pub use trace_ref::TraceRef;
 
 /// Keeps the exporter alive; dropping it flushes the spans still buffered.
 pub struct Telemetry {
@@ -39,7 +46,9 @@ impl Drop for Telemetry {
 }
 
 /// Installs logging and, when configured, trace export. Call once, early.
-pub fn init(service_name: &str, json: bool) -> Telemetry {
+/// `instance` names this process among its service's (a worker's name);
+/// `None` stands for `host:pid`.
+pub fn init(service_name: &str, instance: Option<&str>, json: bool) -> Telemetry {
     let filter =
         || EnvFilter::try_from_env("REGATTA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = if json {
@@ -63,16 +72,12 @@ pub fn init(service_name: &str, json: bool) -> Telemetry {
             .with_http()
             .build()
         {
-            Ok(exporter) => {
-                let name =
-                    std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service_name.to_owned());
-                Some(
-                    SdkTracerProvider::builder()
-                        .with_batch_exporter(exporter)
-                        .with_resource(Resource::builder().with_service_name(name).build())
-                        .build(),
-                )
-            }
+            Ok(exporter) => Some(
+                SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource::resource(service_name, instance))
+                    .build(),
+            ),
             Err(e) => {
                 eprintln!("{service_name}: OTLP export to {endpoint} disabled: {e}");
                 None
@@ -90,45 +95,4 @@ pub fn init(service_name: &str, json: bool) -> Telemetry {
         .with(traces)
         .try_init();
     Telemetry { provider }
-}
-
-struct HeaderInjector<'a>(&'a mut HashMap<String, String>);
-
-impl Injector for HeaderInjector<'_> {
-    fn set(&mut self, key: &str, value: String) {
-        self.0.insert(key.to_owned(), value);
-    }
-}
-
-struct HeaderExtractor<'a>(&'a FieldTable);
-
-impl Extractor for HeaderExtractor<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        match self.0.inner().get(key) {
-            Some(AMQPValue::LongString(value)) => std::str::from_utf8(value.as_bytes()).ok(),
-            _ => None,
-        }
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.inner().keys().map(ShortString::as_str).collect()
-    }
-}
-
-/// Writes the span's trace context (`traceparent`, `tracestate`) into AMQP
-/// headers; adds nothing when the span is not exported.
-pub fn inject(span: &tracing::Span, headers: &mut FieldTable) {
-    let context = span.context();
-    let mut carrier = HashMap::new();
-    TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(&mut carrier));
-    for (key, value) in carrier {
-        headers.insert(key.into(), AMQPValue::LongString(LongString::from(value)));
-    }
-}
-
-/// Makes `span` a child of the trace context found in AMQP headers, if any.
-pub fn extract(span: &tracing::Span, headers: Option<&FieldTable>) {
-    let Some(headers) = headers else { return };
-    let context = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-    let _ = span.set_parent(context);
 }

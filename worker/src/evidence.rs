@@ -34,6 +34,8 @@ pub struct SessionEnd<'a> {
     pub reason: Option<&'a str>,
     pub gates: &'a [GateReport],
     pub log_path: &'a Path,
+    /// The session's trace, when spans are exported.
+    pub trace_id: Option<&'a str>,
 }
 
 /// Why a session's evidence could not be recorded.
@@ -200,6 +202,7 @@ pub fn build_pack(
         gates_not_run,
         knowledge_updates: Vec::new(),
         escalations,
+        trace_id: end.trace_id.map(str::to_owned),
     }
 }
 
@@ -253,6 +256,7 @@ mod tests {
             reason,
             gates,
             log_path: Path::new("/nowhere/session.log"),
+            trace_id: None,
         }
     }
 

@@ -28,23 +28,43 @@ pub async fn run_gates(
 ) -> Result<GateVerdict, Error> {
     let mut reports = Vec::with_capacity(gates.len());
     for gate in gates {
-        let span = tracing::info_span!("gate", gate = %gate.name);
-        let Some(report) = run_gate(gate, base, stop).instrument(span).await? else {
+        let span = tracing::info_span!(
+            "gate",
+            gate = %gate.name,
+            gate.required = gate.required,
+            gate.repairs = tracing::field::Empty,
+            gate.passed = tracing::field::Empty,
+        );
+        let Some(report) = run_gate(gate, base, stop).instrument(span.clone()).await? else {
             return Ok(GateVerdict {
                 reports,
                 escalation: None,
                 stopped: true,
             });
         };
-        let escalate = !report.passed && report.required;
+        span.record("gate.repairs", i64::from(report.repairs));
+        span.record("gate.passed", report.passed);
+        let passed = report.passed;
+        let escalate = !passed && report.required;
         let repairs = report.repairs;
         reports.push(report);
         if escalate {
+            let reason = format!("gate {} failed after {repairs} repairs", gate.name);
+            // The escalation is the gate's error: a person must look.
+            regatta_telemetry::status::failed(&span, "gate.escalated", &reason);
             return Ok(GateVerdict {
                 reports,
-                escalation: Some(format!("gate {} failed after {repairs} repairs", gate.name)),
+                escalation: Some(reason),
                 stopped: false,
             });
+        }
+        if passed {
+            regatta_telemetry::status::succeeded(&span);
+        } else {
+            // An optional gate that failed does not fail the session, but
+            // it is still a failed gate.
+            let reason = format!("optional gate {} failed after {repairs} repairs", gate.name);
+            regatta_telemetry::status::failed(&span, "gate.failed", &reason);
         }
     }
     Ok(GateVerdict {
@@ -83,10 +103,15 @@ async fn run_gate(
             break false;
         }
         repairs += 1;
-        tracing::info!(gate = %gate.name, repairs, "gate failed; running its fix");
+        tracing::info!(gate = %gate.name, repairs = i64::from(repairs), "gate failed; running its fix");
         let fix_spec = spec(fix);
-        let repair = run_command(&fix_spec, stop)
-            .instrument(tracing::info_span!("repair", attempt = repairs));
+        // `repair.number`, not `attempt`: that is the unit's attempt.
+        let repair = run_command(&fix_spec, stop).instrument(tracing::info_span!(
+            "repair",
+            gate = %gate.name,
+            repair.number = i64::from(repairs),
+            repair.of = i64::from(gate.repairs),
+        ));
         if matches!(repair.await?.0, Ending::Stopped | Ending::Abandoned) {
             return Ok(None);
         }

@@ -28,6 +28,7 @@ use tracing::Instrument;
 
 use crate::gate::run_gates;
 use crate::lease::{Claim, LeaseClient, Renewal};
+use crate::lease_span::{describe_claim, lease_span};
 use crate::reporter::Reporter;
 use crate::session::{log_tail, run_command, Beats, CommandSpec, Ending, Stop};
 use crate::{Error, WorkerConfig};
@@ -216,6 +217,7 @@ async fn take_one(
 /// (its delivery limit dead-letters it in the end).
 async fn refuse(shared: &Shared, delivery: Delivery, reason: &str) {
     tracing::warn!(%reason, "refusing a work order: dead-lettered");
+    regatta_telemetry::status::failed(&tracing::Span::current(), "order.refused", reason);
     match shared.reporter.dead_letter(&delivery.data, reason).await {
         Ok(()) => {
             let _ = delivery.ack(BasicAckOptions::default()).await;
@@ -238,16 +240,28 @@ async fn handle(shared: &Shared, delivery: Delivery) {
         Ok(order) => order,
         Err(e) => return refuse(shared, delivery, &e.to_string()).await,
     };
+    // The receipt of the order (a CONSUMER span) is the session.
     let span = tracing::info_span!(
         "session",
+        otel.kind = "consumer",
         batch = %order.batch_id,
         unit = %order.unit_id,
-        attempt = order.attempt,
+        attempt = i64::from(order.attempt),
         session = %order.session_id,
+        worker = %shared.config.name,
         queue_wait_ms = (chrono::Utc::now().timestamp_millis() - order.published_at_ms).max(0),
     );
     // The session continues the trace of the coordinator's publish.
     regatta_telemetry::extract(&span, delivery.properties.headers().as_ref());
+    regatta_telemetry::messaging::describe(
+        &span,
+        regatta_telemetry::messaging::Operation::Process,
+        regatta_telemetry::messaging::Message {
+            queue: &shared.config.names.work_queue(),
+            id: &order.session_id,
+            body_bytes: delivery.data.len(),
+        },
+    );
     run_order(shared, delivery, order).instrument(span).await;
 }
 
@@ -272,10 +286,11 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
     };
     let lease_wait = std::time::Instant::now();
     let acquire = acquire_with_retries(shared, &order, &owner);
-    let fence = match acquire
-        .instrument(tracing::info_span!("lease.acquire"))
-        .await
-    {
+    let acquire_span = lease_span(&order);
+    let claim = acquire.instrument(acquire_span.clone()).await;
+    describe_claim(&acquire_span, &claim, lease_wait.elapsed());
+    drop(acquire_span);
+    let fence = match claim {
         Ok(Claim::Held { fence, .. }) => fence,
         Ok(Claim::Busy { semaphore }) => {
             // The coordinator's accounting said there was room, but a lease
@@ -384,6 +399,7 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
         Duration::ZERO,
         shared.notices.listen(),
     ));
+    let trace = regatta_telemetry::TraceRef::current();
     let session_end = crate::evidence::SessionEnd {
         order: &order,
         worker: &config.name,
@@ -394,11 +410,19 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
         reason: reason.as_deref(),
         gates: &gates,
         log_path: &log_path,
+        trace_id: trace.as_ref().map(|t| t.trace_id.as_str()),
     };
     let store = crate::artifact::ArtifactStore::new(&config.artifact_store);
     let stored = crate::evidence::record_session(&store, &session_end).await;
     let (outcome, reason, evidence) =
         crate::fault::after_evidence(&shared.health, outcome, reason, stored);
+    tracing::info!(
+        ?outcome,
+        exit_code,
+        reason = reason.as_deref().unwrap_or(""),
+        "session finished"
+    );
+    regatta_telemetry::status::session_ended(&tracing::Span::current(), outcome, reason.as_deref());
     let finished = EventKind::Finished {
         outcome,
         exit_code,
@@ -409,7 +433,6 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
         gates,
         evidence,
     };
-    tracing::info!(?outcome, exit_code, "session finished");
     // The leases stay renewed until the broker holds the result: a worker
     // that dies before then leaves leases that expire, so the reaper re-runs
     // the unit; released first, the unit would stay `running` for good.
@@ -590,7 +613,7 @@ async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionS
             )
         }
     };
-    let command = run_command(&spec, &stop).instrument(tracing::info_span!("command"));
+    let command = run_command(&spec, &stop);
     // The command's own errors are the worker's: its log, its leader.
     let faulted = |e: Error, exit_code| match (e, &*lost) {
         (_, cause)

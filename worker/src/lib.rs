@@ -24,6 +24,7 @@
 
 pub mod artifact;
 pub mod cgroup;
+mod command_span;
 pub mod config;
 pub mod containment;
 pub mod control;
@@ -35,6 +36,7 @@ pub mod health;
 pub mod intake;
 pub mod leader;
 pub mod lease;
+mod lease_span;
 pub mod reporter;
 pub mod session;
 

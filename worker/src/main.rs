@@ -143,7 +143,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _telemetry = regatta_telemetry::init("regatta-worker", args.log_json);
+    let _telemetry = regatta_telemetry::init("regatta-worker", args.name.as_deref(), args.log_json);
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }

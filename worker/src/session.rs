@@ -71,6 +71,15 @@ pub struct Stop {
 ///
 /// Whatever happens, no process of the group is left running on return.
 pub async fn run_command(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Duration), Error> {
+    let span = crate::command_span::command_span();
+    let started = Instant::now();
+    let result = tracing::Instrument::instrument(run_contained(spec, stop), span.clone()).await;
+    crate::command_span::describe_ending(&span, &result, spec.timeout, started.elapsed());
+    result
+}
+
+/// [`run_command`] without its span.
+async fn run_contained(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Duration), Error> {
     let log = tokio::fs::OpenOptions::new()
         .create(true)
         .append(true)

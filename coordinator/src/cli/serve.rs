@@ -68,7 +68,11 @@ pub struct ServeArgs {
 }
 
 pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let _telemetry = regatta_telemetry::init("regatta-coordinator", args.log_json);
+    let _telemetry = regatta_telemetry::init(
+        "regatta-coordinator",
+        args.instance.as_deref(),
+        args.log_json,
+    );
     let loaded = connection.load_secret()?;
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");

@@ -64,6 +64,7 @@ fn attempt(session: &str, evidence: Option<EvidenceRef>) -> Attempt {
         log_path: String::new(),
         gates: Vec::new(),
         evidence,
+        trace: None,
     }
 }
 

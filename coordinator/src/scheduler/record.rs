@@ -145,6 +145,21 @@ pub struct Attempt {
     /// The session's evidence pack in the worker's artifact store.
     #[serde(default)]
     pub evidence: Option<regatta_proto::EvidenceRef>,
+    /// The attempt's trace, when spans are exported: absent from records
+    /// stored before traces were recorded.
+    #[serde(default)]
+    pub trace: Option<AttemptTrace>,
+}
+
+/// Where an attempt's trace is: one trace per attempt, rooted at its
+/// `publish` span, so a person can go from a session to its spans.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptTrace {
+    /// 32 hex digits, as tracing UIs search it.
+    pub trace_id: String,
+    /// The root `publish` span (16 hex digits): what a retry links to, and
+    /// what a re-published order or a reaped session's result joins.
+    pub span_id: String,
 }
 
 /// The runtime record of one unit; stored in Redis as JSON.
@@ -169,5 +184,65 @@ impl UnitRecord {
 
     pub(super) fn current_mut(&mut self) -> Option<&mut Attempt> {
         self.history.last_mut()
+    }
+
+    /// The attempt before the current one, which a retry follows from.
+    pub fn previous(&self) -> Option<&Attempt> {
+        self.history.iter().rev().nth(1)
+    }
+
+    /// Records where the current attempt's trace is, once it is published.
+    pub fn set_trace(&mut self, trace: AttemptTrace) {
+        if let Some(attempt) = self.current_mut() {
+            attempt.trace = Some(trace);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempt_stored_before_traces_were_recorded_still_loads() {
+        let stored = r#"{"attempt":1,"session_id":"s-1","worker":null,"fencing":0,
+            "published_at_ms":0,"started_at_ms":null,"ended_at_ms":null,"outcome":null,
+            "exit_code":null,"reason":null,"log_tail":"","log_path":"","gates":[]}"#;
+        let attempt: Attempt = serde_json::from_str(stored).expect("an old record loads");
+        assert_eq!(attempt.trace, None);
+        assert_eq!(attempt.session_id, "s-1");
+    }
+
+    #[test]
+    fn a_retry_follows_the_attempt_before_it() {
+        let attempt = |n: u32| {
+            let mut attempt: Attempt = serde_json::from_str(&format!(
+                r#"{{"attempt":{n},"session_id":"s-{n}","worker":null,"fencing":0,
+                "published_at_ms":0,"started_at_ms":null,"ended_at_ms":null,"outcome":null,
+                "exit_code":null,"reason":null,"log_tail":"","log_path":"","gates":[]}}"#
+            ))
+            .expect("valid");
+            attempt.trace = Some(AttemptTrace {
+                trace_id: format!("{n:032x}"),
+                span_id: format!("{n:016x}"),
+            });
+            attempt
+        };
+        let mut record = UnitRecord {
+            id: "u".into(),
+            state: UnitState::Queued,
+            failures: 1,
+            attempt: 2,
+            reason: None,
+            history: vec![attempt(1), attempt(2)],
+        };
+        assert_eq!(record.previous().map(|a| a.attempt), Some(1));
+        let trace = AttemptTrace {
+            trace_id: "f".repeat(32),
+            span_id: "e".repeat(16),
+        };
+        record.set_trace(trace.clone());
+        assert_eq!(record.history[1].trace, Some(trace));
+        assert_eq!(record.history[0].trace, attempt(1).trace);
     }
 }

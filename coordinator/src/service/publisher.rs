@@ -16,7 +16,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::order::work_order;
-use crate::scheduler::{Batch, Effects, Finish, Report};
+use crate::scheduler::{AttemptTrace, Batch, Effects, Finish, Report};
+use regatta_telemetry::messaging::{self, Message, Operation};
+use regatta_telemetry::TraceRef;
 
 /// The largest order published: RabbitMQ refuses a message over its
 /// `max_message_size` (128 MiB up to 3.13, 16 MiB from 4.0), and a refused
@@ -28,25 +30,76 @@ pub(super) const MAX_ORDER_BYTES: usize = 16 << 20;
 pub(super) struct Outgoing {
     payload: Vec<u8>,
     session_id: String,
-    /// The `publish` span: it lasts until the broker confirms, and its trace
-    /// context travels in the message headers to the worker.
+    /// The `publish` span (a PRODUCER): it lasts until the broker confirms,
+    /// and its trace context travels in the message headers to the worker.
     span: tracing::Span,
 }
 
+/// Where a `publish` span stands among traces.
+pub(super) enum Origin<'a> {
+    /// A new attempt: its own trace, linked to the span that made the unit
+    /// ready (the current one, if any) and to the previous attempt's trace.
+    Attempt { previous: Option<&'a AttemptTrace> },
+    /// An order published again after a restart: it joins the trace its
+    /// attempt already has, so the attempt stays one trace.
+    Again(Option<&'a AttemptTrace>),
+}
+
+/// The telemetry view of a stored trace reference.
+fn trace_ref(trace: &AttemptTrace) -> TraceRef {
+    TraceRef {
+        trace_id: trace.trace_id.clone(),
+        span_id: trace.span_id.clone(),
+    }
+}
+
 impl Outgoing {
-    pub(super) fn new(order: &regatta_proto::WorkOrder, signer: &Signer) -> Outgoing {
+    pub(super) fn new(
+        order: &regatta_proto::WorkOrder,
+        signer: &Signer,
+        origin: Origin<'_>,
+    ) -> Outgoing {
+        // A root: a publish made inside a `result` span must not become its
+        // child, or a whole batch ends up as one trace.
         let span = tracing::info_span!(
+            parent: None,
             "publish",
+            otel.kind = "producer",
             batch = %order.batch_id,
             unit = %order.unit_id,
-            attempt = order.attempt,
+            attempt = i64::from(order.attempt),
             session = %order.session_id,
         );
+        match origin {
+            Origin::Attempt { previous } => {
+                // The span the caller runs in (a `result.finished`) made the
+                // unit ready; none when a person or a timer did.
+                if let Some(made_ready) = TraceRef::current() {
+                    made_ready.link_from(&span, "made_ready");
+                }
+                if let Some(previous) = previous {
+                    trace_ref(previous).link_from(&span, "previous_attempt");
+                }
+            }
+            Origin::Again(trace) => {
+                if let Some(trace) = trace {
+                    trace_ref(trace).adopt(&span);
+                }
+            }
+        }
         Outgoing {
             payload: seal(order, signer),
             session_id: order.session_id.clone(),
             span,
         }
+    }
+
+    /// Where this order's attempt trace is, when spans are exported.
+    pub(super) fn trace(&self) -> Option<AttemptTrace> {
+        TraceRef::of(&self.span).map(|r| AttemptTrace {
+            trace_id: r.trace_id,
+            span_id: r.span_id,
+        })
     }
 }
 
@@ -73,9 +126,14 @@ pub(super) fn dispatch_orders(
         let mut kept = Vec::new();
         for &unit in &effects.publish[sealed..] {
             let order = work_order(batch, unit, now_ms);
-            let sealed_order = Outgoing::new(&order, signer);
+            let previous = batch.units[unit].previous().and_then(|a| a.trace.as_ref());
+            let sealed_order = Outgoing::new(&order, signer, Origin::Attempt { previous });
+            if let Some(trace) = sealed_order.trace() {
+                batch.units[unit].set_trace(trace);
+            }
             if sealed_order.payload.len() > MAX_ORDER_BYTES {
-                refused.push((unit, order.session_id, sealed_order.payload.len()));
+                let bytes = sealed_order.payload.len();
+                refused.push((unit, order.session_id, bytes, sealed_order.span));
             } else {
                 tracing::debug!(batch = %order.batch_id, unit = %order.unit_id, attempt = order.attempt, session = %order.session_id, "publishing");
                 outgoing.push(sealed_order);
@@ -88,11 +146,12 @@ pub(super) fn dispatch_orders(
         if refused.is_empty() {
             return outgoing;
         }
-        for (unit, session_id, bytes) in refused {
+        for (unit, session_id, bytes, span) in refused {
             let reason = format!(
                 "order of {bytes} bytes exceeds the broker's limit of {MAX_ORDER_BYTES}: \
                  shorten the unit's task, env or lists"
             );
+            regatta_telemetry::status::failed(&span, "publish.refused", &reason);
             tracing::error!(batch = %batch.id, unit = %batch.units[unit].id, %reason, "order not published");
             let failed = Finish {
                 outcome: Outcome::Failed,
@@ -143,6 +202,15 @@ pub(super) async fn publish_loop(
                 None => return,
             },
         };
+        messaging::describe(
+            &next.span,
+            Operation::Send,
+            Message {
+                queue: &queue,
+                id: &next.session_id,
+                body_bytes: next.payload.len(),
+            },
+        );
         let mut headers = FieldTable::default();
         regatta_telemetry::inject(&next.span, &mut headers);
         let sent = channel
@@ -156,6 +224,7 @@ pub(super) async fn publish_loop(
                 &next.payload,
                 BasicProperties::default()
                     .with_delivery_mode(2)
+                    .with_message_id(next.session_id.as_str().into())
                     .with_headers(headers),
             )
             .await;
@@ -170,6 +239,9 @@ pub(super) async fn publish_loop(
                 },
                 Err(e) => Err(e.to_string()),
             };
+            if result.is_ok() {
+                regatta_telemetry::status::succeeded(&next.span);
+            }
             if let Err(reason) = result {
                 tracing::warn!(session = %next.session_id, %reason, "publishing an order failed; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;

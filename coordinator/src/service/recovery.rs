@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use regatta_proto::scripts;
 
-use super::{now_ms, progress_fields, Entry, Fleet, Outgoing, Service, ServiceConfig};
+use super::{now_ms, progress_fields, Entry, Fleet, Origin, Outgoing, Service, ServiceConfig};
 use crate::dag::Dag;
 use crate::manifest::Manifest;
 use crate::order::work_order;
@@ -115,9 +115,14 @@ impl Service {
             for unit in entry.batch.in_flight_units() {
                 if entry.batch.units[unit].state == UnitState::Queued {
                     let order = work_order(&entry.batch, unit, now);
-                    let _ = self
-                        .publisher
-                        .send(Outgoing::new(&order, &self.config.signer));
+                    let trace = entry.batch.units[unit]
+                        .current()
+                        .and_then(|a| a.trace.as_ref());
+                    let _ = self.publisher.send(Outgoing::new(
+                        &order,
+                        &self.config.signer,
+                        Origin::Again(trace),
+                    ));
                 }
             }
         }
