@@ -267,6 +267,21 @@ impl Batch {
         &self.demands[unit]
     }
 
+    /// The admission rule, written once for dispatch and for "what does it
+    /// wait for": the first resource the unit needs that has no room for its
+    /// weight now, with its use and capacity; `None` when every one fits.
+    pub fn full_resource(
+        &self,
+        unit: usize,
+        fleet_usage: &BTreeMap<String, u32>,
+    ) -> Option<(&str, u32, u32)> {
+        self.demands[unit].iter().find_map(|(resource, weight)| {
+            let used = fleet_usage.get(resource).copied().unwrap_or(0);
+            let capacity = self.capacity(resource);
+            (used + weight > capacity).then_some((resource.as_str(), used, capacity))
+        })
+    }
+
     /// The capacity of a resource: declared, or 1 for a touched file.
     pub fn capacity(&self, resource: &str) -> u32 {
         if resource.starts_with(FILE_RESOURCE_PREFIX) {
@@ -349,11 +364,7 @@ impl Batch {
             {
                 continue;
             }
-            let fits = self.demands[unit].iter().all(|(resource, weight)| {
-                let used = fleet_usage.get(resource).copied().unwrap_or(0);
-                used + weight <= self.capacity(resource)
-            });
-            if !fits {
+            if self.full_resource(unit, fleet_usage).is_some() {
                 continue;
             }
             for (resource, weight) in &self.demands[unit] {

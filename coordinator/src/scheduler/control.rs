@@ -200,16 +200,10 @@ impl Batch {
                 self.manifest.concurrency
             ));
         }
-        for (resource, weight) in &self.demands[unit] {
-            let used = fleet_usage.get(resource).copied().unwrap_or(0);
-            if used + weight > self.capacity(resource) {
-                return Some(format!(
-                    "resource {resource} ({used}/{} in use)",
-                    self.capacity(resource)
-                ));
-            }
-        }
-        None
+        self.full_resource(unit, fleet_usage)
+            .map(|(resource, used, capacity)| {
+                format!("resource {resource} ({used}/{capacity} in use)")
+            })
     }
 }
 
