@@ -524,3 +524,36 @@ impl Fleet {
         let _ = worker.wait();
     }
 }
+
+impl Fleet {
+    /// Publishes events onto the fleet's events queue, sealed with its
+    /// secret, as a worker (or anyone who holds the secret) would: how tests
+    /// forge, duplicate and reorder results.
+    pub async fn publish_events(&self, events: &[regatta_proto::SessionEvent]) {
+        let names = regatta_proto::Names::new(&self.namespace).expect("names");
+        let signer = regatta_proto::sign::Signer::new(self.secret.as_bytes());
+        let connection = rabbitmq().await;
+        let channel = confirm_channel(&connection).await;
+        for event in events {
+            regatta_broker::publish_confirmed(
+                &channel,
+                &names.events_queue(),
+                &regatta_proto::seal(event, &signer),
+                lapin::BasicProperties::default(),
+            )
+            .await
+            .expect("publish an event");
+        }
+        let _ = connection.close(200, "done".into()).await;
+    }
+}
+
+/// A process killed when the test ends, however it ends.
+pub struct KilledOnDrop(pub std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

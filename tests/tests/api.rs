@@ -7,11 +7,9 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lapin::BasicProperties;
-use regatta_broker as broker;
 use regatta_coordinator::manifest::Manifest;
 use regatta_coordinator::scheduler::UnitState;
-use regatta_proto::{seal, EventKind, Names, Outcome, SessionEvent, Signer};
+use regatta_proto::{EventKind, Outcome, SessionEvent};
 use regatta_tests::{binary, rabbitmq, redis, write_file, Fleet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -74,22 +72,6 @@ fn forged_finished(batch: &str, unit: &str, session: &str, log_path: &str) -> Se
     }
 }
 
-async fn publish_event(fleet: &Fleet, event: &SessionEvent) {
-    let names = Names::new(&fleet.namespace).expect("names");
-    let signer = Signer::new(fleet.secret.as_bytes());
-    let connection = rabbitmq().await;
-    let channel = regatta_tests::confirm_channel(&connection).await;
-    broker::publish_confirmed(
-        &channel,
-        &names.events_queue(),
-        &seal(event, &signer),
-        BasicProperties::default(),
-    )
-    .await
-    .expect("publish an event");
-    let _ = connection.close(200, "done".into()).await;
-}
-
 /// Item 1 of issue 18: a validly signed `finished` event names a file
 /// outside the artifact store as the session's log; the log endpoint used
 /// to read and serve it.
@@ -126,11 +108,14 @@ async fn a_forged_log_path_never_makes_the_api_serve_a_file_outside_the_store() 
         assert!(Instant::now() < deadline, "the unit was never published");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    publish_event(
-        &fleet,
-        &forged_finished(&batch, "victim", &session, &secret.display().to_string()),
-    )
-    .await;
+    fleet
+        .publish_events(&[forged_finished(
+            &batch,
+            "victim",
+            &session,
+            &secret.display().to_string(),
+        )])
+        .await;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let units = client.units(&batch, None).await.expect("units");

@@ -542,24 +542,6 @@ fn finished_event(batch: &str, unit: &str, attempt: &Attempt) -> SessionEvent {
     }
 }
 
-async fn publish_events(fleet: &Fleet, events: &[SessionEvent]) {
-    let names = Names::new(&fleet.namespace).expect("names");
-    let signer = Signer::new(fleet.secret.as_bytes());
-    let connection = rabbitmq().await;
-    let channel = regatta_tests::confirm_channel(&connection).await;
-    for event in events {
-        broker::publish_confirmed(
-            &channel,
-            &names.events_queue(),
-            &seal(event, &signer),
-            BasicProperties::default(),
-        )
-        .await
-        .expect("publish an event");
-    }
-    let _ = connection.close(200, "done".into()).await;
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn duplicated_and_reordered_results_change_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -608,18 +590,16 @@ async fn duplicated_and_reordered_results_change_nothing() {
     claimed.reason = None;
     let mut early = running.history[1].clone();
     early.started_at_ms = early.started_at_ms.map(|t| t - 10_000);
-    publish_events(
-        &fleet,
-        &[
+    fleet
+        .publish_events(&[
             finished_event(&batch, "flaky", old),
             started_event(&batch, "flaky", old),
             finished_event(&batch, "flaky", &claimed),
             finished_event(&batch, "flaky", old),
             started_event(&batch, "flaky", &early),
             started_event(&batch, "flaky", &early),
-        ],
-    )
-    .await;
+        ])
+        .await;
     let summary = fleet.wait_for_end(&batch, Duration::from_secs(60)).await;
     assert_eq!(summary.state, BatchState::Succeeded, "{summary:?}");
     let units = client.units(&batch, None).await.expect("units");
@@ -649,7 +629,7 @@ async fn duplicated_and_reordered_results_change_nothing() {
     }
     replay.push(finished_event(&batch, "flaky", &flaky.history[1]));
     replay.push(finished_event(&batch, "flaky", &flaky.history[0]));
-    publish_events(&fleet, &replay).await;
+    fleet.publish_events(&replay).await;
     drain_events(&fleet, dir.path()).await;
     let after = snapshot(&fleet, &batch).await;
     assert_eq!(before, after, "replayed results changed the finished batch");

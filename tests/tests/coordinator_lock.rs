@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use regatta_coordinator::manifest::Manifest;
 use regatta_coordinator::scheduler::BatchState;
-use regatta_tests::{write_file, Fleet};
+use regatta_tests::{write_file, Fleet, KilledOnDrop};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_coordinator_waits_until_the_first_is_gone_then_takes_over() {
@@ -101,16 +101,6 @@ async fn a_paused_coordinator_that_lost_its_lock_stops_when_it_wakes() {
     let summary = fleet.wait_for_end(&batch, Duration::from_secs(30)).await;
     assert_eq!(summary.state, BatchState::Succeeded, "{summary:?}");
     fleet.stop().await;
-}
-
-/// A process killed when the test ends, however it ends.
-struct KilledOnDrop(std::process::Child);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

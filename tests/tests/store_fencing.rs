@@ -9,22 +9,12 @@ use redis::AsyncCommands;
 use regatta_coordinator::manifest::Manifest;
 use regatta_coordinator::scheduler::BatchState;
 use regatta_tests::proxy::Proxy;
-use regatta_tests::{write_file, Fleet};
+use regatta_tests::{write_file, Fleet, KilledOnDrop};
 
 fn manifest(dir: &std::path::Path, name: &str, body: &str) -> Manifest {
     let file = format!("{name}.yaml");
     write_file(dir, &file, body);
     Manifest::load(&dir.join(file)).expect("valid manifest")
-}
-
-/// A process killed when the test ends, however it ends.
-struct KilledOnDrop(std::process::Child);
-
-impl Drop for KilledOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
