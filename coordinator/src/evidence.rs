@@ -33,8 +33,13 @@ use sha2::{Digest, Sha256};
 use regular_file::{open_regular, open_regular_beneath, Refusal};
 pub use signature::{SignatureCheck, SIGNATURE_FILE};
 
+mod assemble;
 mod regular_file;
 mod signature;
+mod verify;
+
+pub use assemble::assemble;
+pub use verify::verify;
 
 use crate::scheduler::UnitState;
 use crate::service::UnitView;
@@ -224,227 +229,6 @@ pub struct Assembled {
     pub problems: Vec<Problem>,
 }
 
-/// Gathers a batch's evidence from the artifact store into `out` (new or
-/// empty): every unit's latest session pack and the files it lists, and
-/// `batch-pack.json`, signed with `secret` in [`SIGNATURE_FILE`]. Only
-/// regular files are read from the store, never through a symlink.
-/// Blocking: run it off the async runtime.
-pub fn assemble(
-    facts: &BatchFacts,
-    units: &[UnitView],
-    store: &Path,
-    out: &Path,
-    secret: &[u8],
-) -> Result<Assembled, EvidenceError> {
-    let write_error = |path: &Path, source| EvidenceError::Write {
-        path: path.display().to_string(),
-        source,
-    };
-    match std::fs::read_dir(out) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                return Err(EvidenceError::OutNotEmpty(out.display().to_string()));
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(out).map_err(|e| write_error(out, e))?
-        }
-        Err(e) => return Err(write_error(out, e)),
-    }
-    let mut assembled = Assembled {
-        pack: BatchPack {
-            schema_version: BATCH_SCHEMA_VERSION,
-            batch_id: facts.batch_id.clone(),
-            batch_name: facts.batch_name.clone(),
-            batch_state: facts.batch_state.clone(),
-            manifest_sha256: facts.manifest_sha256.clone(),
-            generated_at: iso8601(chrono::Utc::now()),
-            units: Vec::with_capacity(units.len()),
-        },
-        packs: 0,
-        files: 0,
-        problems: Vec::new(),
-    };
-    for unit in units {
-        let mut entry = UnitEvidence {
-            unit_id: unit.id.clone(),
-            state: unit.state,
-            reason: unit.reason.clone(),
-            attempts: unit.attempt,
-            session_id: None,
-            attempt: None,
-            outcome: None,
-            pack: None,
-            pack_sha256: None,
-        };
-        let latest = unit
-            .history
-            .iter()
-            .rev()
-            .find_map(|a| a.evidence.as_ref().map(|e| (a, e)));
-        // A success is vouched for only by the pack of the session that
-        // succeeded, not by an earlier failure's.
-        let succeeded_with_pack =
-            latest.is_some_and(|(attempt, _)| attempt.outcome == Some(Outcome::Succeeded));
-        if unit.state == UnitState::Succeeded && !succeeded_with_pack {
-            assembled.problems.push(Problem {
-                path: unit.id.clone(),
-                kind: ProblemKind::UnitWithoutPack,
-            });
-        }
-        if let Some((attempt, evidence)) = latest {
-            entry.session_id = Some(attempt.session_id.clone());
-            entry.attempt = Some(attempt.attempt);
-            entry.outcome = attempt.outcome.map(|o| o.as_str().to_owned());
-            entry.pack_sha256 = Some(evidence.sha256.clone());
-            if let (Some(unit_dir), Some(session_dir)) = (
-                single_segment(&unit.id),
-                single_segment(&attempt.session_id),
-            ) {
-                let relative = Path::new(SESSIONS_DIR).join(unit_dir).join(session_dir);
-                entry.pack = Some(slash(&relative.join(SESSION_PACK_FILE)));
-                let in_store = Path::new(&facts.batch_id).join(unit_dir).join(session_dir);
-                copy_session(
-                    (store, &in_store),
-                    Path::new(&evidence.path),
-                    &evidence.sha256,
-                    &out.join(&relative),
-                    &mut assembled,
-                )?;
-            } else {
-                assembled.problems.push(Problem {
-                    path: format!("{}/{}", unit.id, attempt.session_id),
-                    kind: ProblemKind::Escapes,
-                });
-            }
-        }
-        assembled.pack.units.push(entry);
-    }
-    let mut bytes = serde_json::to_vec_pretty(&assembled.pack)?;
-    bytes.push(b'\n');
-    let signed = signature::sign(secret, &bytes);
-    let path = out.join(BATCH_PACK_FILE);
-    std::fs::write(&path, bytes).map_err(|e| write_error(&path, e))?;
-    let path = out.join(SIGNATURE_FILE);
-    std::fs::write(&path, signed).map_err(|e| write_error(&path, e))?;
-    Ok(assembled)
-}
-
-/// A folder to read from: a base the operator chose (followed if it is a
-/// symlink) and a path under it where no symlink is followed.
-type Source<'a> = (&'a Path, &'a Path);
-
-/// Copies one session's pack and the files it lists from the store (or,
-/// failing that, from where the worker said it wrote the pack).
-fn copy_session(
-    (store, in_store): Source<'_>,
-    reported_pack: &Path,
-    expected_sha256: &str,
-    target: &Path,
-    assembled: &mut Assembled,
-) -> Result<(), EvidenceError> {
-    let store_pack = in_store.join(SESSION_PACK_FILE);
-    let reported_dir = reported_pack.parent().unwrap_or(Path::new("/"));
-    let (source, pack_path, opened): (Source<'_>, PathBuf, _) =
-        match open_regular_beneath(store, &store_pack) {
-            Err(Refusal::NotFound) => (
-                (reported_dir, Path::new("")),
-                reported_pack.to_path_buf(),
-                open_regular(reported_pack),
-            ),
-            other => ((store, in_store), store.join(&store_pack), other),
-        };
-    let bytes = match opened.and_then(|file| read_all(file).map_err(Refusal::Io)) {
-        Ok(bytes) => bytes,
-        Err(refusal) => {
-            assembled.problems.push(Problem {
-                path: pack_path.display().to_string(),
-                kind: refusal_kind(refusal),
-            });
-            return Ok(());
-        }
-    };
-    let found = hex::encode(Sha256::digest(&bytes));
-    if found != expected_sha256 {
-        assembled.problems.push(Problem {
-            path: pack_path.display().to_string(),
-            kind: ProblemKind::Mismatch {
-                expected: expected_sha256.to_owned(),
-                found,
-            },
-        });
-    }
-    std::fs::create_dir_all(target).map_err(|e| EvidenceError::Write {
-        path: target.display().to_string(),
-        source: e,
-    })?;
-    let copy = target.join(SESSION_PACK_FILE);
-    std::fs::write(&copy, &bytes).map_err(|e| EvidenceError::Write {
-        path: copy.display().to_string(),
-        source: e,
-    })?;
-    assembled.packs += 1;
-    let pack: SessionPackFiles = match serde_json::from_slice(&bytes) {
-        Ok(pack) => pack,
-        Err(e) => {
-            assembled.problems.push(Problem {
-                path: pack_path.display().to_string(),
-                kind: ProblemKind::Unreadable(e.to_string()),
-            });
-            return Ok(());
-        }
-    };
-    let (base, prefix) = source;
-    for (relative, expected) in listed_files(&pack) {
-        let Some(relative) = relative.and_then(|p| plain_relative(&p)) else {
-            assembled.problems.push(Problem {
-                path: pack_path.display().to_string(),
-                kind: ProblemKind::Escapes,
-            });
-            continue;
-        };
-        let shown = base.join(prefix).join(&relative).display().to_string();
-        let input = match open_regular_beneath(base, &prefix.join(&relative)) {
-            Ok(input) => input,
-            Err(refusal) => {
-                assembled.problems.push(Problem {
-                    path: shown,
-                    kind: refusal_kind(refusal),
-                });
-                continue;
-            }
-        };
-        let destination = target.join(&relative);
-        match copy_hashed(input, &destination) {
-            Ok(found) => {
-                assembled.files += 1;
-                if found != expected {
-                    assembled.problems.push(Problem {
-                        path: shown,
-                        kind: ProblemKind::Mismatch { expected, found },
-                    });
-                }
-            }
-            Err(e) => {
-                return Err(EvidenceError::Write {
-                    path: destination.display().to_string(),
-                    source: e,
-                })
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The problem a refused or failed open is.
-fn refusal_kind(refusal: Refusal) -> ProblemKind {
-    match refusal {
-        Refusal::NotFound => ProblemKind::Missing,
-        refusal @ Refusal::NotRegular(_) => ProblemKind::NotRegular(refusal.to_string()),
-        Refusal::Io(e) => ProblemKind::Unreadable(e.to_string()),
-    }
-}
-
 fn read_all(mut file: File) -> std::io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes)?;
@@ -462,185 +246,6 @@ fn listed_files(pack: &SessionPackFiles) -> Vec<(Option<String>, String)> {
         .collect()
 }
 
-/// Recomputes every hash of a batch pack's folder: each session pack
-/// against `batch-pack.json`, each file against its session pack, and,
-/// given the fleet secret, the batch pack against its signature. Every
-/// problem is named by its path relative to `dir`. Only regular files are
-/// opened, never through a symlink, and never so that a FIFO could block.
-/// Blocking.
-pub fn verify(dir: &Path, secret: Option<&[u8]>) -> VerifyReport {
-    let mut result = VerifyReport::default();
-    let problem = |path: &str, kind| Problem {
-        path: path.to_owned(),
-        kind,
-    };
-    let Ok(root) = std::fs::canonicalize(dir) else {
-        result
-            .problems
-            .push(problem(&dir.display().to_string(), ProblemKind::Missing));
-        return result;
-    };
-    let bytes = match read_inside(&root, Path::new(BATCH_PACK_FILE)) {
-        Ok(bytes) => bytes,
-        Err(kind) => {
-            result.problems.push(problem(BATCH_PACK_FILE, kind));
-            return result;
-        }
-    };
-    result.batch_pack_sha256 = Some(hex::encode(Sha256::digest(&bytes)));
-    if let Some(secret) = secret {
-        result.signature_checked = true;
-        match read_inside(&root, Path::new(SIGNATURE_FILE)) {
-            Ok(signed) => {
-                let why = match signature::check(secret, &bytes, &String::from_utf8_lossy(&signed))
-                {
-                    SignatureCheck::Valid => None,
-                    SignatureCheck::Mismatch => Some(format!(
-                        "it does not match {BATCH_PACK_FILE} under the key given: the folder was changed after it was signed, or signed with another key"
-                    )),
-                    SignatureCheck::Malformed(why) => Some(why),
-                };
-                if let Some(why) = why {
-                    result
-                        .problems
-                        .push(problem(SIGNATURE_FILE, ProblemKind::BadSignature(why)));
-                }
-            }
-            Err(ProblemKind::Missing) => result.problems.push(problem(
-                SIGNATURE_FILE,
-                ProblemKind::BadSignature("missing: the batch pack is unsigned".into()),
-            )),
-            Err(kind) => result.problems.push(problem(SIGNATURE_FILE, kind)),
-        }
-    }
-    let batch: BatchPack = match serde_json::from_slice(&bytes) {
-        Ok(batch) => batch,
-        Err(e) => {
-            result.problems.push(problem(
-                BATCH_PACK_FILE,
-                ProblemKind::Unreadable(e.to_string()),
-            ));
-            return result;
-        }
-    };
-    for unit in &batch.units {
-        if unit.state == UnitState::Succeeded
-            && (unit.pack.is_none() || unit.outcome.as_deref() != Some("succeeded"))
-        {
-            result
-                .problems
-                .push(problem(&unit.unit_id, ProblemKind::UnitWithoutPack));
-        }
-        let Some(pack_path) = &unit.pack else {
-            continue;
-        };
-        let Some(relative) = plain_relative(pack_path) else {
-            result
-                .problems
-                .push(problem(pack_path, ProblemKind::Escapes));
-            continue;
-        };
-        let bytes = match read_inside(&root, &relative) {
-            Ok(bytes) => bytes,
-            Err(kind) => {
-                result.problems.push(problem(pack_path, kind));
-                continue;
-            }
-        };
-        result.packs += 1;
-        let found = hex::encode(Sha256::digest(&bytes));
-        let expected = unit.pack_sha256.clone().unwrap_or_default();
-        if found != expected {
-            result.problems.push(problem(
-                pack_path,
-                ProblemKind::Mismatch { expected, found },
-            ));
-        }
-        let pack: SessionPackFiles = match serde_json::from_slice(&bytes) {
-            Ok(pack) => pack,
-            Err(e) => {
-                result
-                    .problems
-                    .push(problem(pack_path, ProblemKind::Unreadable(e.to_string())));
-                continue;
-            }
-        };
-        if pack.unit_id != unit.unit_id
-            || Some(&pack.session_id) != unit.session_id.as_ref()
-            || pack.batch_id != batch.batch_id
-        {
-            result.problems.push(problem(
-                pack_path,
-                ProblemKind::WrongSession(format!(
-                    "the pack is of {}/{}/{}, the batch pack lists {}/{}/{}",
-                    pack.batch_id,
-                    pack.unit_id,
-                    pack.session_id,
-                    batch.batch_id,
-                    unit.unit_id,
-                    unit.session_id.as_deref().unwrap_or("-")
-                )),
-            ));
-        }
-        let session_dir = relative.parent().unwrap_or(Path::new("")).to_path_buf();
-        for (file, expected) in listed_files(&pack) {
-            let Some(file_relative) = file.as_deref().and_then(plain_relative) else {
-                let shown = file.unwrap_or_else(|| "(no path)".into());
-                result.problems.push(problem(
-                    &slash(&session_dir.join(shown)),
-                    ProblemKind::Escapes,
-                ));
-                continue;
-            };
-            let path = session_dir.join(&file_relative);
-            let shown = slash(&path);
-            match hash_inside(&root, &path) {
-                Ok(found) => {
-                    result.files += 1;
-                    if found != expected {
-                        result
-                            .problems
-                            .push(problem(&shown, ProblemKind::Mismatch { expected, found }));
-                    }
-                }
-                Err(kind) => result.problems.push(problem(&shown, kind)),
-            }
-        }
-    }
-    result
-}
-
-/// Checks that `relative` under `root` stays inside once resolved (a
-/// symlink in the folder must not vouch for a file elsewhere), then opens
-/// it as a regular file, following no symlink on the way.
-fn open_inside(root: &Path, relative: &Path) -> Result<File, ProblemKind> {
-    let path = root.join(relative);
-    match std::fs::canonicalize(&path) {
-        Ok(resolved) if resolved.starts_with(root) => {}
-        Ok(_) => return Err(ProblemKind::Escapes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // A dangling symlink is refused for what it is, not as missing.
-            if !std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_symlink()) {
-                return Err(ProblemKind::Missing);
-            }
-        }
-        Err(e) => return Err(ProblemKind::Unreadable(e.to_string())),
-    }
-    open_regular_beneath(root, relative).map_err(refusal_kind)
-}
-
-fn read_inside(root: &Path, relative: &Path) -> Result<Vec<u8>, ProblemKind> {
-    let file = open_inside(root, relative)?;
-    read_all(file).map_err(|e| ProblemKind::Unreadable(e.to_string()))
-}
-
-fn hash_inside(root: &Path, relative: &Path) -> Result<String, ProblemKind> {
-    let mut file = open_inside(root, relative)?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|e| ProblemKind::Unreadable(e.to_string()))?;
-    Ok(hex::encode(hasher.finalize()))
-}
-
 /// Returns the hex SHA-256 of a file's bytes, as packs record them.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     let mut file = File::open(path)?;
@@ -649,32 +254,20 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// Copies an opened file, creating the destination's folders, and returns
-/// the hex SHA-256 of the bytes copied.
-fn copy_hashed(mut input: File, destination: &Path) -> std::io::Result<String> {
-    if let Some(parent) = destination.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut output = File::create(destination)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        let n = input.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        output.write_all(&buffer[..n])?;
-    }
-    output.flush()?;
-    Ok(hex::encode(hasher.finalize()))
-}
-
 fn slash(path: &Path) -> String {
     path.components()
         .map(|c| c.as_os_str().to_string_lossy())
         .collect::<Vec<_>>()
         .join("/")
+}
+
+/// The problem a refused or failed open is.
+fn refusal_kind(refusal: Refusal) -> ProblemKind {
+    match refusal {
+        Refusal::NotFound => ProblemKind::Missing,
+        refusal @ Refusal::NotRegular(_) => ProblemKind::NotRegular(refusal.to_string()),
+        Refusal::Io(e) => ProblemKind::Unreadable(e.to_string()),
+    }
 }
 
 #[cfg(test)]
