@@ -9,7 +9,6 @@
 //! in Redis, so a session can run for hours without tripping RabbitMQ's
 //! `consumer_timeout`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::gate::run_gates;
-use crate::lease::{Claim, LeaseClient, Renewal};
+use crate::lease::{Claim, Heartbeat, LeaseClient, StopCause};
 use crate::lease_span::{describe_claim, lease_span};
 use crate::reporter::Reporter;
 use crate::session::{log_tail, run_command, Beats, CommandSpec, Ending, Stop};
@@ -383,22 +382,14 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
     // Evidence is collected and the result reported under the leases,
     // renewed meanwhile: an output may be a touched file, and a worker that
     // dies now must be reaped.
-    let renewing = CancellationToken::new();
-    let renewal = tokio::spawn(heartbeat(
+    let renewal = Heartbeat::for_result(
         shared.leases.clone(),
-        order.batch_id.clone(),
-        order.session_id.clone(),
+        &order,
         fence,
         config.lease_ttl,
-        Stop::default(),
-        Arc::new(StopCause::default()),
-        renewing.clone(),
-        tokio::sync::watch::channel(0).0,
-        // At once: the session's own heartbeat may have renewed two thirds
-        // of a TTL ago.
-        Duration::ZERO,
         shared.notices.listen(),
-    ));
+    )
+    .start();
     let trace = regatta_telemetry::TraceRef::current();
     let session_end = crate::evidence::SessionEnd {
         order: &order,
@@ -440,8 +431,7 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
         .reporter
         .event(&event(fence, finished), &shared.shutdown)
         .await;
-    renewing.cancel();
-    let _ = renewal.await;
+    renewal.stop().await;
     match reported {
         Ok(()) => {
             // The coordinator releases them too when it applies the result.
@@ -539,25 +529,18 @@ async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionS
         gently: shared.kill_sessions.child_token(),
         now: CancellationToken::new(),
     };
-    let lost = Arc::new(StopCause::default());
     // The heartbeat renews until the session is over, also while it is
     // being killed, so its slots are never handed on while it still runs.
-    let session_over = CancellationToken::new();
-    let (renewed, renewals) = tokio::sync::watch::channel(0u64);
-    let heartbeat = tokio::spawn(heartbeat(
+    let (heartbeat, renewals) = Heartbeat::for_session(
         shared.leases.clone(),
-        order.batch_id.clone(),
-        order.session_id.clone(),
+        order,
         fence,
         config.lease_ttl,
-        stop.clone(),
-        lost.clone(),
-        session_over.clone(),
-        renewed,
-        config.lease_ttl / 3,
         shared.notices.listen(),
-    ));
-
+        stop.clone(),
+    );
+    let heartbeat = heartbeat.start();
+    let lost = heartbeat.cause();
     let mut env: Vec<(String, String)> = order
         .env
         .iter()
@@ -595,12 +578,12 @@ async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionS
         }),
     };
     let stopped_outcome = |cause: &StopCause| {
-        if cause.cancelled.load(Ordering::SeqCst) {
+        if cause.cancelled() {
             (
                 Outcome::Cancelled,
                 "the batch was cancelled; the session was killed".to_owned(),
             )
-        } else if cause.lost.load(Ordering::SeqCst) {
+        } else if cause.lost() {
             (
                 Outcome::Lost,
                 "the session's leases were lost; it was killed so it cannot overlap a re-run"
@@ -615,10 +598,8 @@ async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionS
     };
     let command = run_command(&spec, &stop);
     // The command's own errors are the worker's: its log, its leader.
-    let faulted = |e: Error, exit_code| match (e, &*lost) {
-        (_, cause)
-            if cause.cancelled.load(Ordering::SeqCst) || cause.lost.load(Ordering::SeqCst) =>
-        {
+    let faulted = |e: Error, exit_code| match (e, lost) {
+        (_, cause) if cause.cancelled() || cause.lost() => {
             let (outcome, reason) = stopped_outcome(cause);
             (outcome, exit_code, Some(reason), vec![])
         }
@@ -632,7 +613,7 @@ async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionS
         Ok((Ending::Exited(0), _)) => match run_gates(&order.gates, &spec, &stop).await {
             Err(e) => faulted(e, Some(0)),
             Ok(verdict) if verdict.stopped => {
-                let (outcome, reason) = stopped_outcome(&lost);
+                let (outcome, reason) = stopped_outcome(lost);
                 (outcome, Some(0), Some(reason), verdict.reports)
             }
             Ok(verdict) => match verdict.escalation {
@@ -670,12 +651,11 @@ async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionS
             vec![],
         ),
         Ok((Ending::Stopped, _)) => {
-            let (outcome, reason) = stopped_outcome(&lost);
+            let (outcome, reason) = stopped_outcome(lost);
             (outcome, None, Some(reason), vec![])
         }
     };
-    session_over.cancel();
-    let _ = heartbeat.await;
+    heartbeat.stop().await;
     let (outcome, exit_code, reason, gates) = result;
     (
         outcome,
@@ -696,80 +676,4 @@ async fn missing_output(order: &WorkOrder) -> Option<String> {
         }
     }
     None
-}
-
-/// Renews the leases every third of their TTL, and at once when a control
-/// notice concerns them; when they are lost (taken over, reaped, or Redis
-/// unreachable for longer than the TTL), marks the session lost and stops
-/// it, so it cannot overlap a re-run.
-#[allow(clippy::too_many_arguments)]
-async fn heartbeat(
-    leases: LeaseClient,
-    batch_id: String,
-    session_id: String,
-    fence: u64,
-    ttl: Duration,
-    stop: Stop,
-    cause: Arc<StopCause>,
-    done: CancellationToken,
-    renewed: tokio::sync::watch::Sender<u64>,
-    first_after: Duration,
-    mut notices: crate::control::Listener,
-) {
-    let period = ttl / 3;
-    let mut last_renewal = Instant::now();
-    let mut wait = first_after;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = done.cancelled() => return,
-            _ = notices.concerning(&batch_id, &session_id) => {}
-        }
-        wait = period;
-        match tokio::time::timeout(period, leases.renew(&batch_id, &session_id, fence, ttl)).await {
-            Ok(Ok(Renewal::Renewed)) => {
-                last_renewal = Instant::now();
-                renewed.send_modify(|n| *n += 1);
-            }
-            Ok(Ok(Renewal::Cancelled)) => {
-                // The lease was extended: it holds while the session dies.
-                last_renewal = Instant::now();
-                renewed.send_modify(|n| *n += 1);
-                if !cause.cancelled.swap(true, Ordering::SeqCst) {
-                    tracing::info!(session = %session_id, "batch cancelled: stopping the session");
-                    stop.gently.cancel();
-                }
-            }
-            Ok(Ok(Renewal::Released)) => {
-                // Only after the result is sent; a session still running
-                // has no business without its leases either.
-                tracing::debug!(session = %session_id, "leases released: renewals stop");
-                cause.lost.store(true, Ordering::SeqCst);
-                stop.now.cancel();
-                return;
-            }
-            Ok(Ok(Renewal::Lost)) => {
-                tracing::warn!(session = %session_id, "lease lost (expired or taken over): killing the session");
-                cause.lost.store(true, Ordering::SeqCst);
-                stop.now.cancel();
-                return;
-            }
-            Ok(Err(e)) => tracing::warn!(session = %session_id, error = %e, "lease renewal failed"),
-            Err(_) => tracing::warn!(session = %session_id, "lease renewal timed out"),
-        }
-        // Leave a margin of one period: kill before anyone else can reap.
-        if last_renewal.elapsed() + period >= ttl {
-            tracing::warn!(session = %session_id, "leases could not be renewed within their TTL: killing the session");
-            cause.lost.store(true, Ordering::SeqCst);
-            stop.now.cancel();
-            return;
-        }
-    }
-}
-
-/// Why the heartbeat stopped a session.
-#[derive(Default)]
-struct StopCause {
-    lost: AtomicBool,
-    cancelled: AtomicBool,
 }
