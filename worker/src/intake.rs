@@ -25,11 +25,12 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::command::{run_command, Beats, CommandSpec, Ending, Stop};
 use crate::gate::run_gates;
 use crate::lease::{Claim, Heartbeat, LeaseClient, StopCause};
 use crate::lease_span::{describe_claim, lease_span};
 use crate::reporter::Reporter;
-use crate::session::{log_tail, run_command, Beats, CommandSpec, Ending, Stop};
+use crate::session_log::log_tail;
 use crate::{Error, WorkerConfig};
 
 /// What every slot shares.

@@ -11,10 +11,10 @@
 //! 3. [`lease`]: the slot acquires every lease the unit needs in one Lua
 //!    script, then acks the delivery (the claim is in Redis now, so the
 //!    session may outlast RabbitMQ's `consumer_timeout`);
-//! 4. [`session`]: the command runs under a [`leader`] process in its own
-//!    process group, with a deadline, its output captured to a bounded log,
-//!    while a heartbeat renews the leases and kills the session if they are
-//!    lost;
+//! 4. [`command`]: the command runs under a [`leader`] process in its own
+//!    process group, with a deadline, its output captured to a bounded log
+//!    ([`session_log`]), while a heartbeat renews the leases and kills the
+//!    session if they are lost;
 //! 5. [`gate`]: verification gates run with their repairs;
 //! 6. [`artifact`] and [`evidence`]: outputs, artifacts and the log are
 //!    hashed into the artifact store with the session's evidence pack, still
@@ -24,6 +24,7 @@
 
 pub mod artifact;
 pub mod cgroup;
+pub mod command;
 mod command_span;
 pub mod config;
 pub mod containment;
@@ -38,7 +39,7 @@ pub mod leader;
 pub mod lease;
 mod lease_span;
 pub mod reporter;
-pub mod session;
+pub mod session_log;
 
 pub use config::WorkerConfig;
 pub use error::Error;

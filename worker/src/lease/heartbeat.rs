@@ -14,8 +14,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{LeaseClient, Renewal};
+use crate::command::Stop;
 use crate::control::Listener;
-use crate::session::Stop;
 
 /// A heartbeat, ready to start.
 pub struct Heartbeat {
