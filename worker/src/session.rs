@@ -1,0 +1,332 @@
+//! A session along its path, once [`intake`](crate::intake) holds its
+//! leases and acked its order: `started` goes to the coordinator; the
+//! command runs ([`crate::command`]) while a [`Heartbeat`] renews the
+//! leases, then the gates ([`crate::gate`]) and the check of the declared
+//! outputs; the evidence is stored ([`crate::evidence`]) and `finished`
+//! reported, still under the leases, which are released once the broker
+//! holds the result (contract 3, docs/contracts.md).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use regatta_proto::{EventKind, GateReport, Outcome, WorkOrder};
+use tokio_util::sync::CancellationToken;
+
+use crate::command::{run_command, Beats, CommandSpec, Ending, Stop};
+use crate::gate::run_gates;
+use crate::lease::{Heartbeat, StopCause};
+use crate::reporter::session_event;
+use crate::session_log::log_tail;
+use crate::worker::Shared;
+use crate::Error;
+
+/// How a session ended, before its evidence is stored.
+#[derive(Debug)]
+pub struct SessionResult {
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    /// Why it did not succeed.
+    pub reason: Option<String>,
+    pub gates: Vec<GateReport>,
+    /// From the session folder's creation to the end of the last gate.
+    pub duration: Duration,
+    pub log_path: PathBuf,
+}
+
+/// What the command and gates concluded, before the clock stops.
+struct Conclusion {
+    outcome: Outcome,
+    exit_code: Option<i32>,
+    reason: Option<String>,
+    gates: Vec<GateReport>,
+}
+
+impl Conclusion {
+    fn new(outcome: Outcome, exit_code: Option<i32>, reason: Option<String>) -> Self {
+        Conclusion {
+            outcome,
+            exit_code,
+            reason,
+            gates: vec![],
+        }
+    }
+
+    fn with_gates(self, gates: Vec<GateReport>) -> Self {
+        Conclusion { gates, ..self }
+    }
+}
+
+/// Runs a claimed session to its reported end: `started`, the command and
+/// gates, the evidence, `finished`, and the release of its leases.
+/// `claimed` is when intake began to claim its leases.
+pub(crate) async fn run(shared: &Shared, order: &WorkOrder, fence: u64, claimed: Instant) {
+    let config = &shared.config;
+    let started = EventKind::Started {
+        lease_wait_ms: claimed.elapsed().as_millis() as u64,
+    };
+    let _ = shared
+        .reporter
+        .event(
+            &session_event(order, &config.name, fence, started),
+            &shared.shutdown,
+        )
+        .await;
+
+    let started_at = chrono::Utc::now();
+    let result = run_under_heartbeat(shared, order, fence).await;
+    let ended_at = chrono::Utc::now();
+    let log_tail = log_tail(&result.log_path, 20).await;
+    let renewal = Heartbeat::for_result(
+        shared.leases.clone(),
+        order,
+        fence,
+        config.lease_ttl,
+        shared.notices.listen(),
+    )
+    .start();
+    let trace = regatta_telemetry::TraceRef::current();
+    let session_end = crate::evidence::SessionEnd {
+        order,
+        worker: &config.name,
+        started_at,
+        ended_at,
+        outcome: result.outcome,
+        exit_code: result.exit_code,
+        reason: result.reason.as_deref(),
+        gates: &result.gates,
+        log_path: &result.log_path,
+        trace_id: trace.as_ref().map(|t| t.trace_id.as_str()),
+    };
+    let store = crate::artifact::ArtifactStore::new(&config.artifact_store);
+    let stored = crate::evidence::record_session(&store, &session_end).await;
+    let (outcome, reason, evidence) =
+        crate::fault::after_evidence(&shared.health, result.outcome, result.reason, stored);
+    tracing::info!(
+        ?outcome,
+        exit_code = result.exit_code,
+        reason = reason.as_deref().unwrap_or(""),
+        "session finished"
+    );
+    regatta_telemetry::status::session_ended(&tracing::Span::current(), outcome, reason.as_deref());
+    let finished = EventKind::Finished {
+        outcome,
+        exit_code: result.exit_code,
+        duration_ms: result.duration.as_millis() as u64,
+        reason,
+        log_tail,
+        log_path: result.log_path.display().to_string(),
+        gates: result.gates,
+        evidence,
+    };
+    // The leases stay renewed until the broker holds the result: a worker
+    // that dies before then leaves leases that expire, so the reaper re-runs
+    // the unit; released first, the unit would stay `running` for good.
+    let reported = shared
+        .reporter
+        .event(
+            &session_event(order, &config.name, fence, finished),
+            &shared.shutdown,
+        )
+        .await;
+    renewal.stop().await;
+    match reported {
+        Ok(()) => {
+            // The coordinator releases them too when it applies the result.
+            if let Err(e) = shared.leases.release(&order.session_id, fence).await {
+                tracing::warn!(error = %e, "releasing leases failed; they expire with their TTL");
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot report the session's end; its leases expire and the coordinator re-runs the unit");
+        }
+    }
+}
+
+/// Runs the session's command and gates while a heartbeat renews its leases.
+async fn run_under_heartbeat(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionResult {
+    let config = &shared.config;
+    let started = Instant::now();
+    let session_dir = config
+        .work_dir
+        .join(&order.batch_id)
+        .join(&order.unit_id)
+        .join(&order.session_id);
+    let artifact_dir = session_dir.join("artifacts");
+    let log_path = session_dir.join("session.log");
+    let conclusion = match tokio::fs::create_dir_all(&artifact_dir).await {
+        Err(e) => {
+            let what = format!(
+                "cannot create the session folder {}: {e}",
+                session_dir.display()
+            );
+            let (outcome, reason) = crate::fault::worker_fault(&shared.health, &what);
+            Conclusion::new(outcome, None, Some(reason))
+        }
+        Ok(()) => {
+            let stop = Stop {
+                gently: shared.kill_sessions.child_token(),
+                now: CancellationToken::new(),
+            };
+            // The heartbeat renews until the session is over, also while it
+            // is being killed, so its slots are never handed on while it
+            // still runs.
+            let (heartbeat, renewals) = Heartbeat::for_session(
+                shared.leases.clone(),
+                order,
+                fence,
+                config.lease_ttl,
+                shared.notices.listen(),
+                stop.clone(),
+            );
+            let heartbeat = heartbeat.start();
+            let spec = CommandSpec {
+                command: order.run.clone(),
+                workdir: order.workdir.clone().into(),
+                env: session_env(order, fence, &artifact_dir),
+                timeout: Duration::from_millis(order.timeout_ms),
+                log_path: log_path.clone(),
+                max_log_bytes: config.max_log_bytes,
+                grace: config.grace.min(Duration::from_secs(30)),
+                containment: config.containment.clone(),
+                // Two renewal periods: the leader kills a stalled worker's
+                // session before its lease can expire and the unit re-run
+                // elsewhere.
+                beats: Some(Beats {
+                    renewals,
+                    deadline: config.lease_ttl * 2 / 3,
+                }),
+            };
+            let conclusion = run_steps(shared, order, &spec, &stop, heartbeat.cause()).await;
+            heartbeat.stop().await;
+            conclusion
+        }
+    };
+    SessionResult {
+        outcome: conclusion.outcome,
+        exit_code: conclusion.exit_code,
+        reason: conclusion.reason,
+        gates: conclusion.gates,
+        duration: started.elapsed(),
+        log_path,
+    }
+}
+
+/// Runs the command, then its gates and the check of its outputs if it
+/// exited 0; `cause` says why the heartbeat stopped it, if it did.
+async fn run_steps(
+    shared: &Shared,
+    order: &WorkOrder,
+    spec: &CommandSpec,
+    stop: &Stop,
+    cause: &StopCause,
+) -> Conclusion {
+    // The command's own errors are the worker's: its log, its leader.
+    let faulted = |e: Error, exit_code| {
+        if cause.cancelled() || cause.lost() {
+            stopped(cause, exit_code)
+        } else {
+            let (outcome, reason) = crate::fault::worker_fault(&shared.health, &e.to_string());
+            Conclusion::new(outcome, exit_code, Some(reason))
+        }
+    };
+    match run_command(spec, stop).await {
+        Err(e) => faulted(e, None),
+        Ok((Ending::Exited(0), _)) => match run_gates(&order.gates, spec, stop).await {
+            Err(e) => faulted(e, Some(0)),
+            Ok(verdict) if verdict.stopped => stopped(cause, Some(0)).with_gates(verdict.reports),
+            Ok(verdict) => {
+                let reason = match verdict.escalation {
+                    Some(reason) => Some(reason),
+                    None => missing_output(order).await,
+                };
+                let outcome = match reason {
+                    Some(_) => Outcome::Failed,
+                    None => Outcome::Succeeded,
+                };
+                Conclusion::new(outcome, Some(0), reason).with_gates(verdict.reports)
+            }
+        },
+        // The leader gave up on a worker that stalled past its lease (a
+        // SIGSTOP, a VM pause): the unit already re-runs elsewhere.
+        Ok((Ending::Abandoned, _)) => Conclusion::new(
+            Outcome::Lost,
+            None,
+            Some(
+                "lost: the worker stalled past its lease and the session leader killed the session"
+                    .to_owned(),
+            ),
+        ),
+        Ok((Ending::Exited(code), _)) => Conclusion::new(
+            Outcome::Failed,
+            Some(code),
+            Some(format!("the command exited with status {code}")),
+        ),
+        Ok((Ending::TimedOut, _)) => Conclusion::new(
+            Outcome::TimedOut,
+            None,
+            Some(format!(
+                "the deadline of {} passed; the session was killed",
+                humantime::format_duration(spec.timeout)
+            )),
+        ),
+        Ok((Ending::Stopped, _)) => stopped(cause, None),
+    }
+}
+
+/// A session that was stopped: cancelled, lost, or interrupted by the
+/// worker's shutdown.
+fn stopped(cause: &StopCause, exit_code: Option<i32>) -> Conclusion {
+    let (outcome, reason) = if cause.cancelled() {
+        (
+            Outcome::Cancelled,
+            "the batch was cancelled; the session was killed",
+        )
+    } else if cause.lost() {
+        (
+            Outcome::Lost,
+            "the session's leases were lost; it was killed so it cannot overlap a re-run",
+        )
+    } else {
+        (
+            Outcome::Interrupted,
+            "the worker shut down before the session ended",
+        )
+    };
+    Conclusion::new(outcome, exit_code, Some(reason.to_owned()))
+}
+
+/// The session's environment: the order's own, then regatta's variables.
+fn session_env(order: &WorkOrder, fence: u64, artifact_dir: &Path) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = order
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.extend([
+        ("REGATTA_BATCH_ID".into(), order.batch_id.clone()),
+        ("REGATTA_UNIT_ID".into(), order.unit_id.clone()),
+        ("REGATTA_TASK".into(), order.task.clone()),
+        ("REGATTA_INPUTS".into(), order.inputs.join("\n")),
+        ("REGATTA_OUTPUTS".into(), order.outputs.join("\n")),
+        ("REGATTA_ATTEMPT".into(), order.attempt.to_string()),
+        ("REGATTA_SESSION_ID".into(), order.session_id.clone()),
+        ("REGATTA_FENCING".into(), fence.to_string()),
+        ("REGATTA_WORKSPACE".into(), order.workdir.clone()),
+        (
+            "REGATTA_ARTIFACT_DIR".into(),
+            artifact_dir.display().to_string(),
+        ),
+    ]);
+    env
+}
+
+/// Names the first declared output that the session did not produce.
+async fn missing_output(order: &WorkOrder) -> Option<String> {
+    for output in &order.outputs {
+        let path = std::path::Path::new(&order.workdir).join(output);
+        if tokio::fs::metadata(&path).await.is_err() {
+            return Some(format!("declared output '{output}' is missing"));
+        }
+    }
+    None
+}
