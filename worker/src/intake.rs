@@ -26,7 +26,6 @@ use tracing::Instrument;
 
 use crate::lease::Claim;
 use crate::lease_span::{describe_claim, lease_span};
-use crate::reporter::session_event;
 use crate::worker::Shared;
 use crate::Error;
 
@@ -211,7 +210,6 @@ async fn claim_and_hand_over(shared: &Shared, delivery: Delivery, order: WorkOrd
         attempt: order.attempt,
         session_id: order.session_id.clone(),
     };
-    let event = |fencing: u64, kind: EventKind| session_event(&order, &config.name, fencing, kind);
     let lease_wait = Instant::now();
     let acquire = acquire_with_retries(shared, &order, &owner);
     let acquire_span = lease_span(&order);
@@ -225,32 +223,26 @@ async fn claim_and_hand_over(shared: &Shared, delivery: Delivery, order: WorkOrd
             // is still held (a race, or a zombie about to expire): hand the
             // unit back; the coordinator re-publishes it when room appears.
             tracing::info!(%semaphore, "leases busy; handing the unit back");
-            let deferred = event(
-                0,
-                EventKind::Deferred {
-                    reason: format!("waiting for {semaphore}"),
-                },
-            );
-            let _ = shared.reporter.event(&deferred, &shared.shutdown).await;
+            let deferred = EventKind::Deferred {
+                reason: format!("waiting for {semaphore}"),
+            };
+            let _ = shared.report(&order, 0, deferred).await;
             let _ = delivery.ack(BasicAckOptions::default()).await;
             return;
         }
         Ok(Claim::Cancelled) => {
             tracing::info!("batch cancelled; the order is dropped");
-            let cancelled = event(
-                0,
-                EventKind::Finished {
-                    outcome: Outcome::Cancelled,
-                    exit_code: None,
-                    duration_ms: 0,
-                    reason: Some("the batch was cancelled".into()),
-                    log_tail: String::new(),
-                    log_path: String::new(),
-                    gates: vec![],
-                    evidence: None,
-                },
-            );
-            let _ = shared.reporter.event(&cancelled, &shared.shutdown).await;
+            let cancelled = EventKind::Finished {
+                outcome: Outcome::Cancelled,
+                exit_code: None,
+                duration_ms: 0,
+                reason: Some("the batch was cancelled".into()),
+                log_tail: String::new(),
+                log_path: String::new(),
+                gates: vec![],
+                evidence: None,
+            };
+            let _ = shared.report(&order, 0, cancelled).await;
             let _ = delivery.ack(BasicAckOptions::default()).await;
             return;
         }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel};
 use regatta_broker::{publish_confirmed, BrokerLink};
-use regatta_proto::{seal, EventKind, Names, SessionEvent, Signer, WorkOrder, REASON_HEADER};
+use regatta_proto::{seal, Names, SessionEvent, Signer, REASON_HEADER};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -105,25 +105,5 @@ impl Reporter {
         publish_confirmed(&channel, queue, payload, properties)
             .await
             .map_err(|e| e.to_string())
-    }
-}
-
-/// An event of `order`'s session, as `worker` sees it now; `fencing` is the
-/// fence of its leases (0 before they were held).
-pub fn session_event(
-    order: &WorkOrder,
-    worker: &str,
-    fencing: u64,
-    kind: EventKind,
-) -> SessionEvent {
-    SessionEvent {
-        batch_id: order.batch_id.clone(),
-        unit_id: order.unit_id.clone(),
-        session_id: order.session_id.clone(),
-        attempt: order.attempt,
-        fencing,
-        worker: worker.to_owned(),
-        at_ms: chrono::Utc::now().timestamp_millis(),
-        kind,
     }
 }

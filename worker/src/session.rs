@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 use crate::command::{run_command, Beats, CommandSpec, Ending, Stop};
 use crate::gate::run_gates;
 use crate::lease::{Heartbeat, StopCause};
-use crate::reporter::session_event;
 use crate::session_log::log_tail;
 use crate::worker::Shared;
 use crate::Error;
@@ -64,18 +63,13 @@ pub(crate) async fn run(shared: &Shared, order: &WorkOrder, fence: u64, claimed:
     let started = EventKind::Started {
         lease_wait_ms: claimed.elapsed().as_millis() as u64,
     };
-    let _ = shared
-        .reporter
-        .event(
-            &session_event(order, &config.name, fence, started),
-            &shared.shutdown,
-        )
-        .await;
+    let _ = shared.report(order, fence, started).await;
 
     let started_at = chrono::Utc::now();
     let result = run_under_heartbeat(shared, order, fence).await;
     let ended_at = chrono::Utc::now();
     let log_tail = log_tail(&result.log_path, 20).await;
+    // Evidence is stored and the result reported still under the leases.
     let renewal = Heartbeat::for_result(
         shared.leases.clone(),
         order,
@@ -121,13 +115,7 @@ pub(crate) async fn run(shared: &Shared, order: &WorkOrder, fence: u64, claimed:
     // The leases stay renewed until the broker holds the result: a worker
     // that dies before then leaves leases that expire, so the reaper re-runs
     // the unit; released first, the unit would stay `running` for good.
-    let reported = shared
-        .reporter
-        .event(
-            &session_event(order, &config.name, fence, finished),
-            &shared.shutdown,
-        )
-        .await;
+    let reported = shared.report(order, fence, finished).await;
     renewal.stop().await;
     match reported {
         Ok(()) => {

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use regatta_broker::BrokerLink;
+use regatta_proto::{EventKind, SessionEvent, WorkOrder};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +28,30 @@ pub(crate) struct Shared {
     pub(crate) health: Arc<crate::health::Health>,
     /// Cancels and revokes, heard at once from the coordinator.
     pub(crate) notices: crate::control::Notices,
+}
+
+impl Shared {
+    /// Sends an event of `order`'s session to the coordinator, as this
+    /// worker sees it now; `fencing` is the fence of its leases (0 before
+    /// they were held).
+    pub(crate) async fn report(
+        &self,
+        order: &WorkOrder,
+        fencing: u64,
+        kind: EventKind,
+    ) -> Result<(), Error> {
+        let event = SessionEvent {
+            batch_id: order.batch_id.clone(),
+            unit_id: order.unit_id.clone(),
+            session_id: order.session_id.clone(),
+            attempt: order.attempt,
+            fencing,
+            worker: self.config.name.clone(),
+            at_ms: chrono::Utc::now().timestamp_millis(),
+            kind,
+        };
+        self.reporter.event(&event, &self.shutdown).await
+    }
 }
 
 /// Runs a worker until `shutdown` is cancelled, then stops taking work,

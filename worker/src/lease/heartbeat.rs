@@ -71,9 +71,11 @@ impl Heartbeat {
         stop: Stop,
     ) -> (Heartbeat, watch::Receiver<u64>) {
         let (renewed, renewals) = watch::channel(0u64);
-        let mut heartbeat = Heartbeat::new(leases, order, fence, ttl, notices);
-        heartbeat.first_after = ttl / 3;
-        heartbeat.session = Some(Guarded { stop, renewed });
+        let heartbeat = Heartbeat {
+            first_after: ttl / 3,
+            session: Some(Guarded { stop, renewed }),
+            ..Heartbeat::for_result(leases, order, fence, ttl, notices)
+        };
         (heartbeat, renewals)
     }
 
@@ -83,16 +85,6 @@ impl Heartbeat {
     /// heartbeat may have renewed two thirds of a TTL ago; there is no
     /// session left to stop.
     pub fn for_result(
-        leases: LeaseClient,
-        order: &WorkOrder,
-        fence: u64,
-        ttl: Duration,
-        notices: Listener,
-    ) -> Heartbeat {
-        Heartbeat::new(leases, order, fence, ttl, notices)
-    }
-
-    fn new(
         leases: LeaseClient,
         order: &WorkOrder,
         fence: u64,
