@@ -1,5 +1,5 @@
 //! Runs one command of a session (its command, a gate's check, a repair):
-//! under a [`leader`](crate::leader), in its own process group (and its own
+//! under a [`leader`], in its own process group (and its own
 //! cgroup where the machine allows), with a deadline, its output captured to
 //! the session's bounded log ([`crate::session_log`]).
 
