@@ -1,7 +1,7 @@
 //! Runs one command of a session (its command, a gate's check, a repair):
-//! under a [`leader`], in its own process group (and its own
-//! cgroup where the machine allows), with a deadline, its output captured to
-//! the session's bounded log ([`crate::session_log`]).
+//! under a [`leader`], in its own process group (and its own cgroup where
+//! the machine allows), with a deadline, its output captured to the
+//! session's bounded log ([`crate::session_log`]).
 
 use std::path::PathBuf;
 use std::process::Stdio;
