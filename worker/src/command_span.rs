@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::session::Ending;
+use crate::command::Ending;
 use crate::Error;
 
 /// A new `command` span; [`describe_ending`] fills it in.

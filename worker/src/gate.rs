@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use regatta_proto::{GateReport, GateSpec};
 use tracing::Instrument;
 
-use crate::session::{run_command, CommandSpec, Ending, Stop};
+use crate::command::{run_command, CommandSpec, Ending, Stop};
 use crate::Error;
 
 /// What the gates concluded.

@@ -1,5 +1,7 @@
-//! The worker's main loop: slots that take one unit at a time off the work
-//! queue, claim its leases, run its session and report the result.
+//! The broker side of a unit's path: a slot takes one delivery off the work
+//! queue, opens (verifies) its order, claims its leases in Redis, acks it,
+//! and hands the session over to [`session`](crate::session); an order that
+//! must never run is dead-lettered with its reason.
 //!
 //! Intake control (contract 2, docs/contracts.md): each slot has its own channel with a
 //! prefetch of one and consumes only while it is free. On a delivery it
@@ -9,7 +11,6 @@
 //! in Redis, so a session can run for hours without tripping RabbitMQ's
 //! `consumer_timeout`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,86 +21,16 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::Channel;
-use regatta_broker::BrokerLink;
-use regatta_proto::{open, EventKind, LeaseOwner, Outcome, SessionEvent, WorkOrder};
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
+use regatta_proto::{open, EventKind, LeaseOwner, Outcome, WorkOrder};
 use tracing::Instrument;
 
-use crate::gate::run_gates;
-use crate::lease::{Claim, LeaseClient, Renewal};
+use crate::lease::Claim;
 use crate::lease_span::{describe_claim, lease_span};
-use crate::reporter::Reporter;
-use crate::session::{log_tail, run_command, Beats, CommandSpec, Ending, Stop};
-use crate::{Error, WorkerConfig};
-
-/// What every slot shares.
-struct Shared {
-    config: WorkerConfig,
-    link: BrokerLink,
-    reporter: Reporter,
-    leases: LeaseClient,
-    /// Cancelled when the worker stops taking work.
-    shutdown: CancellationToken,
-    /// Cancelled when running sessions must be killed (grace period over).
-    kill_sessions: CancellationToken,
-    /// Whether this worker's disks work; slots take no work while not.
-    health: Arc<crate::health::Health>,
-    /// Cancels and revokes, heard at once from the coordinator.
-    notices: crate::control::Notices,
-}
-
-/// Runs a worker until `shutdown` is cancelled, then stops taking work,
-/// lets running sessions finish within the grace period, kills the rest
-/// (reporting them as interrupted, so the coordinator re-runs them), and
-/// returns.
-pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), Error> {
-    let link = BrokerLink::connect(&config.amqp_url, &config.name, config.names.clone()).await?;
-    let reporter = Reporter::new(link.clone(), config.names.clone(), config.signer.clone());
-    let leases = LeaseClient::connect(&config.redis_url, config.keys.clone()).await?;
-    tokio::fs::create_dir_all(&config.work_dir)
-        .await
-        .map_err(|source| Error::WorkDir {
-            path: config.work_dir.display().to_string(),
-            source,
-        })?;
-    let health = crate::health::start(&config, &shutdown).await;
-    let notices = crate::control::Notices::start(&config.redis_url, &config.keys);
-    let shared = Arc::new(Shared {
-        notices,
-        config,
-        link,
-        reporter,
-        leases,
-        shutdown: shutdown.clone(),
-        kill_sessions: CancellationToken::new(),
-        health,
-    });
-    tracing::info!(worker = %shared.config.name, slots = shared.config.slots, queue = %shared.config.names.work_queue(), "worker ready");
-
-    let mut slots = JoinSet::new();
-    for slot in 0..shared.config.slots {
-        slots.spawn(slot_loop(shared.clone(), slot));
-    }
-    shutdown.cancelled().await;
-    tracing::info!(grace = ?shared.config.grace, "shutting down: no new work; waiting for running sessions");
-    let grace = tokio::time::sleep(shared.config.grace);
-    tokio::pin!(grace);
-    loop {
-        tokio::select! {
-            next = slots.join_next() => if next.is_none() { break },
-            _ = &mut grace, if !shared.kill_sessions.is_cancelled() => {
-                tracing::warn!("grace period over: interrupting running sessions");
-                shared.kill_sessions.cancel();
-            }
-        }
-    }
-    shared.link.close("worker shutdown").await;
-    Ok(())
-}
+use crate::worker::Shared;
+use crate::Error;
 
 /// One slot: consume one delivery, stop consuming, handle it, repeat.
-async fn slot_loop(shared: Arc<Shared>, slot: usize) {
+pub(crate) async fn slot_loop(shared: Arc<Shared>, slot: usize) {
     let mut backoff = Duration::from_millis(200);
     // The slot keeps its channel from unit to unit: opening one per unit
     // costs the broker more than the unit's own messages.
@@ -262,10 +193,15 @@ async fn handle(shared: &Shared, delivery: Delivery) {
             body_bytes: delivery.data.len(),
         },
     );
-    run_order(shared, delivery, order).instrument(span).await;
+    claim_and_hand_over(shared, delivery, order)
+        .instrument(span)
+        .await;
 }
 
-async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
+/// Claims the order's leases; once they are held, acks the delivery and
+/// runs the session. Any other answer of the claim settles the delivery
+/// here: handed back, dropped, refused, or requeued.
+async fn claim_and_hand_over(shared: &Shared, delivery: Delivery, order: WorkOrder) {
     let config = &shared.config;
     let owner = LeaseOwner {
         worker: config.name.clone(),
@@ -274,17 +210,7 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
         attempt: order.attempt,
         session_id: order.session_id.clone(),
     };
-    let event = |fencing: u64, kind: EventKind| SessionEvent {
-        batch_id: order.batch_id.clone(),
-        unit_id: order.unit_id.clone(),
-        session_id: order.session_id.clone(),
-        attempt: order.attempt,
-        fencing,
-        worker: config.name.clone(),
-        at_ms: chrono::Utc::now().timestamp_millis(),
-        kind,
-    };
-    let lease_wait = std::time::Instant::now();
+    let lease_wait = Instant::now();
     let acquire = acquire_with_retries(shared, &order, &owner);
     let acquire_span = lease_span(&order);
     let claim = acquire.instrument(acquire_span.clone()).await;
@@ -297,32 +223,26 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
             // is still held (a race, or a zombie about to expire): hand the
             // unit back; the coordinator re-publishes it when room appears.
             tracing::info!(%semaphore, "leases busy; handing the unit back");
-            let deferred = event(
-                0,
-                EventKind::Deferred {
-                    reason: format!("waiting for {semaphore}"),
-                },
-            );
-            let _ = shared.reporter.event(&deferred, &shared.shutdown).await;
+            let deferred = EventKind::Deferred {
+                reason: format!("waiting for {semaphore}"),
+            };
+            let _ = shared.report(&order, 0, deferred).await;
             let _ = delivery.ack(BasicAckOptions::default()).await;
             return;
         }
         Ok(Claim::Cancelled) => {
             tracing::info!("batch cancelled; the order is dropped");
-            let cancelled = event(
-                0,
-                EventKind::Finished {
-                    outcome: Outcome::Cancelled,
-                    exit_code: None,
-                    duration_ms: 0,
-                    reason: Some("the batch was cancelled".into()),
-                    log_tail: String::new(),
-                    log_path: String::new(),
-                    gates: vec![],
-                    evidence: None,
-                },
-            );
-            let _ = shared.reporter.event(&cancelled, &shared.shutdown).await;
+            let cancelled = EventKind::Finished {
+                outcome: Outcome::Cancelled,
+                exit_code: None,
+                duration_ms: 0,
+                reason: Some("the batch was cancelled".into()),
+                log_tail: String::new(),
+                log_path: String::new(),
+                gates: vec![],
+                evidence: None,
+            };
+            let _ = shared.report(&order, 0, cancelled).await;
             let _ = delivery.ack(BasicAckOptions::default()).await;
             return;
         }
@@ -362,97 +282,7 @@ async fn run_order(shared: &Shared, delivery: Delivery, order: WorkOrder) {
     if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
         tracing::warn!(error = %e, "ack after claim failed; the order may be redelivered and will be refused by its lease");
     }
-    let _ = shared
-        .reporter
-        .event(
-            &event(
-                fence,
-                EventKind::Started {
-                    lease_wait_ms: lease_wait.elapsed().as_millis() as u64,
-                },
-            ),
-            &shared.shutdown,
-        )
-        .await;
-
-    let started_at = chrono::Utc::now();
-    let (outcome, exit_code, duration, reason, log_path, gates) =
-        run_session(shared, &order, fence).await;
-    let ended_at = chrono::Utc::now();
-    let log_tail = log_tail(&log_path, 20).await;
-    // Evidence is collected and the result reported under the leases,
-    // renewed meanwhile: an output may be a touched file, and a worker that
-    // dies now must be reaped.
-    let renewing = CancellationToken::new();
-    let renewal = tokio::spawn(heartbeat(
-        shared.leases.clone(),
-        order.batch_id.clone(),
-        order.session_id.clone(),
-        fence,
-        config.lease_ttl,
-        Stop::default(),
-        Arc::new(StopCause::default()),
-        renewing.clone(),
-        tokio::sync::watch::channel(0).0,
-        // At once: the session's own heartbeat may have renewed two thirds
-        // of a TTL ago.
-        Duration::ZERO,
-        shared.notices.listen(),
-    ));
-    let trace = regatta_telemetry::TraceRef::current();
-    let session_end = crate::evidence::SessionEnd {
-        order: &order,
-        worker: &config.name,
-        started_at,
-        ended_at,
-        outcome,
-        exit_code,
-        reason: reason.as_deref(),
-        gates: &gates,
-        log_path: &log_path,
-        trace_id: trace.as_ref().map(|t| t.trace_id.as_str()),
-    };
-    let store = crate::artifact::ArtifactStore::new(&config.artifact_store);
-    let stored = crate::evidence::record_session(&store, &session_end).await;
-    let (outcome, reason, evidence) =
-        crate::fault::after_evidence(&shared.health, outcome, reason, stored);
-    tracing::info!(
-        ?outcome,
-        exit_code,
-        reason = reason.as_deref().unwrap_or(""),
-        "session finished"
-    );
-    regatta_telemetry::status::session_ended(&tracing::Span::current(), outcome, reason.as_deref());
-    let finished = EventKind::Finished {
-        outcome,
-        exit_code,
-        duration_ms: duration.as_millis() as u64,
-        reason,
-        log_tail,
-        log_path: log_path.display().to_string(),
-        gates,
-        evidence,
-    };
-    // The leases stay renewed until the broker holds the result: a worker
-    // that dies before then leaves leases that expire, so the reaper re-runs
-    // the unit; released first, the unit would stay `running` for good.
-    let reported = shared
-        .reporter
-        .event(&event(fence, finished), &shared.shutdown)
-        .await;
-    renewing.cancel();
-    let _ = renewal.await;
-    match reported {
-        Ok(()) => {
-            // The coordinator releases them too when it applies the result.
-            if let Err(e) = shared.leases.release(&order.session_id, fence).await {
-                tracing::warn!(error = %e, "releasing leases failed; they expire with their TTL");
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "cannot report the session's end; its leases expire and the coordinator re-runs the unit");
-        }
-    }
+    crate::session::run(shared, &order, fence, lease_wait).await;
 }
 
 /// Why an order that is not its unit's current queued session is refused:
@@ -465,15 +295,6 @@ fn stale_order_reason(order: &WorkOrder, why: &str) -> String {
         order.session_id, order.unit_id, order.batch_id
     )
 }
-
-type SessionSummary = (
-    Outcome,
-    Option<i32>,
-    Duration,
-    Option<String>,
-    std::path::PathBuf,
-    Vec<regatta_proto::GateReport>,
-);
 
 /// Acquires a unit's leases, waiting out a Redis outage with backoff while
 /// the delivery is held (a nack-requeue would loop hot and count towards the
@@ -507,269 +328,4 @@ async fn acquire_with_retries(
             Err(e) => return Err(e),
         }
     }
-}
-
-/// Runs the session's command and gates while a heartbeat renews its leases.
-async fn run_session(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionSummary {
-    let config = &shared.config;
-    let started = Instant::now();
-    let session_dir = config
-        .work_dir
-        .join(&order.batch_id)
-        .join(&order.unit_id)
-        .join(&order.session_id);
-    let artifact_dir = session_dir.join("artifacts");
-    let log_path = session_dir.join("session.log");
-    if let Err(e) = tokio::fs::create_dir_all(&artifact_dir).await {
-        let what = format!(
-            "cannot create the session folder {}: {e}",
-            session_dir.display()
-        );
-        let (outcome, reason) = crate::fault::worker_fault(&shared.health, &what);
-        return (
-            outcome,
-            None,
-            started.elapsed(),
-            Some(reason),
-            log_path,
-            vec![],
-        );
-    }
-    let stop = Stop {
-        gently: shared.kill_sessions.child_token(),
-        now: CancellationToken::new(),
-    };
-    let lost = Arc::new(StopCause::default());
-    // The heartbeat renews until the session is over, also while it is
-    // being killed, so its slots are never handed on while it still runs.
-    let session_over = CancellationToken::new();
-    let (renewed, renewals) = tokio::sync::watch::channel(0u64);
-    let heartbeat = tokio::spawn(heartbeat(
-        shared.leases.clone(),
-        order.batch_id.clone(),
-        order.session_id.clone(),
-        fence,
-        config.lease_ttl,
-        stop.clone(),
-        lost.clone(),
-        session_over.clone(),
-        renewed,
-        config.lease_ttl / 3,
-        shared.notices.listen(),
-    ));
-
-    let mut env: Vec<(String, String)> = order
-        .env
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    env.extend([
-        ("REGATTA_BATCH_ID".into(), order.batch_id.clone()),
-        ("REGATTA_UNIT_ID".into(), order.unit_id.clone()),
-        ("REGATTA_TASK".into(), order.task.clone()),
-        ("REGATTA_INPUTS".into(), order.inputs.join("\n")),
-        ("REGATTA_OUTPUTS".into(), order.outputs.join("\n")),
-        ("REGATTA_ATTEMPT".into(), order.attempt.to_string()),
-        ("REGATTA_SESSION_ID".into(), order.session_id.clone()),
-        ("REGATTA_FENCING".into(), fence.to_string()),
-        ("REGATTA_WORKSPACE".into(), order.workdir.clone()),
-        (
-            "REGATTA_ARTIFACT_DIR".into(),
-            artifact_dir.display().to_string(),
-        ),
-    ]);
-    let spec = CommandSpec {
-        command: order.run.clone(),
-        workdir: order.workdir.clone().into(),
-        env,
-        timeout: Duration::from_millis(order.timeout_ms),
-        log_path: log_path.clone(),
-        max_log_bytes: config.max_log_bytes,
-        grace: config.grace.min(Duration::from_secs(30)),
-        containment: config.containment.clone(),
-        // Two renewal periods: the leader kills a stalled worker's session
-        // before its lease can expire and the unit re-run elsewhere.
-        beats: Some(Beats {
-            renewals,
-            deadline: config.lease_ttl * 2 / 3,
-        }),
-    };
-    let stopped_outcome = |cause: &StopCause| {
-        if cause.cancelled.load(Ordering::SeqCst) {
-            (
-                Outcome::Cancelled,
-                "the batch was cancelled; the session was killed".to_owned(),
-            )
-        } else if cause.lost.load(Ordering::SeqCst) {
-            (
-                Outcome::Lost,
-                "the session's leases were lost; it was killed so it cannot overlap a re-run"
-                    .to_owned(),
-            )
-        } else {
-            (
-                Outcome::Interrupted,
-                "the worker shut down before the session ended".to_owned(),
-            )
-        }
-    };
-    let command = run_command(&spec, &stop);
-    // The command's own errors are the worker's: its log, its leader.
-    let faulted = |e: Error, exit_code| match (e, &*lost) {
-        (_, cause)
-            if cause.cancelled.load(Ordering::SeqCst) || cause.lost.load(Ordering::SeqCst) =>
-        {
-            let (outcome, reason) = stopped_outcome(cause);
-            (outcome, exit_code, Some(reason), vec![])
-        }
-        (e, _) => {
-            let (outcome, reason) = crate::fault::worker_fault(&shared.health, &e.to_string());
-            (outcome, exit_code, Some(reason), vec![])
-        }
-    };
-    let result = match command.await {
-        Err(e) => faulted(e, None),
-        Ok((Ending::Exited(0), _)) => match run_gates(&order.gates, &spec, &stop).await {
-            Err(e) => faulted(e, Some(0)),
-            Ok(verdict) if verdict.stopped => {
-                let (outcome, reason) = stopped_outcome(&lost);
-                (outcome, Some(0), Some(reason), verdict.reports)
-            }
-            Ok(verdict) => match verdict.escalation {
-                Some(reason) => (Outcome::Failed, Some(0), Some(reason), verdict.reports),
-                None => match missing_output(order).await {
-                    Some(reason) => (Outcome::Failed, Some(0), Some(reason), verdict.reports),
-                    None => (Outcome::Succeeded, Some(0), None, verdict.reports),
-                },
-            },
-        },
-        // The leader gave up on a worker that stalled past its lease (a
-        // SIGSTOP, a VM pause): the unit already re-runs elsewhere.
-        Ok((Ending::Abandoned, _)) => (
-            Outcome::Lost,
-            None,
-            Some(
-                "lost: the worker stalled past its lease and the session leader killed the session"
-                    .to_owned(),
-            ),
-            vec![],
-        ),
-        Ok((Ending::Exited(code), _)) => (
-            Outcome::Failed,
-            Some(code),
-            Some(format!("the command exited with status {code}")),
-            vec![],
-        ),
-        Ok((Ending::TimedOut, _)) => (
-            Outcome::TimedOut,
-            None,
-            Some(format!(
-                "the deadline of {} passed; the session was killed",
-                humantime::format_duration(spec.timeout)
-            )),
-            vec![],
-        ),
-        Ok((Ending::Stopped, _)) => {
-            let (outcome, reason) = stopped_outcome(&lost);
-            (outcome, None, Some(reason), vec![])
-        }
-    };
-    session_over.cancel();
-    let _ = heartbeat.await;
-    let (outcome, exit_code, reason, gates) = result;
-    (
-        outcome,
-        exit_code,
-        started.elapsed(),
-        reason,
-        log_path,
-        gates,
-    )
-}
-
-/// Names the first declared output that the session did not produce.
-async fn missing_output(order: &WorkOrder) -> Option<String> {
-    for output in &order.outputs {
-        let path = std::path::Path::new(&order.workdir).join(output);
-        if tokio::fs::metadata(&path).await.is_err() {
-            return Some(format!("declared output '{output}' is missing"));
-        }
-    }
-    None
-}
-
-/// Renews the leases every third of their TTL, and at once when a control
-/// notice concerns them; when they are lost (taken over, reaped, or Redis
-/// unreachable for longer than the TTL), marks the session lost and stops
-/// it, so it cannot overlap a re-run.
-#[allow(clippy::too_many_arguments)]
-async fn heartbeat(
-    leases: LeaseClient,
-    batch_id: String,
-    session_id: String,
-    fence: u64,
-    ttl: Duration,
-    stop: Stop,
-    cause: Arc<StopCause>,
-    done: CancellationToken,
-    renewed: tokio::sync::watch::Sender<u64>,
-    first_after: Duration,
-    mut notices: crate::control::Listener,
-) {
-    let period = ttl / 3;
-    let mut last_renewal = Instant::now();
-    let mut wait = first_after;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = done.cancelled() => return,
-            _ = notices.concerning(&batch_id, &session_id) => {}
-        }
-        wait = period;
-        match tokio::time::timeout(period, leases.renew(&batch_id, &session_id, fence, ttl)).await {
-            Ok(Ok(Renewal::Renewed)) => {
-                last_renewal = Instant::now();
-                renewed.send_modify(|n| *n += 1);
-            }
-            Ok(Ok(Renewal::Cancelled)) => {
-                // The lease was extended: it holds while the session dies.
-                last_renewal = Instant::now();
-                renewed.send_modify(|n| *n += 1);
-                if !cause.cancelled.swap(true, Ordering::SeqCst) {
-                    tracing::info!(session = %session_id, "batch cancelled: stopping the session");
-                    stop.gently.cancel();
-                }
-            }
-            Ok(Ok(Renewal::Released)) => {
-                // Only after the result is sent; a session still running
-                // has no business without its leases either.
-                tracing::debug!(session = %session_id, "leases released: renewals stop");
-                cause.lost.store(true, Ordering::SeqCst);
-                stop.now.cancel();
-                return;
-            }
-            Ok(Ok(Renewal::Lost)) => {
-                tracing::warn!(session = %session_id, "lease lost (expired or taken over): killing the session");
-                cause.lost.store(true, Ordering::SeqCst);
-                stop.now.cancel();
-                return;
-            }
-            Ok(Err(e)) => tracing::warn!(session = %session_id, error = %e, "lease renewal failed"),
-            Err(_) => tracing::warn!(session = %session_id, "lease renewal timed out"),
-        }
-        // Leave a margin of one period: kill before anyone else can reap.
-        if last_renewal.elapsed() + period >= ttl {
-            tracing::warn!(session = %session_id, "leases could not be renewed within their TTL: killing the session");
-            cause.lost.store(true, Ordering::SeqCst);
-            stop.now.cancel();
-            return;
-        }
-    }
-}
-
-/// Why the heartbeat stopped a session.
-#[derive(Default)]
-struct StopCause {
-    lost: AtomicBool,
-    cancelled: AtomicBool,
 }

@@ -1,7 +1,8 @@
 //! The worker's side of leases: acquire all at once, renew, release.
 //!
 //! The atomic logic lives in the Lua scripts of [`regatta_proto::scripts`];
-//! this module only chooses the keys and reads the answers.
+//! this module only chooses the keys and reads the answers; its
+//! [`Heartbeat`] keeps a session's leases renewed.
 
 use std::time::Duration;
 
@@ -10,6 +11,10 @@ use redis::Script;
 use regatta_proto::{scripts, Keys, LeaseOwner, WorkOrder};
 
 use crate::Error;
+
+mod heartbeat;
+
+pub use heartbeat::{Beating, Heartbeat, StopCause};
 
 /// The answer to an acquisition.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,29 +1,41 @@
 //! regatta's worker: takes signed work orders, holds leases, runs sessions
 //! and reports what happened.
 //!
-//! The data path of one unit attempt:
+//! [`worker`] connects, starts one slot per session it may run at once, and
+//! on shutdown lets running sessions finish within the grace period. The
+//! path of one unit attempt through a slot:
 //!
-//! 1. [`intake`]: a free slot consumes exactly one delivery from the work
-//!    queue, then stops consuming until the session is over, so that a unit
-//!    never waits in a busy worker's buffer while another worker is idle;
-//! 2. the order is opened ([`regatta_proto::open`]); a bad one goes to the
-//!    dead-letter queue with its reason;
-//! 3. [`lease`]: the slot acquires every lease the unit needs in one Lua
+//! 1. [`intake`], the broker side: a free slot consumes exactly one delivery
+//!    from the work queue, then stops consuming until the session is over,
+//!    so that a unit never waits in a busy worker's buffer while another
+//!    worker is idle (contract 2, docs/contracts.md); the order is opened
+//!    ([`regatta_proto::open`]), and a bad one goes to the dead-letter queue
+//!    with its reason;
+//! 2. [`lease`]: the slot acquires every lease the unit needs in one Lua
 //!    script, then acks the delivery (the claim is in Redis now, so the
-//!    session may outlast RabbitMQ's `consumer_timeout`);
-//! 4. [`session`]: the command runs under a [`leader`] process in its own
-//!    process group, with a deadline, its output captured to a bounded log,
-//!    while a heartbeat renews the leases and kills the session if they are
-//!    lost;
-//! 5. [`gate`]: verification gates run with their repairs;
+//!    session may outlast RabbitMQ's `consumer_timeout`) and hands the
+//!    session over;
+//! 3. [`session`], the lifecycle: a [`lease::Heartbeat`] renews the leases
+//!    and stops the session if they are lost or its batch is cancelled
+//!    (heard at once through [`control`]);
+//! 4. [`command`]: the command runs under a [`leader`] process in its own
+//!    process group and [`cgroup`] ([`containment`]), with a deadline, its
+//!    output captured to a bounded log ([`session_log`]);
+//! 5. [`gate`]: verification gates run with their repairs, then the
+//!    declared outputs are checked;
 //! 6. [`artifact`] and [`evidence`]: outputs, artifacts and the log are
 //!    hashed into the artifact store with the session's evidence pack, still
 //!    under the leases;
 //! 7. [`reporter`]: `started` and `finished` events go back to the
 //!    coordinator, and the leases are released at once.
+//!
+//! When the worker itself is at fault (a disk), [`fault`] hands the unit
+//! back uncounted and [`health`] keeps the worker from taking work until its
+//! disks work again.
 
 pub mod artifact;
 pub mod cgroup;
+pub mod command;
 mod command_span;
 pub mod config;
 pub mod containment;
@@ -39,7 +51,9 @@ pub mod lease;
 mod lease_span;
 pub mod reporter;
 pub mod session;
+pub mod session_log;
+pub mod worker;
 
 pub use config::WorkerConfig;
 pub use error::Error;
-pub use intake::run;
+pub use worker::run;

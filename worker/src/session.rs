@@ -1,331 +1,320 @@
-//! Runs one command of a session: under a [`leader`](crate::leader), in its
-//! own process group (and its own cgroup where the machine allows), with a
-//! deadline, its output captured to a bounded log.
+//! A session along its path, once [`intake`](crate::intake) holds its
+//! leases and acked its order: `started` goes to the coordinator; the
+//! command runs ([`crate::command`]) while a [`Heartbeat`] renews the
+//! leases, then the gates ([`crate::gate`]) and the check of the declared
+//! outputs; the evidence is stored ([`crate::evidence`]) and `finished`
+//! reported, still under the leases, which are released once the broker
+//! holds the result (contract 3, docs/contracts.md).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use regatta_proto::{EventKind, GateReport, Outcome, WorkOrder};
 use tokio_util::sync::CancellationToken;
 
-use crate::containment::Containment;
-use crate::{cgroup, leader, Error};
+use crate::command::{run_command, Beats, CommandSpec, Ending, Stop};
+use crate::gate::run_gates;
+use crate::lease::{Heartbeat, StopCause};
+use crate::session_log::log_tail;
+use crate::worker::Shared;
+use crate::Error;
 
-/// What to run and how.
-#[derive(Debug, Clone)]
-pub struct CommandSpec {
-    /// A shell command line, run with `/bin/sh -c`.
-    pub command: String,
-    pub workdir: PathBuf,
-    pub env: Vec<(String, String)>,
-    pub timeout: Duration,
-    /// The log the command's stdout and stderr are appended to.
+/// How a session ended, before its evidence is stored.
+#[derive(Debug)]
+pub struct SessionResult {
+    pub outcome: Outcome,
+    pub exit_code: Option<i32>,
+    /// Why it did not succeed.
+    pub reason: Option<String>,
+    pub gates: Vec<GateReport>,
+    /// From the session folder's creation to the end of the last gate.
+    pub duration: Duration,
     pub log_path: PathBuf,
-    pub max_log_bytes: u64,
-    /// Between SIGTERM and SIGKILL of the process group.
-    pub grace: Duration,
-    /// The leader, the session's user and its cgroup.
-    pub containment: Containment,
-    /// Lease renewals, forwarded to the session's leader so that it kills
-    /// the session if the worker stalls (see [`leader`]); `None` in tests
-    /// that run a command without leases.
-    pub beats: Option<Beats>,
 }
 
-/// The renewals a leader listens to, and how long it waits for one.
-#[derive(Debug, Clone)]
-pub struct Beats {
-    pub renewals: tokio::sync::watch::Receiver<u64>,
-    pub deadline: Duration,
+/// What the command and gates concluded, before the clock stops.
+struct Conclusion {
+    outcome: Outcome,
+    exit_code: Option<i32>,
+    reason: Option<String>,
+    gates: Vec<GateReport>,
 }
 
-/// How a command ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ending {
-    /// It exited by itself with this status (128 + n when killed by signal n).
-    Exited(i32),
-    /// The deadline passed; the group was terminated.
-    TimedOut,
-    /// The caller stopped it (lease lost, cancel, shutdown); the group was terminated.
-    Stopped,
-    /// The session's leader was killed, with its whole group: it gave up on
-    /// a worker that stalled past its lease (or someone killed it).
-    Abandoned,
-}
-
-/// How the caller tells a running command to stop.
-#[derive(Debug, Clone, Default)]
-pub struct Stop {
-    /// SIGTERM to the group, SIGKILL after the grace period: a cancel or a
-    /// shutdown, where the session may clean up while its leases still hold.
-    pub gently: CancellationToken,
-    /// SIGKILL to the group at once: the leases are lost, so a re-run may
-    /// already be starting elsewhere.
-    pub now: CancellationToken,
-}
-
-/// Runs a command to its end, or until its deadline or `stop`.
-///
-/// Whatever happens, no process of the group is left running on return.
-pub async fn run_command(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Duration), Error> {
-    let span = crate::command_span::command_span();
-    let started = Instant::now();
-    let result = tracing::Instrument::instrument(run_contained(spec, stop), span.clone()).await;
-    crate::command_span::describe_ending(&span, &result, spec.timeout, started.elapsed());
-    result
-}
-
-/// [`run_command`] without its span.
-async fn run_contained(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Duration), Error> {
-    let log = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&spec.log_path)
-        .await
-        .map_err(|source| Error::WorkDir {
-            path: spec.log_path.display().to_string(),
-            source,
-        })?;
-    let (reader, writer) = std::io::pipe().map_err(Error::Spawn)?;
-    let writer_err = writer.try_clone().map_err(Error::Spawn)?;
-    let containment = &spec.containment;
-    let mut command = tokio::process::Command::new(&containment.leader_exe);
-    // The worker binary leads through a hidden subcommand; the dedicated
-    // leader binary takes the arguments directly.
-    if containment.leader_exe.file_name() != Some(std::ffi::OsStr::new(leader::BINARY)) {
-        command.arg(leader::SUBCOMMAND);
-    }
-    command
-        .arg(std::process::id().to_string())
-        .arg(
-            spec.beats
-                .as_ref()
-                .map_or(0, |b| b.deadline.as_millis() as u64)
-                .to_string(),
-        )
-        .arg(&spec.command)
-        .args(containment.session_user.map(|user| user.to_arg()))
-        .current_dir(&spec.workdir)
-        // The fleet's secrets and connection URLs stay with the worker: a
-        // session that could read REGATTA_SECRET could sign its own orders.
-        .env_remove("REGATTA_SECRET")
-        .env_remove("REGATTA_API_TOKEN")
-        .env_remove("REGATTA_AMQP_URL")
-        .env_remove("REGATTA_REDIS_URL")
-        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(if spec.beats.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::from(writer))
-        .stderr(Stdio::from(writer_err))
-        .process_group(0)
-        .kill_on_drop(false);
-    // The leader joins the session's cgroup before it runs anything, so
-    // every process of the session is in it.
-    let cgroup = session_cgroup(containment);
-    if let Some(procs) = cgroup.as_ref().map(cgroup::SessionCgroup::procs_fd) {
-        // SAFETY: one `write` between fork and exec (async-signal-safe).
-        unsafe {
-            command.pre_exec(move || cgroup::join(procs));
+impl Conclusion {
+    fn new(outcome: Outcome, exit_code: Option<i32>, reason: Option<String>) -> Self {
+        Conclusion {
+            outcome,
+            exit_code,
+            reason,
+            gates: vec![],
         }
     }
-    let started = Instant::now();
-    let mut child = command.spawn().map_err(Error::Spawn)?;
-    // Forward each renewal to the leader as one byte on its stdin.
-    let forward = match (child.stdin.take(), spec.beats.clone()) {
-        (Some(mut stdin), Some(mut beats)) => Some(tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt;
-            while beats.renewals.changed().await.is_ok() {
-                if stdin.write_all(b".").await.is_err() {
-                    break;
-                }
-            }
-        })),
-        _ => None,
+
+    fn with_gates(self, gates: Vec<GateReport>) -> Self {
+        Conclusion { gates, ..self }
+    }
+}
+
+/// Runs a claimed session to its reported end: `started`, the command and
+/// gates, the evidence, `finished`, and the release of its leases.
+/// `claimed` is when intake began to claim its leases.
+pub(crate) async fn run(shared: &Shared, order: &WorkOrder, fence: u64, claimed: Instant) {
+    let config = &shared.config;
+    let started = EventKind::Started {
+        lease_wait_ms: claimed.elapsed().as_millis() as u64,
     };
-    // Our copies of the pipe's write end went into the child; once every
-    // process of the session closes it, the capture sees end of file.
-    drop(command);
-    let capture = tokio::spawn(capture(reader, log, spec.max_log_bytes));
-    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    let _ = shared.report(order, fence, started).await;
 
-    let ending = tokio::select! {
-        biased;
-        _ = stop.now.cancelled() => {
-            kill_group(pgid, &mut child).await;
-            Ending::Stopped
-        }
-        status = child.wait() => {
-            use std::os::unix::process::ExitStatusExt;
-            match status {
-                // The leader reports its command's status with an exit code;
-                // only the leader's own death is a signal.
-                Ok(status) if status.signal() == Some(Signal::SIGKILL as i32) => Ending::Abandoned,
-                other => Ending::Exited(exit_code(other.ok())),
+    let started_at = chrono::Utc::now();
+    let result = run_under_heartbeat(shared, order, fence).await;
+    let ended_at = chrono::Utc::now();
+    let log_tail = log_tail(&result.log_path, 20).await;
+    // Evidence is stored and the result reported still under the leases.
+    let renewal = Heartbeat::for_result(
+        shared.leases.clone(),
+        order,
+        fence,
+        config.lease_ttl,
+        shared.notices.listen(),
+    )
+    .start();
+    let trace = regatta_telemetry::TraceRef::current();
+    let session_end = crate::evidence::SessionEnd {
+        order,
+        worker: &config.name,
+        started_at,
+        ended_at,
+        outcome: result.outcome,
+        exit_code: result.exit_code,
+        reason: result.reason.as_deref(),
+        gates: &result.gates,
+        log_path: &result.log_path,
+        trace_id: trace.as_ref().map(|t| t.trace_id.as_str()),
+    };
+    let store = crate::artifact::ArtifactStore::new(&config.artifact_store);
+    let stored = crate::evidence::record_session(&store, &session_end).await;
+    let (outcome, reason, evidence) =
+        crate::fault::after_evidence(&shared.health, result.outcome, result.reason, stored);
+    tracing::info!(
+        ?outcome,
+        exit_code = result.exit_code,
+        reason = reason.as_deref().unwrap_or(""),
+        "session finished"
+    );
+    regatta_telemetry::status::session_ended(&tracing::Span::current(), outcome, reason.as_deref());
+    let finished = EventKind::Finished {
+        outcome,
+        exit_code: result.exit_code,
+        duration_ms: result.duration.as_millis() as u64,
+        reason,
+        log_tail,
+        log_path: result.log_path.display().to_string(),
+        gates: result.gates,
+        evidence,
+    };
+    // The leases stay renewed until the broker holds the result: a worker
+    // that dies before then leaves leases that expire, so the reaper re-runs
+    // the unit; released first, the unit would stay `running` for good.
+    let reported = shared.report(order, fence, finished).await;
+    renewal.stop().await;
+    match reported {
+        Ok(()) => {
+            // The coordinator releases them too when it applies the result.
+            if let Err(e) = shared.leases.release(&order.session_id, fence).await {
+                tracing::warn!(error = %e, "releasing leases failed; they expire with their TTL");
             }
         }
-        _ = tokio::time::sleep(spec.timeout) => {
-            terminate_group(pgid, &mut child, spec.grace, &stop.now).await;
-            Ending::TimedOut
-        }
-        _ = stop.gently.cancelled() => {
-            terminate_group(pgid, &mut child, spec.grace, &stop.now).await;
-            Ending::Stopped
-        }
-    };
-    // A command may exit while its background children still run: they
-    // belong to the session and die with it. The leader killed those it
-    // could see; the cgroup holds even those of a leader killed first.
-    if let Some(pgid) = pgid {
-        let _ = killpg(pgid, Signal::SIGKILL);
-    }
-    if let Some(cgroup) = cgroup {
-        cgroup.kill_and_remove(Duration::from_secs(5)).await;
-    }
-    if let Some(forward) = forward {
-        forward.abort();
-    }
-    if let Ok(Ok(Err(source))) = tokio::time::timeout(Duration::from_secs(5), capture).await {
-        return Err(Error::SessionLog {
-            path: spec.log_path.display().to_string(),
-            source,
-        });
-    }
-    Ok((ending, started.elapsed()))
-}
-
-fn exit_code(status: Option<std::process::ExitStatus>) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    match status {
-        Some(status) => status
-            .code()
-            .or_else(|| status.signal().map(|s| 128 + s))
-            .unwrap_or(-1),
-        None => -1,
-    }
-}
-
-/// SIGTERM to the whole group, then SIGKILL after the grace period, or at
-/// once if `now` fires meanwhile.
-async fn terminate_group(
-    pgid: Option<Pid>,
-    child: &mut tokio::process::Child,
-    grace: Duration,
-    now: &CancellationToken,
-) {
-    let Some(pgid) = pgid else { return };
-    let _ = killpg(pgid, Signal::SIGTERM);
-    tokio::select! {
-        _ = child.wait() => return,
-        _ = tokio::time::sleep(grace) => {}
-        _ = now.cancelled() => {}
-    }
-    kill_group(Some(pgid), child).await;
-}
-
-/// Kills the whole session without a grace period: the leader first hears
-/// SIGHUP, as if the worker died, and kills every process of the session,
-/// those that left its group too; SIGKILL to the group follows, for a
-/// leader that does not answer within a second.
-async fn kill_group(pgid: Option<Pid>, child: &mut tokio::process::Child) {
-    if let Some(pgid) = pgid {
-        let _ = nix::sys::signal::kill(pgid, Signal::SIGHUP);
-        let _ = tokio::time::timeout(Duration::from_secs(1), child.wait()).await;
-        let _ = killpg(pgid, Signal::SIGKILL);
-    }
-    let _ = child.wait().await;
-}
-
-/// A new cgroup for the session, when the worker has cgroups; a session
-/// whose cgroup cannot be made runs without one (its leader still kills
-/// what its command leaves), with a warning.
-fn session_cgroup(containment: &Containment) -> Option<cgroup::SessionCgroup> {
-    let parent = containment.cgroups.as_ref()?;
-    match parent.create() {
-        Ok(cgroup) => Some(cgroup),
         Err(e) => {
-            tracing::warn!(parent = %parent.dir().display(), "cannot make the session's cgroup ({e}); its leader alone will kill what it leaves");
-            None
+            tracing::error!(error = %e, "cannot report the session's end; its leases expire and the coordinator re-runs the unit");
         }
     }
 }
 
-/// Copies the session's output into its log, keeping at most `limit` bytes
-/// and noting where output was dropped. When the log cannot be written (a
-/// full disk), the pipe is still drained to its end, so the session is not
-/// killed by SIGPIPE for the worker's fault; the first write error is
-/// returned, and noted in the log if there is room left for it.
-async fn capture(
-    reader: std::io::PipeReader,
-    mut log: tokio::fs::File,
-    limit: u64,
-) -> Result<(), std::io::Error> {
-    let fd = std::os::fd::OwnedFd::from(reader);
-    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)?;
-    let mut written = log.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let mut truncated = false;
-    let mut failed: Option<std::io::Error> = None;
-    let mut buffer = vec![0u8; 16 * 1024];
-    loop {
-        let n = match pipe.read(&mut buffer).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if failed.is_some() {
-            continue;
+/// Runs the session's command and gates while a heartbeat renews its leases.
+async fn run_under_heartbeat(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionResult {
+    let config = &shared.config;
+    let started = Instant::now();
+    let session_dir = config
+        .work_dir
+        .join(&order.batch_id)
+        .join(&order.unit_id)
+        .join(&order.session_id);
+    let artifact_dir = session_dir.join("artifacts");
+    let log_path = session_dir.join("session.log");
+    let conclusion = match tokio::fs::create_dir_all(&artifact_dir).await {
+        Err(e) => {
+            let what = format!(
+                "cannot create the session folder {}: {e}",
+                session_dir.display()
+            );
+            let (outcome, reason) = crate::fault::worker_fault(&shared.health, &what);
+            Conclusion::new(outcome, None, Some(reason))
         }
-        if written >= limit {
-            if !truncated {
-                let _ = log
-                    .write_all(b"\n[regatta: log limit reached, further output dropped]\n")
-                    .await;
-                truncated = true;
-            }
-            continue;
+        Ok(()) => {
+            let stop = Stop {
+                gently: shared.kill_sessions.child_token(),
+                now: CancellationToken::new(),
+            };
+            // The heartbeat renews until the session is over, also while it
+            // is being killed, so its slots are never handed on while it
+            // still runs.
+            let (heartbeat, renewals) = Heartbeat::for_session(
+                shared.leases.clone(),
+                order,
+                fence,
+                config.lease_ttl,
+                shared.notices.listen(),
+                stop.clone(),
+            );
+            let heartbeat = heartbeat.start();
+            let spec = CommandSpec {
+                command: order.run.clone(),
+                workdir: order.workdir.clone().into(),
+                env: session_env(order, fence, &artifact_dir),
+                timeout: Duration::from_millis(order.timeout_ms),
+                log_path: log_path.clone(),
+                max_log_bytes: config.max_log_bytes,
+                grace: config.grace.min(Duration::from_secs(30)),
+                containment: config.containment.clone(),
+                // Two renewal periods: the leader kills a stalled worker's
+                // session before its lease can expire and the unit re-run
+                // elsewhere.
+                beats: Some(Beats {
+                    renewals,
+                    deadline: config.lease_ttl * 2 / 3,
+                }),
+            };
+            let conclusion = run_steps(shared, order, &spec, &stop, heartbeat.cause()).await;
+            heartbeat.stop().await;
+            conclusion
         }
-        let keep = (n as u64).min(limit - written) as usize;
-        match log.write_all(&buffer[..keep]).await {
-            Ok(()) => written += keep as u64,
-            Err(e) => failed = Some(e),
-        }
-    }
-    let flushed = log.flush().await;
-    match failed {
-        Some(e) => {
-            let _ = log
-                .write_all(
-                    format!(
-                        "\n[regatta: the log could not be written ({e}); output was dropped]\n"
-                    )
-                    .as_bytes(),
-                )
-                .await;
-            let _ = log.flush().await;
-            Err(e)
-        }
-        None => flushed,
-    }
-}
-
-/// The last `lines` lines of a log, read from its end.
-pub async fn log_tail(path: &Path, lines: usize) -> String {
-    const WINDOW: u64 = 8 * 1024;
-    let Ok(mut file) = tokio::fs::File::open(path).await else {
-        return String::new();
     };
-    let len = file.metadata().await.map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(WINDOW);
-    if file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
-        return String::new();
+    SessionResult {
+        outcome: conclusion.outcome,
+        exit_code: conclusion.exit_code,
+        reason: conclusion.reason,
+        gates: conclusion.gates,
+        duration: started.elapsed(),
+        log_path,
     }
-    let mut bytes = Vec::new();
-    let _ = file.read_to_end(&mut bytes).await;
-    let text = String::from_utf8_lossy(&bytes);
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Runs the command, then its gates and the check of its outputs if it
+/// exited 0; `cause` says why the heartbeat stopped it, if it did.
+async fn run_steps(
+    shared: &Shared,
+    order: &WorkOrder,
+    spec: &CommandSpec,
+    stop: &Stop,
+    cause: &StopCause,
+) -> Conclusion {
+    // The command's own errors are the worker's: its log, its leader.
+    let faulted = |e: Error, exit_code| {
+        if cause.cancelled() || cause.lost() {
+            stopped(cause, exit_code)
+        } else {
+            let (outcome, reason) = crate::fault::worker_fault(&shared.health, &e.to_string());
+            Conclusion::new(outcome, exit_code, Some(reason))
+        }
+    };
+    match run_command(spec, stop).await {
+        Err(e) => faulted(e, None),
+        Ok((Ending::Exited(0), _)) => match run_gates(&order.gates, spec, stop).await {
+            Err(e) => faulted(e, Some(0)),
+            Ok(verdict) if verdict.stopped => stopped(cause, Some(0)).with_gates(verdict.reports),
+            Ok(verdict) => {
+                let reason = match verdict.escalation {
+                    Some(reason) => Some(reason),
+                    None => missing_output(order).await,
+                };
+                let outcome = match reason {
+                    Some(_) => Outcome::Failed,
+                    None => Outcome::Succeeded,
+                };
+                Conclusion::new(outcome, Some(0), reason).with_gates(verdict.reports)
+            }
+        },
+        // The leader gave up on a worker that stalled past its lease (a
+        // SIGSTOP, a VM pause): the unit already re-runs elsewhere.
+        Ok((Ending::Abandoned, _)) => Conclusion::new(
+            Outcome::Lost,
+            None,
+            Some(
+                "lost: the worker stalled past its lease and the session leader killed the session"
+                    .to_owned(),
+            ),
+        ),
+        Ok((Ending::Exited(code), _)) => Conclusion::new(
+            Outcome::Failed,
+            Some(code),
+            Some(format!("the command exited with status {code}")),
+        ),
+        Ok((Ending::TimedOut, _)) => Conclusion::new(
+            Outcome::TimedOut,
+            None,
+            Some(format!(
+                "the deadline of {} passed; the session was killed",
+                humantime::format_duration(spec.timeout)
+            )),
+        ),
+        Ok((Ending::Stopped, _)) => stopped(cause, None),
+    }
+}
+
+/// A session that was stopped: cancelled, lost, or interrupted by the
+/// worker's shutdown.
+fn stopped(cause: &StopCause, exit_code: Option<i32>) -> Conclusion {
+    let (outcome, reason) = if cause.cancelled() {
+        (
+            Outcome::Cancelled,
+            "the batch was cancelled; the session was killed",
+        )
+    } else if cause.lost() {
+        (
+            Outcome::Lost,
+            "the session's leases were lost; it was killed so it cannot overlap a re-run",
+        )
+    } else {
+        (
+            Outcome::Interrupted,
+            "the worker shut down before the session ended",
+        )
+    };
+    Conclusion::new(outcome, exit_code, Some(reason.to_owned()))
+}
+
+/// The session's environment: the order's own, then regatta's variables.
+fn session_env(order: &WorkOrder, fence: u64, artifact_dir: &Path) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = order
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.extend([
+        ("REGATTA_BATCH_ID".into(), order.batch_id.clone()),
+        ("REGATTA_UNIT_ID".into(), order.unit_id.clone()),
+        ("REGATTA_TASK".into(), order.task.clone()),
+        ("REGATTA_INPUTS".into(), order.inputs.join("\n")),
+        ("REGATTA_OUTPUTS".into(), order.outputs.join("\n")),
+        ("REGATTA_ATTEMPT".into(), order.attempt.to_string()),
+        ("REGATTA_SESSION_ID".into(), order.session_id.clone()),
+        ("REGATTA_FENCING".into(), fence.to_string()),
+        ("REGATTA_WORKSPACE".into(), order.workdir.clone()),
+        (
+            "REGATTA_ARTIFACT_DIR".into(),
+            artifact_dir.display().to_string(),
+        ),
+    ]);
+    env
+}
+
+/// Names the first declared output that the session did not produce.
+async fn missing_output(order: &WorkOrder) -> Option<String> {
+    for output in &order.outputs {
+        let path = std::path::Path::new(&order.workdir).join(output);
+        if tokio::fs::metadata(&path).await.is_err() {
+            return Some(format!("declared output '{output}' is missing"));
+        }
+    }
+    None
 }

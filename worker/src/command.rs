@@ -1,0 +1,257 @@
+//! Runs one command of a session (its command, a gate's check, a repair):
+//! under a [`leader`], in its own process group (and its own cgroup where
+//! the machine allows), with a deadline, its output captured to the
+//! session's bounded log ([`crate::session_log`]).
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio_util::sync::CancellationToken;
+
+use crate::containment::Containment;
+use crate::session_log::capture;
+use crate::{cgroup, leader, Error};
+
+/// What to run and how.
+#[derive(Debug, Clone)]
+pub struct CommandSpec {
+    /// A shell command line, run with `/bin/sh -c`.
+    pub command: String,
+    pub workdir: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub timeout: Duration,
+    /// The log the command's stdout and stderr are appended to.
+    pub log_path: PathBuf,
+    pub max_log_bytes: u64,
+    /// Between SIGTERM and SIGKILL of the process group.
+    pub grace: Duration,
+    /// The leader, the session's user and its cgroup.
+    pub containment: Containment,
+    /// Lease renewals, forwarded to the session's leader so that it kills
+    /// the session if the worker stalls (see [`leader`]); `None` in tests
+    /// that run a command without leases.
+    pub beats: Option<Beats>,
+}
+
+/// The renewals a leader listens to, and how long it waits for one.
+#[derive(Debug, Clone)]
+pub struct Beats {
+    pub renewals: tokio::sync::watch::Receiver<u64>,
+    pub deadline: Duration,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// It exited by itself with this status (128 + n when killed by signal n).
+    Exited(i32),
+    /// The deadline passed; the group was terminated.
+    TimedOut,
+    /// The caller stopped it (lease lost, cancel, shutdown); the group was terminated.
+    Stopped,
+    /// The session's leader was killed, with its whole group: it gave up on
+    /// a worker that stalled past its lease (or someone killed it).
+    Abandoned,
+}
+
+/// How the caller tells a running command to stop.
+#[derive(Debug, Clone, Default)]
+pub struct Stop {
+    /// SIGTERM to the group, SIGKILL after the grace period: a cancel or a
+    /// shutdown, where the session may clean up while its leases still hold.
+    pub gently: CancellationToken,
+    /// SIGKILL to the group at once: the leases are lost, so a re-run may
+    /// already be starting elsewhere.
+    pub now: CancellationToken,
+}
+
+/// Runs a command to its end, or until its deadline or `stop`.
+///
+/// Whatever happens, no process of the group is left running on return.
+pub async fn run_command(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Duration), Error> {
+    let span = crate::command_span::command_span();
+    let started = Instant::now();
+    let result = tracing::Instrument::instrument(run_contained(spec, stop), span.clone()).await;
+    crate::command_span::describe_ending(&span, &result, spec.timeout, started.elapsed());
+    result
+}
+
+/// [`run_command`] without its span.
+async fn run_contained(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Duration), Error> {
+    let log = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log_path)
+        .await
+        .map_err(|source| Error::WorkDir {
+            path: spec.log_path.display().to_string(),
+            source,
+        })?;
+    let (reader, writer) = std::io::pipe().map_err(Error::Spawn)?;
+    let writer_err = writer.try_clone().map_err(Error::Spawn)?;
+    let containment = &spec.containment;
+    let mut command = tokio::process::Command::new(&containment.leader_exe);
+    // The worker binary leads through a hidden subcommand; the dedicated
+    // leader binary takes the arguments directly.
+    if containment.leader_exe.file_name() != Some(std::ffi::OsStr::new(leader::BINARY)) {
+        command.arg(leader::SUBCOMMAND);
+    }
+    command
+        .arg(std::process::id().to_string())
+        .arg(
+            spec.beats
+                .as_ref()
+                .map_or(0, |b| b.deadline.as_millis() as u64)
+                .to_string(),
+        )
+        .arg(&spec.command)
+        .args(containment.session_user.map(|user| user.to_arg()))
+        .current_dir(&spec.workdir)
+        // The fleet's secrets and connection URLs stay with the worker: a
+        // session that could read REGATTA_SECRET could sign its own orders.
+        .env_remove("REGATTA_SECRET")
+        .env_remove("REGATTA_API_TOKEN")
+        .env_remove("REGATTA_AMQP_URL")
+        .env_remove("REGATTA_REDIS_URL")
+        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(if spec.beats.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::from(writer_err))
+        .process_group(0)
+        .kill_on_drop(false);
+    // The leader joins the session's cgroup before it runs anything, so
+    // every process of the session is in it.
+    let cgroup = session_cgroup(containment);
+    if let Some(procs) = cgroup.as_ref().map(cgroup::SessionCgroup::procs_fd) {
+        // SAFETY: one `write` between fork and exec (async-signal-safe).
+        unsafe {
+            command.pre_exec(move || cgroup::join(procs));
+        }
+    }
+    let started = Instant::now();
+    let mut child = command.spawn().map_err(Error::Spawn)?;
+    // Forward each renewal to the leader as one byte on its stdin.
+    let forward = match (child.stdin.take(), spec.beats.clone()) {
+        (Some(mut stdin), Some(mut beats)) => Some(tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while beats.renewals.changed().await.is_ok() {
+                if stdin.write_all(b".").await.is_err() {
+                    break;
+                }
+            }
+        })),
+        _ => None,
+    };
+    // Our copies of the pipe's write end went into the child; once every
+    // process of the session closes it, the capture sees end of file.
+    drop(command);
+    let capture = tokio::spawn(capture(reader, log, spec.max_log_bytes));
+    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+
+    let ending = tokio::select! {
+        biased;
+        _ = stop.now.cancelled() => {
+            kill_group(pgid, &mut child).await;
+            Ending::Stopped
+        }
+        status = child.wait() => {
+            use std::os::unix::process::ExitStatusExt;
+            match status {
+                // The leader reports its command's status with an exit code;
+                // only the leader's own death is a signal.
+                Ok(status) if status.signal() == Some(Signal::SIGKILL as i32) => Ending::Abandoned,
+                other => Ending::Exited(exit_code(other.ok())),
+            }
+        }
+        _ = tokio::time::sleep(spec.timeout) => {
+            terminate_group(pgid, &mut child, spec.grace, &stop.now).await;
+            Ending::TimedOut
+        }
+        _ = stop.gently.cancelled() => {
+            terminate_group(pgid, &mut child, spec.grace, &stop.now).await;
+            Ending::Stopped
+        }
+    };
+    // A command may exit while its background children still run: they
+    // belong to the session and die with it. The leader killed those it
+    // could see; the cgroup holds even those of a leader killed first.
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    if let Some(cgroup) = cgroup {
+        cgroup.kill_and_remove(Duration::from_secs(5)).await;
+    }
+    if let Some(forward) = forward {
+        forward.abort();
+    }
+    if let Ok(Ok(Err(source))) = tokio::time::timeout(Duration::from_secs(5), capture).await {
+        return Err(Error::SessionLog {
+            path: spec.log_path.display().to_string(),
+            source,
+        });
+    }
+    Ok((ending, started.elapsed()))
+}
+
+fn exit_code(status: Option<std::process::ExitStatus>) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match status {
+        Some(status) => status
+            .code()
+            .or_else(|| status.signal().map(|s| 128 + s))
+            .unwrap_or(-1),
+        None => -1,
+    }
+}
+
+/// SIGTERM to the whole group, then SIGKILL after the grace period, or at
+/// once if `now` fires meanwhile.
+async fn terminate_group(
+    pgid: Option<Pid>,
+    child: &mut tokio::process::Child,
+    grace: Duration,
+    now: &CancellationToken,
+) {
+    let Some(pgid) = pgid else { return };
+    let _ = killpg(pgid, Signal::SIGTERM);
+    tokio::select! {
+        _ = child.wait() => return,
+        _ = tokio::time::sleep(grace) => {}
+        _ = now.cancelled() => {}
+    }
+    kill_group(Some(pgid), child).await;
+}
+
+/// Kills the whole session without a grace period: the leader first hears
+/// SIGHUP, as if the worker died, and kills every process of the session,
+/// those that left its group too; SIGKILL to the group follows, for a
+/// leader that does not answer within a second.
+async fn kill_group(pgid: Option<Pid>, child: &mut tokio::process::Child) {
+    if let Some(pgid) = pgid {
+        let _ = nix::sys::signal::kill(pgid, Signal::SIGHUP);
+        let _ = tokio::time::timeout(Duration::from_secs(1), child.wait()).await;
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    let _ = child.wait().await;
+}
+
+/// A new cgroup for the session, when the worker has cgroups; a session
+/// whose cgroup cannot be made runs without one (its leader still kills
+/// what its command leaves), with a warning.
+fn session_cgroup(containment: &Containment) -> Option<cgroup::SessionCgroup> {
+    let parent = containment.cgroups.as_ref()?;
+    match parent.create() {
+        Ok(cgroup) => Some(cgroup),
+        Err(e) => {
+            tracing::warn!(parent = %parent.dir().display(), "cannot make the session's cgroup ({e}); its leader alone will kill what it leaves");
+            None
+        }
+    }
+}
