@@ -529,7 +529,7 @@ impl Batch {
                 }
             }
         }
-        self.settle();
+        self.update_batch_state();
         effects
     }
 
@@ -569,7 +569,7 @@ impl Batch {
 
     /// Ends the calibration when its units are done, and the batch when
     /// nothing can move any more.
-    fn settle(&mut self) {
+    fn update_batch_state(&mut self) {
         if self.state.is_terminal() {
             return;
         }

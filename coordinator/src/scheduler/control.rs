@@ -87,7 +87,7 @@ impl Batch {
             BatchState::Calibrating | BatchState::AwaitingApproval
         ) {
             self.state = BatchState::Running;
-            self.settle();
+            self.update_batch_state();
             true
         } else {
             false
@@ -166,7 +166,7 @@ impl Batch {
         if self.state.is_terminal() {
             self.state = BatchState::Running;
         }
-        self.settle();
+        self.update_batch_state();
         Ok(effects)
     }
 
