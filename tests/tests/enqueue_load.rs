@@ -1,0 +1,135 @@
+//! A huge enqueue does not stall the coordinator: while it validates,
+//! builds and stores a batch of hundreds of thousands of units, its API
+//! keeps answering and its namespace lock keeps being renewed (a lock that
+//! lapsed would let a standby take over mid-enqueue).
+
+use std::time::{Duration, Instant};
+
+use regatta_coordinator::api::EnqueueRequest;
+use regatta_coordinator::manifest::Manifest;
+use regatta_tests::stall::Watch;
+use regatta_tests::Fleet;
+
+/// Units of the batch: enough that the enqueue takes seconds in a debug
+/// build, few enough that the test stays under a minute.
+const UNITS: usize = 200_000;
+
+/// Units per dependency layer: each depends on up to three units of the
+/// layer before.
+const WIDTH: usize = 10_000;
+
+/// Shared resources; every third unit uses one.
+const RESOURCES: usize = 8;
+
+/// A manifest of `UNITS` units in layers of `WIDTH`, shaped like a real
+/// migration's (a task, an output, a resource, a fan-in), as JSON.
+fn layered_manifest() -> String {
+    let mut units = Vec::with_capacity(UNITS);
+    for i in 0..UNITS {
+        let mut unit = format!(
+            r#"{{"id":"u{i:06}","task":"migrate package {i}","outputs":["out/u{i:06}.sql"]"#
+        );
+        if i >= WIDTH {
+            let layer = i - i % WIDTH - WIDTH;
+            let deps: Vec<String> = (0..1 + i % 3)
+                .map(|k| format!(r#""u{:06}""#, layer + (i * 7 + k * 13) % WIDTH))
+                .collect();
+            unit.push_str(&format!(r#","depends_on":[{}]"#, deps.join(",")));
+        }
+        if i % 3 == 0 {
+            unit.push_str(&format!(r#","uses":["db-{}"]"#, i % RESOURCES));
+        }
+        unit.push('}');
+        units.push(unit);
+    }
+    let resources: Vec<String> = (0..RESOURCES)
+        .map(|r| format!(r#""db-{r}":{}"#, 5 + r))
+        .collect();
+    format!(
+        r#"{{"batch":"load","concurrency":100,"timeout":"10m","resources":{{{}}},"playbook":{{"name":"noop","run":"true","gates":[{{"name":"build","run":"true"}}]}},"units":[{}]}}"#,
+        resources.join(","),
+        units.join(",")
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_huge_enqueue_keeps_the_api_answering_and_the_lock_renewed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest =
+        Manifest::parse(&layered_manifest(), "load.json", dir.path()).expect("valid manifest");
+    // Serialised before the watch starts: the test's own threads stay free.
+    let body = serde_json::to_vec(&EnqueueRequest { manifest }).expect("request body");
+    // A short lock TTL (renewed every second): a renewal late by 2 s or
+    // more shows as a lapse.
+    let env = [
+        ("REGATTA_LOCK_TTL", "3s"),
+        ("REGATTA_MAX_MANIFEST_BYTES", "1000000000"),
+    ];
+    let mut fleet = Fleet::start_with_env("enqueue-load", 0, 1, "30s", &env).await;
+    let lock_key = regatta_proto::Keys::new(&fleet.namespace)
+        .expect("keys")
+        .coordinator();
+    let mut redis = regatta_tests::redis().await;
+    let holder: Option<String> = redis::cmd("GET")
+        .arg(&lock_key)
+        .query_async(&mut redis)
+        .await
+        .expect("read the lock");
+
+    let watch = Watch::coordinator(&fleet).await;
+    let started = Instant::now();
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/batches", fleet.api))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("enqueue request");
+    let enqueued = started.elapsed();
+    let status = answer.status();
+    let text = answer.text().await.unwrap_or_default();
+    // A stall right after the answer (the batch's first dispatch) counts too.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stall = watch.stop().await;
+    eprintln!(
+        "{UNITS} units enqueued in {:.2} s (HTTP {status}); worst /healthz {} ms over {} polls \
+         ({} failed); lowest lock PTTL {} ms over {} reads; slowest Redis answer {} ms",
+        enqueued.as_secs_f64(),
+        stall.worst_healthz.as_millis(),
+        stall.healthz_samples,
+        stall.healthz_failures,
+        stall.min_lock_pttl_ms,
+        stall.lock_samples,
+        stall.worst_redis.as_millis(),
+    );
+
+    assert!(status.is_success(), "enqueue refused: {status} {text}");
+    assert!(
+        fleet.coordinator_exit().is_none(),
+        "the coordinator stopped during the enqueue"
+    );
+    assert!(
+        stall.lock_samples > 0 && !stall.lock_lapsed(),
+        "the coordinator lock lapsed during the enqueue: {stall:?}"
+    );
+    let after: Option<String> = redis::cmd("GET")
+        .arg(&lock_key)
+        .query_async(&mut redis)
+        .await
+        .expect("read the lock");
+    assert_eq!(after, holder, "the same coordinator holds the lock");
+    assert!(
+        stall.healthz_samples > 0 && stall.healthz_failures == 0,
+        "/healthz failed during the enqueue: {stall:?}"
+    );
+    assert!(
+        stall.worst_healthz < Duration::from_secs(3),
+        "/healthz took {:?} to answer during the enqueue",
+        stall.worst_healthz
+    );
+    let batch: serde_json::Value = serde_json::from_str(&text).expect("enqueue answer");
+    let id = batch["batch_id"].as_str().expect("batch id");
+    let summary = fleet.client().batch(id).await.expect("batch summary");
+    assert_eq!(summary.total, UNITS, "{summary:?}");
+    fleet.stop().await;
+}
