@@ -35,6 +35,7 @@ use crate::store::{Store, Write};
 use crate::Error;
 
 mod publisher;
+mod record;
 mod recovery;
 mod view;
 mod workers;
@@ -162,18 +163,16 @@ impl Service {
         let Prepared {
             batch_id,
             batch,
-            manifest_json,
+            mut fields,
             manifest_sha256,
         } = prepared;
+        fields.push(("created_ms".into(), now.to_string()));
         // Stored first, and checked: a record Redis refuses (over its bulk
         // limit, say) fails this request and leaves nothing half-stored.
         let record = vec![
             Write::Hash {
                 key: self.config.keys.batch(&batch_id),
-                fields: vec![
-                    ("manifest".into(), manifest_json),
-                    ("created_ms".into(), now.to_string()),
-                ],
+                fields,
             },
             Write::IndexBatch {
                 batch_id: batch_id.clone(),
@@ -819,8 +818,8 @@ impl Observation {
 struct Prepared {
     batch_id: String,
     batch: Batch,
-    /// The manifest as stored in the batch record.
-    manifest_json: String,
+    /// The batch record's fields holding the manifest.
+    fields: Vec<(String, String)>,
     manifest_sha256: String,
 }
 
@@ -829,14 +828,12 @@ impl Prepared {
     fn build(manifest: Manifest, dag: Dag) -> Result<Prepared, Error> {
         let suffix = uuid::Uuid::new_v4().simple().to_string();
         let batch_id = format!("{}-{}", sanitize(&manifest.batch), &suffix[..8]);
-        let manifest_json =
-            serde_json::to_string(&manifest).map_err(|e| Error::Invalid(e.to_string()))?;
-        let manifest_sha256 = manifest.sha256();
+        let (fields, manifest_sha256) = record::manifest_fields(&manifest)?;
         let batch = Batch::new(batch_id.clone(), manifest, dag);
         Ok(Prepared {
             batch_id,
             batch,
-            manifest_json,
+            fields,
             manifest_sha256,
         })
     }

@@ -61,11 +61,15 @@ impl Watch {
         let (stop, stopped) = watch::channel(false);
         let url = format!("{api}/healthz");
         let healthz = tokio::spawn(poll_healthz(url, Stopped(stopped.clone())));
-        let lock = tokio::spawn(poll_pttl(
-            crate::redis().await,
-            lock_key.to_owned(),
-            Stopped(stopped),
-        ));
+        // Never times out, so the slowest answer is Redis's own (the
+        // default connection gives up after 500 ms).
+        let patient = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        let redis = redis::Client::open(crate::redis_url())
+            .expect("Redis URL")
+            .get_multiplexed_async_connection_with_config(&patient)
+            .await
+            .expect("connect to Redis");
+        let lock = tokio::spawn(poll_pttl(redis, lock_key.to_owned(), Stopped(stopped)));
         Watch {
             stop,
             healthz,

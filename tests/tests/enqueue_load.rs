@@ -18,6 +18,9 @@ const UNITS: usize = 200_000;
 /// layer before.
 const WIDTH: usize = 10_000;
 
+/// The largest value the coordinator may store in one piece (1 MiB).
+const MAX_STORED_VALUE: usize = 1 << 20;
+
 /// Shared resources; every third unit uses one.
 const RESOURCES: usize = 8;
 
@@ -131,5 +134,33 @@ async fn a_huge_enqueue_keeps_the_api_answering_and_the_lock_renewed() {
     let id = batch["batch_id"].as_str().expect("batch id");
     let summary = fleet.client().batch(id).await.expect("batch summary");
     assert_eq!(summary.total, UNITS, "{summary:?}");
+
+    // No value of the batch's record is so large that storing it kept
+    // Redis busy: the manifest went in pieces.
+    let record_key = regatta_proto::Keys::new(&fleet.namespace)
+        .expect("keys")
+        .batch(id);
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(&record_key)
+        .query_async(&mut redis)
+        .await
+        .expect("record fields");
+    for field in &fields {
+        let length: usize = redis::cmd("HSTRLEN")
+            .arg(&record_key)
+            .arg(field)
+            .query_async(&mut redis)
+            .await
+            .expect("field length");
+        assert!(
+            length <= MAX_STORED_VALUE,
+            "field {field} of {record_key} holds {length} bytes"
+        );
+    }
+    // And a restarted coordinator reads the same manifest back.
+    fleet.restart_coordinator().await;
+    let restored = fleet.client().batch(id).await.expect("restored batch");
+    assert_eq!(restored.total, UNITS, "{restored:?}");
+    assert_eq!(restored.manifest_sha256, summary.manifest_sha256);
     fleet.stop().await;
 }
