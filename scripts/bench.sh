@@ -2,7 +2,8 @@
 # Runs every benchmark with one command and prints the table:
 #   manifest-scale: validate and plan 100,000 and 1,000,000-unit manifests;
 #   fleet: the broker and Redis ceiling, then throughput, chain (dependency
-#   hop), fan-in and a 100,000-unit enqueue, against the local services.
+#   hop), fan-in and a 1,000,000-unit enqueue (watching /healthz and the
+#   coordinator lock meanwhile), against the local services.
 # Each fleet scenario also writes target/bench/<scenario>.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."

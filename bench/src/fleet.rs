@@ -8,7 +8,8 @@
 //! - `throughput`: 10,000 no-op units, a coordinator and 2 workers;
 //! - `chain`: a chain of 1,000 no-op units: the dependency hop;
 //! - `fan-in`: 5,000 units in 50 layers with fan-in 10 and a resource cap;
-//! - `enqueue`: enqueuing a 100,000-unit batch: time and coordinator memory.
+//! - `enqueue`: enqueuing a 1,000,000-unit batch: time, coordinator memory,
+//!   and whether the API and the coordinator's lock stayed responsive.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -21,8 +22,10 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use regatta_broker as broker;
+use regatta_coordinator::api::EnqueueRequest;
 use regatta_coordinator::manifest::Manifest;
 use regatta_coordinator::scheduler::BatchState;
+use regatta_tests::stall::Watch;
 use regatta_tests::Fleet;
 use serde::Serialize;
 
@@ -427,6 +430,13 @@ async fn fan_in(plan: &FleetPlan) -> anyhow::Result<Figures> {
     })
 }
 
+/// A body cap well over a million-unit manifest (about 120 MB of JSON).
+const ENQUEUE_MAX_BODY: &str = "1000000000";
+
+/// Enqueues one huge batch while watching the coordinator: the enqueue's
+/// time, the coordinator's peak memory, and whether it stayed responsive
+/// (its worst `/healthz` answer, the lowest TTL its namespace lock fell to,
+/// the slowest Redis answer meanwhile).
 async fn enqueue(plan: &FleetPlan) -> anyhow::Result<Figures> {
     let dir = tempfile::tempdir()?;
     let n = plan.enqueue_units;
@@ -444,20 +454,67 @@ async fn enqueue(plan: &FleetPlan) -> anyhow::Result<Figures> {
         Manifest::parse(&text, "generated.json", dir.path()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let validated = started.elapsed().as_secs_f64();
     drop(text);
-    let fleet = Fleet::start("bench-enqueue", 0, 1, "30s").await;
+    // Serialised up front, so that the bench's own threads stay free to
+    // watch the coordinator.
+    let body = serde_json::to_vec(&EnqueueRequest { manifest })?;
+    let body_mb = body.len() as f64 / 1e6;
+    let env = [("REGATTA_MAX_MANIFEST_BYTES", ENQUEUE_MAX_BODY)];
+    let fleet = Fleet::start_with_env("bench-enqueue", 0, 1, "30s", &env).await;
     let pid = fleet.coordinator_pid();
     let before = peak_mb(pid);
+    let watch = Watch::coordinator(&fleet).await;
     let started = Instant::now();
-    let batch = fleet.client().enqueue(&manifest).await?;
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/batches", fleet.api))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
     let enqueued = started.elapsed().as_secs_f64();
+    let status = answer.status();
+    let created: serde_json::Value = answer.json().await.unwrap_or_default();
+    // The batch's first dispatch and stores run on after the answer.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stall = watch.stop().await;
     let peak = peak_mb(pid);
-    fleet.client().control(&batch, "cancel").await?;
+    let batch = created["batch_id"].as_str().map(str::to_owned);
+    // What one status poll of so large a batch costs (`regatta watch` polls).
+    let mut summary_ms = f64::NAN;
+    if let Some(batch) = &batch {
+        let asked = Instant::now();
+        fleet.client().batch(batch).await?;
+        summary_ms = asked.elapsed().as_secs_f64() * 1000.0;
+        fleet.client().control(batch, "cancel").await?;
+    }
     fleet.stop().await;
+    anyhow::ensure!(batch.is_some(), "enqueue refused: {status} {created}");
+    let worst_healthz_ms = stall.worst_healthz.as_secs_f64() * 1000.0;
+    let worst_redis_ms = stall.worst_redis.as_secs_f64() * 1000.0;
+    let lapsed = if stall.lock_lapsed() {
+        "LAPSED"
+    } else {
+        "never lapsed"
+    };
     Ok(Figures {
         scenario: "enqueue".into(),
         summary: format!(
-            "{n} units: validated in {validated:.2} s, enqueued (HTTP, re-validation, DAG, Redis) in {enqueued:.2} s; coordinator peak memory {peak:.0} MB (idle {before:.0} MB)"
+            "{n} units ({body_mb:.0} MB JSON): validated in {validated:.2} s, enqueued (HTTP, re-validation, DAG, Redis) in {enqueued:.2} s; coordinator peak memory {peak:.0} MB (idle {before:.0} MB); worst /healthz {worst_healthz_ms:.0} ms over {} polls ({} failed); lock (TTL 15 s) lowest PTTL {} ms: {lapsed}; slowest Redis answer {worst_redis_ms:.0} ms; one batch summary {summary_ms:.0} ms",
+            stall.healthz_samples, stall.healthz_failures, stall.min_lock_pttl_ms,
         ),
-        values: serde_json::json!({"units": n, "validate_s": validated, "enqueue_s": enqueued, "coordinator_peak_mb": peak, "coordinator_idle_peak_mb": before}),
+        values: serde_json::json!({
+            "units": n,
+            "body_mb": body_mb,
+            "validate_s": validated,
+            "enqueue_s": enqueued,
+            "coordinator_peak_mb": peak,
+            "coordinator_idle_peak_mb": before,
+            "worst_healthz_ms": worst_healthz_ms,
+            "healthz_polls": stall.healthz_samples,
+            "healthz_failures": stall.healthz_failures,
+            "min_lock_pttl_ms": stall.min_lock_pttl_ms,
+            "lock_lapsed": stall.lock_lapsed(),
+            "worst_redis_ms": worst_redis_ms,
+            "batch_summary_ms": summary_ms,
+        }),
     })
 }

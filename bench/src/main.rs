@@ -107,7 +107,7 @@ struct FleetArgs {
     chain_units: usize,
     #[arg(long, default_value_t = 5_000)]
     fan_in_units: usize,
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 1_000_000)]
     enqueue_units: usize,
     /// Slots per worker (two workers run).
     #[arg(long, default_value_t = 16)]

@@ -10,7 +10,7 @@ pub mod session_log;
 
 use std::path::PathBuf;
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -196,12 +196,27 @@ impl IntoResponse for Error {
     }
 }
 
-async fn enqueue(
-    State(state): State<AppState>,
-    Json(request): Json<EnqueueRequest>,
-) -> Result<(StatusCode, Json<EnqueueResponse>), Error> {
-    let batch_id = state.service.enqueue(request.manifest).await?;
-    Ok((StatusCode::CREATED, Json(EnqueueResponse { batch_id })))
+/// Reads the manifest off the async threads: a million-unit body takes
+/// seconds to parse, which would stall every other request and the
+/// renewal of the coordinator's lock. Rejections are [`Json`]'s own.
+async fn enqueue(State(state): State<AppState>, request: Request) -> Response {
+    let parsed = tokio::task::spawn_blocking(move || {
+        // The body middleware already holds the whole body in memory, so
+        // this never waits on the network.
+        futures::executor::block_on(Json::<EnqueueRequest>::from_request(request, &()))
+    })
+    .await;
+    let request = match parsed {
+        Ok(Ok(Json(request))) => request,
+        Ok(Err(rejection)) => return rejection.into_response(),
+        Err(e) => {
+            return Error::Invalid(format!("reading the manifest stopped: {e}")).into_response()
+        }
+    };
+    match state.service.enqueue(request.manifest).await {
+        Ok(batch_id) => (StatusCode::CREATED, Json(EnqueueResponse { batch_id })).into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 async fn list_batches(State(state): State<AppState>) -> Json<Vec<crate::service::BatchSummary>> {

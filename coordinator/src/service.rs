@@ -35,6 +35,7 @@ use crate::store::{Store, Write};
 use crate::Error;
 
 mod publisher;
+mod record;
 mod recovery;
 mod result_span;
 mod view;
@@ -143,32 +144,36 @@ impl Service {
 
     /// Accepts a batch: re-validates the manifest, stores it, and publishes
     /// every unit that can start. Returns the batch id.
+    ///
+    /// Everything that grows with the manifest (validation, the DAG, the
+    /// batch's state, its JSON and hash) is built off the async threads and
+    /// outside the fleet's lock: a million units take seconds, which would
+    /// otherwise stall the API, the event intake and the renewal of the
+    /// coordinator's lock. The new batch then joins the fleet in a short
+    /// critical section.
     pub async fn enqueue(&self, manifest: Manifest) -> Result<String, Error> {
-        // Validation of a big manifest takes a while: off the async threads.
-        let (manifest, dag) = tokio::task::spawn_blocking(move || {
+        let (manifest, dag) = off_runtime(move || {
             manifest.check()?;
             let dag = Dag::build(&manifest)?;
-            Ok::<_, Error>((manifest, dag))
+            Ok((manifest, dag))
         })
-        .await
-        .map_err(|e| Error::Invalid(format!("validation stopped: {e}")))??;
+        .await?;
         self.claim_capacities(&manifest).await?;
-        let suffix = uuid::Uuid::new_v4().simple().to_string();
-        let batch_id = format!("{}-{}", sanitize(&manifest.batch), &suffix[..8]);
         let now = now_ms();
-        let manifest_json =
-            serde_json::to_string(&manifest).map_err(|e| Error::Invalid(e.to_string()))?;
-        let manifest_sha256 = manifest.sha256();
-        let batch = Batch::new(batch_id.clone(), manifest, dag);
+        let prepared = off_runtime(move || Prepared::build(manifest, dag)).await?;
+        let Prepared {
+            batch_id,
+            batch,
+            mut fields,
+            manifest_sha256,
+        } = prepared;
+        fields.push(("created_ms".into(), now.to_string()));
         // Stored first, and checked: a record Redis refuses (over its bulk
         // limit, say) fails this request and leaves nothing half-stored.
         let record = vec![
             Write::Hash {
                 key: self.config.keys.batch(&batch_id),
-                fields: vec![
-                    ("manifest".into(), manifest_json),
-                    ("created_ms".into(), now.to_string()),
-                ],
+                fields,
             },
             Write::IndexBatch {
                 batch_id: batch_id.clone(),
@@ -178,6 +183,8 @@ impl Service {
         if let Err(e) = self.store.store(record).await {
             self.store.write(Write::Forget { batch_id });
             self.store.flushed().await;
+            // Freeing a million units' state takes a while too.
+            tokio::task::spawn_blocking(move || drop(batch));
             return Err(e);
         }
         {
@@ -818,6 +825,41 @@ impl Observation {
             Report::Deferred { .. } => Observation::Other,
         }
     }
+}
+
+/// A checked batch, built outside the fleet's lock, ready to join it.
+struct Prepared {
+    batch_id: String,
+    batch: Batch,
+    /// The batch record's fields holding the manifest.
+    fields: Vec<(String, String)>,
+    manifest_sha256: String,
+}
+
+impl Prepared {
+    /// The heavy part of an enqueue: seconds for a million units.
+    fn build(manifest: Manifest, dag: Dag) -> Result<Prepared, Error> {
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        let batch_id = format!("{}-{}", sanitize(&manifest.batch), &suffix[..8]);
+        let (fields, manifest_sha256) = record::manifest_fields(&manifest)?;
+        let batch = Batch::new(batch_id.clone(), manifest, dag);
+        Ok(Prepared {
+            batch_id,
+            batch,
+            fields,
+            manifest_sha256,
+        })
+    }
+}
+
+/// Runs work that grows with a manifest on the blocking pool, so that the
+/// async threads keep serving the API and renewing the lock meanwhile.
+async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Invalid(format!("enqueue stopped: {e}")))?
 }
 
 /// The batch record's fields that change as the batch runs.

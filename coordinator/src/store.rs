@@ -63,6 +63,11 @@ pub enum Write {
 /// Redis (which also serves lease renewals) for long.
 const FIELDS_PER_COMMAND: usize = 1_000;
 
+/// The most bytes of arguments in one script, for the same reason: a
+/// million-unit manifest stored in one command kept Redis busy for half a
+/// second or more. A single larger value still goes, alone.
+const BYTES_PER_COMMAND: usize = 4 << 20;
+
 /// How long the writer waits for Redis to answer one script.
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -94,6 +99,33 @@ fn oversized(ops: &[Op], largest: usize) -> Option<String> {
             )
         })
     })
+}
+
+/// The `hset` operations that set `fields` of `key`, each within a
+/// script's budgets of fields and bytes (a larger single field alone).
+fn hset_ops(key: String, fields: Vec<(String, String)>) -> Vec<Op> {
+    let hset = |args| Op {
+        name: "hset",
+        keys: vec![key.clone()],
+        args,
+    };
+    let mut ops = Vec::new();
+    let (mut args, mut bytes) = (Vec::new(), 0);
+    for (field, value) in fields {
+        let size = field.len() + value.len();
+        let full = args.len() / 2 >= FIELDS_PER_COMMAND || bytes + size > BYTES_PER_COMMAND;
+        if full && !args.is_empty() {
+            ops.push(hset(std::mem::take(&mut args)));
+            bytes = 0;
+        }
+        args.push(field);
+        args.push(value);
+        bytes += size;
+    }
+    if !args.is_empty() {
+        ops.push(hset(args));
+    }
+    ops
 }
 
 /// The sending side of the store.
@@ -174,9 +206,14 @@ struct Op {
 }
 
 impl Op {
-    /// How much of a script's budget it takes.
+    /// How much of a script's budget of fields it takes.
     fn weight(&self) -> usize {
         (self.args.len() / 2).max(1)
+    }
+
+    /// How much of a script's budget of bytes it takes.
+    fn bytes(&self) -> usize {
+        self.args.iter().map(String::len).sum()
     }
 }
 
@@ -327,19 +364,7 @@ impl Writer {
             Write::Hash { key, fields } => {
                 // Moved, not copied: a manifest may be hundreds of MB.
                 let what = format!("{key} ({} fields)", fields.len());
-                let mut fields = fields.into_iter().peekable();
-                let mut ops = Vec::new();
-                while fields.peek().is_some() {
-                    ops.push(Op {
-                        name: "hset",
-                        keys: vec![key.clone()],
-                        args: fields
-                            .by_ref()
-                            .take(FIELDS_PER_COMMAND)
-                            .flat_map(|(f, v)| [f, v])
-                            .collect(),
-                    });
-                }
+                let ops = hset_ops(key, fields);
                 (what, ops)
             }
             Write::IndexBatch {
@@ -381,9 +406,6 @@ impl Writer {
 
     /// Sends every step's operations, in scripts of bounded size, in order.
     async fn apply(&mut self, steps: &mut [Step]) {
-        let mut chunks: Vec<Vec<(usize, usize)>> = Vec::new();
-        let mut chunk = Vec::new();
-        let mut weight = 0;
         for step in steps.iter_mut() {
             if let Step::Store { ops, .. } = step {
                 if let Some(reason) = oversized(ops, self.largest_value) {
@@ -391,22 +413,7 @@ impl Writer {
                 }
             }
         }
-        for (s, step) in steps.iter().enumerate() {
-            let Step::Store { ops, .. } = step else {
-                continue;
-            };
-            for (o, op) in ops.iter().enumerate() {
-                if weight + op.weight() > FIELDS_PER_COMMAND && !chunk.is_empty() {
-                    chunks.push(std::mem::take(&mut chunk));
-                    weight = 0;
-                }
-                chunk.push((s, o));
-                weight += op.weight();
-            }
-        }
-        if !chunk.is_empty() {
-            chunks.push(chunk);
-        }
+        let chunks = scripts_of(steps);
         for chunk in chunks {
             // A step refused in an earlier script sends nothing more.
             let live: Vec<(usize, usize)> = chunk
@@ -573,6 +580,34 @@ impl Writer {
     }
 }
 
+/// Groups every step's operations, in order, into scripts within the
+/// budgets of fields and bytes: each script is a list of (step, operation).
+fn scripts_of(steps: &[Step]) -> Vec<Vec<(usize, usize)>> {
+    let mut chunks: Vec<Vec<(usize, usize)>> = Vec::new();
+    let mut chunk = Vec::new();
+    let (mut weight, mut bytes) = (0, 0);
+    for (s, step) in steps.iter().enumerate() {
+        let Step::Store { ops, .. } = step else {
+            continue;
+        };
+        for (o, op) in ops.iter().enumerate() {
+            let full =
+                weight + op.weight() > FIELDS_PER_COMMAND || bytes + op.bytes() > BYTES_PER_COMMAND;
+            if full && !chunk.is_empty() {
+                chunks.push(std::mem::take(&mut chunk));
+                (weight, bytes) = (0, 0);
+            }
+            chunk.push((s, o));
+            weight += op.weight();
+            bytes += op.bytes();
+        }
+    }
+    if !chunk.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
 /// The error a refused write answers.
 fn refusal(what: &str, reason: &str) -> Error {
     Error::StoreRefused {
@@ -593,6 +628,65 @@ fn refused_for_good(e: &redis::RedisError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pieces(count: usize, size: usize) -> Vec<(String, String)> {
+        (0..count)
+            .map(|i| (format!("manifest.{i}"), "x".repeat(size)))
+            .collect()
+    }
+
+    #[test]
+    fn a_hash_of_big_values_is_cut_within_the_byte_budget() {
+        // 120 pieces of 1 MiB: one command of 120 MiB before.
+        let ops = hset_ops("ns:batch:b".into(), pieces(120, 1 << 20));
+        assert!(ops.len() >= 30, "{} commands", ops.len());
+        assert!(ops.iter().all(|op| op.bytes() <= BYTES_PER_COMMAND));
+        let fields: usize = ops.iter().map(Op::weight).sum();
+        assert_eq!(fields, 120, "every field, once");
+        // A single value over the budget still goes, alone.
+        let ops = hset_ops("k".into(), pieces(3, BYTES_PER_COMMAND + 1));
+        assert_eq!(ops.len(), 3);
+        // Many small fields: cut by count, as before.
+        let ops = hset_ops("k".into(), pieces(2_500, 10));
+        assert_eq!(
+            ops.iter().map(Op::weight).collect::<Vec<_>>(),
+            [1_000, 1_000, 500]
+        );
+    }
+
+    #[test]
+    fn scripts_stay_within_both_budgets() {
+        let store = |ops| Step::Store {
+            what: String::new(),
+            ops,
+            refused: None,
+            answer: Answer::Log,
+        };
+        let steps = vec![
+            store(hset_ops("a".into(), pieces(10, 1 << 20))),
+            store(hset_ops("b".into(), pieces(1_500, 10))),
+        ];
+        let scripts = scripts_of(&steps);
+        for script in &scripts {
+            let (mut fields, mut bytes) = (0, 0);
+            for &(s, o) in script {
+                let Step::Store { ops, .. } = &steps[s] else {
+                    unreachable!()
+                };
+                fields += ops[o].weight();
+                bytes += ops[o].bytes();
+            }
+            assert!(fields <= FIELDS_PER_COMMAND && bytes <= BYTES_PER_COMMAND);
+        }
+        let sent: Vec<(usize, usize)> = scripts.into_iter().flatten().collect();
+        let mut all = Vec::new();
+        for (s, step) in steps.iter().enumerate() {
+            if let Step::Store { ops, .. } = step {
+                all.extend((0..ops.len()).map(|o| (s, o)));
+            }
+        }
+        assert_eq!(sent, all, "every operation, in order");
+    }
 
     #[test]
     fn a_value_over_redis_largest_is_named_and_nothing_smaller_is() {

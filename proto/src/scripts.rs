@@ -82,7 +82,9 @@ if redis.call('EXISTS', KEYS[7]) == 1 then
   redis.call('SET', KEYS[5], 'deferred', 'PX', 86400000)
   return {0, 'redis restarted empty: no new lease for one lease TTL'}
 end
-if redis.call('HEXISTS', KEYS[4], 'manifest') == 0 then
+-- A stored batch holds its manifest whole, or in pieces when it is large.
+if redis.call('HEXISTS', KEYS[4], 'manifest') == 0
+  and redis.call('HEXISTS', KEYS[4], 'manifest_pieces') == 0 then
   return {-3, 'unknown batch'}
 end
 if redis.call('HGET', KEYS[4], 'state') == 'cancelled' then

@@ -9,6 +9,7 @@
 pub mod invariants;
 pub mod netns;
 pub mod proxy;
+pub mod stall;
 
 use std::path::PathBuf;
 

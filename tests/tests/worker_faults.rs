@@ -428,3 +428,40 @@ async fn a_worker_that_cannot_create_session_folders_spends_no_retry() {
     drop((faulty, healthy));
     fleet.stop().await;
 }
+
+/// A unit whose task is too large for a process's environment (the kernel
+/// refuses one variable over 128 KiB with E2BIG) would fail on every worker
+/// alike: it is the unit's fault. It fails with that reason, and no worker
+/// is taken out of service by it (before: each worker it reached declared
+/// its own disks broken and stopped taking work, and the unit bounced
+/// between them for ever).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_unit_too_large_to_start_fails_without_taking_a_worker_out() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let huge = "x".repeat(200_000);
+    write_file(
+        dir.path(),
+        "manifest.yaml",
+        &format!(
+            "batch: e2big\nretries: 0\nplaybook:\n  name: p\n  run: 'true'\nunits:\n  - id: huge\n    task: {huge}\n  - id: fine\n"
+        ),
+    );
+    let m = Manifest::load(&dir.path().join("manifest.yaml")).expect("valid manifest");
+    let fleet = Fleet::start("wf-e2big", 1, 1, "10s").await;
+    let client = fleet.client();
+    let batch = client.enqueue(&m).await.expect("enqueue");
+    fleet.wait_for_end(&batch, Duration::from_secs(60)).await;
+    let units = client.units(&batch, None).await.expect("units");
+    let state = |id: &str| units.iter().find(|u| u.id == id).map(|u| u.state);
+    assert_eq!(state("fine"), Some(UnitState::Succeeded), "{units:?}");
+    assert_eq!(state("huge"), Some(UnitState::NeedsReview), "{units:?}");
+    let huge_unit = units.iter().find(|u| u.id == "huge").expect("huge");
+    let reason = huge_unit.reason.clone().unwrap_or_default();
+    assert!(reason.contains("too large"), "{reason}");
+    let workers = client.workers().await.expect("workers");
+    assert!(
+        workers.iter().all(|w| w.healthy),
+        "a unit's fault took a worker out: {workers:?}"
+    );
+    fleet.stop().await;
+}

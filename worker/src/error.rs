@@ -35,3 +35,14 @@ pub enum Error {
         source: std::io::Error,
     },
 }
+
+impl Error {
+    /// Says whether the unit, not the worker, is why a process could not
+    /// start: the kernel refuses an environment or argument over its limits
+    /// (`E2BIG`: one variable over 128 KiB, such as a huge `task`). Every
+    /// worker would fail the same way, so such a session fails (and uses a
+    /// retry) instead of taking worker after worker out of service.
+    pub fn is_units_fault(&self) -> bool {
+        matches!(self, Error::Spawn(e) if e.raw_os_error() == Some(nix::libc::E2BIG))
+    }
+}

@@ -208,10 +208,16 @@ async fn run_steps(
     stop: &Stop,
     cause: &StopCause,
 ) -> Conclusion {
-    // The command's own errors are the worker's: its log, its leader.
+    // The command's own errors are the worker's (its log, its leader),
+    // except a unit too large for the kernel to start.
     let faulted = |e: Error, exit_code| {
         if cause.cancelled() || cause.lost() {
             stopped(cause, exit_code)
+        } else if e.is_units_fault() {
+            let reason = format!(
+                "{e}: the unit's task, inputs, outputs or env are too large for a process's environment (128 KiB a variable)"
+            );
+            Conclusion::new(Outcome::Failed, exit_code, Some(reason))
         } else {
             let (outcome, reason) = crate::fault::worker_fault(&shared.health, &e.to_string());
             Conclusion::new(outcome, exit_code, Some(reason))

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use regatta_proto::scripts;
 
+use super::record::{manifest_fields, stored_manifest};
 use super::{now_ms, progress_fields, Entry, Fleet, Origin, Outgoing, Service, ServiceConfig};
 use crate::dag::Dag;
 use crate::manifest::Manifest;
@@ -62,13 +63,14 @@ impl Service {
         let keys = &self.config.keys;
         for (id, entry) in &fleet.batches {
             let batch = &entry.batch;
-            let mut fields = vec![
-                (
-                    "manifest".to_owned(),
-                    serde_json::to_string(&batch.manifest).unwrap_or_default(),
-                ),
-                ("created_ms".to_owned(), entry.created_ms.to_string()),
-            ];
+            let mut fields = match manifest_fields(&batch.manifest) {
+                Ok((fields, _)) => fields,
+                Err(e) => {
+                    tracing::error!(batch = %id, error = %e, "cannot write a batch back");
+                    continue;
+                }
+            };
+            fields.push(("created_ms".to_owned(), entry.created_ms.to_string()));
             fields.extend(progress_fields(entry));
             self.store.write(Write::Hash {
                 key: keys.batch(id),
@@ -149,9 +151,8 @@ pub(super) async fn restore(store: &Store, config: &ServiceConfig) -> Result<Fle
             .query_async(&mut connection)
             .await
             .map_err(redis_error)?;
-        let Some(manifest) = record
-            .get("manifest")
-            .and_then(|m| serde_json::from_str::<Manifest>(m).ok())
+        let Some(manifest) =
+            stored_manifest(&record).and_then(|m| serde_json::from_str::<Manifest>(&m).ok())
         else {
             tracing::warn!(batch = %id, "stored batch without a readable manifest; skipped");
             continue;
