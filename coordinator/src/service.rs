@@ -7,6 +7,8 @@
 //! acking) runs in tasks fed by channels, so a slow broker or Redis never
 //! blocks event handling.
 //!
+//! - [`events`]: results in, applied once their effects are stored;
+//! - [`reaper`]: lost sessions re-run, timers ticked;
 //! - [`publisher`]: orders out, with confirms and re-sends;
 //! - [`recovery`]: batches read back on start, written back after Redis
 //!   lost its data;
@@ -34,7 +36,9 @@ use crate::scheduler::{Batch, BatchState, Effects, Report, UnitState};
 use crate::store::{Store, Write};
 use crate::Error;
 
+mod events;
 mod publisher;
+mod reaper;
 mod record;
 mod recovery;
 mod result_span;
@@ -197,7 +201,7 @@ impl Service {
             };
             // Pending units need no record: a restart derives them.
             fleet.batches.insert(batch_id.clone(), entry);
-            self.settle(&mut fleet, &batch_id, Effects::default());
+            self.dispatch_and_store(&mut fleet, &batch_id, Effects::default());
         }
         self.store.flushed().await;
         tracing::info!(batch = %batch_id, "batch enqueued");
@@ -239,7 +243,7 @@ impl Service {
     }
 
     /// Dispatches what can start, then stores and publishes every effect.
-    fn settle(&self, fleet: &mut Fleet, batch_id: &str, mut effects: Effects) {
+    fn dispatch_and_store(&self, fleet: &mut Fleet, batch_id: &str, mut effects: Effects) {
         let Fleet { batches, usage } = fleet;
         let Some(entry) = batches.get_mut(batch_id) else {
             return;
@@ -292,92 +296,6 @@ impl Service {
         });
     }
 
-    /// Applies one worker event; returns once its effects are stored.
-    pub async fn apply_event(&self, event: SessionEvent) {
-        {
-            let mut fleet = self.fleet();
-            let Fleet { batches, usage } = &mut *fleet;
-            let Some(entry) = batches.get_mut(&event.batch_id) else {
-                tracing::debug!(batch = %event.batch_id, "event for an unknown batch ignored");
-                return;
-            };
-            let Some(unit) = entry.batch.index_of(&event.unit_id) else {
-                tracing::warn!(batch = %event.batch_id, unit = %event.unit_id, "event for an unknown unit ignored");
-                return;
-            };
-            if let EventKind::Started { lease_wait_ms } = event.kind {
-                self.metrics
-                    .lease_wait
-                    .observe(lease_wait_ms as f64 / 1000.0);
-            }
-            // Deferrals count from this coordinator's clock, not the worker's.
-            let report = Report::from_event(&event, now_ms());
-            // A worker's result (the reaper's own reports carry no fence).
-            let finished_fence = match &report {
-                Report::Finished(finish) if finish.fencing > 0 => Some(finish.fencing),
-                _ => None,
-            };
-            let observed = Observation::of(&report);
-            let effects = entry.batch.report(unit, &event.session_id, report, usage);
-            if let (Some(fence), false) = (finished_fence, effects.changed.is_empty()) {
-                // The result is applied: free its leases before any publish
-                // that it allows (settle below), under its fencing number.
-                self.store.write(Write::Release {
-                    session_id: event.session_id.clone(),
-                    fence,
-                });
-            }
-            if !effects.changed.is_empty() {
-                self.observe(&entry.batch, unit, observed);
-                if let Some(attempt) = entry.batch.units[unit]
-                    .history
-                    .iter()
-                    .find(|a| a.session_id == event.session_id)
-                {
-                    result_span::conclude(attempt);
-                }
-            }
-            let batch_id = event.batch_id.clone();
-            self.settle(&mut fleet, &batch_id, effects);
-        }
-        self.store.flushed().await;
-    }
-
-    /// Feeds the metrics from an applied report.
-    fn observe(&self, batch: &Batch, unit: usize, observed: Observation) {
-        let record = &batch.units[unit];
-        let seconds = |from: i64, to: i64| (to - from).max(0) as f64 / 1000.0;
-        match observed {
-            Observation::Started => {
-                if let Some(a) = record.current() {
-                    if let Some(started) = a.started_at_ms {
-                        self.metrics
-                            .queue_wait
-                            .observe(seconds(a.published_at_ms, started));
-                    }
-                }
-            }
-            Observation::Finished(outcome) => {
-                self.metrics
-                    .sessions
-                    .get_or_create(&OutcomeLabels::of(outcome))
-                    .inc();
-                if outcome == Outcome::Lost {
-                    self.metrics.lost_sessions.inc();
-                }
-                if outcome.counts_as_attempt() && record.state == UnitState::Ready {
-                    self.metrics.retries.inc();
-                }
-                if let Some(a) = record.current() {
-                    if let (Some(start), Some(end)) = (a.started_at_ms, a.ended_at_ms) {
-                        self.metrics.session_duration.observe(seconds(start, end));
-                    }
-                }
-            }
-            Observation::Other => {}
-        }
-    }
-
     /// The dead-letter queue's depth as the broker sees it now; `None` when
     /// the broker does not answer at once (a scrape never waits on an
     /// outage, and never queues up behind another scrape).
@@ -428,203 +346,6 @@ impl Service {
         }
         self.scrape_worker_health().await;
         self.metrics.render()
-    }
-
-    /// Consumes session events until shutdown; each is acked once stored.
-    async fn consume_events(self, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(200);
-        while !shutdown.is_cancelled() {
-            let subscribed = std::time::Instant::now();
-            let ended = match self.consume_events_once(&shutdown).await {
-                Ok(()) if shutdown.is_cancelled() => return,
-                // The broker ended the subscription (its channel closed).
-                Ok(()) => "the subscription ended".to_owned(),
-                Err(e) => e.to_string(),
-            };
-            if subscribed.elapsed() > Duration::from_secs(30) {
-                backoff = Duration::from_millis(200);
-            }
-            tracing::warn!(error = %ended, "event consumer stopped; subscribing again");
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = shutdown.cancelled() => return,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
-        }
-    }
-
-    async fn consume_events_once(
-        &self,
-        shutdown: &CancellationToken,
-    ) -> Result<(), regatta_broker::Error> {
-        // A new channel after any failure: delivery tags of the old one are
-        // void. The topology is declared again: a queue deleted under a live
-        // connection would otherwise fail every subscription.
-        let channel = self.link.confirm_channel().await?;
-        regatta_broker::declare_topology(&channel, &self.config.names).await?;
-        channel.basic_qos(512, BasicQosOptions::default()).await?;
-        let mut consumer = channel
-            .basic_consume(
-                self.config.names.events_queue().as_str().into(),
-                "regatta-coordinator".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        loop {
-            let delivery = tokio::select! {
-                next = consumer.next() => next,
-                _ = shutdown.cancelled() => return Ok(()),
-            };
-            let delivery = match delivery {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(e)) => return Err(e.into()),
-                None => return Ok(()),
-            };
-            match open::<SessionEvent>(&delivery.data, &self.config.signer) {
-                Ok(event) => {
-                    // The result handling joins the session's trace.
-                    let span = result_span::received(
-                        &event,
-                        &self.config.names.events_queue(),
-                        delivery.properties.headers().as_ref(),
-                        delivery.data.len(),
-                    );
-                    tracing::Instrument::instrument(self.apply_event(event), span).await
-                }
-                Err(e) => {
-                    // Contract 7: never silently dropped, always with its reason.
-                    let reason = e.to_string();
-                    tracing::warn!(%reason, "unreadable event dead-lettered");
-                    let mut headers = FieldTable::default();
-                    headers.insert(
-                        regatta_proto::REASON_HEADER.into(),
-                        lapin::types::AMQPValue::LongString(reason.into()),
-                    );
-                    let dead = publish_confirmed(
-                        &channel,
-                        &self.config.names.dead_letter_queue(),
-                        &delivery.data,
-                        BasicProperties::default().with_headers(headers),
-                    )
-                    .await;
-                    match dead {
-                        Ok(()) => {}
-                        Err(PublishError::Broker(e)) => return Err(e.into()),
-                        Err(other) => {
-                            // Left unacked, the broker dead-letters it once
-                            // the queue's delivery limit is reached.
-                            tracing::error!(error = %other, "cannot dead-letter an unreadable event");
-                            delivery
-                                .nack(lapin::options::BasicNackOptions {
-                                    requeue: true,
-                                    ..Default::default()
-                                })
-                                .await?;
-                            continue;
-                        }
-                    }
-                }
-            }
-            delivery.ack(BasicAckOptions::default()).await?;
-        }
-    }
-
-    /// Re-runs the units of sessions whose leases expired (a dead worker).
-    async fn reap_loop(self, shutdown: CancellationToken) {
-        let mut interval = tokio::time::interval(self.config.reap_interval);
-        let mut connection = self.store.connection();
-        loop {
-            tokio::select! {
-                _ = interval.tick() => {}
-                _ = shutdown.cancelled() => return,
-            }
-            self.notice_data_loss().await;
-            let reaped: Result<Vec<String>, _> = redis::Script::new(scripts::REAP)
-                .key(self.config.keys.leases())
-                .arg(self.config.keys.lease(""))
-                .arg(1000)
-                .arg(self.config.keys.done(""))
-                .invoke_async(&mut connection)
-                .await;
-            let reaped = match reaped {
-                Ok(reaped) => reaped,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reaping expired leases failed");
-                    continue;
-                }
-            };
-            for pair in reaped.chunks(2) {
-                let [session_id, owner] = pair else { continue };
-                let Ok(owner) = LeaseOwner::decode(owner) else {
-                    tracing::warn!(session = %session_id, "reaped a lease without a readable owner");
-                    continue;
-                };
-                tracing::warn!(batch = %owner.batch_id, unit = %owner.unit_id, session = %session_id, worker = %owner.worker, "session lost: its worker stopped renewing its leases");
-                // A worker still alive kills it now, not at its next renewal.
-                self.store
-                    .write(Write::Notify(regatta_proto::Notice::Revoke {
-                        session_id: session_id.clone(),
-                    }));
-                let event = SessionEvent {
-                    batch_id: owner.batch_id,
-                    unit_id: owner.unit_id,
-                    session_id: session_id.clone(),
-                    attempt: owner.attempt,
-                    fencing: 0,
-                    worker: owner.worker.clone(),
-                    at_ms: now_ms(),
-                    kind: EventKind::Finished {
-                        outcome: Outcome::Lost,
-                        exit_code: None,
-                        duration_ms: 0,
-                        reason: Some(format!(
-                            "lost: worker {} stopped renewing its leases",
-                            owner.worker
-                        )),
-                        log_tail: String::new(),
-                        log_path: String::new(),
-                        gates: vec![],
-                        evidence: None,
-                    },
-                };
-                let span = {
-                    let fleet = self.fleet();
-                    let attempt = fleet.batches.get(&event.batch_id).and_then(|e| {
-                        let unit = e.batch.index_of(&event.unit_id)?;
-                        e.batch.units[unit]
-                            .history
-                            .iter()
-                            .find(|a| a.session_id == event.session_id)
-                    });
-                    result_span::reaped(&event, attempt)
-                };
-                tracing::Instrument::instrument(self.apply_event(event), span).await;
-            }
-        }
-    }
-
-    /// Gives deferred units their next chance.
-    async fn tick_loop(self, shutdown: CancellationToken) {
-        let mut interval = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tokio::select! {
-                _ = interval.tick() => {}
-                _ = shutdown.cancelled() => return,
-            }
-            let mut fleet = self.fleet();
-            let live: Vec<String> = fleet
-                .batches
-                .iter()
-                .filter(|(_, e)| {
-                    e.batch.state == BatchState::Running && e.batch.count(UnitState::Ready) > 0
-                })
-                .map(|(id, _)| id.clone())
-                .collect();
-            for batch_id in live {
-                self.settle(&mut fleet, &batch_id, Effects::default());
-            }
-        }
     }
 
     /// Applies a human's decision to a batch.
@@ -698,7 +419,7 @@ impl Service {
             if !entry.batch.state.is_terminal() {
                 entry.ended_ms = None;
             }
-            self.settle(&mut fleet, batch_id, effects);
+            self.dispatch_and_store(&mut fleet, batch_id, effects);
         }
         if cancelling {
             // Workers hear it now, not at their next lease renewal.
@@ -806,24 +527,6 @@ impl Service {
                 }
             })
             .collect())
-    }
-}
-
-/// What a report means for the metrics, taken before it is consumed.
-#[derive(Debug, Clone, Copy)]
-enum Observation {
-    Started,
-    Finished(Outcome),
-    Other,
-}
-
-impl Observation {
-    fn of(report: &Report) -> Observation {
-        match report {
-            Report::Started { .. } => Observation::Started,
-            Report::Finished(finish) => Observation::Finished(finish.outcome),
-            Report::Deferred { .. } => Observation::Other,
-        }
     }
 }
 

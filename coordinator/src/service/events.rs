@@ -1,0 +1,211 @@
+//! Event intake: the results workers report, consumed off the events
+//! queue, opened (a bad one is dead-lettered), applied to the scheduler and
+//! acked once their effects are stored.
+
+use super::*;
+
+impl Service {
+    /// Applies one worker event; returns once its effects are stored.
+    pub async fn apply_event(&self, event: SessionEvent) {
+        {
+            let mut fleet = self.fleet();
+            let Fleet { batches, usage } = &mut *fleet;
+            let Some(entry) = batches.get_mut(&event.batch_id) else {
+                tracing::debug!(batch = %event.batch_id, "event for an unknown batch ignored");
+                return;
+            };
+            let Some(unit) = entry.batch.index_of(&event.unit_id) else {
+                tracing::warn!(batch = %event.batch_id, unit = %event.unit_id, "event for an unknown unit ignored");
+                return;
+            };
+            if let EventKind::Started { lease_wait_ms } = event.kind {
+                self.metrics
+                    .lease_wait
+                    .observe(lease_wait_ms as f64 / 1000.0);
+            }
+            // Deferrals count from this coordinator's clock, not the worker's.
+            let report = Report::from_event(&event, now_ms());
+            // A worker's result (the reaper's own reports carry no fence).
+            let finished_fence = match &report {
+                Report::Finished(finish) if finish.fencing > 0 => Some(finish.fencing),
+                _ => None,
+            };
+            let observed = Observation::of(&report);
+            let effects = entry.batch.report(unit, &event.session_id, report, usage);
+            if let (Some(fence), false) = (finished_fence, effects.changed.is_empty()) {
+                // The result is applied: free its leases before any publish
+                // that it allows (dispatch_and_store below), under its fencing number.
+                self.store.write(Write::Release {
+                    session_id: event.session_id.clone(),
+                    fence,
+                });
+            }
+            if !effects.changed.is_empty() {
+                self.observe(&entry.batch, unit, observed);
+                if let Some(attempt) = entry.batch.units[unit]
+                    .history
+                    .iter()
+                    .find(|a| a.session_id == event.session_id)
+                {
+                    result_span::conclude(attempt);
+                }
+            }
+            let batch_id = event.batch_id.clone();
+            self.dispatch_and_store(&mut fleet, &batch_id, effects);
+        }
+        self.store.flushed().await;
+    }
+
+    /// Feeds the metrics from an applied report.
+    fn observe(&self, batch: &Batch, unit: usize, observed: Observation) {
+        let record = &batch.units[unit];
+        let seconds = |from: i64, to: i64| (to - from).max(0) as f64 / 1000.0;
+        match observed {
+            Observation::Started => {
+                if let Some(a) = record.current() {
+                    if let Some(started) = a.started_at_ms {
+                        self.metrics
+                            .queue_wait
+                            .observe(seconds(a.published_at_ms, started));
+                    }
+                }
+            }
+            Observation::Finished(outcome) => {
+                self.metrics
+                    .sessions
+                    .get_or_create(&OutcomeLabels::of(outcome))
+                    .inc();
+                if outcome == Outcome::Lost {
+                    self.metrics.lost_sessions.inc();
+                }
+                if outcome.counts_as_attempt() && record.state == UnitState::Ready {
+                    self.metrics.retries.inc();
+                }
+                if let Some(a) = record.current() {
+                    if let (Some(start), Some(end)) = (a.started_at_ms, a.ended_at_ms) {
+                        self.metrics.session_duration.observe(seconds(start, end));
+                    }
+                }
+            }
+            Observation::Other => {}
+        }
+    }
+
+    /// Consumes session events until shutdown; each is acked once stored.
+    pub(super) async fn consume_events(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(200);
+        while !shutdown.is_cancelled() {
+            let subscribed = std::time::Instant::now();
+            let ended = match self.consume_events_once(&shutdown).await {
+                Ok(()) if shutdown.is_cancelled() => return,
+                // The broker ended the subscription (its channel closed).
+                Ok(()) => "the subscription ended".to_owned(),
+                Err(e) => e.to_string(),
+            };
+            if subscribed.elapsed() > Duration::from_secs(30) {
+                backoff = Duration::from_millis(200);
+            }
+            tracing::warn!(error = %ended, "event consumer stopped; subscribing again");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    async fn consume_events_once(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Result<(), regatta_broker::Error> {
+        // A new channel after any failure: delivery tags of the old one are
+        // void. The topology is declared again: a queue deleted under a live
+        // connection would otherwise fail every subscription.
+        let channel = self.link.confirm_channel().await?;
+        regatta_broker::declare_topology(&channel, &self.config.names).await?;
+        channel.basic_qos(512, BasicQosOptions::default()).await?;
+        let mut consumer = channel
+            .basic_consume(
+                self.config.names.events_queue().as_str().into(),
+                "regatta-coordinator".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        loop {
+            let delivery = tokio::select! {
+                next = consumer.next() => next,
+                _ = shutdown.cancelled() => return Ok(()),
+            };
+            let delivery = match delivery {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(e)) => return Err(e.into()),
+                None => return Ok(()),
+            };
+            match open::<SessionEvent>(&delivery.data, &self.config.signer) {
+                Ok(event) => {
+                    // The result handling joins the session's trace.
+                    let span = result_span::received(
+                        &event,
+                        &self.config.names.events_queue(),
+                        delivery.properties.headers().as_ref(),
+                        delivery.data.len(),
+                    );
+                    tracing::Instrument::instrument(self.apply_event(event), span).await
+                }
+                Err(e) => {
+                    // Contract 7: never silently dropped, always with its reason.
+                    let reason = e.to_string();
+                    tracing::warn!(%reason, "unreadable event dead-lettered");
+                    let mut headers = FieldTable::default();
+                    headers.insert(
+                        regatta_proto::REASON_HEADER.into(),
+                        lapin::types::AMQPValue::LongString(reason.into()),
+                    );
+                    let dead = publish_confirmed(
+                        &channel,
+                        &self.config.names.dead_letter_queue(),
+                        &delivery.data,
+                        BasicProperties::default().with_headers(headers),
+                    )
+                    .await;
+                    match dead {
+                        Ok(()) => {}
+                        Err(PublishError::Broker(e)) => return Err(e.into()),
+                        Err(other) => {
+                            // Left unacked, the broker dead-letters it once
+                            // the queue's delivery limit is reached.
+                            tracing::error!(error = %other, "cannot dead-letter an unreadable event");
+                            delivery
+                                .nack(lapin::options::BasicNackOptions {
+                                    requeue: true,
+                                    ..Default::default()
+                                })
+                                .await?;
+                            continue;
+                        }
+                    }
+                }
+            }
+            delivery.ack(BasicAckOptions::default()).await?;
+        }
+    }
+}
+
+/// What a report means for the metrics, taken before it is consumed.
+#[derive(Debug, Clone, Copy)]
+enum Observation {
+    Started,
+    Finished(Outcome),
+    Other,
+}
+
+impl Observation {
+    fn of(report: &Report) -> Observation {
+        match report {
+            Report::Started { .. } => Observation::Started,
+            Report::Finished(finish) => Observation::Finished(finish.outcome),
+            Report::Deferred { .. } => Observation::Other,
+        }
+    }
+}
