@@ -494,7 +494,10 @@ impl Writer {
     /// Sends one script until Redis answers it; outages are waited out,
     /// while the coordinator's lock is known to be held.
     async fn send(&mut self, invocation: redis::ScriptInvocation<'_>) -> Sent {
-        let mut backoff = std::time::Duration::from_millis(100);
+        let mut backoff = regatta_telemetry::backoff::Backoff::new(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(5),
+        );
         loop {
             if self.lost.is_some() {
                 return Sent::Deposed;
@@ -527,8 +530,7 @@ impl Writer {
                 Err(e) if refused_for_good(&e) => return Sent::Refused(e.to_string()),
                 Err(e) => {
                     tracing::warn!(error = %e, "storing batch state failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                    backoff.wait().await;
                 }
             }
         }

@@ -1,4 +1,4 @@
-//! Logs and traces for regatta's binaries.
+//! Logs, traces and the shared runtime pieces of regatta's binaries.
 //!
 //! - [`init`] installs a `tracing` subscriber: text or JSON logs on stderr,
 //!   filtered by `REGATTA_LOG`, and, when `OTEL_EXPORTER_OTLP_ENDPOINT` is
@@ -13,6 +13,7 @@
 //!   and each publish links to what made its unit ready.
 //! - [`status`] and [`messaging`] say what a tracing UI needs: errors as
 //!   errors, producers and consumers with their queue.
+//! - [`backoff::Backoff`]: the one way both binaries wait out an outage.
 //!
 //! This crate exists so the coordinator and the worker share one
 //! implementation without depending on each other; `proto` stays free of I/O.
@@ -23,6 +24,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+pub mod backoff;
 pub mod messaging;
 mod propagation;
 mod resource;

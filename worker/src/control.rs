@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use regatta_proto::{Keys, Notice};
+use regatta_telemetry::backoff::Backoff;
 use tokio::sync::broadcast;
 
 /// What a session's heartbeat hears.
@@ -74,20 +75,19 @@ impl Listener {
 /// Subscribes, relays every notice to the listeners, and subscribes again
 /// when the connection is lost.
 async fn subscribe(url: String, channel: String, sender: broadcast::Sender<Heard>) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut subscribed_before = false;
     loop {
         match listen_once(&url, &channel, &sender, &mut subscribed_before).await {
             Ok(()) => {
                 tracing::warn!(%channel, "control channel subscription ended; subscribing again");
-                backoff = Duration::from_millis(200);
+                backoff.reset();
             }
             Err(e) => {
                 tracing::warn!(%channel, error = %e, "cannot subscribe to the control channel (cancels are heard at the next lease renewal meanwhile); retrying");
             }
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff.wait().await;
     }
 }
 

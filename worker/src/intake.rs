@@ -22,6 +22,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::Channel;
 use regatta_proto::{open, EventKind, LeaseOwner, Outcome, WorkOrder};
+use regatta_telemetry::backoff::Backoff;
 use tracing::Instrument;
 
 use crate::lease::Claim;
@@ -31,7 +32,7 @@ use crate::Error;
 
 /// One slot: consume one delivery, stop consuming, handle it, repeat.
 pub(crate) async fn slot_loop(shared: Arc<Shared>, slot: usize) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     // The slot keeps its channel from unit to unit: opening one per unit
     // costs the broker more than the unit's own messages.
     let mut channel: Option<Channel> = None;
@@ -54,7 +55,7 @@ pub(crate) async fn slot_loop(shared: Arc<Shared>, slot: usize) {
         };
         match result {
             Ok(Some(delivery)) => {
-                backoff = Duration::from_millis(200);
+                backoff.reset();
                 handle(&shared, delivery).await;
             }
             Ok(None) if shared.shutdown.is_cancelled() => break,
@@ -66,10 +67,9 @@ pub(crate) async fn slot_loop(shared: Arc<Shared>, slot: usize) {
                     let _ = broken.close(200, "slot reset".into()).await;
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = backoff.wait() => {}
                     _ = shared.shutdown.cancelled() => break,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }
@@ -306,7 +306,7 @@ async fn acquire_with_retries(
     owner: &LeaseOwner,
 ) -> Result<Claim, Error> {
     let started = Instant::now();
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     // One claim for every try: a try whose reply was lost left a lease that
     // the next try gets back instead of being refused as a duplicate.
     let claim = uuid::Uuid::new_v4().simple().to_string();
@@ -322,8 +322,7 @@ async fn acquire_with_retries(
                     && !shared.shutdown.is_cancelled() =>
             {
                 tracing::warn!(error = %e, "cannot claim leases yet; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff.wait().await;
             }
             Err(e) => return Err(e),
         }

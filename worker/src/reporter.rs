@@ -8,6 +8,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel};
 use regatta_broker::{publish_confirmed, BrokerLink};
 use regatta_proto::{seal, Names, SessionEvent, Signer, REASON_HEADER};
+use regatta_telemetry::backoff::Backoff;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
@@ -45,7 +46,7 @@ impl Reporter {
         // The coordinator's handling of the event joins the session's trace.
         let mut headers = FieldTable::default();
         regatta_telemetry::inject(&tracing::Span::current(), &mut headers);
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             let properties = BasicProperties::default().with_headers(headers.clone());
             match self.publish(&queue, &payload, properties).await {
@@ -53,11 +54,11 @@ impl Reporter {
                 Err(reason) => {
                     tracing::warn!(queue = %queue, session = %event.session_id, %reason, "event publish failed; retrying");
                     // After shutdown, give up only once the grace is clearly over.
-                    if shutdown.is_cancelled() && backoff >= Duration::from_secs(5) {
+                    let delay = backoff.next_delay();
+                    if shutdown.is_cancelled() && delay >= Duration::from_secs(5) {
                         return Err(Error::Publish { queue, reason });
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    tokio::time::sleep(delay).await;
                 }
             }
         }

@@ -2,6 +2,8 @@
 //! queue, opened (a bad one is dead-lettered), applied to the scheduler and
 //! acked once their effects are stored.
 
+use regatta_telemetry::backoff::Backoff;
+
 use super::*;
 
 impl Service {
@@ -93,7 +95,7 @@ impl Service {
 
     /// Consumes session events until shutdown; each is acked once stored.
     pub(super) async fn consume_events(self, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         while !shutdown.is_cancelled() {
             let subscribed = std::time::Instant::now();
             let ended = match self.consume_events_once(&shutdown).await {
@@ -103,14 +105,13 @@ impl Service {
                 Err(e) => e.to_string(),
             };
             if subscribed.elapsed() > Duration::from_secs(30) {
-                backoff = Duration::from_millis(200);
+                backoff.reset();
             }
             tracing::warn!(error = %ended, "event consumer stopped; subscribing again");
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = backoff.wait() => {}
                 _ = shutdown.cancelled() => return,
             }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
 

@@ -12,6 +12,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use regatta_broker::{check_confirmation, BrokerLink};
 use regatta_proto::{seal, Outcome, Signer};
+use regatta_telemetry::backoff::Backoff;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -254,17 +255,16 @@ pub(super) async fn publish_loop(
 /// A confirm channel from the link, retried with backoff through an outage;
 /// `None` on shutdown.
 async fn open_channel(link: &BrokerLink, shutdown: &CancellationToken) -> Option<Channel> {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match link.confirm_channel().await {
             Ok(channel) => return Some(channel),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot open a channel to publish orders; retrying");
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = backoff.wait() => {}
                     _ = shutdown.cancelled() => return None,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }
