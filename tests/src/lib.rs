@@ -351,6 +351,17 @@ impl Fleet {
 impl Drop for Fleet {
     fn drop(&mut self) {
         self.kill_all();
+        let log = fleet_log(&self.namespace);
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            eprintln!(
+                "--- logs of the fleet {} ({}) ---\n{text}--- end of the fleet's logs ---",
+                self.namespace,
+                log.display()
+            );
+        } else {
+            let _ = std::fs::remove_file(&log);
+        }
     }
 }
 
@@ -371,6 +382,26 @@ fn fleet_env(
     for layer in layers {
         command.envs(layer.iter().map(|(k, v)| (k, v)));
     }
+    // Logs go to the fleet's file, shown only if the test fails.
+    let path = fleet_log(namespace);
+    let file = path.parent().map(std::fs::create_dir_all).and_then(|_| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .ok()
+    });
+    if let Some(file) = file {
+        command.stderr(file);
+    }
+}
+
+/// The file every process of a fleet writes its logs to: kept out of a
+/// passing run's output, printed by the fleet's drop when its test fails.
+pub fn fleet_log(namespace: &str) -> PathBuf {
+    std::env::temp_dir()
+        .join("regatta-test-logs")
+        .join(format!("{namespace}.log"))
 }
 
 /// Starts `regatta serve` on a free port; returns it and its API address.
