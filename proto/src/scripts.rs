@@ -9,6 +9,40 @@
 //! trimmed before counting. A lease record (`Keys::lease`) lists the
 //! semaphores it holds, so whoever reaps it can give every slot back.
 
+/// Lua: `extend(leases, lease, session, held, now, ttl)` extends every slot
+/// a session holds (`held`: its lease record's semaphores) if each one is
+/// still live, and returns the new expiry; `nil` when one has expired, for
+/// then the lease is lost. Shared by [`ACQUIRE`] (a claim whose reply was
+/// lost gets its own lease back) and [`RENEW`].
+macro_rules! lua_extend {
+    () => {
+        r#"
+local function extend(leases, lease, session, held, now, ttl)
+  local current = redis.call('ZSCORE', leases, session)
+  if (not current) or tonumber(current) <= now then return nil end
+  local semaphores = {}
+  for line in string.gmatch(held or '', '[^\n]+') do
+    local key, weight = string.match(line, '^(.*)\t(%d+)$')
+    for k = 1, tonumber(weight) do
+      local score = redis.call('ZSCORE', key, session .. '#' .. k)
+      if (not score) or tonumber(score) <= now then return nil end
+    end
+    semaphores[#semaphores + 1] = {key, tonumber(weight)}
+  end
+  local expiry = now + ttl
+  for _, s in ipairs(semaphores) do
+    for k = 1, s[2] do
+      redis.call('ZADD', s[1], 'XX', expiry, session .. '#' .. k)
+    end
+  end
+  redis.call('HSET', lease, 'expiry', expiry)
+  redis.call('ZADD', leases, 'XX', expiry, session)
+  return expiry
+end
+"#
+    };
+}
+
 /// Acquires every semaphore of a session, all or none.
 ///
 /// KEYS: leases zset, lease hash, fence counter, batch record, the session's
@@ -30,7 +64,9 @@
 /// While Redis has lost its data (no epoch marker) or is quiet after that,
 /// it answers `{0, why}` like a full semaphore: the unit is handed back and
 /// published again.
-pub const ACQUIRE: &str = r#"
+pub const ACQUIRE: &str = concat!(
+    lua_extend!(),
+    r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local session = ARGV[1]
@@ -43,29 +79,10 @@ if redis.call('EXISTS', KEYS[2]) == 1 then
   end
   -- This claim's own lease: its reply was lost. Give it back, extended,
   -- if every slot of it is still live.
-  local current = redis.call('ZSCORE', KEYS[1], session)
-  if (not current) or tonumber(current) <= now then
+  local expiry = extend(KEYS[1], KEYS[2], session, lease[4], now, ttl)
+  if not expiry then
     return {-1, 'session lease expired before its claim was confirmed'}
   end
-  local semaphores = {}
-  for line in string.gmatch(lease[4] or '', '[^\n]+') do
-    local key, weight = string.match(line, '^(.*)\t(%d+)$')
-    for k = 1, tonumber(weight) do
-      local score = redis.call('ZSCORE', key, session .. '#' .. k)
-      if (not score) or tonumber(score) <= now then
-        return {-1, 'session lease expired before its claim was confirmed'}
-      end
-    end
-    semaphores[#semaphores + 1] = {key, tonumber(weight)}
-  end
-  local expiry = now + ttl
-  for _, s in ipairs(semaphores) do
-    for k = 1, s[2] do
-      redis.call('ZADD', s[1], 'XX', expiry, session .. '#' .. k)
-    end
-  end
-  redis.call('HSET', KEYS[2], 'expiry', expiry)
-  redis.call('ZADD', KEYS[1], 'XX', expiry, session)
   return {1, tonumber(lease[3]), expiry}
 end
 if redis.call('EXISTS', KEYS[5]) == 1 then
@@ -134,7 +151,8 @@ redis.call('HSET', KEYS[2], 'owner', ARGV[3], 'claim', ARGV[5], 'fence', fence,
   'expiry', expiry, 'semaphores', table.concat(held, '\n'))
 redis.call('ZADD', KEYS[1], expiry, session)
 return {1, fence, expiry}
-"#;
+"#
+);
 
 /// Extends every semaphore of a session, if it still holds all of them.
 ///
@@ -145,37 +163,23 @@ return {1, fence, expiry}
 /// batch was cancelled: the lease is extended so that it holds while the
 /// holder stops its session; or -2 when the session's leases were released
 /// (the coordinator holds its result): nothing to renew.
-pub const RENEW: &str = r#"
+pub const RENEW: &str = concat!(
+    lua_extend!(),
+    r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local session = ARGV[1]
 local fence = redis.call('HGET', KEYS[2], 'fence')
 if (not fence) and redis.call('GET', KEYS[4]) == '1' then return -2 end
 if (not fence) or fence ~= ARGV[3] then return 0 end
-local current = redis.call('ZSCORE', KEYS[1], session)
-if (not current) or tonumber(current) <= now then return 0 end
-local held = redis.call('HGET', KEYS[2], 'semaphores') or ''
-local semaphores = {}
-for line in string.gmatch(held, '[^\n]+') do
-  local key, weight = string.match(line, '^(.*)\t(%d+)$')
-  for k = 1, tonumber(weight) do
-    local score = redis.call('ZSCORE', key, session .. '#' .. k)
-    if (not score) or tonumber(score) <= now then return 0 end
-  end
-  semaphores[#semaphores + 1] = {key, tonumber(weight)}
-end
-local expiry = now + tonumber(ARGV[2])
-for _, s in ipairs(semaphores) do
-  for k = 1, s[2] do
-    redis.call('ZADD', s[1], 'XX', expiry, session .. '#' .. k)
-  end
-end
-redis.call('HSET', KEYS[2], 'expiry', expiry)
-redis.call('ZADD', KEYS[1], 'XX', expiry, session)
+local held = redis.call('HGET', KEYS[2], 'semaphores')
+local expiry = extend(KEYS[1], KEYS[2], session, held, now, tonumber(ARGV[2]))
+if not expiry then return 0 end
 -- A cancelled batch's session keeps its lease while it dies, but is told.
 if redis.call('HGET', KEYS[3], 'state') == 'cancelled' then return -1 end
 return expiry
-"#;
+"#
+);
 
 /// Notices that Redis lost its data: when the epoch marker is missing, sets
 /// the quiet marker for one lease TTL, then the epoch marker, atomically.
