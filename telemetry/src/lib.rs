@@ -13,7 +13,8 @@
 //!   and each publish links to what made its unit ready.
 //! - [`status`] and [`messaging`] say what a tracing UI needs: errors as
 //!   errors, producers and consumers with their queue.
-//! - [`backoff::Backoff`]: the one way both binaries wait out an outage.
+//! - [`backoff::Backoff`]: the one way both binaries wait out an outage;
+//!   [`fleet_args::FleetArgs`]: the flags both binaries share.
 //!
 //! This crate exists so the coordinator and the worker share one
 //! implementation without depending on each other; `proto` stays free of I/O.
@@ -25,6 +26,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 pub mod backoff;
+pub mod fleet_args;
 pub mod messaging;
 mod propagation;
 mod resource;

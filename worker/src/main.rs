@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use regatta_proto::{Keys, Names, Signer, DEFAULT_NAMESPACE};
+use regatta_proto::{Keys, Names, Signer};
 use regatta_worker::cgroup::CgroupParent;
 use regatta_worker::containment::{Containment, SessionUser};
 use regatta_worker::{leader, WorkerConfig};
@@ -24,29 +24,9 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Parser)]
 #[command(name = "regatta-worker", version)]
 struct Args {
-    /// RabbitMQ URL.
-    #[arg(
-        long,
-        env = "REGATTA_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp_url: String,
-    /// Redis URL.
-    #[arg(
-        long,
-        env = "REGATTA_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/"
-    )]
-    redis_url: String,
-    /// The key that work orders are signed with; the coordinator's must
-    /// match. Prefer --secret-file: a flag's value is visible to every
-    /// process of the machine in /proc/<pid>/cmdline.
-    #[arg(long, env = "REGATTA_SECRET", hide_env_values = true)]
-    secret: Option<String>,
-    /// A file holding the key work orders are signed with (at least 32
-    /// bytes; `openssl rand -hex 32 > FILE`), readable by this worker only.
-    #[arg(long, value_name = "FILE", env = "REGATTA_SECRET_FILE")]
-    secret_file: Option<PathBuf>,
+    /// Where the broker and Redis are, the fleet's secret, the namespace.
+    #[command(flatten)]
+    fleet: regatta_telemetry::fleet_args::FleetArgs,
     /// Run sessions as this user (UID or UID:GID, e.g. 65534:65534), not as
     /// the worker's: then they cannot read the worker's files, such as the
     /// secret file. Needs a worker running as root.
@@ -58,10 +38,6 @@ struct Args {
     /// alone (it kills every process its command left, as their subreaper).
     #[arg(long, env = "REGATTA_SESSION_CGROUPS", value_enum, default_value_t = CgroupMode::Auto)]
     session_cgroups: CgroupMode,
-    /// Prefix of every queue and Redis key, so that several fleets share one
-    /// broker and one Redis without seeing each other's work.
-    #[arg(long, env = "REGATTA_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
-    namespace: String,
     /// How many sessions this worker runs at once.
     #[arg(long, env = "REGATTA_SLOTS", default_value_t = 4)]
     slots: usize,
@@ -127,12 +103,10 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let args = Args::parse();
-    let on_command_line =
-        args.secret.is_some() && std::env::var("REGATTA_SECRET").ok() != args.secret;
     let loaded = regatta_secret::load(
-        args.secret.as_deref(),
-        args.secret_file.as_deref(),
-        on_command_line,
+        args.fleet.secret.as_deref(),
+        args.fleet.secret_file.as_deref(),
+        args.fleet.secret_on_command_line(),
     );
     // SAFETY: no thread exists yet (neither the runtime nor telemetry).
     unsafe { regatta_secret::scrub_environment(regatta_secret::FLEET_VARIABLES) };
@@ -177,11 +151,11 @@ async fn run(args: Args, secret: regatta_secret::FleetSecret) -> anyhow::Result<
     );
     let session_user = args.session_user.clone();
     let config = WorkerConfig {
-        names: Names::new(&args.namespace)?,
-        keys: Keys::new(&args.namespace)?,
+        names: Names::new(&args.fleet.namespace)?,
+        keys: Keys::new(&args.fleet.namespace)?,
         signer: Signer::new(secret.as_bytes()),
-        amqp_url: args.amqp_url,
-        redis_url: args.redis_url,
+        amqp_url: args.fleet.amqp_url,
+        redis_url: args.fleet.redis_url,
         slots: args.slots,
         work_dir: std::path::absolute(&args.work_dir).context("--work-dir")?,
         artifact_store: std::path::absolute(&args.artifact_store).context("--artifact-dir")?,

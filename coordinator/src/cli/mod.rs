@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use regatta_proto::DEFAULT_NAMESPACE;
 
 /// regatta runs large migrations as a fleet of parallel sessions.
 ///
@@ -43,53 +42,28 @@ pub struct Connection {
     /// Bearer token of the HTTP API; `serve` requires it from clients when set.
     #[arg(long, global = true, env = "REGATTA_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
-    /// RabbitMQ URL (used by `serve`).
-    #[arg(
-        long,
-        global = true,
-        env = "REGATTA_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp_url: String,
-    /// Redis URL (used by `serve`).
-    #[arg(
-        long,
-        global = true,
-        env = "REGATTA_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/"
-    )]
-    pub redis_url: String,
-    /// The key work orders are signed with (used by `serve`); workers must
-    /// have the same. Prefer --secret-file: a flag's value is visible to
-    /// every process of the machine in /proc/<pid>/cmdline.
-    #[arg(long, global = true, env = "REGATTA_SECRET", hide_env_values = true)]
-    pub secret: Option<String>,
-    /// A file holding the key work orders are signed with (used by `serve`;
-    /// at least 32 bytes: `openssl rand -hex 32 > FILE`).
-    #[arg(long, global = true, value_name = "FILE", env = "REGATTA_SECRET_FILE")]
-    pub secret_file: Option<PathBuf>,
+    /// Where the broker and Redis are, the fleet's secret, the namespace
+    /// (used by `serve` and the evidence commands).
+    #[command(flatten)]
+    pub fleet: regatta_telemetry::fleet_args::FleetArgs,
     /// Whether `secret` came from the command line rather than the
     /// environment (then `serve` warns); set by [`Connection::note_secret_source`].
     #[arg(skip)]
     pub secret_on_command_line: bool,
-    /// Prefix of every queue and Redis key, so several fleets share one broker and one Redis.
-    #[arg(long, global = true, env = "REGATTA_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
-    pub namespace: String,
 }
 
 impl Connection {
     /// Records whether `--secret` was given on the command line; call it
     /// before the environment is scrubbed.
     pub fn note_secret_source(&mut self) {
-        self.secret_on_command_line =
-            self.secret.is_some() && std::env::var("REGATTA_SECRET").ok() != self.secret;
+        self.secret_on_command_line = self.fleet.secret_on_command_line();
     }
 
     /// The fleet's secret from `--secret-file` or `--secret`, checked.
     pub fn load_secret(&self) -> Result<regatta_secret::Loaded, regatta_secret::Error> {
         regatta_secret::load(
-            self.secret.as_deref(),
-            self.secret_file.as_deref(),
+            self.fleet.secret.as_deref(),
+            self.fleet.secret_file.as_deref(),
             self.secret_on_command_line,
         )
     }

@@ -88,10 +88,10 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
         "--reap-interval must be more than 0s"
     );
     let mut config = ServiceConfig {
-        amqp_url: connection.amqp_url.clone(),
-        redis_url: connection.redis_url.clone(),
-        names: Names::new(&connection.namespace)?,
-        keys: Keys::new(&connection.namespace)?,
+        amqp_url: connection.fleet.amqp_url.clone(),
+        redis_url: connection.fleet.redis_url.clone(),
+        names: Names::new(&connection.fleet.namespace)?,
+        keys: Keys::new(&connection.fleet.namespace)?,
         signer: Signer::new(secret.as_bytes()),
         reap_interval: args.reap_interval,
         lease_ttl: args.lease_ttl,
@@ -146,7 +146,7 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
         match ended {
             Ok(Some(loss)) => anyhow::anyhow!(
                 "lost the lock of namespace '{}' ({loss}): this coordinator stops so that only one publishes",
-                connection.namespace
+                connection.fleet.namespace
             ),
             Ok(None) => anyhow::anyhow!("stopped while starting"),
             Err(e) => anyhow::anyhow!("the lock's renewal failed ({e}): this coordinator stops"),
@@ -158,7 +158,7 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
     };
     // Tests and scripts read this line to find a port chosen by the system.
     println!("listening on http://{address}");
-    tracing::info!(%address, namespace = %connection.namespace, "coordinator ready");
+    tracing::info!(%address, namespace = %connection.fleet.namespace, "coordinator ready");
     let api_config = api::ApiConfig {
         token,
         metrics_public: args.metrics_public,
