@@ -94,8 +94,6 @@ pub struct Batch {
     /// Units deferred by a worker, with the time before which not to retry.
     deferred_until: HashMap<usize, i64>,
     in_flight: u32,
-    /// Resource shares in flight, per resource (including `file:` mutexes).
-    pub usage: BTreeMap<String, u32>,
     /// Every resource demand per unit, touched files included.
     demands: Vec<Vec<(String, u32)>>,
     counts: BTreeMap<UnitState, usize>,
@@ -175,7 +173,6 @@ impl Batch {
             ready: BTreeSet::new(),
             deferred_until: HashMap::new(),
             in_flight: 0,
-            usage: BTreeMap::new(),
             demands,
             counts,
             index,
@@ -241,6 +238,19 @@ impl Batch {
             }
         }
         batch
+    }
+
+    /// This batch's share of the fleet's resource usage, derived from its
+    /// units in flight: the fleet's ledger is the only one kept, and this
+    /// view of it is for displays and tests.
+    pub fn usage(&self) -> BTreeMap<String, u32> {
+        let mut usage = BTreeMap::new();
+        for unit in self.in_flight_units() {
+            for (resource, weight) in &self.demands[unit] {
+                *usage.entry(resource.clone()).or_insert(0) += weight;
+            }
+        }
+        usage
     }
 
     /// Units whose session was published or running when the state was
@@ -309,17 +319,9 @@ impl Batch {
         }
         if old.is_in_flight() && !state.is_in_flight() {
             self.in_flight = self.in_flight.saturating_sub(1);
-            for (resource, weight) in &self.demands[unit] {
-                if let Some(used) = self.usage.get_mut(resource) {
-                    *used = used.saturating_sub(*weight);
-                }
-            }
         }
         if !old.is_in_flight() && state.is_in_flight() {
             self.in_flight += 1;
-            for (resource, weight) in &self.demands[unit] {
-                *self.usage.entry(resource.clone()).or_insert(0) += weight;
-            }
         }
         self.units[unit].state = state;
     }
