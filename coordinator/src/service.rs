@@ -213,33 +213,20 @@ impl Service {
     /// resource's semaphore is shared by every batch, so two capacities for
     /// one name would let the larger one over-admit.
     async fn claim_capacities(&self, manifest: &Manifest) -> Result<(), Error> {
-        let mut connection = self.store.connection();
-        let key = self.config.keys.capacities();
-        let redis_error = |e| Error::redis(&self.config.redis_url, e);
-        for (resource, capacity) in &manifest.resources {
-            let _: bool = redis::cmd("HSETNX")
-                .arg(&key)
-                .arg(resource)
-                .arg(capacity)
-                .query_async(&mut connection)
-                .await
-                .map_err(redis_error)?;
-            let recorded: Option<u32> = redis::cmd("HGET")
-                .arg(&key)
-                .arg(resource)
-                .query_async(&mut connection)
-                .await
-                .map_err(redis_error)?;
-            if let Some(recorded) = recorded.filter(|r| r != capacity) {
-                return Err(Error::Conflict(format!(
-                    "resource '{resource}' has capacity {recorded} in this fleet (namespace '{}'), \
-                     but this manifest says {capacity}: a resource is shared by every batch, so use \
-                     the same capacity, or another resource name",
-                    self.config.names.namespace()
-                )));
-            }
+        let conflict = self
+            .store
+            .claim_capacities(&manifest.resources)
+            .await
+            .map_err(|e| Error::redis(&self.config.redis_url, e))?;
+        match conflict {
+            None => Ok(()),
+            Some((resource, recorded, capacity)) => Err(Error::Conflict(format!(
+                "resource '{resource}' has capacity {recorded} in this fleet (namespace '{}'), \
+                 but this manifest says {capacity}: a resource is shared by every batch, so use \
+                 the same capacity, or another resource name",
+                self.config.names.namespace()
+            ))),
         }
-        Ok(())
     }
 
     /// Dispatches what can start, then stores and publishes every effect.
@@ -434,24 +421,13 @@ impl Service {
 
     /// Every live lease of the fleet, soonest expiry first.
     pub async fn leases(&self) -> Result<Vec<LeaseView>, Error> {
-        let keys = &self.config.keys;
-        let mut connection = self.store.connection();
-        let redis_error = |e| Error::redis(&self.config.redis_url, e);
-        let sessions: Vec<(String, i64)> = redis::cmd("ZRANGE")
-            .arg(keys.leases())
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .query_async(&mut connection)
+        let records = self
+            .store
+            .leases()
             .await
-            .map_err(redis_error)?;
-        let mut leases = Vec::with_capacity(sessions.len());
-        for (session_id, expires_at_ms) in sessions {
-            let record: HashMap<String, String> = redis::cmd("HGETALL")
-                .arg(keys.lease(&session_id))
-                .query_async(&mut connection)
-                .await
-                .map_err(redis_error)?;
+            .map_err(|e| Error::redis(&self.config.redis_url, e))?;
+        let mut leases = Vec::with_capacity(records.len());
+        for (session_id, expires_at_ms, record) in records {
             let Some(owner) = record.get("owner").and_then(|o| LeaseOwner::decode(o).ok()) else {
                 continue;
             };

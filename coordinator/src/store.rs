@@ -196,6 +196,60 @@ impl Store {
     pub fn connection(&self) -> ConnectionManager {
         self.connection.clone()
     }
+
+    /// Records each resource's capacity the first time any batch names it
+    /// (a resource is one semaphore for the whole fleet), and returns the
+    /// first one the fleet already knows with another capacity:
+    /// `(resource, recorded, asked)`.
+    pub async fn claim_capacities(
+        &self,
+        resources: &std::collections::BTreeMap<String, u32>,
+    ) -> Result<Option<(String, u32, u32)>, redis::RedisError> {
+        let mut connection = self.connection();
+        let key = self.keys.capacities();
+        for (resource, capacity) in resources {
+            let _: bool = redis::cmd("HSETNX")
+                .arg(&key)
+                .arg(resource)
+                .arg(capacity)
+                .query_async(&mut connection)
+                .await?;
+            let recorded: Option<u32> = redis::cmd("HGET")
+                .arg(&key)
+                .arg(resource)
+                .query_async(&mut connection)
+                .await?;
+            if let Some(recorded) = recorded.filter(|r| r != capacity) {
+                return Ok(Some((resource.clone(), recorded, *capacity)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Every live lease: its session, expiry (ms) and record, as the lease
+    /// scripts keep them.
+    pub async fn leases(
+        &self,
+    ) -> Result<Vec<(String, i64, std::collections::HashMap<String, String>)>, redis::RedisError>
+    {
+        let mut connection = self.connection();
+        let sessions: Vec<(String, i64)> = redis::cmd("ZRANGE")
+            .arg(self.keys.leases())
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
+            .query_async(&mut connection)
+            .await?;
+        let mut leases = Vec::with_capacity(sessions.len());
+        for (session_id, expires_at_ms) in sessions {
+            let record = redis::cmd("HGETALL")
+                .arg(self.keys.lease(&session_id))
+                .query_async(&mut connection)
+                .await?;
+            leases.push((session_id, expires_at_ms, record));
+        }
+        Ok(leases)
+    }
 }
 
 /// One Redis operation of [`scripts::FENCED_WRITE`].
