@@ -28,6 +28,34 @@ impl Scalar {
             other => Err(other),
         }
     }
+
+    /// Converts to a number; whole numbers too, while f64 holds them exactly.
+    pub(super) fn number(self) -> Result<Option<f64>, Scalar> {
+        match self {
+            Scalar::Null => Ok(None),
+            Scalar::Float(value) => Ok(Some(value)),
+            Scalar::Int(value) if value.abs() < 1 << 53 => Ok(Some(value as f64)),
+            other => Err(other),
+        }
+    }
+
+    pub(super) fn flag(self) -> Result<Option<bool>, Scalar> {
+        match self {
+            Scalar::Null => Ok(None),
+            Scalar::Bool(value) => Ok(Some(value)),
+            other => Err(other),
+        }
+    }
+
+    /// The text of a duration: a string, or a whole number of seconds.
+    pub(super) fn duration_text(self) -> Result<Option<String>, Scalar> {
+        match self {
+            Scalar::Null => Ok(None),
+            Scalar::Text(text) => Ok(Some(text)),
+            Scalar::Int(number) => Ok(Some(number.to_string())),
+            other => Err(other),
+        }
+    }
 }
 
 impl fmt::Display for Scalar {
