@@ -95,8 +95,7 @@ impl<'de> Lenient<'de> for GatesValue<'_, '_> {
     const EXPECTING: &'static str = "a list of gates";
 
     fn mismatch(self, found: Scalar) -> Vec<Gate> {
-        self.reader.wrong_shape(self.field, Self::EXPECTING, &found);
-        Vec::new()
+        self.reader.wrong_shape(self.field, Self::EXPECTING, &found)
     }
 
     fn null(self) -> Vec<Gate> {
@@ -143,8 +142,8 @@ impl<'de> Lenient<'de> for GateValue<'_, '_> {
                 "run" => gate.run = reader.text(map, field)?.unwrap_or_default(),
                 "fix" => gate.fix = reader.text(map, field)?,
                 "timeout" => gate.timeout = reader.duration(map, field)?,
-                "required" => gate.required = reader.flag(map, field)?.unwrap_or(true),
-                "repairs" => gate.repairs = reader.count(map, field)?,
+                "required" => gate.required = reader.typed(map, field)?.unwrap_or(true),
+                "repairs" => gate.repairs = reader.typed(map, field)?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::lenient::Lenient;
-use super::scalar::Scalar;
+use super::scalar::{DurationText, Scalar, Typed};
 use super::values::ListValue;
 use super::{Fatal, Notes, Reading, Wanted};
 use crate::duration;
@@ -229,10 +229,17 @@ impl<'a> Reader<'a> {
         map.next_value_seed(value.seed())
     }
 
-    /// Reports a field whose value has the wrong shape, at the field's key.
-    pub(super) fn wrong_shape(&self, field: Field, expected: &'static str, found: &Scalar) {
+    /// Reports a field whose value has the wrong shape, at the field's key; an empty
+    /// value stands in for it.
+    pub(super) fn wrong_shape<T: Default>(
+        &self,
+        field: Field,
+        expected: &'static str,
+        found: &Scalar,
+    ) -> T {
         let name = field.name.to_owned();
         self.wrong_type(field.locator(), field.key_position, name, expected, found);
+        T::default()
     }
 
     pub(super) fn text<'de, A: MapAccess<'de>>(
@@ -243,54 +250,27 @@ impl<'a> Reader<'a> {
         Ok(self.value(map, field.locator())?.0)
     }
 
-    /// Reads a scalar field of any type, then converts it, reporting a wrong type.
-    fn typed<'de, T, A: MapAccess<'de>>(
+    /// Reads a scalar field as a `T`, reporting a value of another type.
+    pub(super) fn typed<'de, T: Typed, A: MapAccess<'de>>(
         &self,
         map: &mut A,
         field: Field,
-        expected: &'static str,
-        convert: impl FnOnce(Scalar) -> Result<Option<T>, Scalar>,
+    ) -> Result<Option<T>, A::Error> {
+        Ok(self.typed_at(map, field)?.0)
+    }
+
+    fn typed_at<'de, T: Typed, A: MapAccess<'de>>(
+        &self,
+        map: &mut A,
+        field: Field,
     ) -> Result<(Option<T>, Option<Position>), A::Error> {
-        let (scalar, position) = self.value::<Scalar, A>(map, field.locator())?;
-        let value = convert(scalar).unwrap_or_else(|found| {
+        let (scalar, position) = self.value(map, field.locator())?;
+        let value = T::from_scalar(scalar).unwrap_or_else(|found| {
             let name = field.name.to_owned();
-            self.wrong_type(field.locator(), position, name, expected, &found);
+            self.wrong_type(field.locator(), position, name, T::EXPECTED, &found);
             None
         });
         Ok((value, position))
-    }
-
-    pub(super) fn count<'de, A: MapAccess<'de>>(
-        &self,
-        map: &mut A,
-        field: Field,
-    ) -> Result<Option<u32>, A::Error> {
-        let expected = "a whole number of 0 or more";
-        Ok(self.typed(map, field, expected, Scalar::whole)?.0)
-    }
-
-    pub(super) fn integer<'de, A: MapAccess<'de>>(
-        &self,
-        map: &mut A,
-        field: Field,
-    ) -> Result<Option<i32>, A::Error> {
-        Ok(self.typed(map, field, "a whole number", Scalar::whole)?.0)
-    }
-
-    pub(super) fn fraction<'de, A: MapAccess<'de>>(
-        &self,
-        map: &mut A,
-        field: Field,
-    ) -> Result<Option<f64>, A::Error> {
-        Ok(self.typed(map, field, "a number", Scalar::number)?.0)
-    }
-
-    pub(super) fn flag<'de, A: MapAccess<'de>>(
-        &self,
-        map: &mut A,
-        field: Field,
-    ) -> Result<Option<bool>, A::Error> {
-        Ok(self.typed(map, field, "true or false", Scalar::flag)?.0)
     }
 
     pub(super) fn duration<'de, A: MapAccess<'de>>(
@@ -298,9 +278,10 @@ impl<'a> Reader<'a> {
         map: &mut A,
         field: Field,
     ) -> Result<Option<Duration>, A::Error> {
-        let expected = "a duration such as '90s' or '1h30m'";
-        let (text, position) = self.typed(map, field, expected, Scalar::duration_text)?;
-        let Some(text) = text else { return Ok(None) };
+        let (text, position) = self.typed_at::<DurationText, A>(map, field)?;
+        let Some(DurationText(text)) = text else {
+            return Ok(None);
+        };
         Ok(match duration::parse(&text) {
             Ok(value) => Some(value),
             Err(reason) => {

@@ -76,10 +76,10 @@ impl<'de> Lenient<'de> for TopValue<'_, '_> {
                     };
                     draft.playbook = reader.nested(map, field, playbook)?;
                 }
-                "concurrency" => draft.concurrency = reader.count(map, field)?,
-                "calibration" => draft.calibration = reader.count(map, field)?,
-                "calibration_auto" => draft.calibration_auto = reader.fraction(map, field)?,
-                "retries" => draft.retries = reader.count(map, field)?,
+                "concurrency" => draft.concurrency = reader.typed(map, field)?,
+                "calibration" => draft.calibration = reader.typed(map, field)?,
+                "calibration_auto" => draft.calibration_auto = reader.typed(map, field)?,
+                "retries" => draft.retries = reader.typed(map, field)?,
                 "timeout" => draft.timeout = reader.duration(map, field)?,
                 "resources" => {
                     let resources = ResourcesValue { reader, field };
@@ -123,8 +123,7 @@ impl<'de> Lenient<'de> for UnitsValue<'_, '_> {
     const EXPECTING: &'static str = "a list of units";
 
     fn mismatch(self, found: Scalar) -> Vec<Unit> {
-        self.reader.wrong_shape(self.field, Self::EXPECTING, &found);
-        Vec::new()
+        self.reader.wrong_shape(self.field, Self::EXPECTING, &found)
     }
 
     fn null(self) -> Vec<Unit> {
@@ -201,7 +200,7 @@ impl<'de> Lenient<'de> for UnitValue<'_, '_> {
                     "env" => unit.env = reader.nested(map, field, EnvValue { reader, field })?,
                     "run" => unit.run = reader.text(map, field)?,
                     "timeout" => unit.timeout = reader.duration(map, field)?,
-                    "priority" => unit.priority = reader.integer(map, field)?.unwrap_or(0),
+                    "priority" => unit.priority = reader.typed(map, field)?.unwrap_or(0),
                     _ => {
                         map.next_value::<IgnoredAny>()?;
                     }

@@ -22,8 +22,7 @@ impl<'de> Lenient<'de> for ListValue<'_, '_> {
     const EXPECTING: &'static str = "a list";
 
     fn mismatch(self, found: Scalar) -> Self::Value {
-        self.reader.wrong_shape(self.field, Self::EXPECTING, &found);
-        Some(Vec::new())
+        Some(self.reader.wrong_shape(self.field, Self::EXPECTING, &found))
     }
 
     fn null(self) -> Self::Value {
@@ -53,8 +52,7 @@ impl<'de> Lenient<'de> for EnvValue<'_, '_> {
     const EXPECTING: &'static str = "a mapping of variable names to strings";
 
     fn mismatch(self, found: Scalar) -> Self::Value {
-        self.reader.wrong_shape(self.field, Self::EXPECTING, &found);
-        BTreeMap::new()
+        self.reader.wrong_shape(self.field, Self::EXPECTING, &found)
     }
 
     fn null(self) -> Self::Value {
@@ -95,8 +93,7 @@ impl<'de> Lenient<'de> for ResourcesValue<'_, '_> {
     const EXPECTING: &'static str = "a mapping of resource names to capacities";
 
     fn mismatch(self, found: Scalar) -> Self::Value {
-        self.reader.wrong_shape(self.field, Self::EXPECTING, &found);
-        BTreeMap::new()
+        self.reader.wrong_shape(self.field, Self::EXPECTING, &found)
     }
 
     fn null(self) -> Self::Value {
@@ -165,8 +162,7 @@ impl<'de> Lenient<'de> for UsesValue<'_, '_> {
         "a list of resource names or a mapping of resource names to weights";
 
     fn mismatch(self, found: Scalar) -> Self::Value {
-        self.reader.wrong_shape(self.field, Self::EXPECTING, &found);
-        BTreeMap::new()
+        self.reader.wrong_shape(self.field, Self::EXPECTING, &found)
     }
 
     fn null(self) -> Self::Value {
