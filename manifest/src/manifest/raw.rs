@@ -62,8 +62,9 @@ pub(crate) struct Notes {
 }
 
 /// How the manifest names its playbook.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) enum PlaybookSpec {
+    #[default]
     Missing,
     /// Already reported as malformed.
     Invalid,
@@ -72,7 +73,7 @@ pub(crate) enum PlaybookSpec {
 }
 
 /// A manifest as read, before defaults and path resolution.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Draft {
     pub batch: Option<String>,
     pub workdir: Option<String>,

@@ -7,7 +7,7 @@ use super::playbook::PlaybookValue;
 use super::reader::{Field, Reader};
 use super::scalar::Scalar;
 use super::values::{EnvValue, ResourcesValue, UsesValue};
-use super::{Draft, PlaybookSpec};
+use super::Draft;
 use crate::manifest::errors::ManifestErrorKind;
 use crate::manifest::position::{Locator, Node};
 use crate::manifest::Unit;
@@ -53,18 +53,7 @@ impl<'de> Lenient<'de> for TopValue<'_, '_> {
 
     fn mapping<M: MapAccess<'de>>(self, mut map: M) -> Result<Option<Draft>, M::Error> {
         let reader = self.reader;
-        let mut draft = Draft {
-            batch: None,
-            workdir: None,
-            playbook: PlaybookSpec::Missing,
-            concurrency: None,
-            calibration: None,
-            calibration_auto: None,
-            retries: None,
-            timeout: None,
-            resources: Default::default(),
-            units: Vec::new(),
-        };
+        let mut draft = Draft::default();
         reader.fields(&mut map, Node::Top, "manifest", TOP_FIELDS, |field, map| {
             match field.name {
                 "batch" => draft.batch = reader.text(map, field)?,
