@@ -2,59 +2,19 @@
 //! domain types, collecting problems instead of stopping at the first one.
 //!
 //! Derived `Deserialize` with `deny_unknown_fields` stops at the first unknown field,
-//! so the visitors here are written by hand: an unknown or repeated field becomes a
-//! [`Problem`] and the reader skips its value; a value of the wrong type (`retries: two`,
-//! `depends_on: a`) is read leniently and reported. Only broken syntax, or a string
-//! field holding a list or a mapping, stops the reading.
+//! and knows neither where a value stands in the manifest (which unit, which field) nor
+//! how to say where a fatal problem struck. So each mapping is walked by
+//! [`Reader::fields`]: an unknown or repeated field becomes a [`Problem`] and the reader
+//! skips its value. Every value is read by one generic visitor ([`lenient`]) that takes
+//! whatever shape arrives and reports a wrong one; a scalar of the wrong type
+//! (`retries: two`) is read as a [`scalar::Scalar`] and reported. Only broken syntax, or
+//! a string field holding a list or a mapping, stops the reading.
 //!
 //! A [`Reader`] either records no positions (the fast path, for big valid manifests) or
 //! records the positions of every place, or of wanted places only (see
 //! [`super::position`]).
 
-// The macros come before the submodules that use them (macro_rules scope is textual).
-
-/// Implements the visitor methods of a value that arrived with the wrong shape: each
-/// reports the problem through `self.mismatch(found)` and skips the value.
-macro_rules! mismatch_visits {
-    ($value:ty) => {
-        fn visit_bool<E: de::Error>(self, v: bool) -> Result<$value, E> {
-            Ok(self.mismatch(Scalar::Bool(v)))
-        }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<$value, E> {
-            Ok(self.mismatch(Scalar::Int(v.into())))
-        }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<$value, E> {
-            Ok(self.mismatch(Scalar::Int(v.into())))
-        }
-        fn visit_f64<E: de::Error>(self, v: f64) -> Result<$value, E> {
-            Ok(self.mismatch(Scalar::Float(v)))
-        }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<$value, E> {
-            Ok(self.mismatch(Scalar::Text(v.to_owned())))
-        }
-    };
-}
-
-/// Implements `visit_seq` for a value that must not be a list.
-macro_rules! skip_seq_visit {
-    ($value:ty) => {
-        fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<$value, S::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            Ok(self.mismatch(Scalar::List))
-        }
-    };
-}
-
-/// Implements `visit_map` for a value that must not be a mapping.
-macro_rules! skip_map_visit {
-    ($value:ty) => {
-        fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<$value, M::Error> {
-            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-            Ok(self.mismatch(Scalar::Mapping))
-        }
-    };
-}
-
+mod lenient;
 mod playbook;
 mod reader;
 mod scalar;
@@ -68,9 +28,10 @@ use serde::de::DeserializeSeed;
 
 use super::position::{Locator, Node, Position, PositionTable, Problem};
 use super::{Playbook, Unit};
-use playbook::PlaybookSeed;
+use lenient::Lenient;
+use playbook::PlaybookValue;
 use reader::Reader;
-use structure::TopSeed;
+use structure::TopValue;
 
 /// The syntax of a text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,8 +62,9 @@ pub(crate) struct Notes {
 }
 
 /// How the manifest names its playbook.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) enum PlaybookSpec {
+    #[default]
     Missing,
     /// Already reported as malformed.
     Invalid,
@@ -111,7 +73,7 @@ pub(crate) enum PlaybookSpec {
 }
 
 /// A manifest as read, before defaults and path resolution.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Draft {
     pub batch: Option<String>,
     pub workdir: Option<String>,
@@ -153,22 +115,18 @@ impl<T> Reading<Option<T>> {
 /// Reads a manifest.
 pub(crate) fn read_manifest(text: &str, format: Format, wanted: Wanted<'_>) -> Reading<Draft> {
     let reader = Reader::new(wanted);
-    let outcome = drive(text, format, TopSeed { reader: &reader });
+    let outcome = drive(text, format, TopValue { reader: &reader }.seed());
     reader.finish(outcome, Node::Top).flatten()
 }
 
 /// Reads a playbook file.
 pub(crate) fn read_playbook(text: &str, format: Format, wanted: Wanted<'_>) -> Reading<Playbook> {
     let reader = Reader::new(wanted);
-    let outcome = drive(
-        text,
-        format,
-        PlaybookSeed {
-            reader: &reader,
-            file: true,
-        },
-    )
-    .map(|spec| match spec {
+    let playbook = PlaybookValue {
+        reader: &reader,
+        file: true,
+    };
+    let outcome = drive(text, format, playbook.seed()).map(|spec| match spec {
         PlaybookSpec::Inline(playbook) => Some(playbook),
         _ => None,
     });

@@ -1,15 +1,19 @@
-//! The reading's state and its primitives: field walking, positions, lenient scalars.
+//! The reading's state and its primitives: field walking, positions, lenient scalars,
+//! and the walks shared by list and map fields.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::fmt;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::scalar::Scalar;
-use super::values::ListSeed;
+use super::lenient::Lenient;
+use super::scalar::{DurationText, Scalar, Typed};
+use super::values::ListValue;
 use super::{Fatal, Notes, Reading, Wanted};
 use crate::duration;
 use crate::manifest::errors::ManifestErrorKind;
@@ -123,46 +127,23 @@ impl<'a> Reader<'a> {
         self.problem(locator, position, kind);
     }
 
-    pub(super) fn next_key<'de, A: MapAccess<'de>>(
-        &self,
-        map: &mut A,
-    ) -> Result<Option<(String, Option<Position>)>, A::Error> {
-        if self.positions_on() {
-            Ok(map
-                .next_key::<Spanned<String>>()?
-                .map(|key| (key.value, Position::from_location(&key.referenced))))
-        } else {
-            Ok(map.next_key::<String>()?.map(|key| (key, None)))
+    /// Reads a `T`, with its position when the reading records positions.
+    fn placed<T>(&self) -> Placed<T> {
+        Placed {
+            positions: self.positions_on(),
+            value: PhantomData,
         }
     }
 
-    /// Reads the value of a known field, recording its position under `locator`.
-    pub(super) fn value<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
+    /// Reads the value of a field, recording its position under `locator`.
+    fn value<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
         &self,
         map: &mut A,
         locator: Locator,
     ) -> Result<(T, Option<Position>), A::Error> {
-        if self.positions_on() {
-            let spanned: Spanned<T> = map.next_value()?;
-            let position = Position::from_location(&spanned.referenced);
-            self.record(locator, position);
-            Ok((spanned.value, position))
-        } else {
-            Ok((map.next_value()?, None))
-        }
-    }
-
-    pub(super) fn element<'de, T: Deserialize<'de>, A: SeqAccess<'de>>(
-        &self,
-        seq: &mut A,
-    ) -> Result<Option<(T, Option<Position>)>, A::Error> {
-        if self.positions_on() {
-            Ok(seq
-                .next_element::<Spanned<T>>()?
-                .map(|s| (s.value, Position::from_location(&s.referenced))))
-        } else {
-            Ok(seq.next_element::<T>()?.map(|value| (value, None)))
-        }
+        let (value, position) = map.next_value_seed(self.placed())?;
+        self.record(locator, position);
+        Ok((value, position))
     }
 
     /// Walks a mapping's fields, reporting unknown and repeated ones and handing each
@@ -173,7 +154,7 @@ impl<'a> Reader<'a> {
         node: Node,
         place: &'static str,
         known: &'static [&'static str],
-        mut read: impl FnMut(&'static str, Option<Position>, &mut A) -> Result<(), A::Error>,
+        mut read: impl FnMut(Field, &mut A) -> Result<(), A::Error>,
     ) -> Result<(), A::Error> {
         let outer = self.cursor.replace(Some((node, None)));
         let mut seen = 0u64;
@@ -194,7 +175,12 @@ impl<'a> Reader<'a> {
                 Key::Known(index) => {
                     seen |= 1 << index;
                     self.cursor.set(Some((node, Some(known[index]))));
-                    read(known[index], key_position, map)?;
+                    let field = Field {
+                        node,
+                        name: known[index],
+                        key_position,
+                    };
+                    read(field, map)?;
                     self.cursor.set(Some((node, None)));
                 }
                 Key::Unknown(key) if node == Node::Top && key.starts_with(EXTENSION_PREFIX) => {
@@ -224,151 +210,87 @@ impl<'a> Reader<'a> {
         known: &'static [&'static str],
     ) -> Result<Option<(Key, Option<Position>)>, A::Error> {
         if self.positions_on() {
-            Ok(map.next_key::<Spanned<String>>()?.map(|key| {
-                let position = Position::from_location(&key.referenced);
-                (Key::of(key.value, known), position)
-            }))
+            Ok(map
+                .next_key_seed(self.placed::<String>())?
+                .map(|(key, position)| (Key::of(&key, known), position)))
         } else {
             Ok(map.next_key_seed(KeySeed { known })?.map(|key| (key, None)))
         }
     }
 
+    /// Reads a field whose value is a mapping or a list, recording its place at its key.
+    pub(super) fn nested<'de, A: MapAccess<'de>, L: Lenient<'de>>(
+        &self,
+        map: &mut A,
+        field: Field,
+        value: L,
+    ) -> Result<L::Value, A::Error> {
+        self.record(field.locator(), field.key_position);
+        map.next_value_seed(value.seed())
+    }
+
+    /// Reports a field whose value has the wrong shape, at the field's key; an empty
+    /// value stands in for it.
+    pub(super) fn wrong_shape<T: Default>(
+        &self,
+        field: Field,
+        expected: &'static str,
+        found: &Scalar,
+    ) -> T {
+        let name = field.name.to_owned();
+        self.wrong_type(field.locator(), field.key_position, name, expected, found);
+        T::default()
+    }
+
     pub(super) fn text<'de, A: MapAccess<'de>>(
         &self,
         map: &mut A,
-        node: Node,
-        field: &'static str,
+        field: Field,
     ) -> Result<Option<String>, A::Error> {
-        Ok(self
-            .value::<Option<String>, A>(map, Locator::Value(node, field))?
-            .0)
+        Ok(self.value(map, field.locator())?.0)
     }
 
-    pub(super) fn scalar<'de, A: MapAccess<'de>>(
+    /// Reads a scalar field as a `T`, reporting a value of another type.
+    pub(super) fn typed<'de, T: Typed, A: MapAccess<'de>>(
         &self,
         map: &mut A,
-        node: Node,
-        field: &'static str,
-    ) -> Result<(Scalar, Option<Position>), A::Error> {
-        self.value::<Scalar, A>(map, Locator::Value(node, field))
+        field: Field,
+    ) -> Result<Option<T>, A::Error> {
+        Ok(self.typed_at(map, field)?.0)
     }
 
-    pub(super) fn count<'de, A: MapAccess<'de>>(
+    fn typed_at<'de, T: Typed, A: MapAccess<'de>>(
         &self,
         map: &mut A,
-        node: Node,
-        field: &'static str,
-    ) -> Result<Option<u32>, A::Error> {
-        let (scalar, position) = self.scalar(map, node, field)?;
-        Ok(match scalar.whole::<u32>() {
-            Ok(value) => value,
-            Err(found) => {
-                let locator = Locator::Value(node, field);
-                self.wrong_type(
-                    locator,
-                    position,
-                    field.to_owned(),
-                    "a whole number of 0 or more",
-                    &found,
-                );
-                None
-            }
-        })
-    }
-
-    pub(super) fn integer<'de, A: MapAccess<'de>>(
-        &self,
-        map: &mut A,
-        node: Node,
-        field: &'static str,
-    ) -> Result<Option<i32>, A::Error> {
-        let (scalar, position) = self.scalar(map, node, field)?;
-        Ok(match scalar.whole::<i32>() {
-            Ok(value) => value,
-            Err(found) => {
-                let locator = Locator::Value(node, field);
-                self.wrong_type(
-                    locator,
-                    position,
-                    field.to_owned(),
-                    "a whole number",
-                    &found,
-                );
-                None
-            }
-        })
-    }
-
-    pub(super) fn fraction<'de, A: MapAccess<'de>>(
-        &self,
-        map: &mut A,
-        node: Node,
-        field: &'static str,
-    ) -> Result<Option<f64>, A::Error> {
-        let (scalar, position) = self.scalar(map, node, field)?;
-        Ok(match scalar {
-            Scalar::Null => None,
-            Scalar::Float(value) => Some(value),
-            // Whole numbers this small convert to f64 exactly.
-            Scalar::Int(value) if value.abs() < 1 << 53 => Some(value as f64),
-            found => {
-                let locator = Locator::Value(node, field);
-                self.wrong_type(locator, position, field.to_owned(), "a number", &found);
-                None
-            }
-        })
-    }
-
-    pub(super) fn flag<'de, A: MapAccess<'de>>(
-        &self,
-        map: &mut A,
-        node: Node,
-        field: &'static str,
-    ) -> Result<Option<bool>, A::Error> {
-        let (scalar, position) = self.scalar(map, node, field)?;
-        Ok(match scalar {
-            Scalar::Null => None,
-            Scalar::Bool(value) => Some(value),
-            found => {
-                let locator = Locator::Value(node, field);
-                self.wrong_type(locator, position, field.to_owned(), "true or false", &found);
-                None
-            }
-        })
+        field: Field,
+    ) -> Result<(Option<T>, Option<Position>), A::Error> {
+        let (scalar, position) = self.value(map, field.locator())?;
+        let value = T::from_scalar(scalar).unwrap_or_else(|found| {
+            let name = field.name.to_owned();
+            self.wrong_type(field.locator(), position, name, T::EXPECTED, &found);
+            None
+        });
+        Ok((value, position))
     }
 
     pub(super) fn duration<'de, A: MapAccess<'de>>(
         &self,
         map: &mut A,
-        node: Node,
-        field: &'static str,
+        field: Field,
     ) -> Result<Option<Duration>, A::Error> {
-        let (scalar, position) = self.scalar(map, node, field)?;
-        let locator = Locator::Value(node, field);
-        let text = match scalar {
-            Scalar::Null => return Ok(None),
-            Scalar::Text(text) => text,
-            Scalar::Int(number) => number.to_string(),
-            found => {
-                self.wrong_type(
-                    locator,
-                    position,
-                    field.to_owned(),
-                    "a duration such as '90s' or '1h30m'",
-                    &found,
-                );
-                return Ok(None);
-            }
+        let (text, position) = self.typed_at::<DurationText, A>(map, field)?;
+        let Some(DurationText(text)) = text else {
+            return Ok(None);
         };
         Ok(match duration::parse(&text) {
             Ok(value) => Some(value),
             Err(reason) => {
                 let kind = ManifestErrorKind::InvalidDuration {
-                    field,
+                    field: field.name,
                     value: text,
                     reason,
                 };
-                self.problem(locator, position, kind);
+                self.problem(field.locator(), position, kind);
                 None
             }
         })
@@ -378,31 +300,134 @@ impl<'a> Reader<'a> {
     pub(super) fn list<'de, A: MapAccess<'de>>(
         &self,
         map: &mut A,
-        node: Node,
-        field: &'static str,
-        key_position: Option<Position>,
+        field: Field,
     ) -> Result<Option<Vec<String>>, A::Error> {
-        self.record(Locator::Value(node, field), key_position);
-        map.next_value_seed(ListSeed {
-            reader: self,
-            node,
+        self.nested(
+            map,
             field,
-            key_position,
-        })
+            ListValue {
+                reader: self,
+                field,
+            },
+        )
+    }
+
+    /// Walks the names of a list (`depends_on`, `uses`...), reporting empty entries.
+    pub(super) fn names<'de, S: SeqAccess<'de>>(
+        &self,
+        seq: &mut S,
+        field: Field,
+        mut each: impl FnMut(String, Option<Position>),
+    ) -> Result<(), S::Error> {
+        while let Some((name, position)) = seq.next_element_seed(self.placed())? {
+            match name {
+                Some(name) => each(name, position),
+                None => {
+                    let kind = ManifestErrorKind::EmptyEntry { field: field.name };
+                    self.problem(field.locator(), position, kind);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Walks the entries of a map field (`env`, `resources`, `uses`), recording each at
+    /// its name: recorded first, the name's position wins over the value's.
+    pub(super) fn entries<'de, T: Deserialize<'de>, A: MapAccess<'de>>(
+        &self,
+        map: &mut A,
+        field: Field,
+        mut each: impl FnMut(String, Locator, Option<Position>, T),
+    ) -> Result<(), A::Error> {
+        while let Some((name, position)) = map.next_key_seed(self.placed::<String>())? {
+            let locator = Locator::Entry(field.node, field.name, name.clone());
+            self.record(locator.clone(), position);
+            let (value, _) = self.value(map, locator.clone())?;
+            each(name, locator, position, value);
+        }
+        Ok(())
+    }
+
+    /// Tells whether `name` is new among a map field's entries; reports it otherwise.
+    pub(super) fn first_entry<V>(
+        &self,
+        entries: &BTreeMap<String, V>,
+        field: Field,
+        name: &str,
+        locator: &Locator,
+        position: Option<Position>,
+    ) -> bool {
+        let first = !entries.contains_key(name);
+        if !first {
+            let kind = ManifestErrorKind::DuplicateField {
+                field: format!("{}.{name}", field.name),
+            };
+            self.problem(locator.clone(), position, kind);
+        }
+        first
+    }
+
+    /// Reads the elements of a list of mappings (`units`, `gates`), each knowing its index
+    /// even when malformed, so that indices agree between the two readings.
+    pub(super) fn indexed<'de, S: SeqAccess<'de>, L: Lenient<'de>>(
+        &self,
+        seq: &mut S,
+        element: impl Fn(usize) -> L,
+        mut each: impl FnMut(L::Value),
+    ) -> Result<(), S::Error> {
+        let mut index = 0;
+        while let Some(value) = seq.next_element_seed(element(index).seed())? {
+            each(value);
+            index += 1;
+        }
+        Ok(())
+    }
+}
+
+/// A field being read: the place of its value, and where its key stands.
+#[derive(Clone, Copy)]
+pub(super) struct Field {
+    pub(super) node: Node,
+    pub(super) name: &'static str,
+    pub(super) key_position: Option<Position>,
+}
+
+impl Field {
+    pub(super) fn locator(&self) -> Locator {
+        Locator::Value(self.node, self.name)
+    }
+}
+
+/// Reads a `T`, and its position when `positions` is on (a position costs time and memory).
+struct Placed<T> {
+    positions: bool,
+    value: PhantomData<T>,
+}
+
+impl<'de, T: Deserialize<'de>> DeserializeSeed<'de> for Placed<T> {
+    type Value = (T, Option<Position>);
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        if self.positions {
+            let spanned = Spanned::<T>::deserialize(deserializer)?;
+            Ok((spanned.value, Position::from_location(&spanned.referenced)))
+        } else {
+            Ok((T::deserialize(deserializer)?, None))
+        }
     }
 }
 
 /// A mapping key: the index of a known field name, or an unknown name.
-pub(super) enum Key {
+enum Key {
     Known(usize),
     Unknown(String),
 }
 
 impl Key {
-    fn of(name: String, known: &[&str]) -> Key {
+    fn of(name: &str, known: &[&str]) -> Key {
         match known.iter().position(|field| *field == name) {
             Some(index) => Key::Known(index),
-            None => Key::Unknown(name),
+            None => Key::Unknown(name.to_owned()),
         }
     }
 }
@@ -428,9 +453,6 @@ impl<'de> Visitor<'de> for KeySeed {
     }
 
     fn visit_str<E>(self, name: &str) -> Result<Key, E> {
-        Ok(match self.known.iter().position(|field| *field == name) {
-            Some(index) => Key::Known(index),
-            None => Key::Unknown(name.to_owned()),
-        })
+        Ok(Key::of(name, self.known))
     }
 }

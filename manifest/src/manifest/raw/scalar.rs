@@ -30,6 +30,76 @@ impl Scalar {
     }
 }
 
+/// A type a scalar field is read as: a value of any other type is reported as
+/// `expected`, not a reason to stop the reading.
+pub(super) trait Typed: Sized {
+    const EXPECTED: &'static str;
+
+    /// `Ok(None)` for null, `Err` with the scalar for a value of another type.
+    fn from_scalar(scalar: Scalar) -> Result<Option<Self>, Scalar>;
+}
+
+/// A count (`concurrency`, `retries`, `repairs`...).
+impl Typed for u32 {
+    const EXPECTED: &'static str = "a whole number of 0 or more";
+
+    fn from_scalar(scalar: Scalar) -> Result<Option<u32>, Scalar> {
+        scalar.whole()
+    }
+}
+
+/// A signed whole number (`priority`).
+impl Typed for i32 {
+    const EXPECTED: &'static str = "a whole number";
+
+    fn from_scalar(scalar: Scalar) -> Result<Option<i32>, Scalar> {
+        scalar.whole()
+    }
+}
+
+/// A number (`calibration_auto`); whole numbers too, while f64 holds them exactly.
+impl Typed for f64 {
+    const EXPECTED: &'static str = "a number";
+
+    fn from_scalar(scalar: Scalar) -> Result<Option<f64>, Scalar> {
+        match scalar {
+            Scalar::Null => Ok(None),
+            Scalar::Float(value) => Ok(Some(value)),
+            Scalar::Int(value) if value.abs() < 1 << 53 => Ok(Some(value as f64)),
+            other => Err(other),
+        }
+    }
+}
+
+impl Typed for bool {
+    const EXPECTED: &'static str = "true or false";
+
+    fn from_scalar(scalar: Scalar) -> Result<Option<bool>, Scalar> {
+        match scalar {
+            Scalar::Null => Ok(None),
+            Scalar::Bool(value) => Ok(Some(value)),
+            other => Err(other),
+        }
+    }
+}
+
+/// The text of a duration, parsed once its type is right: a string, or a whole number
+/// of seconds.
+pub(super) struct DurationText(pub(super) String);
+
+impl Typed for DurationText {
+    const EXPECTED: &'static str = "a duration such as '90s' or '1h30m'";
+
+    fn from_scalar(scalar: Scalar) -> Result<Option<DurationText>, Scalar> {
+        match scalar {
+            Scalar::Null => Ok(None),
+            Scalar::Text(text) => Ok(Some(DurationText(text))),
+            Scalar::Int(number) => Ok(Some(DurationText(number.to_string()))),
+            other => Err(other),
+        }
+    }
+}
+
 impl fmt::Display for Scalar {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -1,17 +1,15 @@
 //! Readers of the manifest's mappings: the top level and the units.
 
-use std::collections::BTreeMap;
-use std::fmt;
+use serde::de::{IgnoredAny, MapAccess, SeqAccess};
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-
-use super::playbook::PlaybookSeed;
-use super::reader::Reader;
+use super::lenient::Lenient;
+use super::playbook::PlaybookValue;
+use super::reader::{Field, Reader};
 use super::scalar::Scalar;
-use super::values::{EnvSeed, ResourcesSeed, UsesSeed};
-use super::{Draft, PlaybookSpec};
+use super::values::{EnvValue, ResourcesValue, UsesValue};
+use super::Draft;
 use crate::manifest::errors::ManifestErrorKind;
-use crate::manifest::position::{Locator, Node, Position};
+use crate::manifest::position::{Locator, Node};
 use crate::manifest::Unit;
 
 const TOP_FIELDS: &[&str] = &[
@@ -28,12 +26,15 @@ const TOP_FIELDS: &[&str] = &[
 ];
 
 /// Reads the manifest's top level into a [`Draft`]; `None` when it is not a mapping.
-pub(super) struct TopSeed<'r, 'a> {
+pub(super) struct TopValue<'r, 'a> {
     pub(super) reader: &'r Reader<'a>,
 }
 
-impl TopSeed<'_, '_> {
-    fn mismatch(&self, found: Scalar) -> Option<Draft> {
+impl<'de> Lenient<'de> for TopValue<'_, '_> {
+    type Value = Option<Draft>;
+    const EXPECTING: &'static str = "a manifest mapping";
+
+    fn mismatch(self, found: Scalar) -> Option<Draft> {
         let kind = if found == Scalar::Null {
             ManifestErrorKind::Syntax {
                 message: "the manifest is empty".into(),
@@ -49,91 +50,39 @@ impl TopSeed<'_, '_> {
         // Nothing else can be said about a manifest that is not a mapping.
         None
     }
-}
 
-impl<'de> DeserializeSeed<'de> for TopSeed<'_, '_> {
-    type Value = Option<Draft>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<Draft>, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for TopSeed<'_, '_> {
-    type Value = Option<Draft>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a manifest mapping")
-    }
-
-    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Option<Draft>, M::Error> {
+    fn mapping<M: MapAccess<'de>>(self, mut map: M) -> Result<Option<Draft>, M::Error> {
         let reader = self.reader;
-        let top = Node::Top;
-        let mut draft = Draft {
-            batch: None,
-            workdir: None,
-            playbook: PlaybookSpec::Missing,
-            concurrency: None,
-            calibration: None,
-            calibration_auto: None,
-            retries: None,
-            timeout: None,
-            resources: BTreeMap::new(),
-            units: Vec::new(),
-        };
-        reader.fields(
-            &mut map,
-            top,
-            "manifest",
-            TOP_FIELDS,
-            |field, key_position, map| {
-                match field {
-                    "batch" => draft.batch = reader.text(map, top, field)?,
-                    "workdir" => draft.workdir = reader.text(map, top, field)?,
-                    "playbook" => {
-                        reader.record(Locator::Value(top, field), key_position);
-                        draft.playbook = map.next_value_seed(PlaybookSeed {
-                            reader,
-                            file: false,
-                        })?;
-                    }
-                    "concurrency" => draft.concurrency = reader.count(map, top, field)?,
-                    "calibration" => draft.calibration = reader.count(map, top, field)?,
-                    "calibration_auto" => {
-                        draft.calibration_auto = reader.fraction(map, top, field)?
-                    }
-                    "retries" => draft.retries = reader.count(map, top, field)?,
-                    "timeout" => draft.timeout = reader.duration(map, top, field)?,
-                    "resources" => {
-                        reader.record(Locator::Value(top, field), key_position);
-                        draft.resources = map.next_value_seed(ResourcesSeed {
-                            reader,
-                            key_position,
-                        })?;
-                    }
-                    "units" => {
-                        reader.record(Locator::Value(top, field), key_position);
-                        draft.units = map.next_value_seed(UnitsSeed {
-                            reader,
-                            key_position,
-                        })?;
-                    }
-                    _ => {
-                        map.next_value::<IgnoredAny>()?;
-                    }
+        let mut draft = Draft::default();
+        reader.fields(&mut map, Node::Top, "manifest", TOP_FIELDS, |field, map| {
+            match field.name {
+                "batch" => draft.batch = reader.text(map, field)?,
+                "workdir" => draft.workdir = reader.text(map, field)?,
+                "playbook" => {
+                    let playbook = PlaybookValue {
+                        reader,
+                        file: false,
+                    };
+                    draft.playbook = reader.nested(map, field, playbook)?;
                 }
-                Ok(())
-            },
-        )?;
+                "concurrency" => draft.concurrency = reader.typed(map, field)?,
+                "calibration" => draft.calibration = reader.typed(map, field)?,
+                "calibration_auto" => draft.calibration_auto = reader.typed(map, field)?,
+                "retries" => draft.retries = reader.typed(map, field)?,
+                "timeout" => draft.timeout = reader.duration(map, field)?,
+                "resources" => {
+                    let resources = ResourcesValue { reader, field };
+                    draft.resources = reader.nested(map, field, resources)?;
+                }
+                "units" => draft.units = reader.nested(map, field, UnitsValue { reader, field })?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(())
+        })?;
         Ok(Some(draft))
     }
-
-    fn visit_unit<E>(self) -> Result<Option<Draft>, E> {
-        Ok(self.mismatch(Scalar::Null))
-    }
-
-    mismatch_visits!(Option<Draft>);
-    skip_seq_visit!(Option<Draft>);
 }
 
 const UNIT_FIELDS: &[&str] = &[
@@ -153,78 +102,48 @@ const UNIT_FIELDS: &[&str] = &[
 
 /// Reads `units`, keeping each unit's index (its [`Node::Unit`]) even when a unit is
 /// malformed, so that indices agree between the two readings.
-pub(super) struct UnitsSeed<'r, 'a> {
-    pub(super) reader: &'r Reader<'a>,
-    pub(super) key_position: Option<Position>,
+struct UnitsValue<'r, 'a> {
+    reader: &'r Reader<'a>,
+    field: Field,
 }
 
-impl UnitsSeed<'_, '_> {
-    fn mismatch(&self, found: Scalar) -> Vec<Unit> {
-        let locator = Locator::Value(Node::Top, "units");
-        self.reader.wrong_type(
-            locator,
-            self.key_position,
-            "units".into(),
-            "a list of units",
-            &found,
-        );
+impl<'de> Lenient<'de> for UnitsValue<'_, '_> {
+    type Value = Vec<Unit>;
+    const EXPECTING: &'static str = "a list of units";
+
+    fn mismatch(self, found: Scalar) -> Vec<Unit> {
+        self.reader.wrong_shape(self.field, Self::EXPECTING, &found)
+    }
+
+    fn null(self) -> Vec<Unit> {
         Vec::new()
     }
-}
 
-impl<'de> DeserializeSeed<'de> for UnitsSeed<'_, '_> {
-    type Value = Vec<Unit>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<Unit>, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for UnitsSeed<'_, '_> {
-    type Value = Vec<Unit>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a list of units")
-    }
-
-    fn visit_unit<E>(self) -> Result<Vec<Unit>, E> {
-        Ok(Vec::new())
-    }
-    fn visit_none<E>(self) -> Result<Vec<Unit>, E> {
-        Ok(Vec::new())
-    }
-
-    fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Vec<Unit>, S::Error> {
+    fn list<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Vec<Unit>, S::Error> {
+        let reader = self.reader;
         let mut units = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-        let keep = self.reader.keeps_units();
-        let mut index = 0;
-        loop {
-            let seed = UnitSeed {
-                reader: self.reader,
-                index,
-            };
-            match seq.next_element_seed(seed)? {
-                Some(unit) if keep => units.push(unit),
-                Some(_) => {}
-                None => break,
+        let keep = reader.keeps_units();
+        let unit = |index| UnitValue { reader, index };
+        reader.indexed(&mut seq, unit, |unit| {
+            if keep {
+                units.push(unit);
             }
-            index += 1;
-        }
+        })?;
         Ok(units)
     }
-
-    mismatch_visits!(Vec<Unit>);
-    skip_map_visit!(Vec<Unit>);
 }
 
 /// Reads one unit.
-pub(super) struct UnitSeed<'r, 'a> {
-    pub(super) reader: &'r Reader<'a>,
-    pub(super) index: usize,
+struct UnitValue<'r, 'a> {
+    reader: &'r Reader<'a>,
+    index: usize,
 }
 
-impl UnitSeed<'_, '_> {
-    fn mismatch(&self, found: Scalar) -> Unit {
+impl<'de> Lenient<'de> for UnitValue<'_, '_> {
+    type Value = Unit;
+    const EXPECTING: &'static str = "a unit mapping";
+
+    fn mismatch(self, found: Scalar) -> Unit {
         let locator = Locator::Node(Node::Unit(self.index));
         let kind = ManifestErrorKind::WrongType {
             field: format!("units[{}]", self.index),
@@ -232,96 +151,45 @@ impl UnitSeed<'_, '_> {
             found: found.to_string(),
         };
         self.reader.problem(locator, None, kind);
-        self.reader
-            .notes
-            .borrow_mut()
-            .broken_units
-            .insert(self.index);
+        let mut notes = self.reader.notes.borrow_mut();
+        notes.broken_units.insert(self.index);
         Unit::default()
     }
-}
 
-impl<'de> DeserializeSeed<'de> for UnitSeed<'_, '_> {
-    type Value = Unit;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Unit, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for UnitSeed<'_, '_> {
-    type Value = Unit;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a unit mapping")
-    }
-
-    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Unit, M::Error> {
-        let reader = self.reader;
-        let node = Node::Unit(self.index);
+    fn mapping<M: MapAccess<'de>>(self, mut map: M) -> Result<Unit, M::Error> {
+        let Self { reader, index } = self;
         let mut unit = Unit::default();
         if reader.positions_on() {
             reader
                 .unit_ids
                 .borrow_mut()
-                .resize(self.index + 1, String::new());
+                .resize(index + 1, String::new());
         }
         reader.fields(
             &mut map,
-            node,
+            Node::Unit(index),
             "unit",
             UNIT_FIELDS,
-            |field, key_position, map| {
-                match field {
+            |field, map| {
+                let list = |map: &mut M| Ok(reader.list(map, field)?.unwrap_or_default());
+                match field.name {
                     "id" => {
-                        unit.id = reader.text(map, node, field)?.unwrap_or_default();
-                        if reader.positions_on() {
-                            if let Some(slot) = reader.unit_ids.borrow_mut().get_mut(self.index) {
-                                slot.clone_from(&unit.id);
-                            }
+                        unit.id = reader.text(map, field)?.unwrap_or_default();
+                        if let Some(slot) = reader.unit_ids.borrow_mut().get_mut(index) {
+                            slot.clone_from(&unit.id);
                         }
                     }
-                    "task" => unit.task = reader.text(map, node, field)?.unwrap_or_default(),
-                    "inputs" => {
-                        unit.inputs = reader
-                            .list(map, node, field, key_position)?
-                            .unwrap_or_default()
-                    }
-                    "outputs" => {
-                        unit.outputs = reader
-                            .list(map, node, field, key_position)?
-                            .unwrap_or_default()
-                    }
-                    "touches" => {
-                        unit.touches = reader
-                            .list(map, node, field, key_position)?
-                            .unwrap_or_default()
-                    }
-                    "depends_on" => {
-                        unit.depends_on = reader
-                            .list(map, node, field, key_position)?
-                            .unwrap_or_default()
-                    }
-                    "verify" => unit.verify = reader.list(map, node, field, key_position)?,
-                    "uses" => {
-                        reader.record(Locator::Value(node, field), key_position);
-                        unit.uses = map.next_value_seed(UsesSeed {
-                            reader,
-                            node,
-                            key_position,
-                        })?;
-                    }
-                    "env" => {
-                        reader.record(Locator::Value(node, field), key_position);
-                        unit.env = map.next_value_seed(EnvSeed {
-                            reader,
-                            node,
-                            key_position,
-                        })?;
-                    }
-                    "run" => unit.run = reader.text(map, node, field)?,
-                    "timeout" => unit.timeout = reader.duration(map, node, field)?,
-                    "priority" => unit.priority = reader.integer(map, node, field)?.unwrap_or(0),
+                    "task" => unit.task = reader.text(map, field)?.unwrap_or_default(),
+                    "inputs" => unit.inputs = list(map)?,
+                    "outputs" => unit.outputs = list(map)?,
+                    "touches" => unit.touches = list(map)?,
+                    "depends_on" => unit.depends_on = list(map)?,
+                    "verify" => unit.verify = reader.list(map, field)?,
+                    "uses" => unit.uses = reader.nested(map, field, UsesValue { reader, field })?,
+                    "env" => unit.env = reader.nested(map, field, EnvValue { reader, field })?,
+                    "run" => unit.run = reader.text(map, field)?,
+                    "timeout" => unit.timeout = reader.duration(map, field)?,
+                    "priority" => unit.priority = reader.typed(map, field)?.unwrap_or(0),
                     _ => {
                         map.next_value::<IgnoredAny>()?;
                     }
@@ -331,11 +199,4 @@ impl<'de> Visitor<'de> for UnitSeed<'_, '_> {
         )?;
         Ok(unit)
     }
-
-    fn visit_unit<E>(self) -> Result<Unit, E> {
-        Ok(self.mismatch(Scalar::Null))
-    }
-
-    mismatch_visits!(Unit);
-    skip_seq_visit!(Unit);
 }
