@@ -15,20 +15,23 @@
 //!
 //! [`verify`] recomputes every hash in such a folder: the batch pack's
 //! sha256 of each session pack, and each session pack's sha256 of each of
-//! its files. The session pack's types are shared with the worker that
-//! writes it, in [`regatta_proto::evidence`]; the schemas are in
-//! `docs/evidence-pack.md`.
+//! its files. The session pack's types, the store's layout and the hashing
+//! are shared with the worker that writes packs, in
+//! [`regatta_proto::evidence`]; the schemas are in `docs/evidence-pack.md`.
+//! What stays here is opening files safely ([`regular_file`]) and what the
+//! batch pack adds.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use regatta_proto::evidence::{iso8601, single_segment, PACK_FILE};
+use regatta_proto::evidence::{
+    copy_hashed, hash_reader, iso8601, session_dir, sha256_hex, CopyError, PACK_FILE,
+};
 use regatta_proto::Outcome;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use regular_file::{open_regular, open_regular_beneath, Refusal};
 pub use signature::{SignatureCheck, SIGNATURE_FILE};
@@ -248,10 +251,7 @@ fn listed_files(pack: &SessionPackFiles) -> Vec<(Option<String>, String)> {
 
 /// Returns the hex SHA-256 of a file's bytes, as packs record them.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher)?;
-    Ok(hex::encode(hasher.finalize()))
+    Ok(hash_reader(File::open(path)?)?.sha256)
 }
 
 fn slash(path: &Path) -> String {

@@ -9,22 +9,28 @@
 //! (auditors hash the bytes), so reorder or rename nothing without a new
 //! version.
 //!
-//! Everything here is plain data and pure functions; hashing and copying
-//! files stays with the worker, reading them with the coordinator.
-
-use std::path::{Component, Path, PathBuf};
+//! The store's layout and path rules are in [`layout`], the hashing both
+//! sides record and check in [`digest`]. Everything here is plain data and
+//! pure functions over what it is given: opening files stays with the
+//! worker and the coordinator.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::event::GateReport;
 
+pub mod digest;
+pub mod layout;
+
+pub use digest::{copy_hashed, hash_reader, sha256_hex, CopyError, Hashed, Sha256Writer};
+pub use layout::{
+    plain_relative, session_dir, single_segment, UnsafeId, ARTIFACTS_DIR, LOG_FILE, OUTPUTS_DIR,
+    PACK_FILE,
+};
+
 /// The version of the session pack's schema; bumped on any change that is
 /// not a new optional field.
 pub const SCHEMA_VERSION: u32 = 1;
-/// The pack's file name inside a session's folder, in the artifact store
-/// and in a batch pack's folder.
-pub const PACK_FILE: &str = "evidence-pack.json";
 
 /// `evidence-pack.json`, schema version 1 (see `docs/evidence-pack.md`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -200,31 +206,6 @@ pub fn verification(gates: &[GateReport], gates_not_run: &[String]) -> Verificat
 /// A time as packs spell it: ISO 8601, UTC, milliseconds, `Z`.
 pub fn iso8601(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// Returns `path` as plain relative segments (`.` dropped), or `None` when
-/// it is empty, absolute, or climbs out with `..`: the only paths a pack may
-/// list. Pure: looks at the text, never at the disk.
-pub fn plain_relative(path: &str) -> Option<PathBuf> {
-    let mut relative = PathBuf::new();
-    for component in Path::new(path).components() {
-        match component {
-            Component::Normal(segment) => relative.push(segment),
-            Component::CurDir => {}
-            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
-        }
-    }
-    (!relative.as_os_str().is_empty()).then_some(relative)
-}
-
-/// `id` when it is one plain path segment (batch, unit and session ids
-/// become folder names).
-pub fn single_segment(id: &str) -> Option<&str> {
-    let mut components = Path::new(id).components();
-    match (components.next(), components.next()) {
-        (Some(Component::Normal(segment)), None) if segment == id => Some(id),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
@@ -408,18 +389,6 @@ mod tests {
         assert!(!v.lint_clean, "a lint gate that never ran is not clean");
         assert!(v.security_scan_clean, "no scan was asked for");
         assert_eq!(v.gates_failed_and_auto_fixed, vec!["test".to_owned()]);
-    }
-
-    #[test]
-    fn listed_paths_and_ids_must_stay_plain() {
-        assert_eq!(plain_relative("./a/./b"), Some(PathBuf::from("a/b")));
-        for escaping in ["../a", "a/../b", "/a", "", "."] {
-            assert_eq!(plain_relative(escaping), None, "{escaping}");
-        }
-        assert_eq!(single_segment("s-1"), Some("s-1"));
-        for unsafe_id in ["a/b", "..", ".", "", "/a", "a/"] {
-            assert_eq!(single_segment(unsafe_id), None, "{unsafe_id}");
-        }
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //!   the keys of [`Keys`], runs the session and reports [`SessionEvent`]s on
 //!   the events queue, sealed the same way.
 
+pub mod duration;
 pub mod envelope;
 pub mod error;
 pub mod event;

@@ -185,3 +185,103 @@ fn serve_refuses_a_lock_ttl_or_reap_interval_it_cannot_use() {
         );
     }
 }
+
+/// Runs a binary whose arguments should be refused before it does anything;
+/// one that accepts them and goes on (to connect, to serve) is stopped and
+/// reported instead of hanging the test.
+fn refused_at_once(name: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut child = Command::new(binary(name))
+        .args(args)
+        .envs(env.iter().copied())
+        .env("REGATTA_SECRET", regatta_tests::new_secret())
+        .env("REGATTA_AMQP_URL", "amqp://127.0.0.1:1/%2f")
+        .env("REGATTA_REDIS_URL", "redis://127.0.0.1:1/")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().expect("wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("reap");
+            panic!("{name} {args:?} {env:?} was accepted: {}", stderr(&output));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// A binary, its arguments, its environment, and the flag its error must name.
+type Refusal = (
+    &'static str,
+    &'static [&'static str],
+    &'static [(&'static str, &'static str)],
+    &'static str,
+);
+
+#[test]
+fn duration_flags_read_the_manifests_grammar_and_nothing_else() {
+    // Each of these is a duration to humantime, which the flags used before;
+    // a manifest refuses them, so the flags must too, naming the flag and
+    // the forms they take.
+    let cases: [Refusal; 8] = [
+        (
+            "regatta",
+            &["serve", "--lease-ttl", "2min"],
+            &[],
+            "--lease-ttl",
+        ),
+        (
+            "regatta",
+            &["serve", "--lock-ttl", "1h 30m"],
+            &[],
+            "--lock-ttl",
+        ),
+        (
+            "regatta",
+            &["serve", "--reap-interval", "1sec"],
+            &[],
+            "--reap-interval",
+        ),
+        (
+            "regatta",
+            &["serve", "--header-timeout", "10secs"],
+            &[],
+            "--header-timeout",
+        ),
+        (
+            "regatta",
+            &["serve"],
+            &[("REGATTA_BODY_TIMEOUT", "1min")],
+            "--body-timeout",
+        ),
+        ("regatta-worker", &["--lease-ttl", "3x"], &[], "--lease-ttl"),
+        (
+            "regatta-worker",
+            &["--lease-ttl", "30 s"],
+            &[],
+            "--lease-ttl",
+        ),
+        (
+            "regatta-worker",
+            &[],
+            &[("REGATTA_GRACE", "2min")],
+            "--grace",
+        ),
+    ];
+    for (name, args, env, flag) in cases {
+        let output = refused_at_once(name, args, env);
+        let error = stderr(&output);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{name} {args:?} {env:?}: {error}"
+        );
+        assert!(error.contains(flag), "the error names {flag}: {error}");
+        assert!(
+            error.contains("'1h30m'"),
+            "the error shows the forms: {error}"
+        );
+    }
+}

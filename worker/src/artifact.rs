@@ -3,52 +3,37 @@
 //! folder of their own, where they stay when the work dir is cleaned and
 //! where `regatta evidence` finds them.
 //!
-//! Layout, one folder per session:
-//!
-//! ```text
-//! <store>/<batch_id>/<unit_id>/<session_id>/
-//!     outputs/<path as declared>     stage "output"
-//!     artifacts/<path in the dir>    stage "artifact"
-//!     session.log                    stage "log"
-//!     evidence-pack.json             written by `evidence`
-//! ```
+//! Layout, one folder per session, is [`regatta_proto::evidence::layout`]'s
+//! (`<store>/<batch_id>/<unit_id>/<session_id>/`), the one the coordinator
+//! reads back; the hashing is [`regatta_proto::evidence::digest`]'s.
 //!
 //! Nothing a session does can make the store write outside its folder: ids
 //! and declared paths must be plain relative paths (no `..`, not absolute),
 //! a source that resolves (through symlinks) outside the workdir or the
 //! artifact folder is refused and recorded, and every destination is checked
 //! to resolve inside the session's folder before it is created. The id and
-//! path rules are [`regatta_proto::evidence`]'s, the ones the coordinator
-//! applies when it reads the pack back.
+//! path rules are [`regatta_proto::evidence::layout`]'s, the ones the
+//! coordinator applies when it reads the pack back.
 //!
 //! The store records what it kept in the pack's own types ([`StoredFile`],
 //! [`RejectedFile`], [`HashedInput`]), so `evidence` lists them as they are.
 
 use std::fs::File;
-use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use regatta_proto::evidence::{
-    plain_relative, single_segment, HashedInput, RejectedFile, Stage, StoredFile,
+    copy_hashed, hash_reader, plain_relative, session_dir, CopyError, HashedInput, RejectedFile,
+    Stage, StoredFile, UnsafeId,
 };
-use sha2::{Digest, Sha256};
-
-/// The folder, inside a session's folder, that declared outputs are copied to.
-pub const OUTPUTS_DIR: &str = "outputs";
-/// The folder, inside a session's folder, that `REGATTA_ARTIFACT_DIR` files are copied to.
-pub const ARTIFACTS_DIR: &str = "artifacts";
-/// The name of the session log inside a session's folder.
-pub const LOG_FILE: &str = "session.log";
+pub use regatta_proto::evidence::{ARTIFACTS_DIR, LOG_FILE, OUTPUTS_DIR};
 
 /// Why a session's files could not be stored at all.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
     /// A batch, unit or session id is not a single plain path segment; the
     /// coordinator never sends one, so the order was forged or corrupted.
-    #[error(
-        "'{0}' cannot name a folder of the artifact store (it must be one plain path segment)"
-    )]
-    UnsafeId(String),
+    #[error(transparent)]
+    UnsafeId(#[from] UnsafeId),
     /// The store cannot be written: check `--artifact-dir` (REGATTA_ARTIFACT_STORE)
     /// exists or can be created, and has room.
     #[error("cannot write to the artifact store at {path}: {source}")]
@@ -143,13 +128,7 @@ impl ArtifactStore {
         unit_id: &str,
         session_id: &str,
     ) -> Result<PathBuf, ArtifactError> {
-        let mut dir = self.root.clone();
-        for id in [batch_id, unit_id, session_id] {
-            let segment =
-                single_segment(id).ok_or_else(|| ArtifactError::UnsafeId(id.to_owned()))?;
-            dir.push(segment);
-        }
-        Ok(dir)
+        Ok(session_dir(&self.root, batch_id, unit_id, session_id)?)
     }
 
     /// Copies and hashes a session's outputs, artifacts and log into its
@@ -163,9 +142,13 @@ impl ArtifactStore {
 
     /// The blocking body of [`ArtifactStore::collect`].
     pub fn collect_blocking(&self, files: &SessionFiles) -> Result<Collection, ArtifactError> {
-        let session_dir = self.session_dir(&files.batch_id, &files.unit_id, &files.session_id)?;
-        let session = session_dir.strip_prefix(&self.root).unwrap_or(&session_dir);
-        let target = Target::new(&self.root, session)?;
+        let session = session_dir(
+            Path::new(""),
+            &files.batch_id,
+            &files.unit_id,
+            &files.session_id,
+        )?;
+        let target = Target::new(&self.root, &session)?;
         let mut collection = Collection {
             session_dir: target.root.clone(),
             ..Collection::default()
@@ -240,11 +223,11 @@ impl ArtifactStore {
             let Ok(resolved) = resolve_inside(&files.workdir.join(relative), workdir) else {
                 continue;
             };
-            if let Ok((sha256, bytes)) = hash_file(&resolved) {
+            if let Ok(hashed) = File::open(&resolved).and_then(hash_reader) {
                 collection.inputs.push(HashedInput {
                     filename: input.clone(),
-                    sha256,
-                    bytes,
+                    sha256: hashed.sha256,
+                    bytes: hashed.bytes,
                 });
             }
         }
@@ -321,45 +304,24 @@ impl Target {
             path: source.display().to_string(),
             source: e,
         };
-        let mut input = File::open(source).map_err(source_error)?;
-        let mut output = std::fs::OpenOptions::new()
+        let input = File::open(source).map_err(source_error)?;
+        let output = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&destination)
             .map_err(|e| ArtifactError::io(&destination, e))?;
-        let mut hasher = Sha256::new();
-        let mut buffer = vec![0u8; 64 * 1024];
-        let mut bytes = 0u64;
-        loop {
-            let n = input.read(&mut buffer).map_err(source_error)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buffer[..n]);
-            output
-                .write_all(&buffer[..n])
-                .map_err(|e| ArtifactError::io(&destination, e))?;
-            bytes += n as u64;
-        }
-        output
-            .flush()
-            .map_err(|e| ArtifactError::io(&destination, e))?;
+        let hashed = copy_hashed(input, output).map_err(|e| match e {
+            CopyError::Read(e) => source_error(e),
+            CopyError::Write(e) => ArtifactError::io(&destination, e),
+        })?;
         Ok(StoredFile {
             filename: String::new(),
-            sha256: hex::encode(hasher.finalize()),
+            sha256: hashed.sha256,
             stage: Stage::Artifact,
             path: slash_path(relative),
-            bytes,
+            bytes: hashed.bytes,
         })
     }
-}
-
-/// Returns the hex SHA-256 and the size of a file.
-pub fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
-    let mut input = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let bytes = std::io::copy(&mut input, &mut hasher)?;
-    Ok((hex::encode(hasher.finalize()), bytes))
 }
 
 /// Creates the folders of `relative` under `base` one segment at a time and

@@ -54,11 +54,11 @@ struct Args {
     )]
     artifact_store: PathBuf,
     /// How long a lease lives without renewal (renewed every third of it).
-    #[arg(long, env = "REGATTA_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REGATTA_LEASE_TTL", default_value = "30s", value_parser = regatta_proto::duration::parse)]
     lease_ttl: Duration,
     /// On shutdown, how long running sessions may take to finish; also the
     /// pause between SIGTERM and SIGKILL of a session past its deadline.
-    #[arg(long, env = "REGATTA_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REGATTA_GRACE", default_value = "10s", value_parser = regatta_proto::duration::parse)]
     grace: Duration,
     /// The name this worker gives in events and leases (default: host:pid).
     #[arg(long, env = "REGATTA_WORKER_NAME")]

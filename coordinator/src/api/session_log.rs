@@ -5,7 +5,8 @@
 //! naming `/etc/passwd` as its log must not make the API serve that file.
 //! Every folder on the way is opened without following symlinks, and the log
 //! itself only if it is a regular file, so a link planted in the store
-//! cannot lead outside it either.
+//! cannot lead outside it either. The layout is the one the worker writes,
+//! [`regatta_proto::evidence::layout`].
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -14,11 +15,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{open, openat, OFlag};
 use nix::sys::stat::Mode;
-use regatta_proto::evidence::single_segment;
-
-/// The log's name inside a session's folder of the store (the worker's
-/// `artifact::LOG_FILE`; the two crates share no code, only this layout).
-pub const LOG_FILE: &str = "session.log";
+use regatta_proto::evidence::{session_dir, LOG_FILE};
 
 /// How much of a log's end the API serves.
 const TAIL_BYTES: u64 = 64 * 1024;
@@ -40,21 +37,15 @@ pub enum StoredLog {
 /// Reads the tail of `<store>/<batch>/<unit>/<session>/session.log`.
 /// Blocking: run it off the async threads.
 pub fn read_tail(store: &Path, batch: &str, unit: &str, session: &str) -> StoredLog {
-    let mut segments = Vec::with_capacity(3);
-    for id in [batch, unit, session] {
-        match single_segment(id) {
-            Some(segment) => segments.push(segment),
-            None => {
-                return StoredLog::Refused(format!(
-                    "'{id}' is not one plain path segment, so it names no folder of the store"
-                ))
-            }
+    let path = match session_dir(store, batch, unit, session) {
+        Ok(dir) => dir.join(LOG_FILE),
+        Err(unsafe_id) => {
+            return StoredLog::Refused(format!(
+                "'{}' is not one plain path segment, so it names no folder of the store",
+                unsafe_id.0
+            ))
         }
-    }
-    let path = segments
-        .iter()
-        .fold(store.to_path_buf(), |path, segment| path.join(segment))
-        .join(LOG_FILE);
+    };
     let refused = |what: &str| StoredLog::Refused(format!("{}: {what}", path.display()));
     // The store's root is the operator's choice and may itself be a link.
     let directory = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
@@ -63,10 +54,11 @@ pub fn read_tail(store: &Path, batch: &str, unit: &str, session: &str) -> Stored
         Err(nix::errno::Errno::ENOENT) => return StoredLog::Missing,
         Err(e) => return refused(&format!("cannot open the artifact store: {e}")),
     };
-    for segment in &segments {
+    // `session_dir` checked that each id is one plain segment.
+    for segment in [batch, unit, session] {
         folder = match openat(
             &folder,
-            *segment,
+            segment,
             directory | OFlag::O_NOFOLLOW,
             Mode::empty(),
         ) {

@@ -18,11 +18,11 @@ pub struct ServeArgs {
     #[arg(long, env = "REGATTA_LISTEN", default_value = "127.0.0.1:7700")]
     pub listen: String,
     /// How often expired leases (dead workers) are looked for.
-    #[arg(long, env = "REGATTA_REAP_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REGATTA_REAP_INTERVAL", default_value = "1s", value_parser = regatta_proto::duration::parse)]
     pub reap_interval: Duration,
     /// The workers' lease TTL (the longest, if they differ): after Redis
     /// loses its data, no lease is granted for this long.
-    #[arg(long, env = "REGATTA_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REGATTA_LEASE_TTL", default_value = "30s", value_parser = regatta_proto::duration::parse)]
     pub lease_ttl: Duration,
     /// This coordinator's name in the namespace's lock (default: host and
     /// API port, so a restart in place takes its lock back at once).
@@ -30,7 +30,7 @@ pub struct ServeArgs {
     pub instance: Option<String>,
     /// How long the namespace's lock outlives a coordinator that stopped
     /// renewing it: another coordinator waits this long after a crash.
-    #[arg(long, env = "REGATTA_LOCK_TTL", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REGATTA_LOCK_TTL", default_value = "15s", value_parser = regatta_proto::duration::parse)]
     pub lock_ttl: Duration,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "REGATTA_LOG_JSON")]
@@ -56,10 +56,10 @@ pub struct ServeArgs {
     #[arg(long, env = "REGATTA_MAX_MANIFEST_BYTES", default_value_t = api::DEFAULT_MAX_MANIFEST_BYTES)]
     pub max_manifest_bytes: usize,
     /// How long a request's headers may take to arrive.
-    #[arg(long, env = "REGATTA_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REGATTA_HEADER_TIMEOUT", default_value = "10s", value_parser = regatta_proto::duration::parse)]
     pub header_timeout: Duration,
     /// How long a request's whole body may take to arrive.
-    #[arg(long, env = "REGATTA_BODY_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "REGATTA_BODY_TIMEOUT", default_value = "60s", value_parser = regatta_proto::duration::parse)]
     pub body_timeout: Duration,
     /// Open API connections at most (lowered to fit the open-file limit);
     /// past it, the oldest idle connection is closed for the newcomer.

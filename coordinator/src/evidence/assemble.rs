@@ -77,13 +77,18 @@ pub fn assemble(
             entry.attempt = Some(attempt.attempt);
             entry.outcome = attempt.outcome.map(|o| o.as_str().to_owned());
             entry.pack_sha256 = Some(evidence.sha256.clone());
-            if let (Some(unit_dir), Some(session_dir)) = (
-                single_segment(&unit.id),
-                single_segment(&attempt.session_id),
-            ) {
-                let relative = Path::new(SESSIONS_DIR).join(unit_dir).join(session_dir);
+            // The ids become folder names, in the store and in the pack.
+            let in_store = session_dir(
+                Path::new(""),
+                &facts.batch_id,
+                &unit.id,
+                &attempt.session_id,
+            );
+            if let Ok(in_store) = in_store {
+                let relative = Path::new(SESSIONS_DIR)
+                    .join(&unit.id)
+                    .join(&attempt.session_id);
                 entry.pack = Some(slash(&relative.join(SESSION_PACK_FILE)));
-                let in_store = Path::new(&facts.batch_id).join(unit_dir).join(session_dir);
                 copy_session(
                     (store, &in_store),
                     Path::new(&evidence.path),
@@ -144,7 +149,7 @@ fn copy_session(
             return Ok(());
         }
     };
-    let found = hex::encode(Sha256::digest(&bytes));
+    let found = sha256_hex(&bytes);
     if found != expected_sha256 {
         assembled.problems.push(Problem {
             path: pack_path.display().to_string(),
@@ -195,7 +200,7 @@ fn copy_session(
             }
         };
         let destination = target.join(&relative);
-        match copy_hashed(input, &destination) {
+        match copy_to(input, &destination) {
             Ok(found) => {
                 assembled.files += 1;
                 if found != expected {
@@ -218,21 +223,13 @@ fn copy_session(
 
 /// Copies an opened file, creating the destination's folders, and returns
 /// the hex SHA-256 of the bytes copied.
-fn copy_hashed(mut input: File, destination: &Path) -> std::io::Result<String> {
+fn copy_to(input: File, destination: &Path) -> std::io::Result<String> {
     if let Some(parent) = destination.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let mut output = File::create(destination)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 64 * 1024];
-    loop {
-        let n = input.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-        output.write_all(&buffer[..n])?;
+    let output = File::create(destination)?;
+    match copy_hashed(input, output) {
+        Ok(hashed) => Ok(hashed.sha256),
+        Err(CopyError::Read(e) | CopyError::Write(e)) => Err(e),
     }
-    output.flush()?;
-    Ok(hex::encode(hasher.finalize()))
 }

@@ -6,7 +6,7 @@ use regatta_proto::{EvidenceRef, Outcome};
 const SECRET: &[u8] = b"fleet-secret";
 
 fn sha(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    sha256_hex(bytes)
 }
 
 fn write(path: &Path, bytes: &[u8]) {
@@ -426,4 +426,27 @@ fn a_succeeded_unit_without_a_pack_is_named_by_assembly_and_verification() {
     let result = verify(&out, Some(SECRET));
     let shown: Vec<String> = result.problems.iter().map(|p| p.to_string()).collect();
     assert_eq!(shown, expected);
+}
+
+#[test]
+fn a_session_id_that_climbs_out_of_the_store_is_named_and_not_followed() {
+    let temp = tempfile::tempdir().unwrap();
+    let store = temp.path().join("store");
+    // A pack two levels up from the unit's folder, where `../..` would lead.
+    let evidence = worker_session(&store, "a", "s-a");
+    let units = vec![unit(
+        "a",
+        UnitState::NeedsReview,
+        vec![attempt("../../b-1/a/s-a", Some(evidence))],
+    )];
+    let out = temp.path().join("out");
+    let assembled = assemble(&facts(), &units, &store, &out, SECRET).unwrap();
+    let shown: Vec<String> = assembled.problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(
+        shown,
+        vec!["a/../../b-1/a/s-a: the path escapes the folder"]
+    );
+    assert_eq!((assembled.packs, assembled.files), (0, 0));
+    assert_eq!(assembled.pack.units[0].pack, None);
+    assert!(!out.join(SESSIONS_DIR).exists());
 }

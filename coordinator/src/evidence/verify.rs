@@ -28,7 +28,7 @@ pub fn verify(dir: &Path, secret: Option<&[u8]>) -> VerifyReport {
             return result;
         }
     };
-    result.batch_pack_sha256 = Some(hex::encode(Sha256::digest(&bytes)));
+    result.batch_pack_sha256 = Some(sha256_hex(&bytes));
     if let Some(secret) = secret {
         result.signature_checked = true;
         match read_inside(&root, Path::new(SIGNATURE_FILE)) {
@@ -89,7 +89,7 @@ pub fn verify(dir: &Path, secret: Option<&[u8]>) -> VerifyReport {
             }
         };
         result.packs += 1;
-        let found = hex::encode(Sha256::digest(&bytes));
+        let found = sha256_hex(&bytes);
         let expected = unit.pack_sha256.clone().unwrap_or_default();
         if found != expected {
             result.problems.push(problem(
@@ -176,8 +176,8 @@ fn read_inside(root: &Path, relative: &Path) -> Result<Vec<u8>, ProblemKind> {
 }
 
 fn hash_inside(root: &Path, relative: &Path) -> Result<String, ProblemKind> {
-    let mut file = open_inside(root, relative)?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|e| ProblemKind::Unreadable(e.to_string()))?;
-    Ok(hex::encode(hasher.finalize()))
+    let file = open_inside(root, relative)?;
+    hash_reader(file)
+        .map(|hashed| hashed.sha256)
+        .map_err(|e| ProblemKind::Unreadable(e.to_string()))
 }

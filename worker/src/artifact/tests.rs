@@ -7,7 +7,7 @@ fn write(path: &Path, content: &str) {
 }
 
 fn sha(content: &str) -> String {
-    hex::encode(Sha256::digest(content.as_bytes()))
+    regatta_proto::evidence::sha256_hex(content.as_bytes())
 }
 
 struct Setup {
@@ -175,4 +175,37 @@ fn ids_must_be_one_plain_segment() {
         assert!(store.session_dir("b", bad, "s").is_err(), "{bad:?}");
         assert!(store.session_dir("b", "u", bad).is_err(), "{bad:?}");
     }
+}
+
+#[test]
+fn a_collection_under_an_unsafe_id_writes_nothing() {
+    let mut s = setup(&[]);
+    s.files.unit_id = "../..".into();
+    let error = s.store.collect_blocking(&s.files).unwrap_err();
+    assert!(matches!(error, ArtifactError::UnsafeId(_)), "{error}");
+    assert!(error.to_string().contains("'../..'"), "{error}");
+    assert!(!s.store.root().exists(), "the store was not even created");
+}
+
+#[test]
+fn the_input_and_the_copy_of_a_stored_file_have_the_recorded_hash() {
+    let s = setup(&["big.bin"]);
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(s.files.workdir.join("big.bin"), &bytes).unwrap();
+    let mut files = s.files.clone();
+    files.inputs = vec!["big.bin".into()];
+    let collection = s.store.collect_blocking(&files).unwrap();
+    let stored = &collection.files[0];
+    let expected = regatta_proto::evidence::sha256_hex(&bytes);
+    assert_eq!(
+        (stored.sha256.as_str(), stored.bytes),
+        (expected.as_str(), 300_000)
+    );
+    let input = &collection.inputs[0];
+    assert_eq!(
+        (input.sha256.as_str(), input.bytes),
+        (expected.as_str(), 300_000)
+    );
+    let copy = std::fs::read(collection.session_dir.join("outputs/big.bin")).unwrap();
+    assert_eq!(copy, bytes);
 }
