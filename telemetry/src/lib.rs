@@ -15,6 +15,8 @@
 //!   errors, producers and consumers with their queue.
 //! - [`backoff::Backoff`]: the one way both binaries wait out an outage;
 //!   [`fleet_args::FleetArgs`]: the flags both binaries share.
+//! - [`shutdown::on_signals`]: SIGTERM and SIGINT cancel a process's root
+//!   token.
 //!
 //! This crate exists so the coordinator and the worker share one
 //! implementation without depending on each other; `proto` stays free of I/O.
@@ -30,6 +32,7 @@ pub mod fleet_args;
 pub mod messaging;
 mod propagation;
 mod resource;
+pub mod shutdown;
 pub mod status;
 mod trace_ref;
 

@@ -98,20 +98,7 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
         tenure: None,
     };
     let shutdown = CancellationToken::new();
-    let signals = shutdown.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        signals.cancel();
-    });
+    regatta_telemetry::shutdown::on_signals(shutdown.clone());
     // Bound first: the default instance name is this host and this port, so
     // two coordinators on one host never share a name.
     let listener = tokio::net::TcpListener::bind(&args.listen)
