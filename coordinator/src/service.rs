@@ -100,10 +100,12 @@ pub struct Service {
 
 impl Service {
     /// Connects to RabbitMQ and Redis, declares the topology, and starts the
-    /// publisher, the event consumer and the reaper; they stop with `shutdown`.
+    /// publisher, the event consumer and the reaper in `tasks`; they stop
+    /// with `shutdown`, and the caller joins them.
     pub async fn start(
         config: ServiceConfig,
         shutdown: CancellationToken,
+        tasks: &mut regatta_telemetry::tasks::Tasks,
     ) -> Result<Service, Error> {
         let connection_name = format!("regatta-coordinator {}", config.names.namespace());
         let link =
@@ -127,15 +129,21 @@ impl Service {
         };
         service.republish_queued();
         service.mark_epoch().await?;
-        tokio::spawn(publish_loop(
-            service.link.clone(),
-            service.config.names.work_queue(),
-            outgoing,
-            shutdown.clone(),
-        ));
-        tokio::spawn(service.clone().consume_events(shutdown.clone()));
-        tokio::spawn(service.clone().reap_loop(shutdown.clone()));
-        tokio::spawn(service.clone().tick_loop(shutdown));
+        tasks.spawn(
+            "publisher",
+            publish_loop(
+                service.link.clone(),
+                service.config.names.work_queue(),
+                outgoing,
+                shutdown.clone(),
+            ),
+        );
+        tasks.spawn(
+            "event consumer",
+            service.clone().consume_events(shutdown.clone()),
+        );
+        tasks.spawn("reaper", service.clone().reap_loop(shutdown.clone()));
+        tasks.spawn("ticker", service.clone().tick_loop(shutdown));
         Ok(service)
     }
 

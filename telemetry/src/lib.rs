@@ -16,7 +16,8 @@
 //! - [`backoff::Backoff`]: the one way both binaries wait out an outage;
 //!   [`fleet_args::FleetArgs`]: the flags both binaries share.
 //! - [`shutdown::on_signals`]: SIGTERM and SIGINT cancel a process's root
-//!   token.
+//!   token; [`tasks::Tasks`]: its long-running tasks, named and joined on
+//!   shutdown.
 //!
 //! This crate exists so the coordinator and the worker share one
 //! implementation without depending on each other; `proto` stays free of I/O.
@@ -34,6 +35,7 @@ mod propagation;
 mod resource;
 pub mod shutdown;
 pub mod status;
+pub mod tasks;
 mod trace_ref;
 
 pub use propagation::{extract, inject};
