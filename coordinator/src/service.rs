@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel};
+use lapin::BasicProperties;
 use regatta_broker::{publish_confirmed, BrokerLink, PublishError};
 use regatta_proto::{
     open, scripts, EventKind, Keys, LeaseOwner, Names, Outcome, SessionEvent, Signer,
@@ -92,7 +92,7 @@ pub struct Service {
     /// The supervised broker connection every task takes channels from.
     link: BrokerLink,
     /// A channel for read-only broker queries (queue depths), opened when needed.
-    inspect: Arc<tokio::sync::Mutex<Option<Channel>>>,
+    inspect: Arc<tokio::sync::Mutex<regatta_broker::KeptChannel>>,
     store: Store,
     publisher: mpsc::UnboundedSender<Outgoing>,
     config: Arc<ServiceConfig>,
@@ -310,11 +310,10 @@ impl Service {
     async fn dead_letter_depth(&self) -> Option<u32> {
         let mut inspect = self.inspect.try_lock().ok()?;
         let read = async {
-            if !inspect.as_ref().is_some_and(|c| c.status().connected()) {
-                *inspect = self.link.channel().await.ok();
-            }
             let queue = inspect
-                .as_ref()?
+                .get_or_open(|| self.link.channel())
+                .await
+                .ok()?
                 .queue_declare(
                     self.config.names.dead_letter_queue().as_str().into(),
                     lapin::options::QueueDeclareOptions {

@@ -21,6 +21,7 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::Channel;
+use regatta_broker::KeptChannel;
 use regatta_proto::{open, EventKind, LeaseOwner, Outcome, WorkOrder};
 use regatta_telemetry::backoff::Backoff;
 use tracing::Instrument;
@@ -35,23 +36,17 @@ pub(crate) async fn slot_loop(shared: Arc<Shared>, slot: usize) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     // The slot keeps its channel from unit to unit: opening one per unit
     // costs the broker more than the unit's own messages.
-    let mut channel: Option<Channel> = None;
+    let mut channel = KeptChannel::new();
     while !shared.shutdown.is_cancelled() {
         // A worker whose disks fail takes no work until they work again.
         if !shared.health.wait_healthy(&shared.shutdown).await {
             break;
         }
-        let result = match &channel {
-            Some(open) if open.status().connected() => take_one(&shared, open, slot)
+        let result = match channel.get_or_open(|| slot_channel(&shared)).await {
+            Ok(open) => take_one(&shared, open, slot)
                 .await
                 .map_err(regatta_broker::Error::from),
-            _ => match slot_channel(&shared).await {
-                Ok(open) => {
-                    channel = Some(open);
-                    continue;
-                }
-                Err(e) => Err(e),
-            },
+            Err(e) => Err(e),
         };
         match result {
             Ok(Some(delivery)) => {
@@ -63,9 +58,7 @@ pub(crate) async fn slot_loop(shared: Arc<Shared>, slot: usize) {
             Err(e) => {
                 tracing::warn!(slot, error = %e, "cannot consume from the work queue; retrying");
                 // Deliveries of a broken channel are void: start afresh.
-                if let Some(broken) = channel.take() {
-                    let _ = broken.close(200, "slot reset".into()).await;
-                }
+                channel.close("slot reset").await;
                 tokio::select! {
                     _ = backoff.wait() => {}
                     _ = shared.shutdown.cancelled() => break,
@@ -73,9 +66,7 @@ pub(crate) async fn slot_loop(shared: Arc<Shared>, slot: usize) {
             }
         }
     }
-    if let Some(open) = channel {
-        let _ = open.close(200, "worker shutdown".into()).await;
-    }
+    channel.close("worker shutdown").await;
 }
 
 /// Opens a slot's channel: a prefetch of one delivery.

@@ -10,7 +10,7 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
-use regatta_broker::{check_confirmation, BrokerLink};
+use regatta_broker::{check_confirmation, BrokerLink, KeptChannel};
 use regatta_proto::{seal, Outcome, Signer};
 use regatta_telemetry::backoff::Backoff;
 use tokio::sync::mpsc;
@@ -182,7 +182,7 @@ pub(super) async fn publish_loop(
 ) {
     let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Outgoing>();
     let mut confirms = FuturesUnordered::new();
-    let mut channel: Option<Channel> = None;
+    let mut channel = KeptChannel::new();
     loop {
         let next = tokio::select! {
             Some(job) = outgoing.recv() => job,
@@ -196,12 +196,10 @@ pub(super) async fn publish_loop(
             tracing::error!(session = %next.session_id, bytes = next.payload.len(), limit = MAX_ORDER_BYTES, "order larger than the broker accepts; not published");
             continue;
         }
-        let channel = match channel.take() {
-            Some(open) if open.status().connected() => channel.insert(open),
-            _ => match open_channel(&link, &shutdown).await {
-                Some(open) => channel.insert(open),
-                None => return,
-            },
+        let opened =
+            channel.get_or_open(|| async { open_channel(&link, &shutdown).await.ok_or(()) });
+        let Ok(channel) = opened.await else {
+            return;
         };
         messaging::describe(
             &next.span,
