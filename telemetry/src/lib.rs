@@ -9,6 +9,8 @@
 //!   headers, so that a unit attempt's trace follows it from the
 //!   coordinator's publish through the queue into the worker's session and
 //!   back.
+//! - [`attempt_span::attempt_span`] builds the spans of a unit's attempt
+//!   (publish, session, results) with the same fields everywhere.
 //! - [`TraceRef`] names a span after it ended: attempts record their trace,
 //!   and each publish links to what made its unit ready.
 //! - [`status`] and [`messaging`] say what a tracing UI needs: errors as
@@ -28,6 +30,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+pub mod attempt_span;
 pub mod backoff;
 pub mod fleet_args;
 pub mod messaging;

@@ -23,6 +23,7 @@ use lapin::types::FieldTable;
 use lapin::Channel;
 use regatta_broker::KeptChannel;
 use regatta_proto::{open, EventKind, LeaseOwner, Outcome, WorkOrder};
+use regatta_telemetry::attempt_span::{attempt_span, Step};
 use regatta_telemetry::backoff::Backoff;
 use tracing::Instrument;
 
@@ -163,15 +164,11 @@ async fn handle(shared: &Shared, delivery: Delivery) {
         Err(e) => return refuse(shared, delivery, &e.to_string()).await,
     };
     // The receipt of the order (a CONSUMER span) is the session.
-    let span = tracing::info_span!(
-        "session",
-        otel.kind = "consumer",
-        batch = %order.batch_id,
-        unit = %order.unit_id,
-        attempt = i64::from(order.attempt),
-        session = %order.session_id,
-        worker = %shared.config.name,
-        queue_wait_ms = (chrono::Utc::now().timestamp_millis() - order.published_at_ms).max(0),
+    let span = attempt_span(Step::Session, "consumer", (&order).into());
+    span.record("worker", shared.config.name.as_str());
+    span.record(
+        "queue_wait_ms",
+        (chrono::Utc::now().timestamp_millis() - order.published_at_ms).max(0),
     );
     // The session continues the trace of the coordinator's publish.
     regatta_telemetry::extract(&span, delivery.properties.headers().as_ref());

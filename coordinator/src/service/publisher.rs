@@ -12,6 +12,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
 use regatta_broker::{check_confirmation, BrokerLink, KeptChannel};
 use regatta_proto::{seal, Outcome, Signer};
+use regatta_telemetry::attempt_span::{attempt_span, Step};
 use regatta_telemetry::backoff::Backoff;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -60,17 +61,8 @@ impl Outgoing {
         signer: &Signer,
         origin: Origin<'_>,
     ) -> Outgoing {
-        // A root: a publish made inside a `result` span must not become its
-        // child, or a whole batch ends up as one trace.
-        let span = tracing::info_span!(
-            parent: None,
-            "publish",
-            otel.kind = "producer",
-            batch = %order.batch_id,
-            unit = %order.unit_id,
-            attempt = i64::from(order.attempt),
-            session = %order.session_id,
-        );
+        // A root (see `attempt_span`).
+        let span = attempt_span(Step::Publish, "producer", order.into());
         match origin {
             Origin::Attempt { previous } => {
                 // The span the caller runs in (a `result.finished`) made the
