@@ -21,7 +21,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel};
+use lapin::BasicProperties;
 use regatta_broker::{publish_confirmed, BrokerLink, PublishError};
 use regatta_proto::{
     open, scripts, EventKind, Keys, LeaseOwner, Names, Outcome, SessionEvent, Signer,
@@ -92,7 +92,7 @@ pub struct Service {
     /// The supervised broker connection every task takes channels from.
     link: BrokerLink,
     /// A channel for read-only broker queries (queue depths), opened when needed.
-    inspect: Arc<tokio::sync::Mutex<Option<Channel>>>,
+    inspect: Arc<tokio::sync::Mutex<regatta_broker::KeptChannel>>,
     store: Store,
     publisher: mpsc::UnboundedSender<Outgoing>,
     config: Arc<ServiceConfig>,
@@ -100,10 +100,12 @@ pub struct Service {
 
 impl Service {
     /// Connects to RabbitMQ and Redis, declares the topology, and starts the
-    /// publisher, the event consumer and the reaper; they stop with `shutdown`.
+    /// publisher, the event consumer and the reaper in `tasks`; they stop
+    /// with `shutdown`, and the caller joins them.
     pub async fn start(
         config: ServiceConfig,
         shutdown: CancellationToken,
+        tasks: &mut regatta_telemetry::tasks::Tasks,
     ) -> Result<Service, Error> {
         let connection_name = format!("regatta-coordinator {}", config.names.namespace());
         let link =
@@ -127,15 +129,21 @@ impl Service {
         };
         service.republish_queued();
         service.mark_epoch().await?;
-        tokio::spawn(publish_loop(
-            service.link.clone(),
-            service.config.names.work_queue(),
-            outgoing,
-            shutdown.clone(),
-        ));
-        tokio::spawn(service.clone().consume_events(shutdown.clone()));
-        tokio::spawn(service.clone().reap_loop(shutdown.clone()));
-        tokio::spawn(service.clone().tick_loop(shutdown));
+        tasks.spawn(
+            "publisher",
+            publish_loop(
+                service.link.clone(),
+                service.config.names.work_queue(),
+                outgoing,
+                shutdown.clone(),
+            ),
+        );
+        tasks.spawn(
+            "event consumer",
+            service.clone().consume_events(shutdown.clone()),
+        );
+        tasks.spawn("reaper", service.clone().reap_loop(shutdown.clone()));
+        tasks.spawn("ticker", service.clone().tick_loop(shutdown));
         Ok(service)
     }
 
@@ -289,11 +297,10 @@ impl Service {
     async fn dead_letter_depth(&self) -> Option<u32> {
         let mut inspect = self.inspect.try_lock().ok()?;
         let read = async {
-            if !inspect.as_ref().is_some_and(|c| c.status().connected()) {
-                *inspect = self.link.channel().await.ok();
-            }
             let queue = inspect
-                .as_ref()?
+                .get_or_open(|| self.link.channel())
+                .await
+                .ok()?
                 .queue_declare(
                     self.config.names.dead_letter_queue().as_str().into(),
                     lapin::options::QueueDeclareOptions {

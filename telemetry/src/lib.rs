@@ -9,12 +9,17 @@
 //!   headers, so that a unit attempt's trace follows it from the
 //!   coordinator's publish through the queue into the worker's session and
 //!   back.
+//! - [`attempt_span::attempt_span`] builds the spans of a unit's attempt
+//!   (publish, session, results) with the same fields everywhere.
 //! - [`TraceRef`] names a span after it ended: attempts record their trace,
 //!   and each publish links to what made its unit ready.
 //! - [`status`] and [`messaging`] say what a tracing UI needs: errors as
 //!   errors, producers and consumers with their queue.
 //! - [`backoff::Backoff`]: the one way both binaries wait out an outage;
 //!   [`fleet_args::FleetArgs`]: the flags both binaries share.
+//! - [`shutdown::on_signals`]: SIGTERM and SIGINT cancel a process's root
+//!   token; [`tasks::Tasks`]: its long-running tasks, named and joined on
+//!   shutdown.
 //!
 //! This crate exists so the coordinator and the worker share one
 //! implementation without depending on each other; `proto` stays free of I/O.
@@ -25,12 +30,15 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+pub mod attempt_span;
 pub mod backoff;
 pub mod fleet_args;
 pub mod messaging;
 mod propagation;
 mod resource;
+pub mod shutdown;
 pub mod status;
+pub mod tasks;
 mod trace_ref;
 
 pub use propagation::{extract, inject};

@@ -114,3 +114,51 @@ async fn a_fleet_that_loses_the_broker_three_times_reconnects_and_completes_its_
     assert!(report.is_clean(), "{report}");
     fleet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_channel_is_reused_while_open_and_replaced_once_the_broker_closes_it() {
+    let names = Names::new(&unique_namespace("kept")).expect("names");
+    let link = BrokerLink::connect(
+        &regatta_tests::amqp_url(),
+        "regatta-tests kept",
+        names.clone(),
+    )
+    .await
+    .expect("connect");
+    let mut kept = regatta_broker::KeptChannel::new();
+    let first = kept
+        .get_or_open(|| link.channel())
+        .await
+        .expect("a channel")
+        .id();
+    let again = kept
+        .get_or_open(|| async { Err::<lapin::Channel, _>("must not open while one is open") })
+        .await
+        .expect("the kept channel")
+        .id();
+    assert_eq!(again, first, "an open channel is kept");
+
+    // The broker closes a channel that declares a missing queue passively.
+    let missing = kept
+        .get_or_open(|| link.channel())
+        .await
+        .expect("the kept channel")
+        .queue_declare(
+            format!("{}.missing", names.namespace()).as_str().into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    assert!(missing.is_err(), "a missing queue is refused");
+    let replaced = kept
+        .get_or_open(|| link.channel())
+        .await
+        .expect("a fresh channel")
+        .clone();
+    assert_ne!(replaced.id(), first, "a closed channel is replaced");
+    assert!(replaced.status().connected());
+    regatta_tests::delete_queues(&rabbitmq().await, names.namespace()).await;
+}

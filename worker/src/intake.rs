@@ -21,7 +21,9 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::Channel;
+use regatta_broker::KeptChannel;
 use regatta_proto::{open, EventKind, LeaseOwner, Outcome, WorkOrder};
+use regatta_telemetry::attempt_span::{attempt_span, Step};
 use regatta_telemetry::backoff::Backoff;
 use tracing::Instrument;
 
@@ -35,23 +37,17 @@ pub(crate) async fn slot_loop(shared: Arc<Shared>, slot: usize) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     // The slot keeps its channel from unit to unit: opening one per unit
     // costs the broker more than the unit's own messages.
-    let mut channel: Option<Channel> = None;
+    let mut channel = KeptChannel::new();
     while !shared.shutdown.is_cancelled() {
         // A worker whose disks fail takes no work until they work again.
         if !shared.health.wait_healthy(&shared.shutdown).await {
             break;
         }
-        let result = match &channel {
-            Some(open) if open.status().connected() => take_one(&shared, open, slot)
+        let result = match channel.get_or_open(|| slot_channel(&shared)).await {
+            Ok(open) => take_one(&shared, open, slot)
                 .await
                 .map_err(regatta_broker::Error::from),
-            _ => match slot_channel(&shared).await {
-                Ok(open) => {
-                    channel = Some(open);
-                    continue;
-                }
-                Err(e) => Err(e),
-            },
+            Err(e) => Err(e),
         };
         match result {
             Ok(Some(delivery)) => {
@@ -63,9 +59,7 @@ pub(crate) async fn slot_loop(shared: Arc<Shared>, slot: usize) {
             Err(e) => {
                 tracing::warn!(slot, error = %e, "cannot consume from the work queue; retrying");
                 // Deliveries of a broken channel are void: start afresh.
-                if let Some(broken) = channel.take() {
-                    let _ = broken.close(200, "slot reset".into()).await;
-                }
+                channel.close("slot reset").await;
                 tokio::select! {
                     _ = backoff.wait() => {}
                     _ = shared.shutdown.cancelled() => break,
@@ -73,9 +67,7 @@ pub(crate) async fn slot_loop(shared: Arc<Shared>, slot: usize) {
             }
         }
     }
-    if let Some(open) = channel {
-        let _ = open.close(200, "worker shutdown".into()).await;
-    }
+    channel.close("worker shutdown").await;
 }
 
 /// Opens a slot's channel: a prefetch of one delivery.
@@ -172,15 +164,11 @@ async fn handle(shared: &Shared, delivery: Delivery) {
         Err(e) => return refuse(shared, delivery, &e.to_string()).await,
     };
     // The receipt of the order (a CONSUMER span) is the session.
-    let span = tracing::info_span!(
-        "session",
-        otel.kind = "consumer",
-        batch = %order.batch_id,
-        unit = %order.unit_id,
-        attempt = i64::from(order.attempt),
-        session = %order.session_id,
-        worker = %shared.config.name,
-        queue_wait_ms = (chrono::Utc::now().timestamp_millis() - order.published_at_ms).max(0),
+    let span = attempt_span(Step::Session, "consumer", (&order).into());
+    span.record("worker", shared.config.name.as_str());
+    span.record(
+        "queue_wait_ms",
+        (chrono::Utc::now().timestamp_millis() - order.published_at_ms).max(0),
     );
     // The session continues the trace of the coordinator's publish.
     regatta_telemetry::extract(&span, delivery.properties.headers().as_ref());

@@ -167,20 +167,7 @@ async fn run(args: Args, secret: regatta_secret::FleetSecret) -> anyhow::Result<
     };
     tracing::info!("{}", config.containment.describe());
     let shutdown = CancellationToken::new();
-    let signals = shutdown.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        signals.cancel();
-    });
+    regatta_telemetry::shutdown::on_signals(shutdown.clone());
     regatta_worker::run(config, shutdown).await?;
     Ok(())
 }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{BasicProperties, Channel};
-use regatta_broker::{publish_confirmed, BrokerLink};
+use lapin::BasicProperties;
+use regatta_broker::{publish_confirmed, BrokerLink, KeptChannel};
 use regatta_proto::{seal, Names, SessionEvent, Signer, REASON_HEADER};
 use regatta_telemetry::backoff::Backoff;
 use tokio::sync::Mutex;
@@ -19,7 +19,7 @@ use crate::Error;
 pub struct Reporter {
     link: BrokerLink,
     /// The confirm channel, reopened from the link after any loss.
-    channel: Arc<Mutex<Option<Channel>>>,
+    channel: Arc<Mutex<KeptChannel>>,
     names: Names,
     signer: Signer,
 }
@@ -91,17 +91,11 @@ impl Reporter {
         // The lock only hands out the channel: publishes run side by side.
         let channel = {
             let mut current = self.channel.lock().await;
-            match current.as_ref() {
-                Some(open) if open.status().connected() => open.clone(),
-                _ => {
-                    let fresh = self
-                        .link
-                        .confirm_channel()
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    current.insert(fresh).clone()
-                }
-            }
+            current
+                .get_or_open(|| self.link.confirm_channel())
+                .await
+                .map_err(|e| e.to_string())?
+                .clone()
         };
         publish_confirmed(&channel, queue, payload, properties)
             .await

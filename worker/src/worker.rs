@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use regatta_broker::BrokerLink;
 use regatta_proto::{EventKind, SessionEvent, WorkOrder};
-use tokio::task::JoinSet;
+use regatta_telemetry::tasks::Tasks;
 use tokio_util::sync::CancellationToken;
 
 use crate::lease::LeaseClient;
@@ -82,9 +82,12 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     });
     tracing::info!(worker = %shared.config.name, slots = shared.config.slots, queue = %shared.config.names.work_queue(), "worker ready");
 
-    let mut slots = JoinSet::new();
+    let mut slots = Tasks::new();
     for slot in 0..shared.config.slots {
-        slots.spawn(crate::intake::slot_loop(shared.clone(), slot));
+        slots.spawn(
+            format!("slot {slot}"),
+            crate::intake::slot_loop(shared.clone(), slot),
+        );
     }
     shutdown.cancelled().await;
     tracing::info!(grace = ?shared.config.grace, "shutting down: no new work; waiting for running sessions");

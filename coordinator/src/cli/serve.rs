@@ -8,6 +8,7 @@ use regatta_coordinator::api;
 use regatta_coordinator::lock::{default_instance, CoordinatorLock, Loss};
 use regatta_coordinator::service::{Service, ServiceConfig};
 use regatta_proto::{Keys, Names, Signer};
+use regatta_telemetry::tasks::Tasks;
 use tokio_util::sync::CancellationToken;
 
 use super::Connection;
@@ -98,20 +99,7 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
         tenure: None,
     };
     let shutdown = CancellationToken::new();
-    let signals = shutdown.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-        }
-        signals.cancel();
-    });
+    regatta_telemetry::shutdown::on_signals(shutdown.clone());
     // Bound first: the default instance name is this host and this port, so
     // two coordinators on one host never share a name.
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -152,9 +140,14 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
             Err(e) => anyhow::anyhow!("the lock's renewal failed ({e}): this coordinator stops"),
         }
     };
+    let mut tasks = Tasks::new();
     let service = tokio::select! {
-        started = Service::start(config, shutdown.clone()) => started?,
-        ended = &mut held => return Err(lost(ended)),
+        started = Service::start(config, shutdown.clone(), &mut tasks) => started?,
+        ended = &mut held => {
+            let lost = lost(ended);
+            stop(tasks, &shutdown).await;
+            return Err(lost);
+        }
     };
     // Tests and scripts read this line to find a port chosen by the system.
     println!("listening on http://{address}");
@@ -179,17 +172,32 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
         served = &mut serving => {
             // Let the lock go, so a successor does not wait out its TTL.
             let _ = tokio::time::timeout(Duration::from_secs(2), &mut held).await;
+            stop(tasks, &shutdown).await;
             served?
         }
         ended = &mut held => {
             if shutdown.is_cancelled() && matches!(ended, Ok(None)) {
-                serving.await?;
+                let served = serving.await;
+                stop(tasks, &shutdown).await;
+                served?;
             } else {
-                return Err(lost(ended));
+                let lost = lost(ended);
+                stop(tasks, &shutdown).await;
+                return Err(lost);
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long the service's tasks may take to stop once told to.
+const TASKS_STOP_WITHIN: Duration = Duration::from_secs(5);
+
+/// Tells the service's tasks to stop (the root token) and waits for them,
+/// within [`TASKS_STOP_WITHIN`]; the log names any that had to be aborted.
+async fn stop(tasks: Tasks, shutdown: &CancellationToken) {
+    shutdown.cancel();
+    tasks.join_all(TASKS_STOP_WITHIN).await;
 }
 
 /// Refuses to serve the API on a non-loopback address without a token,

@@ -10,8 +10,9 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel};
-use regatta_broker::{check_confirmation, BrokerLink};
+use regatta_broker::{check_confirmation, BrokerLink, KeptChannel};
 use regatta_proto::{seal, Outcome, Signer};
+use regatta_telemetry::attempt_span::{attempt_span, Step};
 use regatta_telemetry::backoff::Backoff;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -60,17 +61,8 @@ impl Outgoing {
         signer: &Signer,
         origin: Origin<'_>,
     ) -> Outgoing {
-        // A root: a publish made inside a `result` span must not become its
-        // child, or a whole batch ends up as one trace.
-        let span = tracing::info_span!(
-            parent: None,
-            "publish",
-            otel.kind = "producer",
-            batch = %order.batch_id,
-            unit = %order.unit_id,
-            attempt = i64::from(order.attempt),
-            session = %order.session_id,
-        );
+        // A root (see `attempt_span`).
+        let span = attempt_span(Step::Publish, "producer", order.into());
         match origin {
             Origin::Attempt { previous } => {
                 // The span the caller runs in (a `result.finished`) made the
@@ -182,7 +174,7 @@ pub(super) async fn publish_loop(
 ) {
     let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<Outgoing>();
     let mut confirms = FuturesUnordered::new();
-    let mut channel: Option<Channel> = None;
+    let mut channel = KeptChannel::new();
     loop {
         let next = tokio::select! {
             Some(job) = outgoing.recv() => job,
@@ -196,12 +188,10 @@ pub(super) async fn publish_loop(
             tracing::error!(session = %next.session_id, bytes = next.payload.len(), limit = MAX_ORDER_BYTES, "order larger than the broker accepts; not published");
             continue;
         }
-        let channel = match channel.take() {
-            Some(open) if open.status().connected() => channel.insert(open),
-            _ => match open_channel(&link, &shutdown).await {
-                Some(open) => channel.insert(open),
-                None => return,
-            },
+        let opened =
+            channel.get_or_open(|| async { open_channel(&link, &shutdown).await.ok_or(()) });
+        let Ok(channel) = opened.await else {
+            return;
         };
         messaging::describe(
             &next.span,

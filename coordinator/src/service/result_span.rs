@@ -4,6 +4,7 @@
 //! applied failure marked ERROR with the reason `regatta sessions` prints.
 
 use regatta_proto::{EventKind, SessionEvent};
+use regatta_telemetry::attempt_span::{attempt_span, Step};
 use regatta_telemetry::messaging::{self, Message, Operation};
 use regatta_telemetry::{status, TraceRef};
 
@@ -46,27 +47,15 @@ pub(super) fn reaped(event: &SessionEvent, attempt: Option<&Attempt>) -> tracing
 }
 
 fn new_span(event: &SessionEvent, kind: &'static str) -> tracing::Span {
-    let attempt = i64::from(event.attempt);
-    let fencing = i64::try_from(event.fencing).unwrap_or(i64::MAX);
-    macro_rules! span {
-        ($name:literal) => {
-            tracing::info_span!(
-                $name,
-                otel.kind = kind,
-                batch = %event.batch_id,
-                unit = %event.unit_id,
-                attempt,
-                session = %event.session_id,
-                worker = %event.worker,
-                fencing,
-            )
-        };
-    }
-    match event.kind {
-        EventKind::Started { .. } => span!("result.started"),
-        EventKind::Deferred { .. } => span!("result.deferred"),
-        EventKind::Finished { .. } => span!("result.finished"),
-    }
+    let step = match event.kind {
+        EventKind::Started { .. } => Step::ResultStarted,
+        EventKind::Deferred { .. } => Step::ResultDeferred,
+        EventKind::Finished { .. } => Step::ResultFinished,
+    };
+    let span = attempt_span(step, kind, event.into());
+    span.record("worker", event.worker.as_str());
+    span.record("fencing", i64::try_from(event.fencing).unwrap_or(i64::MAX));
+    span
 }
 
 /// Marks the current result span by how the applied attempt ended (see
