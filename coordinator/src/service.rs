@@ -194,7 +194,7 @@ impl Service {
         ];
         if let Err(e) = self.store.store(record).await {
             self.store.write(Write::Forget { batch_id });
-            self.store.flushed().await;
+            let _ = self.store.flushed().await;
             // Freeing a million units' state takes a while too.
             tokio::task::spawn_blocking(move || drop(batch));
             return Err(e);
@@ -211,7 +211,7 @@ impl Service {
             fleet.batches.insert(batch_id.clone(), entry);
             self.dispatch_and_store(&mut fleet, &batch_id, Effects::default());
         }
-        self.store.flushed().await;
+        self.store.flushed().await?;
         tracing::info!(batch = %batch_id, "batch enqueued");
         Ok(batch_id)
     }
@@ -422,7 +422,8 @@ impl Service {
                     batch_id: batch_id.to_owned(),
                 }));
         }
-        self.store.flushed().await;
+        // Answered as done only once stored by the lock's holder.
+        self.store.flushed().await?;
         Ok(())
     }
 

@@ -49,8 +49,10 @@ pub enum Write {
     /// Tells the workers at once (pub/sub) what their next lease renewal
     /// would tell them, once every write queued before it is stored.
     Notify(Notice),
-    /// Signals when every write queued before it is stored (or refused).
-    Flush(oneshot::Sender<()>),
+    /// Signals when every write queued before it is stored (or refused),
+    /// with who holds the lock if this coordinator lost it (its writes are
+    /// refused from then on).
+    Flush(oneshot::Sender<Option<String>>),
     /// Runs once every write queued before it is stored: how orders are
     /// published only after the state that names them (contract 5, docs/contracts.md). It does
     /// not run if a write queued since the previous `Then` or `Flush` was
@@ -109,11 +111,18 @@ impl Store {
         let _ = self.sender.send(write);
     }
 
-    /// Waits until every write queued so far is stored.
-    pub async fn flushed(&self) {
+    /// Waits until every write queued so far is stored; an error when this
+    /// coordinator lost its lock (Redis refused its writes as another
+    /// tenure's) or its writer stopped, so that a request is never answered
+    /// as done when what it changed was not stored.
+    pub async fn flushed(&self) -> Result<(), Error> {
         let (done, wait) = oneshot::channel();
         self.write(Write::Flush(done));
-        let _ = wait.await;
+        match wait.await {
+            Ok(None) => Ok(()),
+            Ok(Some(holder)) => Err(Error::LockLost(holder)),
+            Err(_) => Err(Error::LockLost("the store's writer stopped".into())),
+        }
     }
 
     /// Stores `writes` after every write queued so far, and says whether

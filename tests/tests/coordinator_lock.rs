@@ -140,7 +140,8 @@ async fn a_coordinator_whose_lock_renewal_is_overdue_writes_nothing() {
     tenure.renewed();
     tokio::time::timeout(Duration::from_secs(5), store.flushed())
         .await
-        .expect("the write lands once the lock is renewed");
+        .expect("the write lands once the lock is renewed")
+        .expect("this store's tenure still holds the lock");
     let late: Option<String> = redis.hget(&key, "state").await.expect("read");
     assert_eq!(late.as_deref(), Some("running"));
     regatta_tests::delete_keys(&mut redis, &namespace).await;

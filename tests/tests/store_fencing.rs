@@ -230,7 +230,10 @@ async fn a_store_writes_after_redis_lost_its_data_but_never_once_another_tenure_
     );
     assert!(tenure.is_deposed(), "the lock holder is told to stop");
     store.write(state("paused"));
-    store.flushed().await;
+    assert!(
+        matches!(store.flushed().await, Err(Error::LockLost(_))),
+        "a deposed store says so when flushed"
+    );
     let stored: Option<String> = redis.hget(keys.batch("b"), "state").await.expect("read");
     assert_eq!(stored.as_deref(), Some("running"), "a deposed write landed");
     regatta_tests::delete_keys(&mut redis, &namespace).await;

@@ -50,7 +50,7 @@ impl Service {
             Ok(1) => {
                 tracing::warn!(quiet = ?self.config.lease_ttl, "Redis lost its data: no lease is granted for one lease TTL; writing every batch back");
                 self.write_back();
-                self.store.flushed().await;
+                let _ = self.store.flushed().await;
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "cannot check Redis for lost data"),

@@ -100,7 +100,7 @@ enum Step {
         refused: Option<Error>,
         answer: Answer,
     },
-    Flush(oneshot::Sender<()>),
+    Flush(oneshot::Sender<Option<String>>),
     Then(Box<dyn FnOnce() + Send>),
 }
 
@@ -461,7 +461,7 @@ impl Writer {
                 Step::Store { .. } => {}
                 Step::Flush(done) => {
                     self.refused_since_marker = false;
-                    let _ = done.send(());
+                    let _ = done.send(self.lost.clone());
                 }
                 Step::Then(callback) => {
                     if self.refused_since_marker || self.lost.is_some() {
