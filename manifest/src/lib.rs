@@ -6,7 +6,8 @@
 //! - [`manifest`] reads YAML or JSON through a position-keeping reader,
 //!   validates every rule at once (each error with its file, line, column
 //!   and unit) and yields the domain types ([`Manifest`], [`Unit`],
-//!   [`Playbook`], [`Gate`]), with [`duration`] for the spellings of time;
+//!   [`Playbook`], [`Gate`], and [`GitSpec`] for git mode), with [`duration`]
+//!   for the spellings of time;
 //! - [`dag`] builds the dependency graph and refuses cycles, printing one;
 //! - [`plan`] shows the batch's shape: levels, critical path, resource
 //!   demand.
@@ -26,7 +27,7 @@ pub mod plan;
 
 pub use dag::Dag;
 pub use manifest::{
-    Gate, Manifest, ManifestError, ManifestErrorKind, ManifestErrors, ManifestSummary, Playbook,
-    Unit,
+    Gate, GitSpec, Manifest, ManifestError, ManifestErrorKind, ManifestErrors, ManifestSummary,
+    MergeMode, Playbook, Unit,
 };
 pub use plan::Plan;

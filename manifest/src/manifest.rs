@@ -14,6 +14,7 @@
 //! unknown key is reported, with the closest known field name.
 
 mod errors;
+mod git;
 mod load;
 pub(crate) mod position;
 mod raw;
@@ -33,7 +34,13 @@ use sha2::{Digest, Sha256};
 use crate::dag::Dag;
 use crate::duration;
 
-pub use errors::{ManifestError, ManifestErrorKind, ManifestErrors, PathProblem};
+pub use errors::{
+    ManifestError, ManifestErrorKind, ManifestErrors, PathProblem, RefProblem, RepoProblem,
+};
+pub use git::{
+    check_ref_name, is_commit_id, GitSpec, MergeMode, DEFAULT_INTEGRATION_TIMEOUT, DEFAULT_WINDOW,
+    MAX_WINDOW,
+};
 pub use validate::normalize_path;
 
 /// Prefix of the implicit resource that stands for a touched file: `file:<path>`.
@@ -58,7 +65,13 @@ pub struct Manifest {
     /// The batch's name, shown in every command and report.
     pub batch: String,
     /// Where sessions run; absolute once loaded (resolved against the manifest's folder).
+    /// Empty in git mode, where each session runs in a fresh worktree of `git.repo`.
+    #[serde(default, skip_serializing_if = "is_empty_path")]
     pub workdir: PathBuf,
+    /// Git mode: sessions run in worktrees of a repository, and a merge train lands
+    /// their branches. `None` for a batch that runs in its workdir.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitSpec>,
     /// The session recipe, always inline once loaded.
     pub playbook: Playbook,
     /// Fleet-wide cap on this batch's running sessions.
@@ -219,6 +232,10 @@ fn is_true(value: &bool) -> bool {
     *value
 }
 
+fn is_empty_path(path: &Path) -> bool {
+    path.as_os_str().is_empty()
+}
+
 fn is_zero(value: &i32) -> bool {
     *value == 0
 }
@@ -230,6 +247,7 @@ impl PartialEq for Manifest {
             source: _,
             batch,
             workdir,
+            git,
             playbook,
             concurrency,
             calibration,
@@ -241,6 +259,7 @@ impl PartialEq for Manifest {
         } = self;
         *batch == other.batch
             && *workdir == other.workdir
+            && *git == other.git
             && *playbook == other.playbook
             && *concurrency == other.concurrency
             && *calibration == other.calibration
@@ -254,8 +273,9 @@ impl PartialEq for Manifest {
 
 impl Manifest {
     /// Reads, parses (YAML or JSON, by extension or content) and validates a manifest
-    /// file; resolves the workdir against the manifest's folder, checks that it exists,
-    /// and reads the playbook file it names.
+    /// file; resolves the workdir (or, in git mode, a path `git.repo`) against the
+    /// manifest's folder, checks that the workdir exists, and reads the playbook file it
+    /// names.
     pub fn load(path: &Path) -> Result<Manifest, ManifestErrors> {
         load::load(path)
     }

@@ -180,6 +180,10 @@ const TOKENS: &[&str] = &[
     "retries: ", "timeout: ", "resources: ", "units:\n", "- id: ", "id: ", "depends_on: ",
     "uses: ", "touches: ", "inputs: ", "outputs: ", "verify: ", "env: ", "priority: ", "run: ",
     "gates:\n", "name: ", "fix: ", "repairs: ", "required: ",
+    // The `git:` block's keys, and values at its rules' edges.
+    "git:\n", "git: ", "repo: ", "base: ", "target: ", "integration: ", "integration_timeout: ",
+    "window: ", "merge: ", "strict_writes: ", "manual", "auto", "main", "a..b", "x.lock",
+    "git@h:r", "ssh://h/r", "ftp://h/r", "0123456789abcdef0123456789abcdef01234567",
 ];
 
 proptest! {
@@ -247,6 +251,27 @@ impl Seed {
     }
 }
 
+/// A manifest in git mode, with every key of its `git:` block.
+const GIT_SEED: &str = "\
+batch: git-seed
+git:
+  repo: ../shop.git
+  base: main
+  target: release/1.x
+  integration: make test
+  integration_timeout: 30m
+  window: 4
+  merge: manual
+  strict_writes: true
+playbook: {run: ./go.sh}
+units:
+  - id: a
+    touches: [src/a.rs]
+  - id: b
+    depends_on: [a]
+    outputs: [docs/b.md]
+";
+
 /// Every example manifest (valid and invalid), and the valid ones again as JSON.
 static SEEDS: LazyLock<Vec<Seed>> = LazyLock::new(|| {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
@@ -277,6 +302,19 @@ static SEEDS: LazyLock<Vec<Seed>> = LazyLock::new(|| {
             });
         }
     }
+    // Git mode, which no example outside the git crate's own shows.
+    let base_dir = examples.join("hello");
+    let manifest = Manifest::parse(GIT_SEED, "git.yaml", &base_dir).expect("the git seed is valid");
+    seeds.push(Seed {
+        source: base_dir.join("git.json").display().to_string(),
+        text: serde_json::to_string_pretty(&manifest).expect("JSON of a manifest"),
+        base_dir: base_dir.clone(),
+    });
+    seeds.push(Seed {
+        source: base_dir.join("git.yaml").display().to_string(),
+        text: GIT_SEED.to_owned(),
+        base_dir,
+    });
     assert!(
         seeds.len() >= 30,
         "the examples are the seeds: {}",

@@ -174,6 +174,72 @@ pub enum ManifestErrorKind {
     InvalidEnvName { name: String },
     #[error("environment variable '{name}' is reserved: regatta sets REGATTA_* itself")]
     ReservedEnvName { name: String },
+    #[error(
+        "'workdir' cannot be given with a 'git' block: sessions run in a fresh worktree \
+         of git.repo, and unit paths are relative to the repository's root"
+    )]
+    WorkdirInGitMode,
+    #[error("git.repo '{repo}' {reason}")]
+    InvalidGitRepo { repo: String, reason: RepoProblem },
+    #[error("git.{field} '{name}' is not a valid git ref name: it {reason}")]
+    InvalidGitRef {
+        field: &'static str,
+        name: String,
+        reason: RefProblem,
+    },
+    #[error(
+        "git.target is required when git.base is a commit id: name the branch the merge \
+         train advances"
+    )]
+    GitTargetRequired,
+    #[error("git.target '{target}' is a commit id: the merge train advances a branch, name one")]
+    GitTargetNotBranch { target: String },
+    #[error("git.window must be from 1 to {max} units per merge candidate, found {window}")]
+    GitWindowOutOfRange { window: u32, max: u32 },
+}
+
+/// Why `git.repo` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RepoProblem {
+    #[error(
+        "uses the unsupported scheme '{scheme}': give a path, a file://, ssh://, https:// \
+         or http:// URL, or user@host:path"
+    )]
+    UnsupportedScheme { scheme: String },
+    /// Only a manifest received already resolved (as JSON) can hold one: reading
+    /// resolves a relative path against the manifest's folder.
+    #[error("is a relative path: it must be absolute once resolved")]
+    RelativePath,
+    /// The remote ends up on git's command line and in records, where a newline breaks it.
+    #[error("contains a control character (newline, tab, ...)")]
+    ControlCharacter,
+}
+
+/// Why a ref name in `git.base` or `git.target` was refused, after `git check-ref-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RefProblem {
+    #[error("contains '{0}'")]
+    ForbiddenCharacter(char),
+    #[error("contains a space")]
+    Space,
+    #[error("contains a control character")]
+    ControlCharacter,
+    #[error("contains '..'")]
+    DoubleDot,
+    #[error("contains '@{{'")]
+    AtBrace,
+    #[error("is the single character '@'")]
+    LoneAt,
+    #[error("starts with '-'")]
+    LeadingDash,
+    #[error("starts or ends with '/', or contains '//'")]
+    Slash,
+    #[error("has a component that starts with '.'")]
+    DotComponent,
+    #[error("has a component that ends with '.lock'")]
+    LockSuffix,
+    #[error("ends with '.'")]
+    TrailingDot,
 }
 
 /// Why a path in `inputs`, `outputs` or `touches` was refused.
@@ -260,6 +326,12 @@ impl ManifestErrorKind {
             RepairsWithoutFix { .. } => "repairs-without-fix",
             InvalidEnvName { .. } => "invalid-env-name",
             ReservedEnvName { .. } => "reserved-env-name",
+            WorkdirInGitMode => "workdir-in-git-mode",
+            InvalidGitRepo { .. } => "invalid-git-repo",
+            InvalidGitRef { .. } => "invalid-git-ref",
+            GitTargetRequired => "git-target-required",
+            GitTargetNotBranch { .. } => "git-target-not-branch",
+            GitWindowOutOfRange { .. } => "git-window-out-of-range",
         }
     }
 

@@ -11,8 +11,11 @@ use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
 
 use super::errors::{ManifestErrorKind, ManifestErrors};
+use super::git::{
+    is_commit_id, repo_form, GitSpec, RepoForm, DEFAULT_INTEGRATION_TIMEOUT, DEFAULT_WINDOW,
+};
 use super::position::{wanted_locators, Document, Locator, Node, PositionTable, Problem, Resolver};
-use super::raw::{self, Draft, Format, Notes, PlaybookSpec, Reading, Wanted};
+use super::raw::{self, Draft, Format, GitBlock, GitDraft, Notes, PlaybookSpec, Reading, Wanted};
 use super::validate::{self, normalize_path};
 use super::{Manifest, Playbook, DEFAULT_CONCURRENCY, DEFAULT_RETRIES};
 
@@ -194,11 +197,16 @@ struct Assembled {
 fn assemble(draft: Draft, input: &Input<'_>) -> Assembled {
     let mut problems = Vec::new();
     let batch = draft.batch.unwrap_or_default();
+    // In git mode sessions run in worktrees that do not exist yet: there is no workdir
+    // to default or to check, and a given one is refused by the rules. A malformed
+    // block (already reported) still means git mode, but has no rules to satisfy.
+    let git_mode = !matches!(draft.git, GitBlock::Absent);
     let workdir = match &draft.workdir {
+        None if matches!(draft.git, GitBlock::Given(_)) => PathBuf::new(),
         None => input.base_dir.clone(),
         Some(workdir) => lexical_normal(&input.base_dir.join(workdir)),
     };
-    let workdir = if input.check_workdir {
+    let workdir = if input.check_workdir && !git_mode {
         match real_workdir(&workdir) {
             Some(real) => real,
             None => {
@@ -247,6 +255,10 @@ fn assemble(draft: Draft, input: &Input<'_>) -> Assembled {
         source: input.source.to_owned(),
         batch,
         workdir,
+        git: match draft.git {
+            GitBlock::Given(git) => Some(assemble_git(git, &input.base_dir)),
+            GitBlock::Absent | GitBlock::Invalid => None,
+        },
         playbook,
         concurrency: draft.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
         calibration: draft.calibration,
@@ -261,6 +273,37 @@ fn assemble(draft: Draft, input: &Input<'_>) -> Assembled {
         problems,
         playbook_known,
         playbook_file,
+    }
+}
+
+/// Applies the `git:` block's defaults and resolves a path `repo` against the
+/// manifest's folder. A `target` left out follows `base`, unless `base` is a commit id:
+/// then it stays empty, and the rules ask for it.
+fn assemble_git(git: GitDraft, base_dir: &Path) -> GitSpec {
+    let repo = git.repo.unwrap_or_default();
+    let repo = match repo_form(&repo) {
+        RepoForm::Path if !repo.trim().is_empty() => lexical_normal(&base_dir.join(&repo))
+            .to_string_lossy()
+            .into_owned(),
+        _ => repo,
+    };
+    let base = git.base.unwrap_or_default();
+    let target = match git.target {
+        Some(target) => target,
+        None if is_commit_id(&base) => String::new(),
+        None => base.clone(),
+    };
+    GitSpec {
+        repo,
+        base,
+        target,
+        integration: git.integration.unwrap_or_default(),
+        integration_timeout: git
+            .integration_timeout
+            .unwrap_or(DEFAULT_INTEGRATION_TIMEOUT),
+        window: git.window.unwrap_or(DEFAULT_WINDOW),
+        merge: git.merge.unwrap_or_default(),
+        strict_writes: git.strict_writes.unwrap_or(true),
     }
 }
 

@@ -17,6 +17,8 @@ pub(crate) enum Node {
     Playbook,
     Gate(usize),
     Unit(usize),
+    /// The `git:` block.
+    Git,
 }
 
 /// A place in the manifest's structure, independent of the text's layout.
@@ -53,6 +55,7 @@ impl Locator {
             Locator::Node(Node::Unit(_)) => Some(Locator::Value(Node::Top, "units")),
             Locator::Node(Node::Gate(_)) => Some(Locator::Value(Node::Playbook, "gates")),
             Locator::Node(Node::Playbook) => Some(Locator::Value(Node::Top, "playbook")),
+            Locator::Node(Node::Git) => Some(Locator::Value(Node::Top, "git")),
         }
     }
 }

@@ -14,6 +14,7 @@
 //! records the positions of every place, or of wanted places only (see
 //! [`super::position`]).
 
+mod git;
 mod lenient;
 mod playbook;
 mod reader;
@@ -28,6 +29,7 @@ use serde::de::DeserializeSeed;
 
 use super::position::{Locator, Node, Position, PositionTable, Problem};
 use super::{Playbook, Unit};
+pub(crate) use git::{GitBlock, GitDraft};
 use lenient::Lenient;
 use playbook::PlaybookValue;
 use reader::Reader;
@@ -77,6 +79,7 @@ pub(crate) enum PlaybookSpec {
 pub(crate) struct Draft {
     pub batch: Option<String>,
     pub workdir: Option<String>,
+    pub git: GitBlock,
     pub playbook: PlaybookSpec,
     pub concurrency: Option<u32>,
     pub calibration: Option<u32>,

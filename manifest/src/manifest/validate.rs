@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use super::errors::{ManifestErrorKind, PathProblem};
+use super::git;
 use super::position::{Locator, Node, Problem};
 use super::raw::Notes;
 use super::suggest::Suggester;
@@ -84,11 +85,21 @@ fn check_top(manifest: &Manifest, problems: &mut Vec<Problem>) {
         };
         problems.push(Problem::new(Locator::Value(top, "batch"), kind));
     }
-    if !manifest.workdir.is_absolute() {
-        let kind = ManifestErrorKind::WorkdirNotAbsolute {
-            path: manifest.workdir.clone(),
-        };
-        problems.push(Problem::new(Locator::Value(top, "workdir"), kind));
+    match &manifest.git {
+        Some(git) => {
+            if !manifest.workdir.as_os_str().is_empty() {
+                let locator = Locator::Value(top, "workdir");
+                problems.push(Problem::new(locator, ManifestErrorKind::WorkdirInGitMode));
+            }
+            git::check(git, problems);
+        }
+        None if !manifest.workdir.is_absolute() => {
+            let kind = ManifestErrorKind::WorkdirNotAbsolute {
+                path: manifest.workdir.clone(),
+            };
+            problems.push(Problem::new(Locator::Value(top, "workdir"), kind));
+        }
+        None => {}
     }
     if manifest.concurrency == 0 {
         let locator = Locator::Value(top, "concurrency");

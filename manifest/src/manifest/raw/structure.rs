@@ -2,6 +2,7 @@
 
 use serde::de::{IgnoredAny, MapAccess, SeqAccess};
 
+use super::git::GitValue;
 use super::lenient::Lenient;
 use super::playbook::PlaybookValue;
 use super::reader::{Field, Reader};
@@ -15,6 +16,7 @@ use crate::manifest::Unit;
 const TOP_FIELDS: &[&str] = &[
     "batch",
     "workdir",
+    "git",
     "playbook",
     "concurrency",
     "calibration",
@@ -58,6 +60,7 @@ impl<'de> Lenient<'de> for TopValue<'_, '_> {
             match field.name {
                 "batch" => draft.batch = reader.text(map, field)?,
                 "workdir" => draft.workdir = reader.text(map, field)?,
+                "git" => draft.git = reader.nested(map, field, GitValue { reader, field })?,
                 "playbook" => {
                     let playbook = PlaybookValue {
                         reader,
