@@ -45,8 +45,10 @@ pub struct UnitCommit {
 
 /// Stages every change of the worktree (`add -A`) and commits it on top of
 /// the worktree's `HEAD` (the start commit) with `identity` and `message`;
-/// Ok(None) when nothing changed. Use [`commit_all_on`] when the session
-/// may have moved `HEAD` itself.
+/// Ok(None) when nothing changed. This trusts the worktree's `.git` file and
+/// `HEAD`, which a session can rewrite: the worker uses
+/// [`Workspace::commit`](crate::workspace::Workspace::commit), which trusts
+/// neither.
 pub async fn commit_all(
     worktree: &Path,
     identity: &Identity,
@@ -54,20 +56,19 @@ pub async fn commit_all(
 ) -> Result<Option<UnitCommit>, Error> {
     let git = Git::at(worktree);
     let head = git.run(&["rev-parse", "--verify", "HEAD^{commit}"]).await?;
-    commit_all_on(worktree, head.trim(), identity, message).await
+    commit_on(&git, head.trim(), identity, message).await
 }
 
 /// Commits the worktree's contents as a child of `start`, whatever the
 /// session did to `HEAD` or the index: the commit's tree is what the
 /// worktree holds (ignored files aside), its only parent is `start`, and
 /// `HEAD` is moved to it. Ok(None) when that tree is `start`'s.
-pub async fn commit_all_on(
-    worktree: &Path,
+pub(crate) async fn commit_on(
+    git: &Git,
     start: &str,
     identity: &Identity,
     message: &str,
 ) -> Result<Option<UnitCommit>, Error> {
-    let git = Git::at(worktree);
     git.run(&["add", "--all", "--", "."]).await?;
     let tree = git.run(&["write-tree"]).await?.trim().to_owned();
     let start_tree = format!("{start}^{{tree}}");
@@ -75,7 +76,7 @@ pub async fn commit_all_on(
     if tree == start_tree.trim() {
         return Ok(None);
     }
-    let commit = commit_tree(&git, &tree, &[start], message, identity).await?;
+    let commit = commit_tree(git, &tree, &[start], message, identity).await?;
     git.run(&[
         "update-ref",
         "--no-deref",
@@ -85,8 +86,8 @@ pub async fn commit_all_on(
         &commit,
     ])
     .await?;
-    let files = changed_files(&git, start, &commit).await?;
-    let (insertions, deletions) = diffstat(&git, start, &commit).await?;
+    let files = changed_files(git, start, &commit).await?;
+    let (insertions, deletions) = diffstat(git, start, &commit).await?;
     Ok(Some(UnitCommit {
         commit,
         tree,

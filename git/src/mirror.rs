@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::sync::Mutex;
 
-use crate::repo::{is_oid, Git, Oid};
+use crate::repo::{is_oid, redact, Git, Oid};
 use crate::Error;
 
 /// The config key that records which remote a mirror mirrors, so that a
@@ -15,7 +15,6 @@ const REMOTE_KEY: &str = "regatta.remote";
 
 /// A bare repository that mirrors the refs and commits regatta asked for.
 /// Shared by the sessions of a worker behind an `Arc`.
-#[derive(Debug)]
 pub struct Mirror {
     git: Git,
     /// The remote as given: a path, or a file://, ssh:// or https:// URL.
@@ -43,8 +42,8 @@ impl Mirror {
         if found != remote {
             return Err(Error::MirrorOfAnotherRemote {
                 dir,
-                found: found.to_owned(),
-                wanted: remote.to_owned(),
+                found: redact(found),
+                wanted: redact(remote),
             });
         }
         Ok(Mirror {
@@ -64,6 +63,11 @@ impl Mirror {
         &self.remote
     }
 
+    /// The remote for messages: credentials in its URL masked.
+    pub fn shown_remote(&self) -> String {
+        redact(&self.remote)
+    }
+
     /// Fetches these refs or commit ids from the remote into the mirror,
     /// skipping commit ids already present. A name (`main`, `v1.2`,
     /// `refs/heads/regatta/b/u`) is found on the remote as git would
@@ -80,7 +84,7 @@ impl Mirror {
             for name in names {
                 let full = full_name(name, &advertised).ok_or_else(|| Error::NotOnRemote {
                     rev: name.to_owned(),
-                    remote: self.remote.clone(),
+                    remote: self.shown_remote(),
                 })?;
                 refspecs.push(format!("+{full}:{full}"));
             }
@@ -156,6 +160,17 @@ impl Mirror {
             .filter_map(|line| line.split_once('\t'))
             .map(|(id, name)| (name.to_owned(), id.to_owned()))
             .collect())
+    }
+}
+
+impl std::fmt::Debug for Mirror {
+    /// Without the remote's credentials, if its URL carries any.
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("Mirror")
+            .field("dir", &self.git.dir())
+            .field("remote", &self.shown_remote())
+            .finish()
     }
 }
 

@@ -13,9 +13,16 @@ use crate::Error;
 pub async fn pin(mirror: &Mirror, rev: &str) -> Result<Oid, Error> {
     if is_oid(rev) {
         if !mirror.has_commit(rev).await? {
-            mirror.fetch(&[rev]).await.map_err(|_| Error::NotOnRemote {
-                rev: rev.to_owned(),
-                remote: mirror.remote().to_owned(),
+            mirror.fetch(&[rev]).await.map_err(|error| match error {
+                // What upload-pack answers for an id it does not have (or
+                // will not serve); anything else is the remote's failure.
+                Error::Command { stderr, .. } if stderr.contains("not our ref") => {
+                    Error::NotOnRemote {
+                        rev: rev.to_owned(),
+                        remote: mirror.shown_remote(),
+                    }
+                }
+                other => other,
             })?;
         }
         return mirror.resolve(rev).await;
@@ -23,7 +30,7 @@ pub async fn pin(mirror: &Mirror, rev: &str) -> Result<Oid, Error> {
     let advertised = mirror.ls_remote(&[rev]).await?;
     let full = full_name(rev, &advertised).ok_or_else(|| Error::NotOnRemote {
         rev: rev.to_owned(),
-        remote: mirror.remote().to_owned(),
+        remote: mirror.shown_remote(),
     })?;
     mirror.fetch(&[&full]).await?;
     // The ref as fetched: if it moved since ls-remote, the newer commit is

@@ -82,6 +82,9 @@ const STDERR_TAIL: usize = 2000;
 pub struct Git {
     /// Absolute, so that the discovery ceiling below is exact.
     dir: PathBuf,
+    /// The repository of a worktree given explicitly, so that a `.git` file
+    /// rewritten by a session cannot point git at a repository of its own.
+    git_dir: Option<PathBuf>,
 }
 
 impl Git {
@@ -95,7 +98,16 @@ impl Git {
                 .map(|cwd| cwd.join(&dir))
                 .unwrap_or(dir)
         };
-        Git { dir }
+        Git { dir, git_dir: None }
+    }
+
+    /// Runs commands in the worktree `work_tree` of the repository
+    /// `git_dir` (`--git-dir`, `--work-tree`), ignoring its `.git` file.
+    pub fn worktree(git_dir: impl Into<PathBuf>, work_tree: impl Into<PathBuf>) -> Git {
+        Git {
+            git_dir: Some(git_dir.into()),
+            ..Git::at(work_tree)
+        }
     }
 
     /// The repository's folder.
@@ -157,7 +169,15 @@ impl Git {
             .env("LC_ALL", "C")
             .envs(env.iter().copied())
             .current_dir(&self.dir)
-            .args(HARDENING)
+            .args(HARDENING);
+        if let Some(git_dir) = &self.git_dir {
+            let mut git_dir_arg = OsString::from("--git-dir=");
+            git_dir_arg.push(git_dir);
+            let mut work_tree_arg = OsString::from("--work-tree=");
+            work_tree_arg.push(&self.dir);
+            command.arg(git_dir_arg).arg(work_tree_arg);
+        }
+        command
             .args(args)
             .stdin(if input.is_some() {
                 Stdio::piped()
@@ -217,10 +237,30 @@ pub(crate) fn command_error(args: &[&str], output: &Output) -> Error {
         .find(|&index| stderr.is_char_boundary(index))
         .unwrap_or(stderr.len());
     Error::Command {
-        command: args.join(" "),
+        command: redact(&args.join(" ")),
         code: output.code,
         stderr: stderr[start..].to_owned(),
     }
+}
+
+/// The command line with the credentials of any `scheme://user:secret@`
+/// URL masked, so that an error or a log never carries a token.
+pub(crate) fn redact(command: &str) -> String {
+    command
+        .split(' ')
+        .map(|word| match word.find("://") {
+            Some(scheme_end) => {
+                let rest = &word[scheme_end + 3..];
+                let authority_end = rest.find('/').unwrap_or(rest.len());
+                match rest[..authority_end].rfind('@') {
+                    Some(at) => format!("{}://***{}", &word[..scheme_end], &rest[at..]),
+                    None => word.to_owned(),
+                }
+            }
+            None => word.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Splits NUL-terminated output (`-z`) into its fields.
@@ -251,6 +291,20 @@ mod tests {
         assert!(!is_oid("main"));
         assert!(!is_oid(&"a".repeat(39)));
         assert!(!is_oid(&"g".repeat(40)));
+    }
+
+    #[test]
+    fn credentials_in_urls_are_masked() {
+        assert_eq!(
+            redact("fetch -- https://bot:s3cret@example.org/r.git main"),
+            "fetch -- https://***@example.org/r.git main"
+        );
+        assert_eq!(
+            redact("push -- ssh://git@host/r.git x"),
+            "push -- ssh://***@host/r.git x"
+        );
+        assert_eq!(redact("fetch -- /srv/r.git"), "fetch -- /srv/r.git");
+        assert_eq!(redact("fetch https://host/a@b"), "fetch https://host/a@b");
     }
 
     #[test]

@@ -3,9 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::change::{commit_on, UnitCommit};
 use crate::merge::{is_ancestor, merge_commit, merge_tree};
 use crate::mirror::Mirror;
-use crate::repo::{Identity, Oid};
+use crate::repo::{Git, Identity, Oid};
 use crate::Error;
 
 /// The worktree a session runs in.
@@ -19,6 +20,9 @@ pub struct Workspace {
     pub start: Oid,
     /// The dependencies merged in, (unit, commit), in the order given.
     pub dependencies: Vec<(String, Oid)>,
+    /// The worktree's own folder in the mirror (`worktrees/<name>`), read
+    /// when it was made, before any session code ran in it.
+    pub git_dir: PathBuf,
 }
 
 impl Workspace {
@@ -54,12 +58,34 @@ impl Workspace {
         let path_arg = path.to_string_lossy();
         git.run(&["worktree", "add", "--detach", "--quiet", &path_arg, &start])
             .await?;
+        let git_dir = Git::at(path)
+            .run(&["rev-parse", "--absolute-git-dir"])
+            .await?;
         Ok(Workspace {
             path: path.to_path_buf(),
             base: base.clone(),
             start,
             dependencies: dependencies.to_vec(),
+            git_dir: PathBuf::from(git_dir.trim_end_matches('\n')),
         })
+    }
+
+    /// Commits everything the session left in the worktree as one commit
+    /// on [`Workspace::start`] (see [`commit_all`](crate::change::commit_all)
+    /// for the result). Trusts neither the worktree's `.git` file nor its
+    /// `HEAD`: a session's own commits, resets or a rewritten `.git` change
+    /// nothing; the commit's tree is the worktree's contents.
+    pub async fn commit(
+        &self,
+        identity: &Identity,
+        message: &str,
+    ) -> Result<Option<UnitCommit>, Error> {
+        commit_on(&self.git(), &self.start, identity, message).await
+    }
+
+    /// Runs commands in this worktree through its repository in the mirror.
+    pub fn git(&self) -> Git {
+        Git::worktree(&self.git_dir, &self.path)
     }
 
     /// Removes the worktree (`worktree remove --force`, then `prune`);

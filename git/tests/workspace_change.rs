@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use common::{git, identity, Fixture};
-use regatta_git::change::{commit_all, commit_all_on, outside_write_set, ChangedFile, FileStatus};
+use regatta_git::change::{commit_all, outside_write_set, ChangedFile, FileStatus};
 use regatta_git::workspace::Workspace;
 use regatta_git::Error;
 
@@ -152,7 +152,7 @@ async fn commit_all_records_adds_modifies_deletes_and_renames() {
 }
 
 #[tokio::test]
-async fn commit_all_on_start_ignores_commits_the_session_made_itself() {
+async fn workspace_commit_trusts_neither_head_nor_the_git_file() {
     let fixture = Fixture::new();
     let mirror = fixture.mirror().await;
     mirror.fetch(&["main"]).await.unwrap();
@@ -160,6 +160,7 @@ async fn commit_all_on_start_ignores_commits_the_session_made_itself() {
     let workspace = Workspace::create(&mirror, &path, &fixture.base, &[], &identity())
         .await
         .unwrap();
+    assert!(workspace.git_dir.starts_with(mirror.git().dir()));
     std::fs::write(path.join("session.txt"), "s\n").unwrap();
     git(&path, &["add", "-A"]);
     git(
@@ -167,15 +168,27 @@ async fn commit_all_on_start_ignores_commits_the_session_made_itself() {
         &["commit", "--quiet", "-m", "the session's own commit"],
     );
     std::fs::write(path.join("later.txt"), "l\n").unwrap();
+    // The session points the worktree at a repository of its own.
+    let decoy = fixture.temp.path().join("decoy");
+    git(
+        fixture.temp.path(),
+        &["init", "--quiet", decoy.to_str().unwrap()],
+    );
+    let decoy_git = format!("gitdir: {}\n", decoy.join(".git").display());
+    std::fs::write(path.join(".git"), decoy_git).unwrap();
 
-    let unit = commit_all_on(&path, &workspace.start, &identity(), "unit")
+    let unit = workspace
+        .commit(&identity(), "unit")
         .await
         .unwrap()
         .unwrap();
     assert_eq!(unit.parent, workspace.start);
-    assert_eq!(git(&path, &["rev-parse", "HEAD^"]), workspace.start);
     let paths: Vec<&str> = unit.files.iter().map(|file| file.path.as_str()).collect();
     assert_eq!(paths, vec!["later.txt", "session.txt"]);
+    assert_eq!(mirror.resolve(&unit.commit).await.unwrap(), unit.commit);
+    let head = git(&workspace.git_dir, &["rev-parse", "HEAD"]);
+    assert_eq!(head, unit.commit);
+    assert_eq!(git(&decoy, &["count-objects"]), "0 objects, 0 kilobytes");
 }
 
 #[test]
