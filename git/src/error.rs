@@ -1,5 +1,7 @@
 //! What can go wrong in git mode, each naming the command or the files.
 
+use std::path::PathBuf;
+
 /// An error of git mode.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -19,6 +21,21 @@ pub enum Error {
     /// Merging the named commits conflicts in these files.
     #[error("{what} conflicts in {}", files.join(", "))]
     Conflict { what: String, files: Vec<String> },
+    /// The remote has no such branch, tag or commit: fix the manifest's
+    /// `git:` block or push the rev.
+    #[error("{rev} is not on the remote {remote}")]
+    NotOnRemote { rev: String, remote: String },
+    /// The mirror has no such commit: fetch it first.
+    #[error("{rev} is not a commit in the mirror (fetch it first)")]
+    NotInMirror { rev: String },
+    /// The mirror's folder already mirrors another remote: give each remote
+    /// its own folder.
+    #[error("the mirror {dir} mirrors {found:?}, not {wanted:?}")]
+    MirrorOfAnotherRemote {
+        dir: PathBuf,
+        found: String,
+        wanted: String,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

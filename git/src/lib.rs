@@ -15,6 +15,8 @@
 //!   check of those against its declared write set;
 //! - [`conflicts`]: which pairs of unit branches (and which branch against
 //!   the target) do not merge, without a worktree;
+//! - [`merge`]: one commit merged into another without a worktree, shared by
+//!   the workspace's start commit and the candidate;
 //! - [`candidate`]: a merge candidate, the target's tip plus a window of
 //!   unit branches, one merge commit per unit, built without a worktree;
 //! - [`remote`]: pins, pushes and the compare-and-swap that moves the
@@ -26,6 +28,7 @@ pub mod candidate;
 pub mod change;
 pub mod conflicts;
 pub mod error;
+pub mod merge;
 pub mod mirror;
 pub mod remote;
 pub mod repo;
