@@ -130,7 +130,10 @@ pub fn router(service: Service, config: ApiConfig) -> Router {
         .route("/v1/batches/{id}/resume", post(resume))
         .route("/v1/batches/{id}/approve", post(approve))
         .route("/v1/batches/{id}/retry", post(retry))
-        .route("/v1/batches/{id}/skip", post(skip));
+        .route("/v1/batches/{id}/skip", post(skip))
+        .route("/v1/batches/{id}/merge", post(merge))
+        .route("/v1/batches/{id}/train", get(show_train))
+        .route("/v1/batches/{id}/conflicts", get(show_conflicts));
     let mut open = Router::new().route("/healthz", get(|| async { "ok" }));
     if config.metrics_public {
         open = open.route("/metrics", get(metrics));
@@ -190,6 +193,7 @@ impl IntoResponse for Error {
             Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Invalid(_) | Error::Manifest(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Unavailable(_) => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, Json(serde_json::json!({"error": self.to_string()}))).into_response()
@@ -424,6 +428,29 @@ async fn skip(
         .unit
         .ok_or_else(|| Error::Invalid("give the unit to skip".into()))?;
     control(&state, &id, Control::Skip(unit)).await
+}
+
+/// `regatta merge`: starts or resumes a batch's merge train.
+async fn merge(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::service::TrainView>, Error> {
+    state.service.start_train(&id).await?;
+    Ok(Json(state.service.train(&id)?))
+}
+
+async fn show_train(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::service::TrainView>, Error> {
+    Ok(Json(state.service.train(&id)?))
+}
+
+async fn show_conflicts(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<crate::service::ConflictsView>, Error> {
+    Ok(Json(state.service.conflicts(&id).await?))
 }
 
 #[cfg(test)]

@@ -151,6 +151,20 @@ impl ApiClient {
             .await
     }
 
+    /// Starts or resumes a git-mode batch's merge train.
+    pub async fn merge(&self, id: &str) -> Result<crate::service::TrainView, ClientError> {
+        self.post(&format!("/v1/batches/{id}/merge"), &serde_json::json!({}))
+            .await
+    }
+
+    pub async fn train(&self, id: &str) -> Result<crate::service::TrainView, ClientError> {
+        self.get(&format!("/v1/batches/{id}/train")).await
+    }
+
+    pub async fn conflicts(&self, id: &str) -> Result<crate::service::ConflictsView, ClientError> {
+        self.get(&format!("/v1/batches/{id}/conflicts")).await
+    }
+
     pub async fn skip(&self, id: &str, unit: &str) -> Result<BatchSummary, ClientError> {
         let request = ReviewRequest {
             unit: Some(unit.to_owned()),

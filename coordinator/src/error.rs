@@ -36,6 +36,10 @@ pub enum Error {
     /// The request itself is malformed.
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// Something outside the coordinator that the request needs does not
+    /// answer (git mode: the batch's repository).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl Error {

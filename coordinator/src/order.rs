@@ -1,6 +1,7 @@
 //! Builds the work order of one unit attempt from the batch's manifest.
 
-use regatta_proto::{GateSpec, LeaseDemand, ResourceDemand, WorkOrder};
+use regatta_proto::git::{unit_branch, GitSession};
+use regatta_proto::{GateSpec, GitOrder, LeaseDemand, ResourceDemand, WorkOrder};
 
 use crate::scheduler::Batch;
 
@@ -53,5 +54,49 @@ pub fn work_order(batch: &Batch, unit: usize, now_ms: i64) -> WorkOrder {
             resources,
         },
         published_at_ms: now_ms,
+        git: git_order(batch, unit),
     }
+}
+
+/// Git mode: the repository part of a unit's order (docs/git-mode.md). A
+/// first run starts at the pinned base with its landed dependencies'
+/// commits merged in; a rebase starts at the tip its branch failed to merge
+/// onto, which holds those already.
+fn git_order(batch: &Batch, unit: usize) -> Option<GitOrder> {
+    let git = batch.manifest.git.as_ref()?;
+    let spec = &batch.manifest.units[unit];
+    let record = &batch.units[unit];
+    let target = format!("refs/heads/{}", git.target);
+    let (session, base, dependencies) = match &record.rebase_on {
+        Some(tip) => (GitSession::Rebase, tip.clone(), Vec::new()),
+        None => {
+            let dependencies = batch
+                .dag
+                .dependencies(unit)
+                .filter_map(|dep| {
+                    let commit = batch.commit_of(dep)?;
+                    Some((batch.units[dep].id.clone(), commit.to_owned()))
+                })
+                .collect();
+            (
+                GitSession::Unit,
+                batch.git_base.clone().unwrap_or_else(|| git.base.clone()),
+                dependencies,
+            )
+        }
+    };
+    let writes = git
+        .strict_writes
+        .then(|| spec.touches.iter().chain(&spec.outputs).cloned().collect());
+    Some(GitOrder {
+        repo: git.repo.clone(),
+        session,
+        base,
+        // The target holds every landed commit, the base and the tips a
+        // rebase starts from.
+        fetch: vec![target],
+        dependencies,
+        branch: Some(unit_branch(&batch.id, &spec.id)),
+        writes,
+    })
 }

@@ -29,6 +29,7 @@ use crate::manifest::{Manifest, FILE_RESOURCE_PREFIX};
 
 mod control;
 mod event;
+mod landing;
 mod record;
 
 pub use record::{Attempt, AttemptTrace, BatchState, UnitRecord, UnitState};
@@ -72,6 +73,7 @@ pub struct Finish {
     pub gates: Vec<regatta_proto::GateReport>,
     pub fencing: u64,
     pub evidence: Option<regatta_proto::EvidenceRef>,
+    pub git: Option<Box<regatta_proto::GitReport>>,
 }
 
 /// How long a unit handed back by a worker waits before it is published
@@ -100,6 +102,8 @@ pub struct Batch {
     index: HashMap<String, usize>,
     /// The units chosen to calibrate on, in dispatch order.
     pub calibration_units: Vec<usize>,
+    /// Git mode: the commit `git.base` was pinned to at enqueue.
+    pub git_base: Option<String>,
 }
 
 /// How the calibration units went, for the human who approves the rest.
@@ -126,6 +130,8 @@ impl Batch {
                 attempt: 0,
                 reason: None,
                 history: Vec::new(),
+                rebase_on: None,
+                rebases: 0,
             })
             .collect();
         let remaining = (0..units.len())
@@ -134,7 +140,11 @@ impl Batch {
         // A touched file's mutex is named by its absolute path: the same
         // file reached from two batches is one mutex, and two repositories'
         // files of the same relative name are two.
-        let workdir = manifest.workdir.display().to_string();
+        // In git mode the files are the repository's: named by its remote.
+        let workdir = match &manifest.git {
+            Some(git) => git.repo.clone(),
+            None => manifest.workdir.display().to_string(),
+        };
         let demands = manifest
             .units
             .iter()
@@ -177,6 +187,7 @@ impl Batch {
             counts,
             index,
             calibration_units: Vec::new(),
+            git_base: None,
         };
         if batch.calibration_size().is_some() {
             batch.state = BatchState::Calibrating;
@@ -231,7 +242,7 @@ impl Batch {
             batch.remaining[unit] = batch
                 .dag
                 .dependencies(unit)
-                .filter(|&d| !batch.units[d].state.satisfies_dependents())
+                .filter(|&d| !batch.satisfies(d))
                 .count() as u32;
             if batch.remaining[unit] == 0 && batch.units[unit].state == UnitState::Pending {
                 batch.set_state(unit, UnitState::Ready);
@@ -301,7 +312,7 @@ impl Batch {
         }
     }
 
-    fn set_state(&mut self, unit: usize, state: UnitState) {
+    pub(super) fn set_state(&mut self, unit: usize, state: UnitState) {
         let old = self.units[unit].state;
         if old == state {
             return;
@@ -407,6 +418,7 @@ impl Batch {
                 gates: Vec::new(),
                 evidence: None,
                 trace: None,
+                git: None,
             });
             effects.publish.push(unit);
             effects.changed.insert(unit);
@@ -490,12 +502,30 @@ impl Batch {
                     attempt.log_path = finish.log_path;
                     attempt.gates = finish.gates;
                     attempt.evidence = finish.evidence;
+                    attempt.git = finish.git.map(|g| *g);
                     if finish.fencing > 0 {
                         attempt.fencing = finish.fencing;
                     }
                 }
                 effects.changed.insert(unit);
+                if let Some(files) = self.dependency_conflict(unit) {
+                    // Git mode: the dependencies' commits conflict; no
+                    // retry can change that, a person must.
+                    let record = &mut self.units[unit];
+                    record.reason = Some(reason.unwrap_or_else(|| {
+                        format!("its dependencies conflict in {}", files.join(", "))
+                    }));
+                    self.set_state(unit, UnitState::NeedsReview);
+                    self.block_descendants(unit, &mut effects);
+                    self.update_batch_state();
+                    return effects;
+                }
                 match outcome {
+                    Outcome::Succeeded if self.git_mode() => {
+                        // Its dependents start once it has landed.
+                        self.set_state(unit, UnitState::Succeeded);
+                        self.units[unit].reason = Some("waiting to land".into());
+                    }
                     Outcome::Succeeded => {
                         self.set_state(unit, UnitState::Succeeded);
                         self.units[unit].reason = None;
@@ -543,7 +573,7 @@ impl Batch {
         }
     }
 
-    fn release_dependents(&mut self, unit: usize, effects: &mut Effects) {
+    pub(super) fn release_dependents(&mut self, unit: usize, effects: &mut Effects) {
         let dependents: Vec<usize> = self.dag.dependents(unit).collect();
         for dependent in dependents {
             self.remaining[dependent] = self.remaining[dependent].saturating_sub(1);
@@ -554,7 +584,7 @@ impl Batch {
         }
     }
 
-    fn block_descendants(&mut self, unit: usize, effects: &mut Effects) {
+    pub(super) fn block_descendants(&mut self, unit: usize, effects: &mut Effects) {
         let id = self.units[unit].id.clone();
         for descendant in self.dag.descendants(unit) {
             if matches!(
@@ -571,7 +601,7 @@ impl Batch {
 
     /// Ends the calibration when its units are done, and the batch when
     /// nothing can move any more.
-    fn update_batch_state(&mut self) {
+    pub(super) fn update_batch_state(&mut self) {
         if self.state.is_terminal() {
             return;
         }
@@ -595,14 +625,23 @@ impl Batch {
                 };
             }
         }
+        // In git mode a succeeded unit still has to land.
+        let landing = if self.git_mode() {
+            self.count(UnitState::Succeeded)
+        } else {
+            0
+        };
         let live = self.count(UnitState::Pending)
             + self.count(UnitState::Ready)
             + self.count(UnitState::Queued)
-            + self.count(UnitState::Running);
+            + self.count(UnitState::Running)
+            + landing;
         if live > 0 {
             return;
         }
-        let done = self.count(UnitState::Succeeded) + self.count(UnitState::Skipped);
+        let done = self.count(UnitState::Succeeded)
+            + self.count(UnitState::Landed)
+            + self.count(UnitState::Skipped);
         self.state = if done == self.units.len() {
             BatchState::Succeeded
         } else {

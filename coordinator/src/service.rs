@@ -42,11 +42,14 @@ mod reaper;
 mod record;
 mod recovery;
 mod result_span;
+mod train;
+mod train_view;
 mod view;
 mod workers;
 
 use publisher::{publish_loop, Origin, Outgoing};
 use recovery::restore;
+pub use train_view::{CandidateView, ConflictsView, TrainView};
 use view::summary;
 pub use view::{BatchSummary, LeaseView, ResourceView, UnitView};
 
@@ -65,6 +68,9 @@ pub struct ServiceConfig {
     pub lease_ttl: Duration,
     /// The coordinator lock's tenure: no write while it is not current.
     pub tenure: Option<crate::lock::Tenure>,
+    /// Git mode: where the coordinator keeps its mirrors of the batches'
+    /// repositories (docs/git-mode.md).
+    pub git_dir: std::path::PathBuf,
 }
 
 /// A live batch and its timings.
@@ -74,6 +80,8 @@ struct Entry {
     ended_ms: Option<i64>,
     /// Computed once: hashing a million-unit manifest takes a while.
     manifest_sha256: String,
+    /// Git mode: the batch's merge train.
+    train: Option<train::TrainEntry>,
 }
 
 /// Every live batch, and the fleet-wide resource usage they share.
@@ -96,6 +104,9 @@ pub struct Service {
     store: Store,
     publisher: mpsc::UnboundedSender<Outgoing>,
     config: Arc<ServiceConfig>,
+    /// Git mode: the coordinator's mirrors, and the train loop's wake-up.
+    mirrors: train::Mirrors,
+    train_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Service {
@@ -126,6 +137,8 @@ impl Service {
             store,
             publisher,
             config: Arc::new(config),
+            mirrors: train::Mirrors::default(),
+            train_wake: Arc::default(),
         };
         service.republish_queued();
         service.mark_epoch().await?;
@@ -143,7 +156,8 @@ impl Service {
             service.clone().consume_events(shutdown.clone()),
         );
         tasks.spawn("reaper", service.clone().reap_loop(shutdown.clone()));
-        tasks.spawn("ticker", service.clone().tick_loop(shutdown));
+        tasks.spawn("ticker", service.clone().tick_loop(shutdown.clone()));
+        tasks.spawn("merge train", service.clone().train_loop(shutdown));
         Ok(service)
     }
 
@@ -171,15 +185,26 @@ impl Service {
         })
         .await?;
         self.claim_capacities(&manifest).await?;
+        let git_base = self.pin_base(&manifest).await?;
         let now = now_ms();
         let prepared = off_runtime(move || Prepared::build(manifest, dag)).await?;
         let Prepared {
             batch_id,
-            batch,
+            mut batch,
             mut fields,
             manifest_sha256,
         } = prepared;
         fields.push(("created_ms".into(), now.to_string()));
+        if let Some(base) = git_base {
+            fields.push(("git_base".into(), base.clone()));
+            batch.git_base = Some(base);
+        }
+        let train = train::TrainEntry::new(&batch);
+        if let Some(train) = &train {
+            if let Ok(json) = serde_json::to_string(&train.stored) {
+                fields.push(("train".into(), json));
+            }
+        }
         // Stored first, and checked: a record Redis refuses (over its bulk
         // limit, say) fails this request and leaves nothing half-stored.
         let record = vec![
@@ -206,6 +231,7 @@ impl Service {
                 created_ms: now,
                 ended_ms: None,
                 manifest_sha256,
+                train,
             };
             // Pending units need no record: a restart derives them.
             fleet.batches.insert(batch_id.clone(), entry);
@@ -398,7 +424,9 @@ impl Service {
                 }
                 Control::Skip(unit) => {
                     let unit = unit_index(batch, &unit)?;
-                    batch.skip(unit).map_err(Error::Conflict)?
+                    let mut effects = batch.skip(unit).map_err(Error::Conflict)?;
+                    self.skip_in_train(entry, unit, &mut effects);
+                    effects
                 }
                 Control::Approve => {
                     if !batch.approve() {

@@ -145,6 +145,7 @@ fn finished_with_fencing(outcome: Outcome, fencing: u64) -> Report {
         gates: Vec::new(),
         fencing,
         evidence: None,
+        git: None,
     })
 }
 

@@ -57,6 +57,9 @@ pub enum EventKind {
         /// `None` when none could be written (or from an older worker).
         #[serde(default)]
         evidence: Option<EvidenceRef>,
+        /// Git mode: the worktree's commits and the unit's commit.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        git: Option<Box<crate::git::GitReport>>,
     },
 }
 

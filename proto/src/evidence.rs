@@ -77,6 +77,10 @@ pub struct SessionPack {
     /// spans are exported; absent from packs written before.
     #[serde(default)]
     pub trace_id: Option<String>,
+    /// Git mode: the base, the dependency commits merged in, the unit's
+    /// commit and tree, each changed file and the diffstat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<crate::git::GitReport>,
 }
 
 /// Where a stored file came from.
@@ -278,6 +282,7 @@ mod tests {
                 gate: None,
             }],
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+            git: None,
         }
     }
 

@@ -36,6 +36,9 @@ pub struct WorkOrder {
     pub leases: LeaseDemand,
     /// Milliseconds since the epoch when the coordinator published the order.
     pub published_at_ms: i64,
+    /// Git mode: the repository the session works in (docs/git-mode.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<crate::git::GitOrder>,
 }
 
 impl Message for WorkOrder {
@@ -105,6 +108,7 @@ impl WorkOrder {
                 }],
             },
             published_at_ms: 0,
+            git: None,
         }
     }
 }

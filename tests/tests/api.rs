@@ -68,6 +68,7 @@ fn forged_finished(batch: &str, unit: &str, session: &str, log_path: &str) -> Se
             log_path: log_path.to_owned(),
             gates: Vec::new(),
             evidence: None,
+            git: None,
         },
     }
 }

@@ -538,6 +538,7 @@ fn finished_event(batch: &str, unit: &str, attempt: &Attempt) -> SessionEvent {
             log_path: attempt.log_path.clone(),
             gates: attempt.gates.clone(),
             evidence: attempt.evidence.clone(),
+            git: attempt.git.clone().map(Box::new),
         },
     }
 }
@@ -1255,6 +1256,7 @@ fn decoding_mutated_sealed_events_and_orders_never_panics() {
                 path: "/tmp/evidence-pack.json".into(),
                 sha256: "0".repeat(64),
             }),
+            git: None,
         },
     ] {
         let sealed = seal(&SessionEvent::example(kind), &signer);

@@ -36,6 +36,8 @@ pub struct SessionEnd<'a> {
     pub log_path: &'a Path,
     /// The session's trace, when spans are exported.
     pub trace_id: Option<&'a str>,
+    /// Git mode: what the session did with the repository.
+    pub git: Option<&'a regatta_proto::GitReport>,
 }
 
 /// Why a session's evidence could not be recorded.
@@ -203,6 +205,7 @@ pub fn build_pack(
         knowledge_updates: Vec::new(),
         escalations,
         trace_id: end.trace_id.map(str::to_owned),
+        git: end.git.cloned(),
     }
 }
 
@@ -257,6 +260,7 @@ mod tests {
             gates,
             log_path: Path::new("/nowhere/session.log"),
             trace_id: None,
+            git: None,
         }
     }
 

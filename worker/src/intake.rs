@@ -229,6 +229,7 @@ async fn claim_and_hand_over(shared: &Shared, delivery: Delivery, order: WorkOrd
                 log_path: String::new(),
                 gates: vec![],
                 evidence: None,
+                git: None,
             };
             let _ = shared.report(&order, 0, cancelled).await;
             let _ = delivery.ack(BasicAckOptions::default()).await;

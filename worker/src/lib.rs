@@ -50,6 +50,7 @@ pub mod leader;
 pub mod lease;
 mod lease_span;
 pub mod reporter;
+pub mod repository;
 pub mod session;
 pub mod session_log;
 pub mod worker;

@@ -20,7 +20,6 @@ use crate::worker::Shared;
 use crate::Error;
 
 /// How a session ended, before its evidence is stored.
-#[derive(Debug)]
 pub struct SessionResult {
     pub outcome: Outcome,
     pub exit_code: Option<i32>,
@@ -30,6 +29,10 @@ pub struct SessionResult {
     /// From the session folder's creation to the end of the last gate.
     pub duration: Duration,
     pub log_path: PathBuf,
+    /// Git mode: what the session did with the repository.
+    pub git: Option<regatta_proto::GitReport>,
+    /// Git mode: the worktree, removed once the evidence is stored.
+    workspace: Option<crate::repository::Prepared>,
 }
 
 /// What the command and gates concluded, before the clock stops.
@@ -38,6 +41,7 @@ struct Conclusion {
     exit_code: Option<i32>,
     reason: Option<String>,
     gates: Vec<GateReport>,
+    git: Option<regatta_proto::GitReport>,
 }
 
 impl Conclusion {
@@ -47,6 +51,7 @@ impl Conclusion {
             exit_code,
             reason,
             gates: vec![],
+            git: None,
         }
     }
 
@@ -60,6 +65,21 @@ impl Conclusion {
 /// `claimed` is when intake began to claim its leases.
 pub(crate) async fn run(shared: &Shared, order: &WorkOrder, fence: u64, claimed: Instant) {
     let config = &shared.config;
+    // In git mode the session works in its own worktree, which the order
+    // names from here on (outputs, evidence, `REGATTA_WORKSPACE`).
+    let in_worktree;
+    let order = match &order.git {
+        Some(_) => {
+            let mut moved = order.clone();
+            moved.workdir = session_dir(shared, order)
+                .join("workspace")
+                .display()
+                .to_string();
+            in_worktree = moved;
+            &in_worktree
+        }
+        None => order,
+    };
     let started = EventKind::Started {
         lease_wait_ms: claimed.elapsed().as_millis() as u64,
     };
@@ -90,9 +110,13 @@ pub(crate) async fn run(shared: &Shared, order: &WorkOrder, fence: u64, claimed:
         gates: &result.gates,
         log_path: &result.log_path,
         trace_id: trace.as_ref().map(|t| t.trace_id.as_str()),
+        git: result.git.as_ref(),
     };
     let store = crate::artifact::ArtifactStore::new(&config.artifact_store);
     let stored = crate::evidence::record_session(&store, &session_end).await;
+    if let Some(workspace) = &result.workspace {
+        workspace.remove().await;
+    }
     let (outcome, reason, evidence) =
         crate::fault::after_evidence(&shared.health, result.outcome, result.reason, stored);
     tracing::info!(
@@ -111,6 +135,7 @@ pub(crate) async fn run(shared: &Shared, order: &WorkOrder, fence: u64, claimed:
         log_path: result.log_path.display().to_string(),
         gates: result.gates,
         evidence,
+        git: result.git.map(Box::new),
     };
     // The leases stay renewed until the broker holds the result: a worker
     // that dies before then leaves leases that expire, so the reaper re-runs
@@ -134,13 +159,10 @@ pub(crate) async fn run(shared: &Shared, order: &WorkOrder, fence: u64, claimed:
 async fn run_under_heartbeat(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionResult {
     let config = &shared.config;
     let started = Instant::now();
-    let session_dir = config
-        .work_dir
-        .join(&order.batch_id)
-        .join(&order.unit_id)
-        .join(&order.session_id);
+    let session_dir = session_dir(shared, order);
     let artifact_dir = session_dir.join("artifacts");
     let log_path = session_dir.join("session.log");
+    let mut git = None;
     let conclusion = match tokio::fs::create_dir_all(&artifact_dir).await {
         Err(e) => {
             let what = format!(
@@ -184,7 +206,16 @@ async fn run_under_heartbeat(shared: &Shared, order: &WorkOrder, fence: u64) -> 
                     deadline: config.lease_ttl * 2 / 3,
                 }),
             };
-            let conclusion = run_steps(shared, order, &spec, &stop, heartbeat.cause()).await;
+            let conclusion = match &order.git {
+                None => run_steps(shared, order, &spec, &stop, heartbeat.cause()).await,
+                Some(order_git) => {
+                    let (conclusion, prepared) =
+                        run_in_worktree(shared, order, order_git, &spec, &stop, heartbeat.cause())
+                            .await;
+                    git = prepared;
+                    conclusion
+                }
+            };
             heartbeat.stop().await;
             conclusion
         }
@@ -196,8 +227,65 @@ async fn run_under_heartbeat(shared: &Shared, order: &WorkOrder, fence: u64) -> 
         gates: conclusion.gates,
         duration: started.elapsed(),
         log_path,
+        git: conclusion.git,
+        workspace: git,
     }
 }
+
+/// Where a session's files live on this worker.
+fn session_dir(shared: &Shared, order: &WorkOrder) -> PathBuf {
+    shared
+        .config
+        .work_dir
+        .join(&order.batch_id)
+        .join(&order.unit_id)
+        .join(&order.session_id)
+}
+
+/// Git mode: builds the worktree, runs the steps in it, and commits and
+/// pushes what a unit's session changed once they passed.
+async fn run_in_worktree(
+    shared: &Shared,
+    order: &WorkOrder,
+    git: &regatta_proto::GitOrder,
+    spec: &CommandSpec,
+    stop: &Stop,
+    cause: &StopCause,
+) -> (Conclusion, Option<crate::repository::Prepared>) {
+    use crate::repository::NotPrepared;
+    let mut prepared = match shared.repositories.prepare(order, git, &spec.workdir).await {
+        Ok(prepared) => prepared,
+        Err(NotPrepared::Conflict { report, reason }) => {
+            let mut conclusion = Conclusion::new(Outcome::Failed, None, Some(reason));
+            conclusion.git = Some(*report);
+            return (conclusion, None);
+        }
+        Err(NotPrepared::Failed(reason)) => {
+            return (Conclusion::new(Outcome::Failed, None, Some(reason)), None)
+        }
+    };
+    let mut conclusion = run_steps(shared, order, spec, stop, cause).await;
+    if conclusion.outcome == Outcome::Succeeded {
+        if let Err(reason) = prepared.conclude(order, git).await {
+            if !prepared.report.outside_writes.is_empty() {
+                conclusion.gates.push(GateReport {
+                    name: WRITE_SET_GATE.into(),
+                    passed: false,
+                    required: true,
+                    repairs: 0,
+                    duration_ms: 0,
+                });
+            }
+            conclusion.outcome = Outcome::Failed;
+            conclusion.reason = Some(reason);
+        }
+    }
+    conclusion.git = Some(prepared.report.clone());
+    (conclusion, Some(prepared))
+}
+
+/// The built-in gate of `strict_writes`, as gate reports name it.
+pub const WRITE_SET_GATE: &str = "write-set";
 
 /// Runs the command, then its gates and the check of its outputs if it
 /// exited 0; `cause` says why the heartbeat stopped it, if it did.

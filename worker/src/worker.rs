@@ -28,6 +28,8 @@ pub(crate) struct Shared {
     pub(crate) health: Arc<crate::health::Health>,
     /// Cancels and revokes, heard at once from the coordinator.
     pub(crate) notices: crate::control::Notices,
+    /// Git mode: this worker's mirrors, one per remote.
+    pub(crate) repositories: crate::repository::Repositories,
 }
 
 impl Shared {
@@ -70,8 +72,10 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         })?;
     let health = crate::health::start(&config, &shutdown).await;
     let notices = crate::control::Notices::start(&config.redis_url, &config.keys);
+    let repositories = crate::repository::Repositories::new(config.work_dir.join(".git-mirrors"));
     let shared = Arc::new(Shared {
         notices,
+        repositories,
         config,
         link,
         reporter,

@@ -91,7 +91,9 @@ fn count(summary: &BatchSummary, state: UnitState) -> usize {
 
 /// `[#######---------] 12/20 done · 3 running · 1 needs review · ETA 14s`
 fn progress_line(summary: &BatchSummary, elapsed: Duration) -> String {
-    let done = count(summary, UnitState::Succeeded) + count(summary, UnitState::Skipped);
+    let done = count(summary, UnitState::Succeeded)
+        + count(summary, UnitState::Landed)
+        + count(summary, UnitState::Skipped);
     let finished = done
         + count(summary, UnitState::NeedsReview)
         + count(summary, UnitState::Blocked)

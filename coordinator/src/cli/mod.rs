@@ -4,6 +4,7 @@
 mod batch;
 mod evidence;
 mod serve;
+mod train;
 mod validate;
 
 use std::path::PathBuf;
@@ -130,6 +131,23 @@ pub enum Command {
     Resume { batch: String },
     /// Releases the rest of a batch after its calibration units.
     Approve { batch: String },
+    /// Git mode: starts (or resumes) the merge train of a batch whose
+    /// manifest says `merge: manual`.
+    Merge { batch: String },
+    /// Git mode: the merge train's history: candidates, their units,
+    /// integration results and the commits landed.
+    Train {
+        batch: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Git mode: the pairs of succeeded, unlanded unit branches (and each
+    /// against the target's tip) that do not merge, with their files.
+    Conflicts {
+        batch: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Lists live leases: owner worker, session, fencing number, expiry, semaphores.
     Leases {
         #[arg(long)]
@@ -190,6 +208,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Pause { batch } => batch::control(&connection, &batch, "pause").await,
         Command::Resume { batch } => batch::control(&connection, &batch, "resume").await,
         Command::Approve { batch } => batch::control(&connection, &batch, "approve").await,
+        Command::Merge { batch } => train::merge(&connection, &batch).await,
+        Command::Train { batch, json } => train::show(&connection, &batch, json).await,
+        Command::Conflicts { batch, json } => train::conflicts(&connection, &batch, json).await,
         Command::Leases { json } => batch::leases(&connection, json).await,
         Command::Logs { batch, unit } => batch::logs(&connection, &batch, &unit).await,
         Command::Evidence {

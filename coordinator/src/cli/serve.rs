@@ -49,6 +49,15 @@ pub struct ServeArgs {
         default_value = ".regatta/artifacts"
     )]
     pub artifact_store: std::path::PathBuf,
+    /// Git mode: where the coordinator keeps its mirrors of the batches'
+    /// repositories, to pin bases and build merge candidates.
+    #[arg(
+        long = "git-dir",
+        value_name = "DIR",
+        env = "REGATTA_GIT_DIR",
+        default_value = ".regatta/git"
+    )]
+    pub git_dir: std::path::PathBuf,
     /// Serve `/metrics` without the API token (it names batch ids), for a
     /// Prometheus that cannot send one.
     #[arg(long, env = "REGATTA_METRICS_PUBLIC")]
@@ -97,6 +106,7 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
         reap_interval: args.reap_interval,
         lease_ttl: args.lease_ttl,
         tenure: None,
+        git_dir: args.git_dir.clone(),
     };
     let shutdown = CancellationToken::new();
     regatta_telemetry::shutdown::on_signals(shutdown.clone());

@@ -65,6 +65,7 @@ fn attempt(session: &str, evidence: Option<EvidenceRef>) -> Attempt {
         gates: Vec::new(),
         evidence,
         trace: None,
+        git: None,
     }
 }
 

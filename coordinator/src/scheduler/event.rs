@@ -31,6 +31,7 @@ impl Report {
                 log_path,
                 gates,
                 evidence,
+                git,
                 ..
             } => Report::Finished(Finish {
                 outcome: *outcome,
@@ -42,6 +43,7 @@ impl Report {
                 gates: gates.clone(),
                 fencing: event.fencing,
                 evidence: evidence.clone(),
+                git: git.clone(),
             }),
         }
     }

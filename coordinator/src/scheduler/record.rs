@@ -13,6 +13,8 @@ pub enum UnitState {
     Queued,
     Running,
     Succeeded,
+    /// Git mode: the unit's commit is on the target branch, tested.
+    Landed,
     NeedsReview,
     Blocked,
     Cancelled,
@@ -20,21 +22,27 @@ pub enum UnitState {
 }
 
 impl UnitState {
-    pub const ALL: [UnitState; 9] = [
+    pub const ALL: [UnitState; 10] = [
         UnitState::Pending,
         UnitState::Ready,
         UnitState::Queued,
         UnitState::Running,
         UnitState::Succeeded,
+        UnitState::Landed,
         UnitState::NeedsReview,
         UnitState::Blocked,
         UnitState::Cancelled,
         UnitState::Skipped,
     ];
 
-    /// Says whether the unit counts as done for its dependents.
+    /// Says whether the unit's work is done well: succeeded, landed or
+    /// skipped. (In git mode only a landed unit releases its dependents:
+    /// [`super::Batch::satisfies`].)
     pub fn satisfies_dependents(self) -> bool {
-        matches!(self, UnitState::Succeeded | UnitState::Skipped)
+        matches!(
+            self,
+            UnitState::Succeeded | UnitState::Landed | UnitState::Skipped
+        )
     }
 
     /// Says whether nothing more will happen to the unit without a human.
@@ -42,6 +50,7 @@ impl UnitState {
         matches!(
             self,
             UnitState::Succeeded
+                | UnitState::Landed
                 | UnitState::NeedsReview
                 | UnitState::Blocked
                 | UnitState::Cancelled
@@ -61,6 +70,7 @@ impl UnitState {
             UnitState::Queued => "queued",
             UnitState::Running => "running",
             UnitState::Succeeded => "succeeded",
+            UnitState::Landed => "landed",
             UnitState::NeedsReview => "needs_review",
             UnitState::Blocked => "blocked",
             UnitState::Cancelled => "cancelled",
@@ -149,6 +159,9 @@ pub struct Attempt {
     /// stored before traces were recorded.
     #[serde(default)]
     pub trace: Option<AttemptTrace>,
+    /// Git mode: the worktree's commits and the unit's commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<regatta_proto::GitReport>,
 }
 
 /// Where an attempt's trace is: one trace per attempt, rooted at its
@@ -174,6 +187,17 @@ pub struct UnitRecord {
     /// Why the unit is where it is (a failure, what blocks it, what it waits for).
     pub reason: Option<String>,
     pub history: Vec<Attempt>,
+    /// Git mode: the target's tip the next attempt rebuilds on, when the
+    /// unit's branch no longer merged there (docs/git-mode.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebase_on: Option<String>,
+    /// Git mode: how many times the unit was re-run on a new tip.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rebases: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl UnitRecord {
@@ -235,6 +259,8 @@ mod tests {
             attempt: 2,
             reason: None,
             history: vec![attempt(1), attempt(2)],
+            rebase_on: None,
+            rebases: 0,
         };
         assert_eq!(record.previous().map(|a| a.attempt), Some(1));
         let trace = AttemptTrace {

@@ -9,6 +9,12 @@ use super::*;
 impl Service {
     /// Applies one worker event; returns once its effects are stored.
     pub async fn apply_event(&self, event: SessionEvent) {
+        if event.unit_id == regatta_proto::INTEGRATION_UNIT {
+            // The merge train's own sessions (docs/git-mode.md).
+            self.apply_integration_event(&mut self.fleet(), &event);
+            let _ = self.store.flushed().await;
+            return;
+        }
         {
             let mut fleet = self.fleet();
             let Fleet { batches, usage } = &mut *fleet;
@@ -33,7 +39,10 @@ impl Service {
                 _ => None,
             };
             let observed = Observation::of(&report);
-            let effects = entry.batch.report(unit, &event.session_id, report, usage);
+            let mut effects = entry.batch.report(unit, &event.session_id, report, usage);
+            if entry.batch.git_mode() && effects.changed.contains(&unit) {
+                self.offer_to_train(entry, unit, &mut effects);
+            }
             if let (Some(fence), false) = (finished_fence, effects.changed.is_empty()) {
                 // The result is applied: free its leases before any publish
                 // that it allows (dispatch_and_store below), under its fencing number.

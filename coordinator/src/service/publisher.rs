@@ -156,6 +156,7 @@ pub(super) fn dispatch_orders(
                 gates: Vec::new(),
                 fencing: 0,
                 evidence: None,
+                git: None,
             };
             let more = batch.report(unit, &session_id, Report::Finished(failed), usage);
             effects.changed.extend(more.changed);

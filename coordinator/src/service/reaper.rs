@@ -60,6 +60,7 @@ impl Service {
                         log_path: String::new(),
                         gates: vec![],
                         evidence: None,
+                        git: None,
                     },
                 };
                 let span = {

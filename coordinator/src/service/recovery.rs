@@ -170,12 +170,16 @@ pub(super) async fn restore(store: &Store, config: &ServiceConfig) -> Result<Fle
             .query_async(&mut connection)
             .await
             .map_err(redis_error)?;
+        let mut units = units;
+        let integration = units.remove(regatta_proto::INTEGRATION_UNIT);
         let records = units
             .into_iter()
             .filter_map(|(unit, json)| Some((unit, serde_json::from_str(&json).ok()?)))
             .collect();
         let manifest_sha256 = manifest.sha256();
-        let batch = Batch::restore(id.clone(), manifest, dag, state, records);
+        let mut batch = Batch::restore(id.clone(), manifest, dag, state, records);
+        batch.git_base = record.get("git_base").cloned();
+        let train = super::train::TrainEntry::restore(&batch, &record, integration.as_deref());
         for unit in batch.in_flight_units() {
             for (resource, weight) in batch.demand(unit) {
                 *fleet.usage.entry(resource.clone()).or_insert(0) += weight;
@@ -194,6 +198,7 @@ pub(super) async fn restore(store: &Store, config: &ServiceConfig) -> Result<Fle
                 created_ms,
                 ended_ms,
                 manifest_sha256,
+                train,
             },
         );
     }
