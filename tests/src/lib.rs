@@ -6,6 +6,7 @@
 //! Each test uses its own namespace, so tests run in parallel on one broker
 //! and one Redis without seeing each other's queues or keys.
 
+pub mod git_repo;
 pub mod invariants;
 pub mod netns;
 pub mod proxy;
@@ -421,6 +422,13 @@ async fn spawn_coordinator(
     // One name across restarts, as a coordinator restarted in place has: it
     // takes its lock back at once instead of waiting out the lock's TTL.
     command.env("REGATTA_INSTANCE", format!("{namespace}-coordinator"));
+    // Git mode's mirrors, out of the source tree.
+    command.env(
+        "REGATTA_GIT_DIR",
+        std::env::temp_dir()
+            .join("regatta-test-git")
+            .join(namespace),
+    );
     fleet_env(&mut command, namespace, secret, &[env]);
     let mut coordinator = command
         .stdout(std::process::Stdio::piped())

@@ -41,6 +41,11 @@ pub(super) struct StoredTrain {
     pub(super) tip: Option<String>,
     /// Why the train waits, when something outside it fails (the remote).
     pub(super) waiting: Option<String>,
+    /// Units whose branch merges onto the tip but not after the units
+    /// before them in a candidate: they re-run once those have landed, on
+    /// the tip that holds them (with the files that conflicted).
+    #[serde(default)]
+    pub(super) rebase_after_landing: Vec<(usize, Vec<String>)>,
 }
 
 /// The next step of a train, chosen under the fleet's lock.
@@ -75,6 +80,7 @@ impl TrainEntry {
                 started: git.merge == crate::manifest::MergeMode::Auto,
                 tip: None,
                 waiting: None,
+                rebase_after_landing: Vec::new(),
             },
             integration: UnitRecord {
                 id: INTEGRATION_UNIT.to_owned(),
@@ -308,6 +314,15 @@ impl Service {
                             units: names(&planned.units),
                         }
                     }
+                    // Nothing left to land before them: re-run the units
+                    // that conflicted with a candidate's earlier units.
+                    None if !train.stored.rebase_after_landing.is_empty() => {
+                        let tip = train.stored.tip.clone().unwrap_or_default();
+                        let effects = rebase_deferred(&mut entry.batch, train, &tip);
+                        self.store_train(batch_id, train);
+                        self.dispatch_and_store(&mut fleet, batch_id, effects);
+                        return Ok(false);
+                    }
                     None => return Ok(false),
                 },
             };
@@ -395,6 +410,15 @@ impl Service {
                 self.store_train(batch_id, train);
             }
             Err(conflict) => {
+                // Does it conflict with the tip itself, or only with the
+                // units merged before it in this candidate?
+                let with_tip = match units.iter().position(|(u, _)| *u == conflict.unit) {
+                    Some(0) | None => true,
+                    Some(i) => regatta_git::merge::merge_tree(mirror.git(), &tip, &units[i].1)
+                        .await
+                        .map(|merged| merged.is_err())
+                        .unwrap_or(true),
+                };
                 let mut fleet = self.fleet();
                 let Some(entry) = fleet.batches.get_mut(batch_id) else {
                     return Ok(());
@@ -402,8 +426,18 @@ impl Service {
                 let Some(unit) = entry.batch.index_of(&conflict.unit) else {
                     return Ok(());
                 };
-                tracing::info!(batch = %batch_id, unit = %conflict.unit, files = ?conflict.files, "a unit's branch does not merge onto the target");
-                let (_, effects) = entry.batch.rebase(unit, &tip, &conflict.files);
+                tracing::info!(batch = %batch_id, unit = %conflict.unit, files = ?conflict.files, with_tip, "a unit's branch does not merge");
+                let effects = if with_tip {
+                    entry.batch.rebase(unit, &tip, &conflict.files).1
+                } else {
+                    if let Some(train) = entry.train.as_mut() {
+                        train
+                            .stored
+                            .rebase_after_landing
+                            .push((unit, conflict.files.clone()));
+                    }
+                    Effects::default()
+                };
                 if let Some(train) = entry.train.as_mut() {
                     train
                         .stored
@@ -493,9 +527,10 @@ impl Service {
         }
         let landing = train.stored.plan.landed(candidate);
         train.stored.tip = Some(new.to_owned());
+        let rebased = rebase_deferred(&mut entry.batch, train, new);
         self.store_train(batch_id, train);
         tracing::info!(batch = %batch_id, candidate, commit = %new, units = landing.units.len(), "candidate landed");
-        let mut effects = Effects::default();
+        let mut effects = rebased;
         for unit in landing.units {
             let landed = entry.batch.land(unit);
             effects.changed.extend(landed.changed);
@@ -666,6 +701,17 @@ impl Service {
         self.store.flushed().await?;
         Ok(())
     }
+}
+
+/// Sends the units that waited for a landing back to run on `tip`.
+fn rebase_deferred(batch: &mut Batch, train: &mut TrainEntry, tip: &str) -> Effects {
+    let mut effects = Effects::default();
+    for (unit, files) in std::mem::take(&mut train.stored.rebase_after_landing) {
+        effects
+            .changed
+            .extend(batch.rebase(unit, tip, &files).1.changed);
+    }
+    effects
 }
 
 /// The failure that made a culprit: the failed candidate's reason.

@@ -1,0 +1,240 @@
+//! Git mode end to end (docs/git-mode.md): a real coordinator and workers,
+//! real RabbitMQ and Redis, and a real bare git remote in a temp folder.
+//! Each test checks the merge train's invariant against the remote's log of
+//! every commit its target branch pointed to.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use regatta_coordinator::manifest::Manifest;
+use regatta_coordinator::scheduler::{BatchState, UnitState};
+use regatta_coordinator::service::UnitView;
+use regatta_tests::git_repo::{check_train, Remote};
+use regatta_tests::{write_file, Fleet};
+
+fn manifest(dir: &Path, yaml: &str) -> Manifest {
+    write_file(dir, "manifest.yaml", yaml);
+    Manifest::load(&dir.join("manifest.yaml"))
+        .unwrap_or_else(|e| panic!("test manifest is valid: {e}"))
+}
+
+fn unit<'a>(units: &'a [UnitView], id: &str) -> &'a UnitView {
+    units
+        .iter()
+        .find(|u| u.id == id)
+        .unwrap_or_else(|| panic!("unit {id} in {units:?}"))
+}
+
+/// The integration test of the toy codebase: no module may say BROKEN.
+const CHECK: &str = "#!/bin/sh\nif grep -l BROKEN mod*.txt; then echo 'integration: a module is broken' >&2; exit 1; fi\necho 'integration: all modules pass'\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_git_batch_lands_in_dependency_order_and_the_unit_that_breaks_integration_is_found() {
+    let mut files = vec![("check.sh", CHECK.to_owned())];
+    for n in 1..=6 {
+        files.push((
+            Box::leak(format!("mod{n}.txt").into_boxed_str()),
+            "old\n".to_owned(),
+        ));
+    }
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
+    let remote = Remote::with_files(&files);
+    let base = remote.tip("main");
+    let dir = tempfile::tempdir().expect("temp dir");
+    // m3 depends on m1, m5 on m3: a chain that must land in order; m4
+    // breaks the integration test and m6 depends on it.
+    let m = manifest(
+        dir.path(),
+        &format!(
+            r#"batch: git-train
+concurrency: 4
+retries: 0
+playbook:
+  name: migrate
+  run: 'printf "${{CONTENT:-new}}\n" > "mod${{N}}.txt"'
+git:
+  repo: {repo}
+  base: main
+  integration: sh check.sh
+  integration_timeout: 1m
+  window: 4
+units:
+  - {{id: m1, touches: [mod1.txt], env: {{N: "1"}}}}
+  - {{id: m2, touches: [mod2.txt], env: {{N: "2"}}}}
+  - {{id: m3, touches: [mod3.txt], env: {{N: "3"}}, depends_on: [m1]}}
+  - {{id: m4, touches: [mod4.txt], env: {{N: "4", CONTENT: BROKEN}}}}
+  - {{id: m5, touches: [mod5.txt], env: {{N: "5"}}, depends_on: [m3]}}
+  - {{id: m6, touches: [mod6.txt], env: {{N: "6"}}, depends_on: [m4]}}
+"#,
+            repo = remote.url()
+        ),
+    );
+    let fleet = Fleet::start("git-train", 2, 2, "30s").await;
+    let client = fleet.client();
+    let batch = client.enqueue(&m).await.expect("enqueue");
+    let summary = fleet.wait_for_end(&batch, Duration::from_secs(120)).await;
+    // m4 broke integration: it needs review and m6 waits for it.
+    assert_eq!(summary.state, BatchState::Failed, "{summary:?}");
+    let units = client.units(&batch, None).await.expect("units");
+    for id in ["m1", "m2", "m3", "m5"] {
+        assert_eq!(
+            unit(&units, id).state,
+            UnitState::Landed,
+            "{id}: {units:#?}"
+        );
+    }
+    let m4 = unit(&units, "m4");
+    assert_eq!(m4.state, UnitState::NeedsReview, "{m4:#?}");
+    let reason = m4.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("breaks the integration tests") && reason.contains("a module is broken"),
+        "the culprit's reason names the integration failure and its log: {reason}"
+    );
+    assert_eq!(unit(&units, "m6").state, UnitState::Blocked);
+
+    // The remote holds exactly the tested commits and the landed units.
+    let train = client.train(&batch).await.expect("train");
+    let depends_on = BTreeMap::from([("m3", vec!["m1"]), ("m5", vec!["m3"]), ("m6", vec!["m4"])]);
+    check_train(&remote, &train, &depends_on, &["m4"]);
+    let merged = remote.merged_units("main", &batch);
+    assert_eq!(
+        merged.len(),
+        4,
+        "m1, m2, m3 and m5 landed once each: {merged:?}"
+    );
+    assert_eq!(remote.file("main", "mod1.txt"), "new");
+    assert_eq!(remote.file("main", "mod4.txt"), "old");
+    // The candidate holding m4 failed; its first half landed on its own
+    // (a bisection step), which left m4 as the culprit without another run.
+    assert!(
+        train.candidates.iter().any(|c| c.state == "failed"),
+        "a candidate failed: {train:#?}"
+    );
+    assert!(
+        train
+            .candidates
+            .iter()
+            .any(|c| c.bisecting && c.state == "landed"),
+        "a bisection step landed the innocent half: {train:#?}"
+    );
+
+    // Each unit's attempt records its commit, and the branch it pushed.
+    let m1 = unit(&units, "m1");
+    let report = m1.history[0].git.as_ref().expect("git report");
+    assert_eq!(report.base, base, "the base was pinned at enqueue");
+    let commit = report.commit.as_ref().expect("m1 changed mod1.txt");
+    assert_eq!(commit.files.len(), 1);
+    assert_eq!(commit.files[0].path, "mod1.txt");
+    assert_eq!(
+        remote.tip(&format!("regatta/{batch}/m1")),
+        commit.commit,
+        "the unit's branch holds its commit"
+    );
+    // m3 started from m1's landed commit.
+    let m3 = unit(&units, "m3");
+    let m3_report = m3.history[0].git.as_ref().expect("git report");
+    assert_eq!(
+        m3_report.dependencies,
+        vec![("m1".to_owned(), commit.commit.clone())]
+    );
+    fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manual_train_waits_for_merge_lists_conflicts_and_rebases_a_unit_once() {
+    let remote = Remote::with_files(&[("shared.txt", "base\n"), ("other.txt", "base\n")]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    // a and b rewrite the same file: their branches conflict. c writes a
+    // file it did not declare.
+    let m = manifest(
+        dir.path(),
+        &format!(
+            r#"batch: git-manual
+concurrency: 4
+retries: 0
+playbook:
+  name: edit
+  run: 'printf "$CONTENT\n" > "$FILE"'
+git:
+  repo: {repo}
+  base: main
+  integration: "true"
+  merge: manual
+units:
+  - {{id: a, touches: [shared.txt], env: {{FILE: shared.txt, CONTENT: from-a}}}}
+  - {{id: b, touches: [shared.txt], env: {{FILE: shared.txt, CONTENT: from-b}}}}
+  - {{id: c, touches: [shared.txt], env: {{FILE: other.txt, CONTENT: from-c}}}}
+"#,
+            repo = remote.url()
+        ),
+    );
+    let fleet = Fleet::start("git-manual", 1, 2, "30s").await;
+    let client = fleet.client();
+    let batch = client.enqueue(&m).await.expect("enqueue");
+
+    // The sessions run; nothing lands until `merge`.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let units = loop {
+        let units = client.units(&batch, None).await.expect("units");
+        let settled = units
+            .iter()
+            .all(|u| matches!(u.state, UnitState::Succeeded | UnitState::NeedsReview));
+        if settled {
+            break units;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sessions did not end: {units:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let c = unit(&units, "c");
+    assert_eq!(c.state, UnitState::NeedsReview);
+    let reason = c.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("outside its touches and outputs") && reason.contains("other.txt"),
+        "strict_writes names the file: {reason}"
+    );
+    assert!(c.history[0]
+        .gates
+        .iter()
+        .any(|g| g.name == "write-set" && !g.passed));
+    let train = client.train(&batch).await.expect("train");
+    assert!(!train.started && train.landed.is_empty(), "{train:#?}");
+    let initial = remote.tip("main");
+
+    let conflicts = client.conflicts(&batch).await.expect("conflicts");
+    assert_eq!(conflicts.tip, initial);
+    assert_eq!(conflicts.conflicts.len(), 1, "{conflicts:#?}");
+    let pair = &conflicts.conflicts[0];
+    assert_eq!((pair.a.as_str(), pair.b.as_str()), ("a", "b"));
+    assert_eq!(pair.files, vec!["shared.txt".to_owned()]);
+
+    client.merge(&batch).await.expect("merge");
+    let summary = fleet.wait_for_end(&batch, Duration::from_secs(60)).await;
+    assert_eq!(
+        summary.state,
+        BatchState::Failed,
+        "c needs review: {summary:?}"
+    );
+    let units = client.units(&batch, None).await.expect("units");
+    assert_eq!(unit(&units, "a").state, UnitState::Landed);
+    let b = unit(&units, "b");
+    assert_eq!(b.state, UnitState::Landed, "{b:#?}");
+    // b no longer merged once a landed: it ran once more on the new tip.
+    assert_eq!(b.history.len(), 2, "{b:#?}");
+    let rebased = b.history[1].git.as_ref().expect("git report");
+    assert_ne!(
+        rebased.base, initial,
+        "the re-run started from the tip a landed"
+    );
+    assert_eq!(remote.file("main", "shared.txt"), "from-b");
+    let train = client.train(&batch).await.expect("train");
+    check_train(&remote, &train, &BTreeMap::new(), &[]);
+    assert!(
+        train.candidates.iter().any(|c| c.state == "conflicted"),
+        "{train:#?}"
+    );
+    fleet.stop().await;
+}
