@@ -94,6 +94,22 @@ impl Remote {
         commits
     }
 
+    /// Someone else pushes a commit adding `path` to `branch`, as a
+    /// colleague would mid-train; returns the new tip.
+    pub fn push_outside(&self, branch: &str, path: &str, content: &str) -> String {
+        let clone = tempfile::tempdir().expect("temp dir");
+        let work = clone.path().join("work");
+        git(
+            clone.path(),
+            &["clone", "--quiet", "--branch", branch, &self.url(), "work"],
+        );
+        crate::write_file(&work, path, content);
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "--quiet", "-m", "a colleague's change"]);
+        git(&work, &["push", "--quiet", "origin", branch]);
+        self.tip(branch)
+    }
+
     /// The content of `path` at the tip of `branch`.
     pub fn file(&self, branch: &str, path: &str) -> String {
         git(&self.dir, &["show", &format!("refs/heads/{branch}:{path}")])
@@ -122,7 +138,8 @@ impl Remote {
 
 /// Checks the merge train's invariant against the remote:
 /// - every commit the target pointed to after `base` was the commit of a
-///   landed candidate (whose integration passed);
+///   landed candidate (whose integration passed), or one of `outside`
+///   (pushed by someone else meanwhile);
 /// - the target's history holds every landed unit that changed something
 ///   exactly once, in an order consistent with `depends_on`;
 /// - no unit in `broken` landed.
@@ -131,6 +148,7 @@ pub fn check_train(
     train: &TrainView,
     depends_on: &BTreeMap<&str, Vec<&str>>,
     broken: &[&str],
+    outside: &[String],
 ) {
     let landed_commits: BTreeSet<&str> = train
         .candidates
@@ -141,7 +159,7 @@ pub fn check_train(
     let history = remote.history_of(&train.target);
     for commit in history.iter().skip(1) {
         assert!(
-            landed_commits.contains(commit.as_str()),
+            landed_commits.contains(commit.as_str()) || outside.contains(commit),
             "the target pointed to {commit}, which is no landed (tested) candidate; train: {train:#?}"
         );
     }

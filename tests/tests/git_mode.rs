@@ -96,7 +96,7 @@ units:
     // The remote holds exactly the tested commits and the landed units.
     let train = client.train(&batch).await.expect("train");
     let depends_on = BTreeMap::from([("m3", vec!["m1"]), ("m5", vec!["m3"]), ("m6", vec!["m4"])]);
-    check_train(&remote, &train, &depends_on, &["m4"]);
+    check_train(&remote, &train, &depends_on, &["m4"], &[]);
     let merged = remote.merged_units("main", &batch);
     assert_eq!(
         merged.len(),
@@ -231,10 +231,109 @@ units:
     );
     assert_eq!(remote.file("main", "shared.txt"), "from-b");
     let train = client.train(&batch).await.expect("train");
-    check_train(&remote, &train, &BTreeMap::new(), &[]);
+    check_train(&remote, &train, &BTreeMap::new(), &[], &[]);
     assert!(
         train.candidates.iter().any(|c| c.state == "conflicted"),
         "{train:#?}"
     );
     fleet.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_train_survives_an_outside_push_a_killed_integration_worker_and_a_coordinator_kill() {
+    let remote = Remote::with_files(&[
+        ("check.sh", CHECK),
+        ("mod1.txt", "old\n"),
+        ("mod2.txt", "old\n"),
+        ("mod3.txt", "old\n"),
+    ]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The integration takes a while, so that the faults land mid-test.
+    let m = manifest(
+        dir.path(),
+        &format!(
+            r#"batch: git-faults
+concurrency: 4
+retries: 0
+playbook:
+  name: migrate
+  run: 'printf "new\n" > "mod${{N}}.txt"'
+git:
+  repo: {repo}
+  base: main
+  integration: sleep 2; sh check.sh
+  integration_timeout: 1m
+units:
+  - {{id: m1, touches: [mod1.txt], env: {{N: "1"}}}}
+  - {{id: m2, touches: [mod2.txt], env: {{N: "2"}}}}
+  - {{id: m3, touches: [mod3.txt], env: {{N: "3"}}}}
+"#,
+            repo = remote.url()
+        ),
+    );
+    let mut fleet = Fleet::start("git-faults", 2, 2, "3s").await;
+    let batch = fleet.client().enqueue(&m).await.expect("enqueue");
+
+    // 1. A colleague pushes to the target while a candidate is tested: the
+    //    swap fails and the candidate is rebuilt on the new tip.
+    let testing = wait_for_integration(&fleet, &batch).await;
+    let outside = remote.push_outside("main", "colleague.txt", "hello\n");
+
+    // 2. The worker running the next integration session dies: its lease
+    //    expires and the candidate is tested again elsewhere.
+    let next = loop {
+        let session = wait_for_integration(&fleet, &batch).await;
+        if session.0 != testing.0 {
+            break session;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let worker = next.1.trim_start_matches('w').parse::<usize>().expect("worker index");
+    fleet.kill_worker(worker);
+    fleet.add_worker(2);
+
+    // 3. The coordinator is killed mid-train and restarted.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    fleet.restart_coordinator().await;
+
+    let summary = fleet.wait_for_end(&batch, Duration::from_secs(120)).await;
+    assert_eq!(summary.state, BatchState::Succeeded, "{summary:?}");
+    let client = fleet.client();
+    let train = client.train(&batch).await.expect("train");
+    assert!(
+        train.candidates.iter().any(|c| c.state == "raced"),
+        "the outside push made a swap fail: {train:#?}"
+    );
+    check_train(&remote, &train, &BTreeMap::new(), &[], &[outside.clone()]);
+    let outcomes: Vec<_> = train.integration_sessions.iter().map(|a| a.outcome).collect();
+    assert!(
+        outcomes.contains(&Some(regatta_proto::Outcome::Lost)),
+        "the killed worker's integration session was lost and tested again: {outcomes:?}"
+    );
+    let merged = remote.merged_units("main", &batch);
+    let mut sorted = merged.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec!["m1", "m2", "m3"], "each landed once: {merged:?}");
+    assert_eq!(remote.file("main", "colleague.txt"), "hello", "nothing was overwritten");
+    fleet.stop().await;
+}
+
+/// Waits until an integration session holds a lease; returns its session
+/// and the worker running it.
+async fn wait_for_integration(fleet: &Fleet, batch: &str) -> (String, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let leases = fleet.client().leases().await.unwrap_or_default();
+        if let Some(lease) = leases
+            .iter()
+            .find(|l| l.batch_id == batch && l.unit_id == regatta_proto::INTEGRATION_UNIT)
+        {
+            return (lease.session_id.clone(), lease.worker.clone());
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no integration session started within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

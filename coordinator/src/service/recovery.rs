@@ -127,6 +127,19 @@ impl Service {
                     ));
                 }
             }
+            // The merge train's integration session, likewise.
+            if let Some(order) = entry.train.as_ref().and_then(|t| t.queued_order(&entry.batch, now)) {
+                let trace = entry
+                    .train
+                    .as_ref()
+                    .and_then(|t| t.integration.current())
+                    .and_then(|a| a.trace.as_ref());
+                let _ = self.publisher.send(Outgoing::new(
+                    &order,
+                    &self.config.signer,
+                    Origin::Again(trace),
+                ));
+            }
         }
     }
 }

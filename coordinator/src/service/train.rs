@@ -126,6 +126,23 @@ impl TrainEntry {
     }
 }
 
+impl TrainEntry {
+    /// The order of the integration session that is queued, to publish
+    /// again after a restart (it may never have reached the broker).
+    pub(super) fn queued_order(&self, batch: &Batch, now_ms: i64) -> Option<WorkOrder> {
+        if self.integration.state != UnitState::Queued {
+            return None;
+        }
+        let candidate = self.stored.plan.in_flight()?;
+        let commit = candidate.commit.as_deref()?;
+        let mut order = integration_order(batch, &self.integration, candidate.id, commit, now_ms);
+        if let Some(attempt) = self.integration.current() {
+            order.published_at_ms = attempt.published_at_ms;
+        }
+        Some(order)
+    }
+}
+
 /// The coordinator's mirrors, one per remote.
 #[derive(Default, Clone)]
 pub(super) struct Mirrors {

@@ -31,6 +31,9 @@ pub struct TrainView {
     /// The units a bisection still suspects.
     pub suspects: Vec<String>,
     pub candidates: Vec<CandidateView>,
+    /// Every integration session, in order: which worker ran it, how it
+    /// ended, its log's tail and its evidence pack.
+    pub integration_sessions: Vec<crate::scheduler::Attempt>,
 }
 
 /// One merge candidate (or one landing of a unit that changed nothing).
@@ -122,6 +125,7 @@ impl Service {
                 .map(|&u| id(u))
                 .collect(),
             candidates,
+            integration_sessions: train.integration.history.clone(),
         })
     }
 
