@@ -73,6 +73,9 @@ fn git_order(batch: &Batch, unit: usize) -> Option<GitOrder> {
             let dependencies = batch
                 .dag
                 .dependencies(unit)
+                // Only what landed: a skipped dependency's commit (or a
+                // failed one's) never reaches the target through its dependents.
+                .filter(|&dep| batch.units[dep].state == crate::scheduler::UnitState::Landed)
                 .filter_map(|dep| {
                     let commit = batch.commit_of(dep)?;
                     Some((batch.units[dep].id.clone(), commit.to_owned()))

@@ -491,13 +491,17 @@ impl Batch {
                     return effects;
                 }
                 self.release_usage(unit, fleet_usage);
-                let outcome = finish.outcome;
-                let reason = finish.reason.clone();
+                // A git-mode success must name a commit the train can merge.
+                let (outcome, reason) =
+                    match self.unusable_git_result(finish.outcome, finish.git.as_deref()) {
+                        Some(problem) => (Outcome::Failed, Some(problem)),
+                        None => (finish.outcome, finish.reason),
+                    };
                 if let Some(attempt) = self.units[unit].current_mut() {
                     attempt.ended_at_ms = Some(finish.at_ms);
                     attempt.outcome = Some(outcome);
                     attempt.exit_code = finish.exit_code;
-                    attempt.reason = finish.reason;
+                    attempt.reason = reason.clone();
                     attempt.log_tail = finish.log_tail;
                     attempt.log_path = finish.log_path;
                     attempt.gates = finish.gates;

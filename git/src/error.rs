@@ -36,6 +36,12 @@ pub enum Error {
         found: String,
         wanted: String,
     },
+    /// A git command ran past [`crate::repo::COMMAND_TIMEOUT`] and was killed.
+    #[error("`git {command}` did not finish within {after:?} and was killed (a remote that does not answer?)")]
+    TimedOut {
+        command: String,
+        after: std::time::Duration,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }

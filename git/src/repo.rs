@@ -201,7 +201,14 @@ impl Git {
             }
             _ => None,
         };
-        let output = child.wait_with_output().await?;
+        // A black-holed remote must not hold a train or a worker's slot
+        // for ever: the child is killed when the wait is dropped.
+        let output = tokio::time::timeout(COMMAND_TIMEOUT, child.wait_with_output())
+            .await
+            .map_err(|_| Error::TimedOut {
+                command: args.join(" "),
+                after: COMMAND_TIMEOUT,
+            })??;
         if let Some(feeder) = feeder {
             // A broken pipe means git stopped reading early; its exit says why.
             match feeder.await {
@@ -218,6 +225,10 @@ impl Git {
         })
     }
 }
+
+/// The longest any one git command may run: a fetch of a large
+/// repository takes minutes, a hung remote for ever.
+pub const COMMAND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Turns a non-zero exit into [`Error::Command`].
 pub(crate) fn check(args: &[&str], output: Output) -> Result<Output, Error> {

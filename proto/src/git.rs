@@ -99,6 +99,19 @@ pub struct GitReport {
     pub outside_writes: Vec<String>,
 }
 
+/// Says whether `text` is a full commit id (SHA-1 or SHA-256, lowercase
+/// hex): what the coordinator accepts from a worker before passing it to git.
+pub fn is_object_id(text: &str) -> bool {
+    matches!(text.len(), 40 | 64) && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The ref a session's commit is pushed to besides its unit's branch: it
+/// is never overwritten, so a late push of a stalled earlier attempt can
+/// replace the branch but not the commit the coordinator lands.
+pub fn session_ref(batch_id: &str, session_id: &str) -> String {
+    format!("refs/regatta/{batch_id}/sessions/{session_id}")
+}
+
 /// The branch a unit's commit is pushed to.
 pub fn unit_branch(batch_id: &str, unit_id: &str) -> String {
     format!("refs/heads/regatta/{batch_id}/{unit_id}")

@@ -15,7 +15,7 @@ use regatta_git::change::outside_write_set;
 use regatta_git::mirror::Mirror;
 use regatta_git::repo::Identity;
 use regatta_git::workspace::Workspace;
-use regatta_proto::git::{ChangedFile, FileStatus, GitReport, GitSession, UnitCommit};
+use regatta_proto::git::{session_ref, ChangedFile, FileStatus, GitReport, GitSession, UnitCommit};
 use regatta_proto::{GitOrder, WorkOrder};
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
@@ -166,9 +166,14 @@ impl Prepared {
             }
         }
         if let Some(branch) = &git.branch {
-            regatta_git::remote::push(&self.mirror, &made.commit, branch)
-                .await
-                .map_err(|e| format!("git mode: cannot push {branch}: {e}"))?;
+            // The session's own ref first: the coordinator lands from it,
+            // and no later push (a stalled earlier attempt's) replaces it.
+            let session = session_ref(&order.batch_id, &order.session_id);
+            for refname in [&session, branch] {
+                regatta_git::remote::push(&self.mirror, &made.commit, refname)
+                    .await
+                    .map_err(|e| format!("git mode: cannot push {refname}: {e}"))?;
+            }
         }
         Ok(())
     }

@@ -42,6 +42,29 @@ impl Batch {
         report.conflict.clone()
     }
 
+    /// Why a worker's report of a git-mode success cannot be landed: no
+    /// git result (an old or forged worker), or a commit that is no object
+    /// id (the train passes it to git). `None` when it can.
+    pub(super) fn unusable_git_result(
+        &self,
+        outcome: regatta_proto::Outcome,
+        git: Option<&regatta_proto::GitReport>,
+    ) -> Option<String> {
+        if !self.git_mode() || outcome != regatta_proto::Outcome::Succeeded {
+            return None;
+        }
+        let Some(git) = git else {
+            return Some("the worker reported a git-mode success without its git result".into());
+        };
+        match &git.commit {
+            Some(commit) if !regatta_proto::git::is_object_id(&commit.commit) => Some(format!(
+                "the worker reported a commit that is no object id: {:?}",
+                commit.commit.chars().take(80).collect::<String>()
+            )),
+            _ => None,
+        }
+    }
+
     /// The train landed `unit`: its dependents may start.
     pub fn land(&mut self, unit: usize) -> Effects {
         let mut effects = Effects::default();

@@ -16,7 +16,7 @@ use regatta_git::mirror::Mirror;
 use regatta_git::remote::{self, Swap};
 use regatta_git::repo::Identity;
 use regatta_git::train::{CandidateState, Train, Verdict};
-use regatta_proto::git::{candidate_ref, unit_branch, GitSession};
+use regatta_proto::git::{candidate_ref, session_ref, GitSession};
 use regatta_proto::{GitOrder, LeaseDemand, WorkOrder, INTEGRATION_UNIT};
 use serde::{Deserialize, Serialize};
 
@@ -53,6 +53,8 @@ enum Step {
     Build {
         candidate: u64,
         units: Vec<(String, String)>,
+        /// Where the units' commits are: their sessions' refs.
+        refs: Vec<String>,
     },
     Publish {
         candidate: u64,
@@ -299,11 +301,19 @@ impl Service {
                     .map(|(u, commit)| (entry.batch.units[*u].id.clone(), commit.clone()))
                     .collect::<Vec<_>>()
             };
+            let refs = |units: &[(usize, String)]| {
+                units
+                    .iter()
+                    .filter_map(|(u, _)| entry.batch.units[*u].current())
+                    .map(|a| session_ref(batch_id, &a.session_id))
+                    .collect::<Vec<_>>()
+            };
             let step = match train.stored.plan.in_flight().cloned() {
                 Some(record) => match record.state {
                     CandidateState::Planned => Step::Build {
                         candidate: record.id,
                         units: names(&record.units),
+                        refs: refs(&record.units),
                     },
                     CandidateState::Built => Step::Publish {
                         candidate: record.id,
@@ -329,6 +339,7 @@ impl Service {
                         Step::Build {
                             candidate: planned.id,
                             units: names(&planned.units),
+                            refs: refs(&planned.units),
                         }
                     }
                     // Nothing left to land before them: re-run the units
@@ -347,8 +358,12 @@ impl Service {
         };
         let mirror = self.mirrors.get(&self.config.git_dir, &repo).await?;
         match step {
-            Step::Build { candidate, units } => {
-                self.build_candidate(batch_id, &mirror, &target, candidate, units)
+            Step::Build {
+                candidate,
+                units,
+                refs,
+            } => {
+                self.build_candidate(batch_id, &mirror, &target, candidate, units, refs)
                     .await?;
                 Ok(true)
             }
@@ -379,10 +394,11 @@ impl Service {
         target: &str,
         candidate: u64,
         units: Vec<(String, String)>,
+        refs: Vec<String>,
     ) -> Result<(), String> {
         let repo = mirror.remote().to_owned();
         let mut wants = vec![format!("refs/heads/{target}")];
-        wants.extend(units.iter().map(|(unit, _)| unit_branch(batch_id, unit)));
+        wants.extend(refs);
         let wants: Vec<&str> = wants.iter().map(String::as_str).collect();
         mirror
             .fetch(&wants)

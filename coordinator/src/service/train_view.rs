@@ -3,7 +3,7 @@
 
 use regatta_git::conflicts::{conflict_matrix, Conflict};
 use regatta_git::train::CandidateState;
-use regatta_proto::git::unit_branch;
+use regatta_proto::git::session_ref;
 use serde::{Deserialize, Serialize};
 
 use super::*;
@@ -132,7 +132,7 @@ impl Service {
     /// Merges every pair of succeeded, unlanded unit branches, and each
     /// against the target's tip, without a worktree.
     pub async fn conflicts(&self, batch_id: &str) -> Result<ConflictsView, Error> {
-        let (git, branches) = {
+        let (git, branches, refs) = {
             let fleet = self.fleet();
             let entry = fleet
                 .batches
@@ -144,11 +144,19 @@ impl Service {
                 .git
                 .clone()
                 .ok_or_else(|| not_git_mode(batch_id))?;
-            let branches: Vec<(String, String)> = (0..batch.units.len())
-                .filter(|&u| batch.units[u].state == UnitState::Succeeded)
-                .filter_map(|u| Some((batch.units[u].id.clone(), batch.commit_of(u)?.to_owned())))
-                .collect();
-            (git, branches)
+            let succeeded = (0..batch.units.len())
+                .filter(|&u| batch.units[u].state == UnitState::Succeeded);
+            let mut branches = Vec::new();
+            let mut refs = Vec::new();
+            for u in succeeded {
+                let (Some(commit), Some(attempt)) = (batch.commit_of(u), batch.units[u].current())
+                else {
+                    continue;
+                };
+                branches.push((batch.units[u].id.clone(), commit.to_owned()));
+                refs.push(session_ref(batch_id, &attempt.session_id));
+            }
+            (git, branches, refs)
         };
         let unreachable =
             |e: regatta_git::Error| Error::Unavailable(format!("git mode: {}: {e}", git.repo));
@@ -158,7 +166,7 @@ impl Service {
             .await
             .map_err(Error::Unavailable)?;
         let mut wants = vec![format!("refs/heads/{}", git.target)];
-        wants.extend(branches.iter().map(|(unit, _)| unit_branch(batch_id, unit)));
+        wants.extend(refs);
         let wants: Vec<&str> = wants.iter().map(String::as_str).collect();
         mirror.fetch(&wants).await.map_err(unreachable)?;
         let tip = regatta_git::remote::tip(&mirror, &git.target)
