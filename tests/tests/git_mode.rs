@@ -288,7 +288,11 @@ units:
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let worker = next.1.trim_start_matches('w').parse::<usize>().expect("worker index");
+    let worker = next
+        .1
+        .trim_start_matches('w')
+        .parse::<usize>()
+        .expect("worker index");
     fleet.kill_worker(worker);
     fleet.add_worker(2);
 
@@ -304,8 +308,18 @@ units:
         train.candidates.iter().any(|c| c.state == "raced"),
         "the outside push made a swap fail: {train:#?}"
     );
-    check_train(&remote, &train, &BTreeMap::new(), &[], &[outside.clone()]);
-    let outcomes: Vec<_> = train.integration_sessions.iter().map(|a| a.outcome).collect();
+    check_train(
+        &remote,
+        &train,
+        &BTreeMap::new(),
+        &[],
+        std::slice::from_ref(&outside),
+    );
+    let outcomes: Vec<_> = train
+        .integration_sessions
+        .iter()
+        .map(|a| a.outcome)
+        .collect();
     assert!(
         outcomes.contains(&Some(regatta_proto::Outcome::Lost)),
         "the killed worker's integration session was lost and tested again: {outcomes:?}"
@@ -313,8 +327,16 @@ units:
     let merged = remote.merged_units("main", &batch);
     let mut sorted = merged.clone();
     sorted.sort();
-    assert_eq!(sorted, vec!["m1", "m2", "m3"], "each landed once: {merged:?}");
-    assert_eq!(remote.file("main", "colleague.txt"), "hello", "nothing was overwritten");
+    assert_eq!(
+        sorted,
+        vec!["m1", "m2", "m3"],
+        "each landed once: {merged:?}"
+    );
+    assert_eq!(
+        remote.file("main", "colleague.txt"),
+        "hello",
+        "nothing was overwritten"
+    );
     fleet.stop().await;
 }
 

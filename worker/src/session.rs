@@ -260,8 +260,15 @@ async fn run_in_worktree(
             conclusion.git = Some(*report);
             return (conclusion, None);
         }
+        // A fetch that failed says nothing of a candidate: its integration
+        // is tested again (the coordinator bounds how often); a unit's
+        // attempt fails with the reason and spends a retry.
         Err(NotPrepared::Failed(reason)) => {
-            return (Conclusion::new(Outcome::Failed, None, Some(reason)), None)
+            let outcome = match git.session {
+                regatta_proto::GitSession::Integration { .. } => Outcome::Interrupted,
+                _ => Outcome::Failed,
+            };
+            return (Conclusion::new(outcome, None, Some(reason)), None);
         }
     };
     let mut conclusion = run_steps(shared, order, spec, stop, cause).await;

@@ -72,6 +72,15 @@ impl Service {
             };
             fields.push(("created_ms".to_owned(), entry.created_ms.to_string()));
             fields.extend(progress_fields(entry));
+            // Git mode: the pinned base and the train, as stored on enqueue.
+            if let Some(base) = &batch.git_base {
+                fields.push(("git_base".to_owned(), base.clone()));
+            }
+            if let Some(train) = &entry.train {
+                if let Ok(json) = serde_json::to_string(&train.stored) {
+                    fields.push(("train".to_owned(), json));
+                }
+            }
             self.store.write(Write::Hash {
                 key: keys.batch(id),
                 fields,
@@ -83,6 +92,7 @@ impl Service {
             let units = batch
                 .units
                 .iter()
+                .chain(entry.train.as_ref().map(|t| &t.integration))
                 .filter_map(|u| {
                     serde_json::to_string(u)
                         .ok()
@@ -128,7 +138,11 @@ impl Service {
                 }
             }
             // The merge train's integration session, likewise.
-            if let Some(order) = entry.train.as_ref().and_then(|t| t.queued_order(&entry.batch, now)) {
+            if let Some(order) = entry
+                .train
+                .as_ref()
+                .and_then(|t| t.queued_order(&entry.batch, now))
+            {
                 let trace = entry
                     .train
                     .as_ref()
@@ -192,7 +206,7 @@ pub(super) async fn restore(store: &Store, config: &ServiceConfig) -> Result<Fle
         let manifest_sha256 = manifest.sha256();
         let mut batch = Batch::restore(id.clone(), manifest, dag, state, records);
         batch.git_base = record.get("git_base").cloned();
-        let train = super::train::TrainEntry::restore(&batch, &record, integration.as_deref());
+        let train = super::train::TrainEntry::restore(&mut batch, &record, integration.as_deref());
         for unit in batch.in_flight_units() {
             for (resource, weight) in batch.demand(unit) {
                 *fleet.usage.entry(resource.clone()).or_insert(0) += weight;

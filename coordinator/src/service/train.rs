@@ -46,7 +46,13 @@ pub(super) struct StoredTrain {
     /// the tip that holds them (with the files that conflicted).
     #[serde(default)]
     pub(super) rebase_after_landing: Vec<(usize, Vec<String>)>,
+    /// Integration sessions of the candidate in flight lost in a row.
+    #[serde(default)]
+    pub(super) lost_runs: u32,
 }
+
+/// How many lost integration sessions in a row fail a candidate.
+const MAX_LOST_RUNS: u32 = 3;
 
 /// The next step of a train, chosen under the fleet's lock.
 enum Step {
@@ -83,6 +89,7 @@ impl TrainEntry {
                 tip: None,
                 waiting: None,
                 rebase_after_landing: Vec::new(),
+                lost_runs: 0,
             },
             integration: UnitRecord {
                 id: INTEGRATION_UNIT.to_owned(),
@@ -100,26 +107,60 @@ impl TrainEntry {
 
 impl TrainEntry {
     /// A restarted coordinator's train: as stored, or new if none was.
+    ///
+    /// The train is stored before the unit records it changes, so a crash
+    /// in between leaves units the plan landed (or convicted) still
+    /// `succeeded`: they are brought in line here, in memory, which is
+    /// idempotent should the coordinator crash again.
     pub(super) fn restore(
-        batch: &Batch,
+        batch: &mut Batch,
         record: &HashMap<String, String>,
         integration: Option<&str>,
     ) -> Option<TrainEntry> {
         let mut train = TrainEntry::new(batch)?;
-        match record.get("train").map(|json| serde_json::from_str(json)) {
-            Some(Ok(stored)) => train.stored = stored,
+        let stored = match record.get("train").map(|json| serde_json::from_str(json)) {
+            Some(Ok(stored)) => Some(stored),
             Some(Err(e)) => {
                 tracing::error!(batch = %batch.id, error = %e, "the stored merge train is unreadable; it starts again from the units' states");
+                None
             }
-            None => {}
+            None => None,
+        };
+        match stored {
+            Some(stored) => train.stored = stored,
+            // A new plan: what landed counts as done for its descendants.
+            None => {
+                for unit in 0..batch.units.len() {
+                    if matches!(
+                        batch.units[unit].state,
+                        UnitState::Landed | UnitState::Skipped
+                    ) {
+                        train.stored.plan.skip(unit);
+                    }
+                }
+            }
         }
         if let Some(record) = integration.and_then(|json| serde_json::from_str(json).ok()) {
             train.integration = record;
         }
+        let plan = &mut train.stored.plan;
+        for &unit in plan.landed_units() {
+            batch.land(unit);
+        }
+        for unit in plan.culprits() {
+            batch.reject(unit, "it breaks the integration tests".into());
+        }
         // Units that succeeded while no train was stored are offered again;
-        // an offer the train already holds changes nothing.
+        // an offer the train already holds changes nothing. Those waiting
+        // for a landing to re-run stay off the plan.
+        let deferred: Vec<usize> = train
+            .stored
+            .rebase_after_landing
+            .iter()
+            .map(|(unit, _)| *unit)
+            .collect();
         for unit in 0..batch.units.len() {
-            if batch.units[unit].state == UnitState::Succeeded {
+            if batch.units[unit].state == UnitState::Succeeded && !deferred.contains(&unit) {
                 let commit = batch.commit_of(unit).map(str::to_owned);
                 train.stored.plan.offer(unit, commit);
             }
@@ -344,12 +385,18 @@ impl Service {
                     }
                     // Nothing left to land before them: re-run the units
                     // that conflicted with a candidate's earlier units.
+                    // Nothing is left to land before the units that
+                    // conflicted with a candidate's earlier units: those did
+                    // not land, so they are offered again as they were.
                     None if !train.stored.rebase_after_landing.is_empty() => {
-                        let tip = train.stored.tip.clone().unwrap_or_default();
-                        let effects = rebase_deferred(&mut entry.batch, train, &tip);
+                        for (unit, _) in std::mem::take(&mut train.stored.rebase_after_landing) {
+                            let commit = entry.batch.commit_of(unit).map(str::to_owned);
+                            if entry.batch.units[unit].state == UnitState::Succeeded {
+                                train.stored.plan.offer(unit, commit);
+                            }
+                        }
                         self.store_train(batch_id, train);
-                        self.dispatch_and_store(&mut fleet, batch_id, effects);
-                        return Ok(false);
+                        return Ok(true);
                     }
                     None => return Ok(false),
                 },
@@ -376,9 +423,19 @@ impl Service {
                 expected,
                 new,
             } => {
-                let swap = remote::compare_and_swap(&mirror, &target, &expected, &new)
+                let mut swap = remote::compare_and_swap(&mirror, &target, &expected, &new)
                     .await
                     .map_err(|e| format!("cannot move {target} in {repo}: {e}"))?;
+                // Landed by this train before a crash, and built on since:
+                // it landed, and must not land twice.
+                if let Swap::Raced {
+                    actual: Some(actual),
+                } = &swap
+                {
+                    if actual != &new && contains(&mirror, actual, &new).await {
+                        swap = Swap::Moved;
+                    }
+                }
                 self.settle_swap(batch_id, candidate, &new, swap);
                 Ok(true)
             }
@@ -560,6 +617,11 @@ impl Service {
         }
         let landing = train.stored.plan.landed(candidate);
         train.stored.tip = Some(new.to_owned());
+        train.stored.lost_runs = 0;
+        train
+            .stored
+            .rebase_after_landing
+            .retain(|(unit, _)| !landing.units.contains(unit));
         let rebased = rebase_deferred(&mut entry.batch, train, new);
         self.store_train(batch_id, train);
         tracing::info!(batch = %batch_id, candidate, commit = %new, units = landing.units.len(), "candidate landed");
@@ -610,6 +672,13 @@ impl Service {
                     attempt.started_at_ms = Some(event.at_ms);
                 }
             }
+            // Only a claim that never started can be handed back.
+            EventKind::Deferred { .. }
+                if record.state != UnitState::Queued
+                    || record.current().is_some_and(|a| a.started_at_ms.is_some()) =>
+            {
+                return;
+            }
             EventKind::Deferred { reason } => {
                 record.history.pop();
                 record.attempt = record.attempt.saturating_sub(1);
@@ -647,6 +716,7 @@ impl Service {
                 match outcome {
                     Outcome::Succeeded => {
                         record.state = UnitState::Pending;
+                        train.stored.lost_runs = 0;
                         train
                             .stored
                             .plan
@@ -656,6 +726,7 @@ impl Service {
                     }
                     Outcome::Failed | Outcome::TimedOut => {
                         record.state = UnitState::Pending;
+                        train.stored.lost_runs = 0;
                         let why = integration_failure(reason.as_deref(), log_tail);
                         let verdict = train.stored.plan.failed(
                             candidate,
@@ -668,10 +739,30 @@ impl Service {
                         }
                         self.train_wake.notify_one();
                     }
-                    // Not the candidate's fault: test it again elsewhere.
+                    // Not the candidate's fault: test it again elsewhere,
+                    // up to a point (a candidate whose tests kill workers).
                     _ => {
-                        record.state = UnitState::Ready;
-                        record.reason = reason.clone();
+                        train.stored.lost_runs += 1;
+                        if train.stored.lost_runs >= MAX_LOST_RUNS {
+                            record.state = UnitState::Pending;
+                            let why = format!(
+                                "its integration session was lost {} times in a row, the last: {}",
+                                train.stored.lost_runs,
+                                reason.as_deref().unwrap_or("lost")
+                            );
+                            train.stored.lost_runs = 0;
+                            let verdict = train.stored.plan.failed(
+                                candidate,
+                                event.session_id.clone(),
+                                why.clone(),
+                            );
+                            if let Verdict::Culprit(unit) = verdict {
+                                effects = entry.batch.reject(unit, culprit_reason(Some(why)));
+                            }
+                        } else {
+                            record.state = UnitState::Ready;
+                            record.reason = reason.clone();
+                        }
                         self.train_wake.notify_one();
                     }
                 }
@@ -734,6 +825,16 @@ impl Service {
         self.store.flushed().await?;
         Ok(())
     }
+}
+
+/// Says whether the target at `tip` already holds `commit`.
+async fn contains(mirror: &Mirror, tip: &str, commit: &str) -> bool {
+    if mirror.fetch(&[tip]).await.is_err() {
+        return false;
+    }
+    regatta_git::merge::is_ancestor(mirror.git(), commit, tip)
+        .await
+        .unwrap_or(false)
 }
 
 /// Sends the units that waited for a landing back to run on `tip`.

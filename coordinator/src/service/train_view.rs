@@ -144,8 +144,8 @@ impl Service {
                 .git
                 .clone()
                 .ok_or_else(|| not_git_mode(batch_id))?;
-            let succeeded = (0..batch.units.len())
-                .filter(|&u| batch.units[u].state == UnitState::Succeeded);
+            let succeeded =
+                (0..batch.units.len()).filter(|&u| batch.units[u].state == UnitState::Succeeded);
             let mut branches = Vec::new();
             let mut refs = Vec::new();
             for u in succeeded {
