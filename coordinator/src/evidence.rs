@@ -92,6 +92,12 @@ pub struct BatchPack {
     pub generated_at: String,
     /// Every unit of the batch, in manifest order.
     pub units: Vec<UnitEvidence>,
+    /// Git mode: the merge train's record, so that an auditor can check
+    /// that every landed commit was a tested one: each candidate's commit,
+    /// units, the tip it was built on, its integration session and result,
+    /// and every integration session with its evidence pack's sha256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<crate::service::TrainView>,
 }
 
 /// One unit's line in the batch pack.
@@ -217,6 +223,8 @@ pub struct BatchFacts {
     pub batch_name: String,
     pub batch_state: String,
     pub manifest_sha256: String,
+    /// Git mode: the merge train's record.
+    pub train: Option<crate::service::TrainView>,
 }
 
 /// What [`assemble`] wrote, and what it found wrong in the store.

@@ -41,6 +41,21 @@ pub struct WorkerLabels {
     pub healthy: String,
 }
 
+/// The label of a merge candidate's result.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CandidateLabels {
+    /// `passed`, `failed`, `conflicted`, `raced` or `landed`.
+    pub result: String,
+}
+
+impl CandidateLabels {
+    pub fn of(result: &str) -> CandidateLabels {
+        CandidateLabels {
+            result: result.to_owned(),
+        }
+    }
+}
+
 /// Every metric the coordinator exports.
 pub struct Metrics {
     registry: Registry,
@@ -64,6 +79,12 @@ pub struct Metrics {
     pub published: Counter,
     /// Live workers by health (1 each), read from their records at scrape time.
     pub workers: Family<WorkerLabels, Gauge>,
+    /// Git mode: merge candidates by what became of them.
+    pub train_candidates: Family<CandidateLabels, Counter>,
+    /// Git mode: integration runs spent bisecting a failed candidate.
+    pub bisection_steps: Counter,
+    /// Git mode: units landed on their target branch.
+    pub landed_units: Counter,
 }
 
 impl Default for Metrics {
@@ -87,6 +108,9 @@ impl Metrics {
             dead_lettered: Gauge::default(),
             published: Counter::default(),
             workers: Family::default(),
+            train_candidates: Family::default(),
+            bisection_steps: Counter::default(),
+            landed_units: Counter::default(),
             registry: Registry::default(),
         };
         registry.register("units", "Units per batch and state", metrics.units.clone());
@@ -134,6 +158,21 @@ impl Metrics {
             "workers",
             "Live workers by health: healthy=\"false\" takes no work until its disks work",
             metrics.workers.clone(),
+        );
+        registry.register(
+            "train_candidates",
+            "Git mode: merge candidates by result (passed, failed, conflicted, raced, landed)",
+            metrics.train_candidates.clone(),
+        );
+        registry.register(
+            "train_bisection_steps",
+            "Git mode: integration runs spent bisecting failed candidates",
+            metrics.bisection_steps.clone(),
+        );
+        registry.register(
+            "landed_units",
+            "Git mode: units landed on their target branch",
+            metrics.landed_units.clone(),
         );
         Metrics {
             registry,

@@ -51,7 +51,7 @@ use publisher::{publish_loop, Origin, Outgoing};
 use recovery::restore;
 pub use train_view::{CandidateView, ConflictsView, TrainView};
 use view::summary;
-pub use view::{BatchSummary, LeaseView, ResourceView, UnitView};
+pub use view::{BatchSummary, LeaseView, ResourceView, TrainSummary, UnitView};
 
 /// The coordinator's settings.
 #[derive(Debug, Clone)]

@@ -59,6 +59,7 @@ git:
   integration: sh check.sh
   integration_timeout: 1m
   window: 4
+  merge: manual
 units:
   - {{id: m1, touches: [mod1.txt], env: {{N: "1"}}}}
   - {{id: m2, touches: [mod2.txt], env: {{N: "2"}}}}
@@ -73,6 +74,10 @@ units:
     let fleet = Fleet::start("git-train", 2, 2, "30s").await;
     let client = fleet.client();
     let batch = client.enqueue(&m).await.expect("enqueue");
+    // The train starts once the first wave has run, so that its first
+    // candidate is m1, m2 and m4: it fails, and bisection lands m1 and m2.
+    wait_for_units(&fleet, &batch, &["m1", "m2", "m4"], UnitState::Succeeded).await;
+    client.merge(&batch).await.expect("merge");
     let summary = fleet.wait_for_end(&batch, Duration::from_secs(120)).await;
     // m4 broke integration: it needs review and m6 waits for it.
     assert_eq!(summary.state, BatchState::Failed, "{summary:?}");
@@ -138,7 +143,98 @@ units:
         m3_report.dependencies,
         vec![("m1".to_owned(), commit.commit.clone())]
     );
+
+    // Landing shows in the status, /metrics, the CLI and the evidence.
+    let status = summary
+        .train
+        .as_ref()
+        .expect("a git batch's status shows its train");
+    assert_eq!((status.landed, status.failed), (4, 1), "{status:?}");
+    assert_eq!(status.tip.as_deref(), Some(remote.tip("main").as_str()));
+    let metrics = reqwest::get(format!("{}/metrics", fleet.api))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    for line in [
+        r#"regatta_train_candidates_total{result="failed"} 1"#,
+        "regatta_landed_units_total 4",
+        "regatta_train_bisection_steps_total 1",
+    ] {
+        assert!(metrics.contains(line), "/metrics lacks {line}:\n{metrics}");
+    }
+    assert!(metrics.contains(&format!(
+        r#"regatta_units{{batch="{batch}",state="landed"}} 4"#
+    )));
+    let shown = regatta(&fleet, &["train", &batch]).await;
+    assert!(
+        shown.contains("failed") && shown.contains("(bisect)"),
+        "{shown}"
+    );
+    let out = dir.path().join("evidence");
+    let store = fleet.artifact_store();
+    let args = [
+        "evidence",
+        &batch,
+        "--out",
+        out.to_str().expect("utf-8"),
+        "--artifact-dir",
+        store.to_str().expect("utf-8"),
+    ];
+    regatta(&fleet, &args).await;
+    let pack: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(out.join("batch-pack.json")).expect("batch pack written"),
+    )
+    .expect("batch pack is JSON");
+    let candidates = pack["train"]["candidates"]
+        .as_array()
+        .expect("the train's record");
+    let landed: Vec<&str> = candidates
+        .iter()
+        .filter(|c| c["state"] == "landed")
+        .filter_map(|c| c["commit"].as_str())
+        .collect();
+    assert!(
+        landed.contains(&remote.tip("main").as_str()),
+        "the pack names the landed commits, the target's tip among them"
+    );
     fleet.stop().await;
+}
+
+/// Runs the `regatta` CLI against the fleet; returns its stdout.
+async fn regatta(fleet: &Fleet, args: &[&str]) -> String {
+    let output = tokio::process::Command::new(regatta_tests::binary("regatta"))
+        .args(args)
+        .env("REGATTA_API", &fleet.api)
+        .env("REGATTA_SECRET", &fleet.secret)
+        .env_remove("REGATTA_API_TOKEN")
+        .output()
+        .await
+        .expect("run regatta");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "regatta {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// Waits until each of `units` is in `state`.
+async fn wait_for_units(fleet: &Fleet, batch: &str, units: &[&str], state: UnitState) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let views = fleet.client().units(batch, None).await.expect("units");
+        if units.iter().all(|u| unit(&views, u).state == state) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{units:?} did not all become {state:?}: {views:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -176,6 +176,23 @@ pub async fn status(
             );
             println!("units: {} total, {}", summary.total, counts_text(&summary));
             println!("concurrency cap: {}", summary.concurrency);
+            if let Some(train) = &summary.train {
+                let tip = train.tip.as_deref().map(|t| &t[..t.len().min(12)]);
+                println!(
+                    "merge train onto {} at {}: {} landed, {} waiting to land, {} candidates tested ({} passed, {} failed){}",
+                    train.target,
+                    tip.unwrap_or("-"),
+                    train.landed,
+                    train.waiting_to_land,
+                    train.tested,
+                    train.passed,
+                    train.failed,
+                    if train.started { "" } else { "; waiting for `regatta merge`" }
+                );
+                if let Some(why) = &train.waiting {
+                    println!("merge train waits: {why}");
+                }
+            }
             for resource in &summary.resources {
                 println!(
                     "resource {}: {}/{} in use",

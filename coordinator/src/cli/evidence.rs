@@ -43,11 +43,16 @@ pub async fn evidence(
     else {
         return Ok(ExitCode::from(NOT_VERIFIED));
     };
+    let train = match summary.train {
+        Some(_) => Some(api.train(batch).await?),
+        None => None,
+    };
     let facts = BatchFacts {
         batch_id: summary.id.clone(),
         batch_name: summary.name.clone(),
         batch_state: summary.state.as_str().to_owned(),
         manifest_sha256,
+        train,
     };
     let (store, out_dir) = (store.to_path_buf(), out.to_path_buf());
     let assembled = tokio::task::spawn_blocking(move || {

@@ -40,6 +40,7 @@ pub fn assemble(
             manifest_sha256: facts.manifest_sha256.clone(),
             generated_at: iso8601(chrono::Utc::now()),
             units: Vec::with_capacity(units.len()),
+            train: facts.train.clone(),
         },
         packs: 0,
         files: 0,
@@ -66,7 +67,7 @@ pub fn assemble(
         // succeeded, not by an earlier failure's.
         let succeeded_with_pack =
             latest.is_some_and(|(attempt, _)| attempt.outcome == Some(Outcome::Succeeded));
-        if unit.state == UnitState::Succeeded && !succeeded_with_pack {
+        if matches!(unit.state, UnitState::Succeeded | UnitState::Landed) && !succeeded_with_pack {
             assembled.problems.push(Problem {
                 path: unit.id.clone(),
                 kind: ProblemKind::UnitWithoutPack,

@@ -87,6 +87,7 @@ fn facts() -> BatchFacts {
         batch_name: "b".into(),
         batch_state: "succeeded".into(),
         manifest_sha256: "m".repeat(64),
+        train: None,
     }
 }
 

@@ -21,6 +21,7 @@ use regatta_proto::{GitOrder, LeaseDemand, WorkOrder, INTEGRATION_UNIT};
 use serde::{Deserialize, Serialize};
 
 use super::*;
+use crate::metrics::CandidateLabels;
 use crate::scheduler::{Attempt, UnitRecord};
 
 /// A git-mode batch's train, as the service keeps and stores it.
@@ -410,8 +411,12 @@ impl Service {
                 units,
                 refs,
             } => {
-                self.build_candidate(batch_id, &mirror, &target, candidate, units, refs)
-                    .await?;
+                let span = tracing::info_span!("train.build", batch = %batch_id, candidate, units = units.len());
+                tracing::Instrument::instrument(
+                    self.build_candidate(batch_id, &mirror, &target, candidate, units, refs),
+                    span,
+                )
+                .await?;
                 Ok(true)
             }
             Step::Publish { candidate, commit } => {
@@ -423,9 +428,13 @@ impl Service {
                 expected,
                 new,
             } => {
-                let mut swap = remote::compare_and_swap(&mirror, &target, &expected, &new)
-                    .await
-                    .map_err(|e| format!("cannot move {target} in {repo}: {e}"))?;
+                let span = tracing::info_span!("train.swap", batch = %batch_id, candidate, target = %target, commit = %new);
+                let mut swap = tracing::Instrument::instrument(
+                    remote::compare_and_swap(&mirror, &target, &expected, &new),
+                    span,
+                )
+                .await
+                .map_err(|e| format!("cannot move {target} in {repo}: {e}"))?;
                 // Landed by this train before a crash, and built on since:
                 // it landed, and must not land twice.
                 if let Swap::Raced {
@@ -517,6 +526,10 @@ impl Service {
                     return Ok(());
                 };
                 tracing::info!(batch = %batch_id, unit = %conflict.unit, files = ?conflict.files, with_tip, "a unit's branch does not merge");
+                self.metrics
+                    .train_candidates
+                    .get_or_create(&CandidateLabels::of("conflicted"))
+                    .inc();
                 let effects = if with_tip {
                     entry.batch.rebase(unit, &tip, &conflict.files).1
                 } else {
@@ -609,6 +622,10 @@ impl Service {
             Swap::Raced { actual } if actual.as_deref() == Some(new) => {}
             Swap::Raced { actual } => {
                 tracing::info!(batch = %batch_id, candidate, actual = ?actual, "the target moved meanwhile: the candidate is built again on its new tip");
+                self.metrics
+                    .train_candidates
+                    .get_or_create(&CandidateLabels::of("raced"))
+                    .inc();
                 train.stored.plan.raced(candidate, actual.clone());
                 train.stored.tip = actual;
                 self.store_train(batch_id, train);
@@ -625,6 +642,11 @@ impl Service {
         let rebased = rebase_deferred(&mut entry.batch, train, new);
         self.store_train(batch_id, train);
         tracing::info!(batch = %batch_id, candidate, commit = %new, units = landing.units.len(), "candidate landed");
+        self.metrics
+            .train_candidates
+            .get_or_create(&CandidateLabels::of("landed"))
+            .inc();
+        self.metrics.landed_units.inc_by(landing.units.len() as u64);
         let mut effects = rebased;
         for unit in landing.units {
             let landed = entry.batch.land(unit);
@@ -653,14 +675,23 @@ impl Service {
         if current != Some(event.session_id.as_str()) || !record.state.is_in_flight() {
             return;
         }
-        let Some(candidate) = train
+        let Some((candidate, bisecting)) = train
             .stored
             .plan
             .in_flight()
             .filter(|c| c.integration_session.as_deref() == Some(&event.session_id))
-            .map(|c| c.id)
+            .map(|c| (c.id, c.bisecting))
         else {
             return;
+        };
+        let tested = |result: &str| {
+            self.metrics
+                .train_candidates
+                .get_or_create(&CandidateLabels::of(result))
+                .inc();
+            if bisecting {
+                self.metrics.bisection_steps.inc();
+            }
         };
         let mut effects = Effects::default();
         match &event.kind {
@@ -722,6 +753,7 @@ impl Service {
                             .plan
                             .passed(candidate, event.session_id.clone());
                         tracing::info!(batch = %event.batch_id, candidate, "integration passed");
+                        tested("passed");
                         self.train_wake.notify_one();
                     }
                     Outcome::Failed | Outcome::TimedOut => {
@@ -734,6 +766,7 @@ impl Service {
                             why.clone(),
                         );
                         tracing::info!(batch = %event.batch_id, candidate, verdict = ?verdict, "integration failed");
+                        tested("failed");
                         if let Verdict::Culprit(unit) = verdict {
                             effects = entry.batch.reject(unit, culprit_reason(Some(why)));
                         }

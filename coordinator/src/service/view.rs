@@ -23,6 +23,26 @@ pub struct BatchSummary {
     pub resources: Vec<ResourceView>,
     /// How the calibration units went, when the batch calibrates.
     pub calibration: Option<crate::scheduler::CalibrationSummary>,
+    /// Git mode: where the merge train stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<TrainSummary>,
+}
+
+/// A merge train in a line: what `regatta status` shows of it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct TrainSummary {
+    pub target: String,
+    /// The target's commit as the train last saw or moved it.
+    pub tip: Option<String>,
+    pub started: bool,
+    pub landed: usize,
+    pub waiting_to_land: usize,
+    /// Candidates tested, passed and failed so far.
+    pub tested: usize,
+    pub passed: usize,
+    pub failed: usize,
+    /// Why it waits, when something outside it fails.
+    pub waiting: Option<String>,
 }
 
 /// A shared resource as seen by the coordinator.
@@ -82,6 +102,30 @@ pub(super) fn summary(id: &str, entry: &Entry, usage: &BTreeMap<String, u32>) ->
         manifest_sha256: entry.manifest_sha256.clone(),
         concurrency: batch.manifest.concurrency,
         calibration: batch.calibration_summary(),
+        train: entry
+            .train
+            .as_ref()
+            .zip(batch.manifest.git.as_ref())
+            .map(|(train, git)| {
+                let plan = &train.stored.plan;
+                let count = |f: &dyn Fn(&regatta_git::train::CandidateState) -> bool| {
+                    plan.history().iter().filter(|c| f(&c.state)).count()
+                };
+                use regatta_git::train::CandidateState as S;
+                let passed = count(&|s| matches!(s, S::Passed | S::Landed | S::Raced { .. }));
+                let failed = count(&|s| matches!(s, S::Failed { .. }));
+                TrainSummary {
+                    target: git.target.clone(),
+                    tip: train.stored.tip.clone(),
+                    started: train.stored.started,
+                    landed: plan.landed_units().len(),
+                    waiting_to_land: plan.waiting().len(),
+                    tested: passed + failed,
+                    passed,
+                    failed,
+                    waiting: train.stored.waiting.clone(),
+                }
+            }),
         resources: batch
             .manifest
             .resources
