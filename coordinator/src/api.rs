@@ -283,7 +283,8 @@ async fn list_sessions(
     Path(id): Path<String>,
     Query(filter): Query<StateFilter>,
 ) -> Result<Json<Vec<SessionView>>, Error> {
-    let units = state.service.units(&id, None)?;
+    let mut units = state.service.units(&id, None)?;
+    units.extend(state.service.integration_unit(&id));
     let mut sessions = Vec::new();
     for unit in units {
         for attempt in &unit.history {
@@ -323,7 +324,8 @@ async fn unit_log(
     State(state): State<AppState>,
     Path((id, unit)): Path<(String, String)>,
 ) -> Result<Json<LogView>, Error> {
-    let units = state.service.units(&id, None)?;
+    let mut units = state.service.units(&id, None)?;
+    units.extend(state.service.integration_unit(&id));
     let record = units
         .into_iter()
         .find(|u| u.id == unit)

@@ -167,6 +167,22 @@ units:
     assert!(metrics.contains(&format!(
         r#"regatta_units{{batch="{batch}",state="landed"}} 4"#
     )));
+    let sessions = client.sessions(&batch, None).await.expect("sessions");
+    let integration: Vec<_> = sessions
+        .iter()
+        .filter(|s| s.unit == regatta_proto::INTEGRATION_UNIT)
+        .collect();
+    assert_eq!(
+        integration.len(),
+        status.tested,
+        "every candidate tested was an integration session: {integration:#?}"
+    );
+    assert!(integration.iter().any(|s| s.state == "failed"));
+    let log = client
+        .log(&batch, regatta_proto::INTEGRATION_UNIT)
+        .await
+        .expect("the integration's log");
+    assert!(log.tail.contains("integration"), "{log:?}");
     let shown = regatta(&fleet, &["train", &batch]).await;
     assert!(
         shown.contains("failed") && shown.contains("(bisect)"),

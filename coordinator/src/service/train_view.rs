@@ -129,6 +129,23 @@ impl Service {
         })
     }
 
+    /// Git mode: the integration sessions as the units of a batch are
+    /// shown, under the pseudo-unit `@integration`, so that `regatta
+    /// sessions` and `regatta logs` show them too.
+    pub fn integration_unit(&self, batch_id: &str) -> Option<super::UnitView> {
+        let fleet = self.fleet();
+        let record = &fleet.batches.get(batch_id)?.train.as_ref()?.integration;
+        Some(super::UnitView {
+            id: record.id.clone(),
+            state: record.state,
+            attempt: record.attempt,
+            failures: record.failures,
+            reason: record.reason.clone(),
+            waiting_for: None,
+            history: record.history.clone(),
+        })
+    }
+
     /// Merges every pair of succeeded, unlanded unit branches, and each
     /// against the target's tip, without a worktree.
     pub async fn conflicts(&self, batch_id: &str) -> Result<ConflictsView, Error> {
