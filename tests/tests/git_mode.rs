@@ -471,3 +471,66 @@ async fn wait_for_integration(fleet: &Fleet, batch: &str) -> (String, String) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_remote_makes_the_train_wait_and_say_why_then_go_on() {
+    let remote = Remote::with_files(&[("mod1.txt", "old\n")]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let m = manifest(
+        dir.path(),
+        &format!(
+            r#"batch: git-unreachable
+playbook:
+  name: migrate
+  run: 'printf "new\n" > mod1.txt'
+git:
+  repo: {repo}
+  base: main
+  integration: "true"
+  merge: manual
+units:
+  - {{id: m1, touches: [mod1.txt]}}
+"#,
+            repo = remote.url()
+        ),
+    );
+    let fleet = Fleet::start("git-unreachable", 1, 1, "30s").await;
+    let client = fleet.client();
+    let batch = client.enqueue(&m).await.expect("enqueue");
+    wait_for_units(&fleet, &batch, &["m1"], UnitState::Succeeded).await;
+
+    // The remote goes away; the train is started and must say why it waits.
+    let away = remote.dir.with_extension("away");
+    std::fs::rename(&remote.dir, &away).expect("move the remote away");
+    client.merge(&batch).await.expect("merge");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let why = loop {
+        let train = client.train(&batch).await.expect("train");
+        if let Some(why) = train.waiting {
+            break why;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the train never said why it waits: {train:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        why.contains(&remote.url()),
+        "the reason names the remote: {why}"
+    );
+    let status = client.batch(&batch).await.expect("status");
+    assert_eq!(status.train.and_then(|t| t.waiting), Some(why));
+    assert_eq!(
+        unit(&client.units(&batch, None).await.expect("units"), "m1").state,
+        UnitState::Succeeded
+    );
+
+    // It comes back: the train goes on by itself and lands the unit.
+    std::fs::rename(&away, &remote.dir).expect("bring the remote back");
+    let summary = fleet.wait_for_end(&batch, Duration::from_secs(60)).await;
+    assert_eq!(summary.state, BatchState::Succeeded, "{summary:?}");
+    assert_eq!(summary.train.and_then(|t| t.waiting), None);
+    assert_eq!(remote.file("main", "mod1.txt"), "new");
+    fleet.stop().await;
+}
