@@ -22,6 +22,7 @@ pub mod evidence;
 pub mod lock;
 pub mod metrics;
 pub mod order;
+pub mod report;
 pub mod scheduler;
 pub mod service;
 pub mod store;

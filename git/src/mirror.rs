@@ -21,6 +21,9 @@ pub struct Mirror {
     remote: String,
     /// Serialises fetches: two at once would race on the same ref updates.
     fetching: Mutex<()>,
+    /// Serialises adding and removing worktrees: a `worktree prune` while
+    /// another session's `worktree add` runs deletes its half-made entry.
+    worktrees: Mutex<()>,
 }
 
 impl Mirror {
@@ -50,7 +53,13 @@ impl Mirror {
             git,
             remote: remote.to_owned(),
             fetching: Mutex::new(()),
+            worktrees: Mutex::new(()),
         })
+    }
+
+    /// Held while a worktree is added or removed (see [`crate::workspace`]).
+    pub(crate) async fn worktree_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.worktrees.lock().await
     }
 
     /// Runs commands in the mirror.

@@ -56,8 +56,10 @@ impl Workspace {
             }
         }
         let path_arg = path.to_string_lossy();
+        let serialised = mirror.worktree_lock().await;
         git.run(&["worktree", "add", "--detach", "--quiet", &path_arg, &start])
             .await?;
+        drop(serialised);
         let git_dir = Git::at(path)
             .run(&["rev-parse", "--absolute-git-dir"])
             .await?;
@@ -93,6 +95,7 @@ impl Workspace {
     pub async fn remove(&self, mirror: &Mirror) -> Result<(), Error> {
         let git = mirror.git();
         let path_arg = self.path.to_string_lossy();
+        let _serialised = mirror.worktree_lock().await;
         let removed = git
             .run(&["worktree", "remove", "--force", "--force", &path_arg])
             .await;

@@ -3,6 +3,7 @@
 
 mod batch;
 mod evidence;
+mod report;
 mod serve;
 mod train;
 mod validate;
@@ -131,6 +132,21 @@ pub enum Command {
     Resume { batch: String },
     /// Releases the rest of a batch after its calibration units.
     Approve { batch: String },
+    /// Writes a batch's report (report.html, report.md, report.json): the
+    /// outcome funnel, failure clusters, the timeline, distributions and a
+    /// tuned playbook.
+    Report {
+        batch: String,
+        /// The folder to write into (default: ./regatta-report-BATCH).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "all")]
+        format: report::Format,
+        /// The manifest the batch was enqueued from: the playbook's name and
+        /// timeout, and the critical path `regatta plan` predicted.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+    },
     /// Git mode: starts (or resumes) the merge train of a batch whose
     /// manifest says `merge: manual`.
     Merge { batch: String },
@@ -208,6 +224,21 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Pause { batch } => batch::control(&connection, &batch, "pause").await,
         Command::Resume { batch } => batch::control(&connection, &batch, "resume").await,
         Command::Approve { batch } => batch::control(&connection, &batch, "approve").await,
+        Command::Report {
+            batch,
+            out,
+            format,
+            manifest,
+        } => {
+            report::report(
+                &connection,
+                &batch,
+                out.as_deref(),
+                format,
+                manifest.as_deref(),
+            )
+            .await
+        }
         Command::Merge { batch } => train::merge(&connection, &batch).await,
         Command::Train { batch, json } => train::show(&connection, &batch, json).await,
         Command::Conflicts { batch, json } => train::conflicts(&connection, &batch, json).await,
