@@ -13,6 +13,11 @@ use regatta_tests::Fleet;
 use super::repo::{unit_file, unit_name, Layout, UnitRepo};
 use crate::fleet::{finish, no_op_manifest, percentile, Figures};
 
+/// Retries per unit: a worker's `git worktree add` can lose a race with
+/// another session's `git worktree prune` in the same mirror (seen about
+/// once per 100 units at 32 sessions); a retry makes the worktree again.
+const RETRIES: u32 = 2;
+
 /// How often the bench asks which units landed.
 const POLL: Duration = Duration::from_millis(50);
 
@@ -38,7 +43,7 @@ fn units_yaml(units: usize) -> String {
 
 fn manifest_text(name: &str, concurrency: usize, units: usize, git: &str) -> String {
     format!(
-        "batch: {name}\nconcurrency: {concurrency}\nretries: 0\nplaybook:\n  name: edit\n  run: 'printf \"migrated\\n\" > \"$FILE\"'\n{git}units:\n{}",
+        "batch: {name}\nconcurrency: {concurrency}\nretries: {RETRIES}\nplaybook:\n  name: edit\n  run: 'printf \"migrated\\n\" > \"$FILE\"'\n{git}units:\n{}",
         units_yaml(units)
     )
 }
@@ -102,6 +107,7 @@ async fn measure(
     let plain_s = started.elapsed().as_secs_f64();
 
     let started = Instant::now();
+    let enqueued_ms = now_ms();
     let batch = client.enqueue(git).await?;
     let landed_at = watch_landings(fleet, &batch, limit).await?;
     let git_s = started.elapsed().as_secs_f64();
@@ -118,6 +124,15 @@ async fn measure(
         merged == units,
         "{merged} unit merges on the target, {units} expected"
     );
+    // Units that needed more than one attempt, and why the first failed.
+    let retried: Vec<String> = views
+        .iter()
+        .filter(|view| view.history.len() > 1)
+        .map(|view| {
+            let reason = view.history[0].reason.clone().unwrap_or_default();
+            format!("{}: {}", view.id, reason.chars().take(160).collect::<String>())
+        })
+        .collect();
     let tested = train
         .candidates
         .iter()
@@ -139,6 +154,24 @@ async fn measure(
         .collect();
     waits.sort_by(|a, b| a.total_cmp(b));
     let (wait_median, wait_p95) = (percentile(&waits, 50.0), percentile(&waits, 95.0));
+    // When the last session ended: the rest of the wall time is the train
+    // catching up.
+    let sessions_s = views
+        .iter()
+        .filter_map(|view| view.history.last()?.ended_at_ms)
+        .max()
+        .map_or(f64::NAN, |last| (last - enqueued_ms) as f64 / 1000.0);
+    // The train's cycle: the time between two landings seen (one candidate
+    // each: its units land together).
+    let mut landings: Vec<i64> = landed_at.values().copied().collect();
+    landings.sort_unstable();
+    landings.dedup();
+    let mut cycles: Vec<f64> = landings
+        .windows(2)
+        .map(|pair| (pair[1] - pair[0]) as f64)
+        .collect();
+    cycles.sort_by(|a, b| a.total_cmp(b));
+    let cycle_median = percentile(&cycles, 50.0);
 
     let plain_rate = units as f64 / plain_s;
     let git_rate = units as f64 / git_s;
@@ -146,12 +179,13 @@ async fn measure(
     Ok(Figures {
         scenario: "git-batch".into(),
         summary: format!(
-            "{units} units, each editing its own file (2 workers x {slots} slots, integration 'true', window {window}): git mode {git_s:.1} s to the batch's end ({git_rate:.1} units/s), {tested} candidates tested ({}), a unit's success to its landing median {wait_median:.0} ms, p95 {wait_p95:.0} ms (seen by polling every {} ms); the same units without git {plain_s:.1} s ({plain_rate:.1} units/s): git mode takes {ratio:.1}x as long",
+            "{units} units, each editing its own file (2 workers x {slots} slots, integration 'true', window {window}): git mode {git_s:.1} s to the batch's end ({git_rate:.1} units/s), {tested} candidates tested ({}), the last session ended {sessions_s:.1} s after the enqueue, a landing every {cycle_median:.0} ms (median), {} units retried, a unit's success to its landing median {wait_median:.0} ms, p95 {wait_p95:.0} ms (seen by polling every {} ms); the same units without git {plain_s:.1} s ({plain_rate:.1} units/s): git mode takes {ratio:.1}x as long",
             by_state
                 .iter()
                 .map(|(state, n)| format!("{n} {state}"))
                 .collect::<Vec<_>>()
                 .join(", "),
+            retried.len(),
             POLL.as_millis(),
         ),
         values: serde_json::json!({
@@ -164,6 +198,9 @@ async fn measure(
             "success_to_landing_median_ms": wait_median,
             "success_to_landing_p95_ms": wait_p95,
             "landings_seen": waits.len(),
+            "retried": retried,
+            "last_session_end_s": sessions_s,
+            "landing_cycle_median_ms": cycle_median,
             "plain_seconds": plain_s,
             "plain_units_per_s": plain_rate,
             "git_to_plain_ratio": ratio,
@@ -188,11 +225,20 @@ async fn watch_landings(
             landed_at.entry(view.id).or_insert(seen);
         }
         if summary.state.is_terminal() {
-            anyhow::ensure!(
-                summary.state == regatta_coordinator::scheduler::BatchState::Succeeded,
-                "git batch {batch} ended {:?}",
-                summary.state
-            );
+            if summary.state != regatta_coordinator::scheduler::BatchState::Succeeded {
+                let stuck: Vec<String> = client
+                    .units(batch, None)
+                    .await?
+                    .into_iter()
+                    .filter(|view| !landed_at.contains_key(&view.id))
+                    .take(5)
+                    .map(|view| format!("{} {:?}: {:?}", view.id, view.state, view.reason))
+                    .collect();
+                anyhow::bail!(
+                    "git batch {batch} ended {:?}; units that did not land: {stuck:?}",
+                    summary.state
+                );
+            }
             return Ok(landed_at);
         }
         anyhow::ensure!(
