@@ -14,8 +14,8 @@ use super::repo::{unit_file, unit_name, Layout, UnitRepo};
 use crate::fleet::{finish, no_op_manifest, percentile, Figures};
 
 /// Retries per unit: a worker's `git worktree add` can lose a race with
-/// another session's `git worktree prune` in the same mirror (seen about
-/// once per 100 units at 32 sessions); a retry makes the worktree again.
+/// another session's `git worktree prune` in the same mirror (3 units
+/// of 800 over four runs at 32 sessions); a retry makes the worktree again.
 const RETRIES: u32 = 2;
 
 /// How often the bench asks which units landed.
@@ -48,6 +48,8 @@ fn manifest_text(name: &str, concurrency: usize, units: usize, git: &str) -> Str
     )
 }
 
+/// Runs `units` units as a plain batch, then as a git batch with this
+/// window, on 2 workers of `slots` slots.
 pub async fn run(units: usize, slots: usize, window: usize) -> anyhow::Result<Figures> {
     let repo = UnitRepo::make(Layout {
         units,
@@ -130,7 +132,11 @@ async fn measure(
         .filter(|view| view.history.len() > 1)
         .map(|view| {
             let reason = view.history[0].reason.clone().unwrap_or_default();
-            format!("{}: {}", view.id, reason.chars().take(160).collect::<String>())
+            format!(
+                "{}: {}",
+                view.id,
+                reason.chars().take(160).collect::<String>()
+            )
         })
         .collect();
     let tested = train

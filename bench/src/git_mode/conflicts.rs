@@ -16,6 +16,8 @@ use crate::fleet::{percentile, Figures};
 /// Runs of the batched matrix; the median is reported.
 const MATRIX_RUNS: usize = 3;
 
+/// Times the matrix of `units` branches, and `sample` of its merges one
+/// process each.
 pub async fn run(units: usize, sample: usize) -> anyhow::Result<Figures> {
     let layout = Layout {
         units,

@@ -184,3 +184,44 @@ pub fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     );
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use regatta_git::conflicts::{conflict_matrix, Conflict, TARGET};
+    use regatta_git::repo::Git;
+
+    #[test]
+    fn the_matrix_finds_exactly_the_planted_conflicts() {
+        let repo = UnitRepo::make(Layout {
+            units: 16,
+            conflicting_pairs: 2,
+            target_conflict: true,
+            branches: true,
+        })
+        .expect("repository");
+        assert_eq!((repo.planted_pairs, repo.planted_against_target), (2, 1));
+        assert_eq!(repo.branches.len(), 16);
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let found = runtime
+            .block_on(conflict_matrix(
+                &Git::at(&repo.seed),
+                &repo.target,
+                &repo.branches,
+            ))
+            .expect("matrix");
+        let conflict = |a: &str, b: &str, file: usize| Conflict {
+            a: a.to_owned(),
+            b: b.to_owned(),
+            files: vec![unit_file(file)],
+        };
+        assert_eq!(
+            found,
+            vec![
+                conflict(TARGET, "u015", 15),
+                conflict("u000", "u005", 0),
+                conflict("u010", "u015", 10),
+            ]
+        );
+    }
+}

@@ -42,6 +42,8 @@ fn ms(started: Instant) -> f64 {
     started.elapsed().as_secs_f64() * 1000.0
 }
 
+/// Lands `candidates` candidates of `window` units each, one after
+/// another, on a repository of `units` branches.
 pub async fn run(units: usize, window: usize, candidates: usize) -> anyhow::Result<Figures> {
     let window = window.max(1);
     let candidates = candidates.min(units / window).max(1);
