@@ -82,8 +82,14 @@ pub async fn run(plan: &FleetPlan) -> anyhow::Result<Vec<Figures>> {
 }
 
 fn report(plan: &FleetPlan, figures: Figures) -> anyhow::Result<Figures> {
+    write_report(&plan.out_dir, figures)
+}
+
+/// Prints a scenario's summary line and writes its JSON result to
+/// `<out_dir>/<scenario>.json`.
+pub fn write_report(out_dir: &Path, figures: Figures) -> anyhow::Result<Figures> {
     println!("{:<11} {}", figures.scenario, figures.summary);
-    let path = plan.out_dir.join(format!("{}.json", figures.scenario));
+    let path = out_dir.join(format!("{}.json", figures.scenario));
     std::fs::write(&path, serde_json::to_vec_pretty(&figures)?)?;
     Ok(figures)
 }
@@ -212,7 +218,7 @@ async fn ceiling() -> anyhow::Result<(Figures, f64)> {
 }
 
 /// A manifest of `units` no-op units written to a fresh folder.
-fn no_op_manifest(dir: &Path, name: &str, body: &str) -> anyhow::Result<Manifest> {
+pub fn no_op_manifest(dir: &Path, name: &str, body: &str) -> anyhow::Result<Manifest> {
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, body)?;
     Manifest::load(&path).map_err(|e| anyhow::anyhow!("{e}"))
@@ -224,7 +230,7 @@ async fn fleet(name: &str, plan: &FleetPlan) -> Fleet {
 }
 
 /// Waits for the end of a batch, polling its summary.
-async fn finish(fleet: &Fleet, batch: &str, limit: Duration) -> anyhow::Result<Duration> {
+pub async fn finish(fleet: &Fleet, batch: &str, limit: Duration) -> anyhow::Result<Duration> {
     let client = fleet.client();
     let started = Instant::now();
     loop {
@@ -303,7 +309,8 @@ fn phases(units: &[regatta_coordinator::service::UnitView]) -> Phases {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// The value at percentile `p` (0 to 100) of sorted values; NaN if none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

@@ -6,9 +6,12 @@
 //!   units and reports peak memory per size (see [`scale`]). Build with `--release`.
 //! - `fleet` runs a coordinator and workers against the real broker and Redis:
 //!   ceiling, throughput, chain, fan-in and enqueue (see [`fleet`]).
+//! - `git` measures git mode: the conflict matrix, the merge train's own
+//!   cost per candidate, and a git-mode batch end to end (see [`git_mode`]).
 
 mod fleet;
 mod generate;
+mod git_mode;
 mod scale;
 
 use std::path::PathBuf;
@@ -35,6 +38,8 @@ enum Command {
     ManifestScale(ScaleArgs),
     /// Runs fleet scenarios against the local RabbitMQ and Redis.
     Fleet(FleetArgs),
+    /// Runs the git-mode scenarios (the fleet one against the local RabbitMQ and Redis).
+    Git(GitArgs),
     /// Measures one size in this process and prints JSON (used by manifest-scale).
     #[command(hide = true)]
     Measure(GenArgs),
@@ -117,6 +122,34 @@ struct FleetArgs {
     out_dir: PathBuf,
 }
 
+#[derive(Debug, Args)]
+struct GitArgs {
+    /// Scenarios: conflicts, train-overhead, git-batch, or all.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    scenarios: Vec<String>,
+    /// Unit branches of the conflict matrix and of the train's repository.
+    #[arg(long, default_value_t = 100)]
+    branches: usize,
+    /// Merges run one `git merge-tree` process each, for the matrix's baseline.
+    #[arg(long, default_value_t = 300)]
+    sample: usize,
+    /// Units per merge candidate.
+    #[arg(long, default_value_t = 4)]
+    window: usize,
+    /// Candidates timed by train-overhead.
+    #[arg(long, default_value_t = 25)]
+    candidates: usize,
+    /// Units of the git-batch scenario.
+    #[arg(long, default_value_t = 200)]
+    batch_units: usize,
+    /// Slots per worker (two workers run).
+    #[arg(long, default_value_t = 16)]
+    slots: usize,
+    /// Where each scenario's JSON result goes.
+    #[arg(long, default_value = "target/bench")]
+    out_dir: PathBuf,
+}
+
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Fleet(args) => {
@@ -131,6 +164,21 @@ fn main() -> anyhow::Result<()> {
             };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(fleet::run(&plan))?;
+            Ok(())
+        }
+        Command::Git(args) => {
+            let plan = git_mode::GitPlan {
+                scenarios: args.scenarios,
+                branches: args.branches,
+                sample: args.sample,
+                window: args.window,
+                candidates: args.candidates,
+                batch_units: args.batch_units,
+                worker_slots: args.slots,
+                out_dir: args.out_dir,
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(git_mode::run(&plan))?;
             Ok(())
         }
         Command::Gen(args) => scale::write_generated(&args.spec(), args.out.as_deref()),
