@@ -158,7 +158,9 @@ pub fn signature(reason: &str, log_tail: &str) -> String {
 pub fn clusters(failures: &[Failure]) -> Vec<Cluster> {
     // Cut first: one cause is never split across, two never merged over.
     type Cut = (String, Option<String>, String);
-    let mut by_cut: BTreeMap<Cut, Vec<(Vec<String>, Vec<usize>)>> = BTreeMap::new();
+    /// A template's tokens and the failures it holds.
+    type Group = (Vec<String>, Vec<usize>);
+    let mut by_cut: BTreeMap<Cut, Vec<Group>> = BTreeMap::new();
     for (index, failure) in failures.iter().enumerate() {
         let cut = (
             failure.outcome.clone(),

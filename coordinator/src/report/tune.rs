@@ -211,11 +211,11 @@ fn round_up(ms: u64) -> u64 {
 /// A duration in the manifest's grammar (`90s`, `12m`, `3h`, `250ms`).
 pub fn duration_text(ms: u64) -> String {
     let (second, minute, hour) = (1_000, 60_000, 3_600_000);
-    if ms >= hour && ms % hour == 0 {
+    if ms >= hour && ms.is_multiple_of(hour) {
         format!("{}h", ms / hour)
-    } else if ms >= minute && ms % minute == 0 {
+    } else if ms >= minute && ms.is_multiple_of(minute) {
         format!("{}m", ms / minute)
-    } else if ms >= second && ms % second == 0 {
+    } else if ms >= second && ms.is_multiple_of(second) {
         format!("{}s", ms / second)
     } else {
         format!("{ms}ms")
