@@ -96,6 +96,9 @@ if [ "$mode" = git ]; then
     cat "$run_dir/main-tests.txt" >&2
     status=1
   fi
+  echo
+  "$bin/regatta" report "$batch" --out "$run_dir/report" --manifest "$manifest" >/dev/null || status=1
+  echo "report: $run_dir/report/report.html (and report.md, report.json)"
   echo "logs of this run in $run_dir"
   exit $status
 fi
@@ -108,5 +111,7 @@ status=0
 "$bin/regatta" watch "$batch" || status=$?
 "$bin/regatta" sessions "$batch"
 echo
+"$bin/regatta" report "$batch" --out "$run_dir/report" --manifest examples/demo/manifest.yaml >/dev/null || status=1
+echo "report: $run_dir/report/report.html (and report.md, report.json)"
 echo "outputs are in examples/demo/out/; logs of this run in $run_dir"
 exit $status
