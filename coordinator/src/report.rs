@@ -17,7 +17,7 @@
 use serde::Serialize;
 
 use crate::manifest::Manifest;
-use crate::service::{BatchSummary, TrainView, UnitView};
+use crate::service::{BatchSummary, ConflictsView, TrainView, UnitView};
 
 pub mod cluster;
 pub mod funnel;
@@ -35,6 +35,8 @@ pub struct Input {
     /// The manifest the batch was enqueued from, when given: its playbook's
     /// name, its timeout, and the critical path `regatta plan` predicted.
     pub manifest: Option<Manifest>,
+    /// Git mode: the branches that do not merge, when units wait to land.
+    pub conflicts: Option<ConflictsView>,
 }
 
 /// A batch's report: every figure the three formats show.
@@ -52,6 +54,9 @@ pub struct Report {
     pub timeline: timeline::Timeline,
     pub stats: stats::Stats,
     pub suggestions: tune::Suggestions,
+    /// Git mode: the conflict matrix of the branches waiting to land.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflicts: Option<ConflictsView>,
 }
 
 impl Report {
@@ -78,6 +83,7 @@ impl Report {
             timeline,
             stats,
             suggestions,
+            conflicts: input.conflicts.clone(),
         }
     }
 }

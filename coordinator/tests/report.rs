@@ -60,6 +60,7 @@ fn input(units: Vec<UnitView>) -> Input {
         units,
         train: None,
         manifest: None,
+        conflicts: None,
     }
 }
 

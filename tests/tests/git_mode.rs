@@ -322,6 +322,18 @@ units:
     let pair = &conflicts.conflicts[0];
     assert_eq!((pair.a.as_str(), pair.b.as_str()), ("a", "b"));
     assert_eq!(pair.files, vec!["shared.txt".to_owned()]);
+    // The status and the report show it too.
+    let status = regatta(&fleet, &["status", &batch]).await;
+    assert!(status.contains("conflict: a x b: shared.txt"), "{status}");
+    let out = dir.path().join("report");
+    let out_arg = out.to_str().expect("utf-8");
+    regatta(
+        &fleet,
+        &["report", &batch, "--out", out_arg, "--format", "md"],
+    )
+    .await;
+    let md = std::fs::read_to_string(out.join("report.md")).expect("report.md");
+    assert!(md.contains("- a x b: shared.txt"), "{md}");
 
     client.merge(&batch).await.expect("merge");
     let summary = fleet.wait_for_end(&batch, Duration::from_secs(60)).await;

@@ -192,6 +192,13 @@ pub async fn status(
                 if let Some(why) = &train.waiting {
                     println!("merge train waits: {why}");
                 }
+                if train.waiting_to_land > 1 {
+                    if let Ok(view) = api.conflicts(batch).await {
+                        for c in &view.conflicts {
+                            println!("conflict: {} x {}: {}", c.a, c.b, c.files.join(", "));
+                        }
+                    }
+                }
             }
             for resource in &summary.resources {
                 println!(

@@ -34,6 +34,12 @@ pub async fn report(
         Some(_) => Some(api.train(batch).await?),
         None => None,
     };
+    // Git mode: which of the branches waiting to land do not merge (a
+    // repository that does not answer leaves that part out).
+    let conflicts = match &train {
+        Some(train) if !train.waiting_to_land.is_empty() => api.conflicts(batch).await.ok(),
+        _ => None,
+    };
     let manifest = match manifest {
         Some(path) => match Manifest::load(path) {
             Ok(manifest) => Some(manifest),
@@ -53,6 +59,7 @@ pub async fn report(
         units,
         train,
         manifest,
+        conflicts,
     };
     let started = std::time::Instant::now();
     let report = tokio::task::spawn_blocking(move || Report::build(&input))

@@ -113,6 +113,17 @@ pub fn markdown(report: &Report) -> String {
             );
         }
     }
+    if let Some(conflicts) = &report.conflicts {
+        let _ = writeln!(
+            md,
+            "\n## Branches that do not merge\n\n{} branches waiting to land, checked against each other and {}:\n",
+            conflicts.branches.len(),
+            conflicts.target
+        );
+        for c in &conflicts.conflicts {
+            let _ = writeln!(md, "- {} x {}: {}", c.a, c.b, c.files.join(", "));
+        }
+    }
     let cp = &report.timeline.critical_path;
     if !cp.planned.is_empty() || !cp.actual.is_empty() {
         let _ = writeln!(
@@ -188,6 +199,24 @@ pub fn html(report: &Report) -> String {
                 .map(|e| format!("<div class=\"ev\">evidence: <code>{}</code></div>", esc(e)))
                 .collect::<String>()
         );
+    }
+    if let Some(conflicts) = &report.conflicts {
+        let _ = write!(
+            page,
+            "<h2>Branches that do not merge</h2><p>{} branches waiting to land, checked against each other and {}:</p><ul>",
+            conflicts.branches.len(),
+            esc(&conflicts.target)
+        );
+        for c in &conflicts.conflicts {
+            let _ = write!(
+                page,
+                "<li>{} × {}: <code>{}</code></li>",
+                esc(&c.a),
+                esc(&c.b),
+                esc(&c.files.join(", "))
+            );
+        }
+        page.push_str("</ul>");
     }
     page.push_str("<h2>Timeline</h2>");
     gantt(&mut page, &report.timeline);
