@@ -14,7 +14,7 @@
 //!   lost its data;
 //! - [`view`]: what the API shows.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -32,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 use crate::dag::Dag;
 use crate::manifest::Manifest;
 use crate::metrics::{Metrics, OutcomeLabels, UnitLabels};
-use crate::scheduler::{Batch, BatchState, Effects, Report, UnitState};
+pub use crate::scheduler::Control;
+use crate::scheduler::{Batch, BatchState, Effects, Fleet, Member, Refusal, Report, UnitState};
 use crate::store::{Store, Write};
 use crate::Error;
 
@@ -73,9 +74,9 @@ pub struct ServiceConfig {
     pub git_dir: std::path::PathBuf,
 }
 
-/// A live batch and its timings.
+/// What the service keeps beside each batch of the fleet: its timings,
+/// its manifest's hash and its merge train (the scheduler keeps the rest).
 struct Entry {
-    batch: Batch,
     created_ms: i64,
     ended_ms: Option<i64>,
     /// Computed once: hashing a million-unit manifest takes a while.
@@ -84,18 +85,10 @@ struct Entry {
     train: Option<train::TrainEntry>,
 }
 
-/// Every live batch, and the fleet-wide resource usage they share.
-#[derive(Default)]
-struct Fleet {
-    batches: HashMap<String, Entry>,
-    /// Resource shares published or running, over all batches.
-    usage: BTreeMap<String, u32>,
-}
-
 /// A cheap-to-clone handle on the running coordinator.
 #[derive(Clone)]
 pub struct Service {
-    fleet: Arc<Mutex<Fleet>>,
+    fleet: Arc<Mutex<Fleet<Entry>>>,
     pub metrics: Arc<Metrics>,
     /// The supervised broker connection every task takes channels from.
     link: BrokerLink,
@@ -161,7 +154,7 @@ impl Service {
         Ok(service)
     }
 
-    fn fleet(&self) -> MutexGuard<'_, Fleet> {
+    fn fleet(&self) -> MutexGuard<'_, Fleet<Entry>> {
         // A panic while holding the lock would be a bug; keep serving.
         self.fleet
             .lock()
@@ -227,14 +220,13 @@ impl Service {
         {
             let mut fleet = self.fleet();
             let entry = Entry {
-                batch,
                 created_ms: now,
                 ended_ms: None,
                 manifest_sha256,
                 train,
             };
             // Pending units need no record: a restart derives them.
-            fleet.batches.insert(batch_id.clone(), entry);
+            fleet.insert(batch, entry);
             self.dispatch_and_store(&mut fleet, &batch_id, Effects::default());
         }
         self.store.flushed().await?;
@@ -264,20 +256,19 @@ impl Service {
     }
 
     /// Dispatches what can start, then stores and publishes every effect.
-    fn dispatch_and_store(&self, fleet: &mut Fleet, batch_id: &str, mut effects: Effects) {
-        let Fleet { batches, usage } = fleet;
-        let Some(entry) = batches.get_mut(batch_id) else {
-            return;
-        };
+    fn dispatch_and_store(&self, fleet: &mut Fleet<Entry>, batch_id: &str, mut effects: Effects) {
         let now = now_ms();
         let outgoing = publisher::dispatch_orders(
-            &mut entry.batch,
-            usage,
+            fleet,
+            batch_id,
             now,
             &mut effects,
             &self.config.signer,
             &mut new_session_id,
         );
+        let Some(entry) = fleet.get_mut(batch_id) else {
+            return;
+        };
         let batch = &entry.batch;
         if !effects.changed.is_empty() {
             let fields = effects
@@ -306,8 +297,8 @@ impl Service {
                 }
             })));
         }
-        if batch.state.is_terminal() && entry.ended_ms.is_none() {
-            entry.ended_ms = Some(now);
+        if batch.state.is_terminal() && entry.extra.ended_ms.is_none() {
+            entry.extra.ended_ms = Some(now);
             tracing::info!(batch = %batch_id, state = batch.state.as_str(), "batch ended");
         }
         let fields = progress_fields(entry);
@@ -348,7 +339,7 @@ impl Service {
     pub async fn render_metrics(&self) -> String {
         {
             let fleet = self.fleet();
-            for (id, entry) in &fleet.batches {
+            for (id, entry) in fleet.iter() {
                 for state in UnitState::ALL {
                     let labels = UnitLabels {
                         batch: id.clone(),
@@ -373,73 +364,22 @@ impl Service {
         let cancelling = matches!(action, Control::Cancel);
         {
             let mut fleet = self.fleet();
-            let Fleet { batches, usage } = &mut *fleet;
-            let entry = batches
-                .get_mut(batch_id)
-                .ok_or_else(|| Error::NotFound(format!("batch '{batch_id}'")))?;
-            let batch = &mut entry.batch;
-            let unit_index = |batch: &Batch, unit: &str| {
-                batch
-                    .index_of(unit)
-                    .ok_or_else(|| Error::NotFound(format!("unit '{unit}' in batch '{batch_id}'")))
-            };
-            let effects = match action {
-                Control::Cancel => batch.cancel(usage),
-                Control::Pause => {
-                    if !batch.pause() {
-                        return Err(Error::Conflict(format!(
-                            "batch '{batch_id}' is {}, not running",
-                            batch.state.as_str()
-                        )));
+            let mut effects =
+                fleet
+                    .control(batch_id, &action)
+                    .map_err(|refusal| match refusal {
+                        Refusal::NotFound(what) => Error::NotFound(what),
+                        Refusal::Conflict(why) => Error::Conflict(why),
+                    })?;
+            if let Some(entry) = fleet.get_mut(batch_id) {
+                if let Control::Skip(unit) = &action {
+                    if let Some(unit) = entry.batch.index_of(unit) {
+                        self.skip_in_train(entry, unit, &mut effects);
                     }
-                    Effects::default()
                 }
-                Control::Resume => {
-                    if !batch.resume() {
-                        return Err(Error::Conflict(format!(
-                            "batch '{batch_id}' is {}, not paused",
-                            batch.state.as_str()
-                        )));
-                    }
-                    Effects::default()
+                if !entry.batch.state.is_terminal() {
+                    entry.extra.ended_ms = None;
                 }
-                Control::Retry(unit) => {
-                    let unit = unit_index(batch, &unit)?;
-                    batch.retry(unit).map_err(Error::Conflict)?
-                }
-                Control::RetryNeedsReview => {
-                    let units = batch.needs_review();
-                    if units.is_empty() {
-                        return Err(Error::Conflict(format!(
-                            "batch '{batch_id}' has no unit in needs_review"
-                        )));
-                    }
-                    let mut all = Effects::default();
-                    for unit in units {
-                        if let Ok(effects) = batch.retry(unit) {
-                            all.changed.extend(effects.changed);
-                        }
-                    }
-                    all
-                }
-                Control::Skip(unit) => {
-                    let unit = unit_index(batch, &unit)?;
-                    let mut effects = batch.skip(unit).map_err(Error::Conflict)?;
-                    self.skip_in_train(entry, unit, &mut effects);
-                    effects
-                }
-                Control::Approve => {
-                    if !batch.approve() {
-                        return Err(Error::Conflict(format!(
-                            "batch '{batch_id}' is {}, not calibrating or awaiting approval",
-                            batch.state.as_str()
-                        )));
-                    }
-                    Effects::default()
-                }
-            };
-            if !entry.batch.state.is_terminal() {
-                entry.ended_ms = None;
             }
             self.dispatch_and_store(&mut fleet, batch_id, effects);
         }
@@ -499,9 +439,8 @@ impl Service {
     pub fn batches(&self) -> Vec<BatchSummary> {
         let fleet = self.fleet();
         let mut list: Vec<BatchSummary> = fleet
-            .batches
             .iter()
-            .map(|(id, e)| summary(id, e, &fleet.usage))
+            .map(|(id, e)| summary(id, e, fleet.usage()))
             .collect();
         list.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(a.id.cmp(&b.id)));
         list
@@ -510,17 +449,15 @@ impl Service {
     pub fn batch(&self, batch_id: &str) -> Result<BatchSummary, Error> {
         let fleet = self.fleet();
         let entry = fleet
-            .batches
             .get(batch_id)
             .ok_or_else(|| Error::NotFound(format!("batch '{batch_id}'")))?;
-        Ok(summary(batch_id, entry, &fleet.usage))
+        Ok(summary(batch_id, entry, fleet.usage()))
     }
 
     /// The units of a batch, optionally only those in one state.
     pub fn units(&self, batch_id: &str, state: Option<UnitState>) -> Result<Vec<UnitView>, Error> {
         let fleet = self.fleet();
         let entry = fleet
-            .batches
             .get(batch_id)
             .ok_or_else(|| Error::NotFound(format!("batch '{batch_id}'")))?;
         let batch = &entry.batch;
@@ -534,7 +471,7 @@ impl Service {
                     attempt: record.attempt,
                     failures: record.failures,
                     reason: record.reason.clone(),
-                    waiting_for: batch.waiting_for(u, &fleet.usage),
+                    waiting_for: fleet.waiting_for(batch_id, u),
                     history: record.history.clone(),
                 }
             })
@@ -578,7 +515,7 @@ async fn off_runtime<T: Send + 'static>(
 }
 
 /// The batch record's fields that change as the batch runs.
-fn progress_fields(entry: &Entry) -> Vec<(String, String)> {
+fn progress_fields(entry: &Member<Entry>) -> Vec<(String, String)> {
     let batch = &entry.batch;
     let counts: BTreeMap<&str, usize> = batch
         .counts()
@@ -592,22 +529,10 @@ fn progress_fields(entry: &Entry) -> Vec<(String, String)> {
             serde_json::to_string(&counts).unwrap_or_default(),
         ),
     ];
-    if let Some(ended) = entry.ended_ms {
+    if let Some(ended) = entry.extra.ended_ms {
         fields.push(("ended_ms".into(), ended.to_string()));
     }
     fields
-}
-
-/// A human's decision about a batch.
-#[derive(Debug, Clone)]
-pub enum Control {
-    Cancel,
-    Pause,
-    Resume,
-    Retry(String),
-    RetryNeedsReview,
-    Skip(String),
-    Approve,
 }
 
 fn new_session_id() -> String {

@@ -263,10 +263,9 @@ impl Service {
             let trains: Vec<String> = {
                 let fleet = self.fleet();
                 fleet
-                    .batches
                     .iter()
                     .filter(|(_, e)| {
-                        e.train.as_ref().is_some_and(|t| t.stored.started)
+                        e.extra.train.as_ref().is_some_and(|t| t.stored.started)
                             && !matches!(e.batch.state, BatchState::Cancelled)
                     })
                     .map(|(id, _)| id.clone())
@@ -291,10 +290,10 @@ impl Service {
     /// Records (and logs, once) why a train waits.
     fn train_waits(&self, batch_id: &str, why: Option<String>) {
         let mut fleet = self.fleet();
-        let Some(entry) = fleet.batches.get_mut(batch_id) else {
+        let Some(entry) = fleet.get_mut(batch_id) else {
             return;
         };
-        let Some(train) = entry.train.as_mut() else {
+        let Some(train) = entry.extra.train.as_mut() else {
             return;
         };
         if train.stored.waiting != why {
@@ -328,13 +327,13 @@ impl Service {
     async fn advance_train(&self, batch_id: &str) -> Result<bool, String> {
         let (step, repo, target) = {
             let mut fleet = self.fleet();
-            let Some(entry) = fleet.batches.get_mut(batch_id) else {
+            let Some(entry) = fleet.get_mut(batch_id) else {
                 return Ok(false);
             };
             let Some(git) = entry.batch.manifest.git.clone() else {
                 return Ok(false);
             };
-            let Some(train) = entry.train.as_mut() else {
+            let Some(train) = entry.extra.train.as_mut() else {
                 return Ok(false);
             };
             let names = |units: &[(usize, String)]| {
@@ -493,10 +492,7 @@ impl Service {
                     .await
                     .map_err(|e| format!("cannot push candidate {candidate} to {repo}: {e}"))?;
                 let mut fleet = self.fleet();
-                let Some(train) = fleet
-                    .batches
-                    .get_mut(batch_id)
-                    .and_then(|e| e.train.as_mut())
+                let Some(train) = fleet.get_mut(batch_id).and_then(|e| e.extra.train.as_mut())
                 else {
                     return Ok(());
                 };
@@ -519,7 +515,7 @@ impl Service {
                         .unwrap_or(true),
                 };
                 let mut fleet = self.fleet();
-                let Some(entry) = fleet.batches.get_mut(batch_id) else {
+                let Some(entry) = fleet.get_mut(batch_id) else {
                     return Ok(());
                 };
                 let Some(unit) = entry.batch.index_of(&conflict.unit) else {
@@ -533,7 +529,7 @@ impl Service {
                 let effects = if with_tip {
                     entry.batch.rebase(unit, &tip, &conflict.files).1
                 } else {
-                    if let Some(train) = entry.train.as_mut() {
+                    if let Some(train) = entry.extra.train.as_mut() {
                         train
                             .stored
                             .rebase_after_landing
@@ -541,7 +537,7 @@ impl Service {
                     }
                     Effects::default()
                 };
-                if let Some(train) = entry.train.as_mut() {
+                if let Some(train) = entry.extra.train.as_mut() {
                     train
                         .stored
                         .plan
@@ -558,10 +554,10 @@ impl Service {
     /// Starts an integration session on a built candidate.
     fn publish_integration(&self, batch_id: &str, candidate: u64, commit: &str) {
         let mut fleet = self.fleet();
-        let Some(entry) = fleet.batches.get_mut(batch_id) else {
+        let Some(entry) = fleet.get_mut(batch_id) else {
             return;
         };
-        let Some(train) = entry.train.as_mut() else {
+        let Some(train) = entry.extra.train.as_mut() else {
             return;
         };
         let now = now_ms();
@@ -610,10 +606,10 @@ impl Service {
     /// Applies what the compare-and-swap found.
     fn settle_swap(&self, batch_id: &str, candidate: u64, new: &str, swap: Swap) {
         let mut fleet = self.fleet();
-        let Some(entry) = fleet.batches.get_mut(batch_id) else {
+        let Some(entry) = fleet.get_mut(batch_id) else {
             return;
         };
-        let Some(train) = entry.train.as_mut() else {
+        let Some(train) = entry.extra.train.as_mut() else {
             return;
         };
         match swap {
@@ -663,11 +659,11 @@ impl Service {
 
     /// Applies an integration session's event: its start, its hand-back or
     /// its result, which passes, fails or re-tests the candidate.
-    pub(super) fn apply_integration_event(&self, fleet: &mut Fleet, event: &SessionEvent) {
-        let Some(entry) = fleet.batches.get_mut(&event.batch_id) else {
+    pub(super) fn apply_integration_event(&self, fleet: &mut Fleet<Entry>, event: &SessionEvent) {
+        let Some(entry) = fleet.get_mut(&event.batch_id) else {
             return;
         };
-        let Some(train) = entry.train.as_mut() else {
+        let Some(train) = entry.extra.train.as_mut() else {
             return;
         };
         let record = &mut train.integration;
@@ -809,12 +805,17 @@ impl Service {
 
     /// Offers a git-mode unit that just succeeded to its train, and lands
     /// what that settles (units that changed nothing).
-    pub(super) fn offer_to_train(&self, entry: &mut Entry, unit: usize, effects: &mut Effects) {
+    pub(super) fn offer_to_train(
+        &self,
+        entry: &mut Member<Entry>,
+        unit: usize,
+        effects: &mut Effects,
+    ) {
         if entry.batch.units[unit].state != UnitState::Succeeded {
             return;
         }
         let commit = entry.batch.commit_of(unit).map(str::to_owned);
-        let Some(train) = entry.train.as_mut() else {
+        let Some(train) = entry.extra.train.as_mut() else {
             return;
         };
         let landed = train.stored.plan.offer(unit, commit);
@@ -826,8 +827,13 @@ impl Service {
     }
 
     /// A person skipped a git-mode unit: it counts as landed for the train.
-    pub(super) fn skip_in_train(&self, entry: &mut Entry, unit: usize, effects: &mut Effects) {
-        let Some(train) = entry.train.as_mut() else {
+    pub(super) fn skip_in_train(
+        &self,
+        entry: &mut Member<Entry>,
+        unit: usize,
+        effects: &mut Effects,
+    ) {
+        let Some(train) = entry.extra.train.as_mut() else {
             return;
         };
         let landed = train.stored.plan.skip(unit);
@@ -843,10 +849,9 @@ impl Service {
         {
             let mut fleet = self.fleet();
             let entry = fleet
-                .batches
                 .get_mut(batch_id)
                 .ok_or_else(|| Error::NotFound(format!("batch '{batch_id}'")))?;
-            let train = entry.train.as_mut().ok_or_else(|| {
+            let train = entry.extra.train.as_mut().ok_or_else(|| {
                 Error::Conflict(format!(
                     "batch '{batch_id}' is not in git mode: its manifest has no git block"
                 ))
@@ -882,8 +887,8 @@ fn rebase_deferred(batch: &mut Batch, train: &mut TrainEntry, tip: &str) -> Effe
 }
 
 /// The failure that made a culprit: the failed candidate's reason.
-fn train_failure(entry: &Entry, candidate: u64) -> Option<String> {
-    let train = entry.train.as_ref()?;
+fn train_failure(entry: &Member<Entry>, candidate: u64) -> Option<String> {
+    let train = entry.extra.train.as_ref()?;
     train
         .stored
         .plan

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use super::Entry;
-use crate::scheduler::{BatchState, UnitState};
+use crate::scheduler::{BatchState, Member, UnitState};
 
 /// What the API shows of a batch.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -84,7 +84,11 @@ pub struct UnitView {
     pub history: Vec<crate::scheduler::Attempt>,
 }
 
-pub(super) fn summary(id: &str, entry: &Entry, usage: &BTreeMap<String, u32>) -> BatchSummary {
+pub(super) fn summary(
+    id: &str,
+    entry: &Member<Entry>,
+    usage: &BTreeMap<String, u32>,
+) -> BatchSummary {
     let batch = &entry.batch;
     BatchSummary {
         id: id.to_owned(),
@@ -97,12 +101,13 @@ pub(super) fn summary(id: &str, entry: &Entry, usage: &BTreeMap<String, u32>) ->
             .filter(|(_, n)| **n > 0)
             .map(|(s, n)| (*s, *n))
             .collect(),
-        created_ms: entry.created_ms,
-        ended_ms: entry.ended_ms,
-        manifest_sha256: entry.manifest_sha256.clone(),
+        created_ms: entry.extra.created_ms,
+        ended_ms: entry.extra.ended_ms,
+        manifest_sha256: entry.extra.manifest_sha256.clone(),
         concurrency: batch.manifest.concurrency,
         calibration: batch.calibration_summary(),
         train: entry
+            .extra
             .train
             .as_ref()
             .zip(batch.manifest.git.as_ref())
