@@ -118,6 +118,8 @@ impl Service {
             &config.redis_url,
             config.keys.clone(),
             config.tenure.clone(),
+            &shutdown,
+            tasks,
         )
         .await?;
         let (publisher, outgoing) = mpsc::unbounded_channel();

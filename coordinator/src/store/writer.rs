@@ -13,6 +13,10 @@ const FIELDS_PER_COMMAND: usize = 1_000;
 /// second or more. A single larger value still goes, alone.
 const BYTES_PER_COMMAND: usize = 4 << 20;
 
+/// How long, once shutdown is cancelled, the writer still takes writes
+/// from the tasks that finish their last work.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long the writer waits for Redis to answer one script.
 pub(super) const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -159,13 +163,16 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Starts the task that sends every write, in order, on its own
-    /// connection.
+    /// connection, in `tasks`; it ends once `shutdown` is cancelled and what
+    /// was queued is stored (see [`Writer::run`]).
     pub(super) fn spawn(
         connection: ConnectionManager,
         largest_value: usize,
         keys: Keys,
         tenure: Option<Tenure>,
         receiver: mpsc::UnboundedReceiver<Write>,
+        shutdown: CancellationToken,
+        tasks: &mut Tasks,
     ) {
         let writer = Writer {
             connection,
@@ -176,12 +183,38 @@ impl Writer {
             lost: None,
             refused_since_marker: false,
         };
-        tokio::spawn(writer.run(receiver));
+        tasks.spawn("store writer", writer.run(receiver, shutdown));
     }
 
-    async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Write>) {
+    /// Sends every write until the store's handles are all gone, or until
+    /// shutdown: the tasks that write finish their last work after it is
+    /// cancelled (an event being applied, a request being answered), so
+    /// their writes are taken for [`SHUTDOWN_GRACE`] more; then no new
+    /// write is taken, and those queued are stored before it ends.
+    async fn run(
+        mut self,
+        mut receiver: mpsc::UnboundedReceiver<Write>,
+        shutdown: CancellationToken,
+    ) {
+        let closing = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::pin!(closing);
+        let mut closed = false;
         let mut batch = Vec::new();
-        while receiver.recv_many(&mut batch, 512).await > 0 {
+        loop {
+            let received = tokio::select! {
+                received = receiver.recv_many(&mut batch, 512) => received,
+                _ = &mut closing, if !closed => {
+                    closed = true;
+                    receiver.close();
+                    continue;
+                }
+            };
+            if received == 0 {
+                return;
+            }
             let mut steps = Vec::with_capacity(batch.len());
             for write in batch.drain(..) {
                 self.steps_of(write, &mut steps);
