@@ -208,7 +208,8 @@ pub(super) async fn restore(store: &Store, config: &ServiceConfig) -> Result<Fle
         let manifest_sha256 = manifest.sha256();
         let mut batch = Batch::restore(id.clone(), manifest, dag, state, records);
         batch.git_base = record.get("git_base").cloned();
-        let train = super::train::TrainEntry::restore(&mut batch, &record, integration.as_deref());
+        let train =
+            super::train_entry::TrainEntry::restore(&mut batch, &record, integration.as_deref());
         let created_ms = record
             .get("created_ms")
             .and_then(|t| t.parse().ok())
