@@ -28,9 +28,11 @@ use tokio_util::sync::CancellationToken;
 use crate::lock::Tenure;
 use crate::Error;
 
+mod budget;
 mod writer;
 
-use writer::{largest_value, Writer, WRITE_TIMEOUT};
+use budget::largest_value;
+use writer::{Writer, WRITE_TIMEOUT};
 
 /// One change to store.
 pub enum Write {
