@@ -68,7 +68,8 @@ impl<T> Fleet<T> {
 
     /// Adds a batch, new or restored from storage: its units in flight (a
     /// restored batch's published or running sessions) take their shares.
-    /// Returns the batch's id.
+    /// Returns the batch's id, which must be new to the fleet (ids carry a
+    /// random suffix): a batch replaced here would keep its shares.
     pub fn insert(&mut self, batch: Batch, extra: T) -> String {
         for unit in batch.in_flight_units() {
             for (resource, weight) in batch.demand(unit) {
