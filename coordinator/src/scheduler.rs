@@ -14,9 +14,15 @@
 //! any live state --cancel--> cancelled;  needs_review --retry--> ready, --skip--> skipped
 //! ```
 //!
+//! - [`fleet`]: every live batch and the one resource ledger they share;
+//!   the service drives the scheduler through it;
 //! - [`record`]: the unit and batch states and the records stored in Redis;
-//! - here: dispatch and the reports of sessions;
-//! - [`control`]: what people do to a batch (cancel, approve, pause, retry, skip).
+//! - here: a batch's state, its counts and the moves every change shares;
+//! - [`dispatch`]: which ready units start now (admission);
+//! - [`report`]: what a session's report does to its unit;
+//! - [`event`]: a worker's event reduced to a report;
+//! - [`control`]: what people do to a batch (cancel, approve, pause, retry, skip);
+//! - [`landing`]: git mode's part of the lifecycle.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -28,10 +34,14 @@ use crate::dag::Dag;
 use crate::manifest::{Manifest, FILE_RESOURCE_PREFIX};
 
 mod control;
+mod dispatch;
 mod event;
+mod fleet;
 mod landing;
 mod record;
+mod report;
 
+pub use fleet::{Control, Fleet, Member, Refusal};
 pub use record::{Attempt, AttemptTrace, BatchState, UnitRecord, UnitState};
 
 /// What the service must do after a change: publish these units, and
@@ -288,30 +298,6 @@ impl Batch {
         &self.demands[unit]
     }
 
-    /// The admission rule, written once for dispatch and for "what does it
-    /// wait for": the first resource the unit needs that has no room for its
-    /// weight now, with its use and capacity; `None` when every one fits.
-    pub fn full_resource(
-        &self,
-        unit: usize,
-        fleet_usage: &BTreeMap<String, u32>,
-    ) -> Option<(&str, u32, u32)> {
-        self.demands[unit].iter().find_map(|(resource, weight)| {
-            let used = fleet_usage.get(resource).copied().unwrap_or(0);
-            let capacity = self.capacity(resource);
-            (used + weight > capacity).then_some((resource.as_str(), used, capacity))
-        })
-    }
-
-    /// The capacity of a resource: declared, or 1 for a touched file.
-    pub fn capacity(&self, resource: &str) -> u32 {
-        if resource.starts_with(FILE_RESOURCE_PREFIX) {
-            1
-        } else {
-            self.manifest.resources.get(resource).copied().unwrap_or(1)
-        }
-    }
-
     pub(super) fn set_state(&mut self, unit: usize, state: UnitState) {
         let old = self.units[unit].state;
         if old == state {
@@ -335,246 +321,6 @@ impl Batch {
             self.in_flight += 1;
         }
         self.units[unit].state = state;
-    }
-
-    /// Picks the ready units that fit under the batch cap and the resources'
-    /// capacities, in start order, and records a new attempt for each.
-    ///
-    /// `fleet_usage` is the resource usage of every batch of the fleet (a
-    /// resource name means the same thing in every batch), updated here.
-    pub fn dispatch(
-        &mut self,
-        now_ms: i64,
-        fleet_usage: &mut BTreeMap<String, u32>,
-        new_session: &mut dyn FnMut() -> String,
-    ) -> Effects {
-        let mut effects = Effects::default();
-        let calibrating = self.state == BatchState::Calibrating;
-        if self.state != BatchState::Running && !calibrating {
-            return effects;
-        }
-        let cap = self.manifest.concurrency;
-        let mut chosen = Vec::new();
-        let mut free = cap.saturating_sub(self.in_flight);
-        let mut calibration_room = self
-            .calibration_size()
-            .unwrap_or(0)
-            .saturating_sub(self.calibration_units.len());
-        for &(_, unit) in &self.ready {
-            if free == 0 {
-                break;
-            }
-            // While calibrating, only the calibration units (and their
-            // retries) may start.
-            let new_calibration_unit = calibrating && !self.calibration_units.contains(&unit);
-            if new_calibration_unit && calibration_room == 0 {
-                continue;
-            }
-            if self
-                .deferred_until
-                .get(&unit)
-                .is_some_and(|until| *until > now_ms)
-            {
-                continue;
-            }
-            if self.full_resource(unit, fleet_usage).is_some() {
-                continue;
-            }
-            for (resource, weight) in &self.demands[unit] {
-                *fleet_usage.entry(resource.clone()).or_insert(0) += weight;
-            }
-            free -= 1;
-            if new_calibration_unit {
-                calibration_room -= 1;
-            }
-            chosen.push(unit);
-        }
-        if calibrating {
-            for &unit in &chosen {
-                if !self.calibration_units.contains(&unit) {
-                    self.calibration_units.push(unit);
-                }
-            }
-        }
-        for unit in chosen {
-            self.deferred_until.remove(&unit);
-            self.set_state(unit, UnitState::Queued);
-            let record = &mut self.units[unit];
-            record.attempt += 1;
-            record.reason = None;
-            record.history.push(Attempt {
-                attempt: record.attempt,
-                session_id: new_session(),
-                worker: None,
-                fencing: 0,
-                published_at_ms: now_ms,
-                started_at_ms: None,
-                ended_at_ms: None,
-                outcome: None,
-                exit_code: None,
-                reason: None,
-                log_tail: String::new(),
-                log_path: String::new(),
-                gates: Vec::new(),
-                evidence: None,
-                trace: None,
-                git: None,
-            });
-            effects.publish.push(unit);
-            effects.changed.insert(unit);
-        }
-        effects
-    }
-
-    /// Applies a worker's report about a session. Reports about any session
-    /// but the unit's current one are stale and change nothing; so does a
-    /// report that repeats what is already known.
-    pub fn report(
-        &mut self,
-        unit: usize,
-        session_id: &str,
-        report: Report,
-        fleet_usage: &mut BTreeMap<String, u32>,
-    ) -> Effects {
-        let mut effects = Effects::default();
-        let state = self.units[unit].state;
-        let current = self.units[unit].current().map(|a| a.session_id.as_str());
-        if current != Some(session_id) || !state.is_in_flight() {
-            return effects;
-        }
-        match report {
-            Report::Started {
-                worker,
-                fencing,
-                at_ms,
-            } => {
-                if state != UnitState::Queued {
-                    return effects;
-                }
-                self.set_state(unit, UnitState::Running);
-                if let Some(attempt) = self.units[unit].current_mut() {
-                    attempt.worker = Some(worker);
-                    attempt.fencing = fencing;
-                    attempt.started_at_ms = Some(at_ms);
-                }
-                effects.changed.insert(unit);
-            }
-            // Only a claim that never started can be handed back.
-            Report::Deferred { .. }
-                if state != UnitState::Queued
-                    || self.units[unit]
-                        .current()
-                        .is_some_and(|a| a.started_at_ms.is_some()) =>
-            {
-                return effects;
-            }
-            Report::Deferred {
-                reason,
-                received_at_ms,
-            } => {
-                self.release_usage(unit, fleet_usage);
-                self.set_state(unit, UnitState::Ready);
-                let record = &mut self.units[unit];
-                record.reason = Some(reason);
-                // The attempt never ran: it does not count.
-                record.history.pop();
-                record.attempt = record.attempt.saturating_sub(1);
-                // By the coordinator's clock, as `dispatch` compares it.
-                self.deferred_until.insert(unit, received_at_ms + DEFER_MS);
-                effects.changed.insert(unit);
-            }
-            Report::Finished(finish) => {
-                // A session's events carry its lease's fencing number; an
-                // older number is a zombie of a previous claim.
-                let known = self.units[unit].current().map(|a| a.fencing).unwrap_or(0);
-                if finish.fencing > 0 && known > 0 && finish.fencing != known {
-                    return effects;
-                }
-                self.release_usage(unit, fleet_usage);
-                // A git-mode success must name a commit the train can merge.
-                let (outcome, reason) =
-                    match self.unusable_git_result(finish.outcome, finish.git.as_deref()) {
-                        Some(problem) => (Outcome::Failed, Some(problem)),
-                        None => (finish.outcome, finish.reason),
-                    };
-                if let Some(attempt) = self.units[unit].current_mut() {
-                    attempt.ended_at_ms = Some(finish.at_ms);
-                    attempt.outcome = Some(outcome);
-                    attempt.exit_code = finish.exit_code;
-                    attempt.reason = reason.clone();
-                    attempt.log_tail = finish.log_tail;
-                    attempt.log_path = finish.log_path;
-                    attempt.gates = finish.gates;
-                    attempt.evidence = finish.evidence;
-                    attempt.git = finish.git.map(|g| *g);
-                    if finish.fencing > 0 {
-                        attempt.fencing = finish.fencing;
-                    }
-                }
-                effects.changed.insert(unit);
-                if let Some(files) = self.dependency_conflict(unit) {
-                    // Git mode: the dependencies' commits conflict; no
-                    // retry can change that, a person must.
-                    let record = &mut self.units[unit];
-                    record.reason = Some(reason.unwrap_or_else(|| {
-                        format!("its dependencies conflict in {}", files.join(", "))
-                    }));
-                    self.set_state(unit, UnitState::NeedsReview);
-                    self.block_descendants(unit, &mut effects);
-                    self.update_batch_state();
-                    return effects;
-                }
-                match outcome {
-                    Outcome::Succeeded if self.git_mode() => {
-                        // Its dependents start once it has landed.
-                        self.set_state(unit, UnitState::Succeeded);
-                        self.units[unit].reason = Some("waiting to land".into());
-                    }
-                    Outcome::Succeeded => {
-                        self.set_state(unit, UnitState::Succeeded);
-                        self.units[unit].reason = None;
-                        self.release_dependents(unit, &mut effects);
-                    }
-                    // A worker reports a cancel only for a cancelled batch;
-                    // should one arrive for a live batch, run the unit again
-                    // rather than leave its dependents waiting forever.
-                    Outcome::Cancelled if self.state != BatchState::Cancelled => {
-                        self.set_state(unit, UnitState::Ready);
-                        self.units[unit].reason = reason;
-                    }
-                    Outcome::Cancelled => {
-                        self.set_state(unit, UnitState::Cancelled);
-                        self.units[unit].reason = reason;
-                    }
-                    Outcome::Interrupted => {
-                        // Not the unit's fault: run it again, uncounted.
-                        self.set_state(unit, UnitState::Ready);
-                        self.units[unit].reason = reason;
-                    }
-                    Outcome::Failed | Outcome::TimedOut | Outcome::Lost => {
-                        let record = &mut self.units[unit];
-                        record.failures += 1;
-                        record.reason = reason;
-                        if record.failures <= self.manifest.retries {
-                            self.set_state(unit, UnitState::Ready);
-                        } else {
-                            self.set_state(unit, UnitState::NeedsReview);
-                            self.block_descendants(unit, &mut effects);
-                        }
-                    }
-                }
-            }
-        }
-        self.update_batch_state();
-        effects
-    }
-
-    fn release_usage(&mut self, unit: usize, fleet_usage: &mut BTreeMap<String, u32>) {
-        for (resource, weight) in &self.demands[unit] {
-            if let Some(used) = fleet_usage.get_mut(resource) {
-                *used = used.saturating_sub(*weight);
-            }
-        }
     }
 
     pub(super) fn release_dependents(&mut self, unit: usize, effects: &mut Effects) {

@@ -12,9 +12,14 @@
 //! - [`publisher`]: orders out, with confirms and re-sends;
 //! - [`recovery`]: batches read back on start, written back after Redis
 //!   lost its data;
-//! - [`view`]: what the API shows.
+//! - [`enqueue`]: a manifest checked, stored and joined to the fleet;
+//! - [`view`]: what the API shows, and the queries behind it;
+//! - [`workers`]: the workers' health records;
+//! - git mode's merge train: [`train`] moves it, [`train_entry`] keeps and
+//!   stores it, [`integration`] tests its candidates, [`mirrors`] holds the
+//!   remotes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -31,18 +36,23 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dag::Dag;
 use crate::manifest::Manifest;
-use crate::metrics::{Metrics, OutcomeLabels, UnitLabels};
-use crate::scheduler::{Batch, BatchState, Effects, Report, UnitState};
+use crate::metrics::{Metrics, OutcomeLabels};
+pub use crate::scheduler::Control;
+use crate::scheduler::{Batch, BatchState, Effects, Fleet, Member, Refusal, Report, UnitState};
 use crate::store::{Store, Write};
 use crate::Error;
 
+mod enqueue;
 mod events;
+mod integration;
+mod mirrors;
 mod publisher;
 mod reaper;
 mod record;
 mod recovery;
 mod result_span;
 mod train;
+mod train_entry;
 mod train_view;
 mod view;
 mod workers;
@@ -50,7 +60,6 @@ mod workers;
 use publisher::{publish_loop, Origin, Outgoing};
 use recovery::restore;
 pub use train_view::{CandidateView, ConflictsView, TrainView};
-use view::summary;
 pub use view::{BatchSummary, LeaseView, ResourceView, TrainSummary, UnitView};
 
 /// The coordinator's settings.
@@ -73,29 +82,21 @@ pub struct ServiceConfig {
     pub git_dir: std::path::PathBuf,
 }
 
-/// A live batch and its timings.
+/// What the service keeps beside each batch of the fleet: its timings,
+/// its manifest's hash and its merge train (the scheduler keeps the rest).
 struct Entry {
-    batch: Batch,
     created_ms: i64,
     ended_ms: Option<i64>,
     /// Computed once: hashing a million-unit manifest takes a while.
     manifest_sha256: String,
     /// Git mode: the batch's merge train.
-    train: Option<train::TrainEntry>,
-}
-
-/// Every live batch, and the fleet-wide resource usage they share.
-#[derive(Default)]
-struct Fleet {
-    batches: HashMap<String, Entry>,
-    /// Resource shares published or running, over all batches.
-    usage: BTreeMap<String, u32>,
+    train: Option<train_entry::TrainEntry>,
 }
 
 /// A cheap-to-clone handle on the running coordinator.
 #[derive(Clone)]
 pub struct Service {
-    fleet: Arc<Mutex<Fleet>>,
+    fleet: Arc<Mutex<Fleet<Entry>>>,
     pub metrics: Arc<Metrics>,
     /// The supervised broker connection every task takes channels from.
     link: BrokerLink,
@@ -105,7 +106,7 @@ pub struct Service {
     publisher: mpsc::UnboundedSender<Outgoing>,
     config: Arc<ServiceConfig>,
     /// Git mode: the coordinator's mirrors, and the train loop's wake-up.
-    mirrors: train::Mirrors,
+    mirrors: mirrors::Mirrors,
     train_wake: Arc<tokio::sync::Notify>,
 }
 
@@ -125,6 +126,8 @@ impl Service {
             &config.redis_url,
             config.keys.clone(),
             config.tenure.clone(),
+            &shutdown,
+            tasks,
         )
         .await?;
         let (publisher, outgoing) = mpsc::unbounded_channel();
@@ -137,7 +140,7 @@ impl Service {
             store,
             publisher,
             config: Arc::new(config),
-            mirrors: train::Mirrors::default(),
+            mirrors: mirrors::Mirrors::default(),
             train_wake: Arc::default(),
         };
         service.republish_queued();
@@ -161,123 +164,27 @@ impl Service {
         Ok(service)
     }
 
-    fn fleet(&self) -> MutexGuard<'_, Fleet> {
+    fn fleet(&self) -> MutexGuard<'_, Fleet<Entry>> {
         // A panic while holding the lock would be a bug; keep serving.
         self.fleet
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Accepts a batch: re-validates the manifest, stores it, and publishes
-    /// every unit that can start. Returns the batch id.
-    ///
-    /// Everything that grows with the manifest (validation, the DAG, the
-    /// batch's state, its JSON and hash) is built off the async threads and
-    /// outside the fleet's lock: a million units take seconds, which would
-    /// otherwise stall the API, the event intake and the renewal of the
-    /// coordinator's lock. The new batch then joins the fleet in a short
-    /// critical section.
-    pub async fn enqueue(&self, manifest: Manifest) -> Result<String, Error> {
-        let (manifest, dag) = off_runtime(move || {
-            manifest.check()?;
-            let dag = Dag::build(&manifest)?;
-            Ok((manifest, dag))
-        })
-        .await?;
-        self.claim_capacities(&manifest).await?;
-        let git_base = self.pin_base(&manifest).await?;
-        let now = now_ms();
-        let prepared = off_runtime(move || Prepared::build(manifest, dag)).await?;
-        let Prepared {
-            batch_id,
-            mut batch,
-            mut fields,
-            manifest_sha256,
-        } = prepared;
-        fields.push(("created_ms".into(), now.to_string()));
-        if let Some(base) = git_base {
-            fields.push(("git_base".into(), base.clone()));
-            batch.git_base = Some(base);
-        }
-        let train = train::TrainEntry::new(&batch);
-        if let Some(train) = &train {
-            if let Ok(json) = serde_json::to_string(&train.stored) {
-                fields.push(("train".into(), json));
-            }
-        }
-        // Stored first, and checked: a record Redis refuses (over its bulk
-        // limit, say) fails this request and leaves nothing half-stored.
-        let record = vec![
-            Write::Hash {
-                key: self.config.keys.batch(&batch_id),
-                fields,
-            },
-            Write::IndexBatch {
-                batch_id: batch_id.clone(),
-                created_ms: now,
-            },
-        ];
-        if let Err(e) = self.store.store(record).await {
-            self.store.write(Write::Forget { batch_id });
-            let _ = self.store.flushed().await;
-            // Freeing a million units' state takes a while too.
-            tokio::task::spawn_blocking(move || drop(batch));
-            return Err(e);
-        }
-        {
-            let mut fleet = self.fleet();
-            let entry = Entry {
-                batch,
-                created_ms: now,
-                ended_ms: None,
-                manifest_sha256,
-                train,
-            };
-            // Pending units need no record: a restart derives them.
-            fleet.batches.insert(batch_id.clone(), entry);
-            self.dispatch_and_store(&mut fleet, &batch_id, Effects::default());
-        }
-        self.store.flushed().await?;
-        tracing::info!(batch = %batch_id, "batch enqueued");
-        Ok(batch_id)
-    }
-
-    /// Records each declared resource's capacity for the whole fleet, or
-    /// refuses a manifest that disagrees with one already recorded: a
-    /// resource's semaphore is shared by every batch, so two capacities for
-    /// one name would let the larger one over-admit.
-    async fn claim_capacities(&self, manifest: &Manifest) -> Result<(), Error> {
-        let conflict = self
-            .store
-            .claim_capacities(&manifest.resources)
-            .await
-            .map_err(|e| Error::redis(&self.config.redis_url, e))?;
-        match conflict {
-            None => Ok(()),
-            Some((resource, recorded, capacity)) => Err(Error::Conflict(format!(
-                "resource '{resource}' has capacity {recorded} in this fleet (namespace '{}'), \
-                 but this manifest says {capacity}: a resource is shared by every batch, so use \
-                 the same capacity, or another resource name",
-                self.config.names.namespace()
-            ))),
-        }
-    }
-
     /// Dispatches what can start, then stores and publishes every effect.
-    fn dispatch_and_store(&self, fleet: &mut Fleet, batch_id: &str, mut effects: Effects) {
-        let Fleet { batches, usage } = fleet;
-        let Some(entry) = batches.get_mut(batch_id) else {
-            return;
-        };
+    fn dispatch_and_store(&self, fleet: &mut Fleet<Entry>, batch_id: &str, mut effects: Effects) {
         let now = now_ms();
         let outgoing = publisher::dispatch_orders(
-            &mut entry.batch,
-            usage,
+            fleet,
+            batch_id,
             now,
             &mut effects,
             &self.config.signer,
             &mut new_session_id,
         );
+        let Some(entry) = fleet.get_mut(batch_id) else {
+            return;
+        };
         let batch = &entry.batch;
         if !effects.changed.is_empty() {
             let fields = effects
@@ -306,8 +213,8 @@ impl Service {
                 }
             })));
         }
-        if batch.state.is_terminal() && entry.ended_ms.is_none() {
-            entry.ended_ms = Some(now);
+        if batch.state.is_terminal() && entry.extra.ended_ms.is_none() {
+            entry.extra.ended_ms = Some(now);
             tracing::info!(batch = %batch_id, state = batch.state.as_str(), "batch ended");
         }
         let fields = progress_fields(entry);
@@ -317,129 +224,27 @@ impl Service {
         });
     }
 
-    /// The dead-letter queue's depth as the broker sees it now; `None` when
-    /// the broker does not answer at once (a scrape never waits on an
-    /// outage, and never queues up behind another scrape).
-    async fn dead_letter_depth(&self) -> Option<u32> {
-        let mut inspect = self.inspect.try_lock().ok()?;
-        let read = async {
-            let queue = inspect
-                .get_or_open(|| self.link.channel())
-                .await
-                .ok()?
-                .queue_declare(
-                    self.config.names.dead_letter_queue().as_str().into(),
-                    lapin::options::QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await;
-            queue.ok().map(|q| q.message_count())
-        };
-        tokio::time::timeout(Duration::from_secs(2), read)
-            .await
-            .ok()
-            .flatten()
-    }
-
-    /// The Prometheus text of every metric, with the gauges read now.
-    pub async fn render_metrics(&self) -> String {
-        {
-            let fleet = self.fleet();
-            for (id, entry) in &fleet.batches {
-                for state in UnitState::ALL {
-                    let labels = UnitLabels {
-                        batch: id.clone(),
-                        state: state.as_str().to_owned(),
-                    };
-                    self.metrics
-                        .units
-                        .get_or_create(&labels)
-                        .set(entry.batch.count(state) as i64);
-                }
-            }
-        }
-        if let Some(depth) = self.dead_letter_depth().await {
-            self.metrics.dead_lettered.set(i64::from(depth));
-        }
-        self.scrape_worker_health().await;
-        self.metrics.render()
-    }
-
     /// Applies a human's decision to a batch.
     pub async fn control(&self, batch_id: &str, action: Control) -> Result<(), Error> {
         let cancelling = matches!(action, Control::Cancel);
         {
             let mut fleet = self.fleet();
-            let Fleet { batches, usage } = &mut *fleet;
-            let entry = batches
-                .get_mut(batch_id)
-                .ok_or_else(|| Error::NotFound(format!("batch '{batch_id}'")))?;
-            let batch = &mut entry.batch;
-            let unit_index = |batch: &Batch, unit: &str| {
-                batch
-                    .index_of(unit)
-                    .ok_or_else(|| Error::NotFound(format!("unit '{unit}' in batch '{batch_id}'")))
-            };
-            let effects = match action {
-                Control::Cancel => batch.cancel(usage),
-                Control::Pause => {
-                    if !batch.pause() {
-                        return Err(Error::Conflict(format!(
-                            "batch '{batch_id}' is {}, not running",
-                            batch.state.as_str()
-                        )));
+            let mut effects =
+                fleet
+                    .control(batch_id, &action)
+                    .map_err(|refusal| match refusal {
+                        Refusal::NotFound(what) => Error::NotFound(what),
+                        Refusal::Conflict(why) => Error::Conflict(why),
+                    })?;
+            if let Some(entry) = fleet.get_mut(batch_id) {
+                if let Control::Skip(unit) = &action {
+                    if let Some(unit) = entry.batch.index_of(unit) {
+                        self.skip_in_train(entry, unit, &mut effects);
                     }
-                    Effects::default()
                 }
-                Control::Resume => {
-                    if !batch.resume() {
-                        return Err(Error::Conflict(format!(
-                            "batch '{batch_id}' is {}, not paused",
-                            batch.state.as_str()
-                        )));
-                    }
-                    Effects::default()
+                if !entry.batch.state.is_terminal() {
+                    entry.extra.ended_ms = None;
                 }
-                Control::Retry(unit) => {
-                    let unit = unit_index(batch, &unit)?;
-                    batch.retry(unit).map_err(Error::Conflict)?
-                }
-                Control::RetryNeedsReview => {
-                    let units = batch.needs_review();
-                    if units.is_empty() {
-                        return Err(Error::Conflict(format!(
-                            "batch '{batch_id}' has no unit in needs_review"
-                        )));
-                    }
-                    let mut all = Effects::default();
-                    for unit in units {
-                        if let Ok(effects) = batch.retry(unit) {
-                            all.changed.extend(effects.changed);
-                        }
-                    }
-                    all
-                }
-                Control::Skip(unit) => {
-                    let unit = unit_index(batch, &unit)?;
-                    let mut effects = batch.skip(unit).map_err(Error::Conflict)?;
-                    self.skip_in_train(entry, unit, &mut effects);
-                    effects
-                }
-                Control::Approve => {
-                    if !batch.approve() {
-                        return Err(Error::Conflict(format!(
-                            "batch '{batch_id}' is {}, not calibrating or awaiting approval",
-                            batch.state.as_str()
-                        )));
-                    }
-                    Effects::default()
-                }
-            };
-            if !entry.batch.state.is_terminal() {
-                entry.ended_ms = None;
             }
             self.dispatch_and_store(&mut fleet, batch_id, effects);
         }
@@ -454,131 +259,10 @@ impl Service {
         self.store.flushed().await?;
         Ok(())
     }
-
-    /// Every live lease of the fleet, soonest expiry first.
-    pub async fn leases(&self) -> Result<Vec<LeaseView>, Error> {
-        let records = self
-            .store
-            .leases()
-            .await
-            .map_err(|e| Error::redis(&self.config.redis_url, e))?;
-        let mut leases = Vec::with_capacity(records.len());
-        for (session_id, expires_at_ms, record) in records {
-            let Some(owner) = record.get("owner").and_then(|o| LeaseOwner::decode(o).ok()) else {
-                continue;
-            };
-            let semaphores = record
-                .get("semaphores")
-                .map(|held| {
-                    held.lines()
-                        .filter_map(|line| {
-                            let (key, weight) = line.rsplit_once('\t')?;
-                            Some((key.to_owned(), weight.parse().ok()?))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            leases.push(LeaseView {
-                session_id,
-                worker: owner.worker,
-                batch_id: owner.batch_id,
-                unit_id: owner.unit_id,
-                attempt: owner.attempt,
-                fencing: record
-                    .get("fence")
-                    .and_then(|f| f.parse().ok())
-                    .unwrap_or(0),
-                expires_at_ms,
-                semaphores,
-            });
-        }
-        Ok(leases)
-    }
-
-    /// Every batch, newest first.
-    pub fn batches(&self) -> Vec<BatchSummary> {
-        let fleet = self.fleet();
-        let mut list: Vec<BatchSummary> = fleet
-            .batches
-            .iter()
-            .map(|(id, e)| summary(id, e, &fleet.usage))
-            .collect();
-        list.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(a.id.cmp(&b.id)));
-        list
-    }
-
-    pub fn batch(&self, batch_id: &str) -> Result<BatchSummary, Error> {
-        let fleet = self.fleet();
-        let entry = fleet
-            .batches
-            .get(batch_id)
-            .ok_or_else(|| Error::NotFound(format!("batch '{batch_id}'")))?;
-        Ok(summary(batch_id, entry, &fleet.usage))
-    }
-
-    /// The units of a batch, optionally only those in one state.
-    pub fn units(&self, batch_id: &str, state: Option<UnitState>) -> Result<Vec<UnitView>, Error> {
-        let fleet = self.fleet();
-        let entry = fleet
-            .batches
-            .get(batch_id)
-            .ok_or_else(|| Error::NotFound(format!("batch '{batch_id}'")))?;
-        let batch = &entry.batch;
-        Ok((0..batch.units.len())
-            .filter(|&u| state.is_none_or(|s| batch.units[u].state == s))
-            .map(|u| {
-                let record = &batch.units[u];
-                UnitView {
-                    id: record.id.clone(),
-                    state: record.state,
-                    attempt: record.attempt,
-                    failures: record.failures,
-                    reason: record.reason.clone(),
-                    waiting_for: batch.waiting_for(u, &fleet.usage),
-                    history: record.history.clone(),
-                }
-            })
-            .collect())
-    }
-}
-
-/// A checked batch, built outside the fleet's lock, ready to join it.
-struct Prepared {
-    batch_id: String,
-    batch: Batch,
-    /// The batch record's fields holding the manifest.
-    fields: Vec<(String, String)>,
-    manifest_sha256: String,
-}
-
-impl Prepared {
-    /// The heavy part of an enqueue: seconds for a million units.
-    fn build(manifest: Manifest, dag: Dag) -> Result<Prepared, Error> {
-        let suffix = uuid::Uuid::new_v4().simple().to_string();
-        let batch_id = format!("{}-{}", sanitize(&manifest.batch), &suffix[..8]);
-        let (fields, manifest_sha256) = record::manifest_fields(&manifest)?;
-        let batch = Batch::new(batch_id.clone(), manifest, dag);
-        Ok(Prepared {
-            batch_id,
-            batch,
-            fields,
-            manifest_sha256,
-        })
-    }
-}
-
-/// Runs work that grows with a manifest on the blocking pool, so that the
-/// async threads keep serving the API and renewing the lock meanwhile.
-async fn off_runtime<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::Invalid(format!("enqueue stopped: {e}")))?
 }
 
 /// The batch record's fields that change as the batch runs.
-fn progress_fields(entry: &Entry) -> Vec<(String, String)> {
+fn progress_fields(entry: &Member<Entry>) -> Vec<(String, String)> {
     let batch = &entry.batch;
     let counts: BTreeMap<&str, usize> = batch
         .counts()
@@ -592,22 +276,10 @@ fn progress_fields(entry: &Entry) -> Vec<(String, String)> {
             serde_json::to_string(&counts).unwrap_or_default(),
         ),
     ];
-    if let Some(ended) = entry.ended_ms {
+    if let Some(ended) = entry.extra.ended_ms {
         fields.push(("ended_ms".into(), ended.to_string()));
     }
     fields
-}
-
-/// A human's decision about a batch.
-#[derive(Debug, Clone)]
-pub enum Control {
-    Cancel,
-    Pause,
-    Resume,
-    Retry(String),
-    RetryNeedsReview,
-    Skip(String),
-    Approve,
 }
 
 fn new_session_id() -> String {
@@ -617,24 +289,4 @@ fn new_session_id() -> String {
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-/// Keeps batch names usable in keys and file names.
-fn sanitize(name: &str) -> String {
-    let clean: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(48)
-        .collect();
-    if clean.is_empty() {
-        "batch".into()
-    } else {
-        clean
-    }
 }

@@ -21,14 +21,18 @@
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RetryMethod};
 use regatta_proto::{scripts, Keys, Notice};
+use regatta_telemetry::tasks::Tasks;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::lock::Tenure;
 use crate::Error;
 
+mod budget;
 mod writer;
 
-use writer::{largest_value, Writer, WRITE_TIMEOUT};
+use budget::largest_value;
+use writer::{Writer, WRITE_TIMEOUT};
 
 /// One change to store.
 pub enum Write {
@@ -75,10 +79,17 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects and starts the writer task. With a `tenure`, nothing is
+    /// Connects and starts the writer task in `tasks`; it stores what is
+    /// queued and ends after `shutdown`. With a `tenure`, nothing is
     /// written while the coordinator's lock is not known to be held, and
     /// Redis refuses every write once another tenure holds it.
-    pub async fn connect(url: &str, keys: Keys, tenure: Option<Tenure>) -> Result<Store, Error> {
+    pub async fn connect(
+        url: &str,
+        keys: Keys,
+        tenure: Option<Tenure>,
+        shutdown: &CancellationToken,
+        tasks: &mut Tasks,
+    ) -> Result<Store, Error> {
         let client = redis::Client::open(url).map_err(|e| Error::redis(url, e))?;
         let connection = ConnectionManager::new(client.clone())
             .await
@@ -98,6 +109,8 @@ impl Store {
             keys.clone(),
             tenure,
             receiver,
+            shutdown.clone(),
+            tasks,
         );
         Ok(Store {
             sender,
@@ -107,7 +120,7 @@ impl Store {
     }
 
     pub fn write(&self, write: Write) {
-        // The writer lives as long as the runtime; a closed channel means shutdown.
+        // The writer lives until shutdown; a closed channel means it is over.
         let _ = self.sender.send(write);
     }
 

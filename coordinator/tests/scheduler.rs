@@ -5,11 +5,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use regatta_coordinator::dag::Dag;
 use regatta_coordinator::manifest::Manifest;
 use regatta_coordinator::scheduler::DEFER_MS;
-use regatta_coordinator::scheduler::{Batch, BatchState, Effects, Finish, Report, UnitState};
+use regatta_coordinator::scheduler::{
+    Batch, BatchState, Effects, Finish, Fleet, Report, UnitState,
+};
 use regatta_proto::{EventKind, Outcome, SessionEvent};
 
 /// The dispatch time of every step-by-step test: far from the wall clock, so
@@ -44,69 +47,76 @@ fn batch(header: &str, units: &str) -> Batch {
     batch_named("b", header, units)
 }
 
-/// The fleet around one or more batches: the resource usage they share and
-/// a source of fresh session ids.
-struct Fleet {
-    usage: BTreeMap<String, u32>,
-    sessions: u32,
+/// A fresh session id; unique over the whole test run.
+fn new_session() -> String {
+    static SESSIONS: AtomicU64 = AtomicU64::new(0);
+    format!("session-{}", SESSIONS.fetch_add(1, Ordering::Relaxed) + 1)
 }
 
-impl Fleet {
-    fn new() -> Fleet {
-        Fleet {
-            usage: BTreeMap::new(),
-            sessions: 0,
-        }
-    }
-
-    fn dispatch_at(&mut self, batch: &mut Batch, now_ms: i64) -> Effects {
-        let sessions = &mut self.sessions;
-        let mut new_session = || {
-            *sessions += 1;
-            format!("session-{sessions}")
-        };
-        batch.dispatch(now_ms, &mut self.usage, &mut new_session)
-    }
-
+/// The fleet's operations as these tests drive them: batches by id, units
+/// by name, at [`NOW`] unless said otherwise.
+trait Drive {
+    /// Adds a batch to the fleet; returns its id.
+    fn add(&mut self, batch: Batch) -> String;
+    fn publish_at(&mut self, batch: &str, now_ms: i64) -> Effects;
     /// Dispatches at [`NOW`] and names the published units, in publish order.
-    fn dispatch(&mut self, batch: &mut Batch) -> Vec<String> {
-        let effects = self.dispatch_at(batch, NOW);
-        names(batch, &effects.publish)
+    fn publish(&mut self, batch: &str) -> Vec<String>;
+    /// Sends a report about a unit's current session.
+    fn send(&mut self, batch: &str, unit: &str, report: Report) -> Effects;
+    fn report_for(&mut self, batch: &str, unit: &str, session: &str, report: Report) -> Effects;
+    fn start(&mut self, batch: &str, unit: &str) -> Effects;
+    fn finish(&mut self, batch: &str, unit: &str, outcome: Outcome) -> Effects;
+    /// Starts and finishes a unit's current session.
+    fn run(&mut self, batch: &str, unit: &str, outcome: Outcome) -> Effects;
+    fn defer(&mut self, batch: &str, unit: &str) -> Effects;
+    fn retry_unit(&mut self, batch: &str, unit: &str) -> Result<Effects, String>;
+    fn skip_unit(&mut self, batch: &str, unit: &str) -> Result<Effects, String>;
+}
+
+impl Drive for Fleet {
+    fn add(&mut self, batch: Batch) -> String {
+        assert!(
+            self.batch(&batch.id).is_none(),
+            "two batches named {}",
+            batch.id
+        );
+        self.insert(batch, ())
     }
 
-    /// Sends a report about a unit's current session.
-    fn report(&mut self, batch: &mut Batch, unit: &str, report: Report) -> Effects {
-        let session = session_of(batch, unit);
+    fn publish_at(&mut self, batch: &str, now_ms: i64) -> Effects {
+        self.dispatch(batch, now_ms, &mut new_session)
+    }
+
+    fn publish(&mut self, batch: &str) -> Vec<String> {
+        let effects = self.publish_at(batch, NOW);
+        names(&self[batch], &effects.publish)
+    }
+
+    fn send(&mut self, batch: &str, unit: &str, report: Report) -> Effects {
+        let session = session_of(&self[batch], unit);
         self.report_for(batch, unit, &session, report)
     }
 
-    fn report_for(
-        &mut self,
-        batch: &mut Batch,
-        unit: &str,
-        session: &str,
-        report: Report,
-    ) -> Effects {
-        let index = index(batch, unit);
-        batch.report(index, session, report, &mut self.usage)
+    fn report_for(&mut self, batch: &str, unit: &str, session: &str, report: Report) -> Effects {
+        let index = index(&self[batch], unit);
+        self.report(batch, index, session, report)
     }
 
-    fn start(&mut self, batch: &mut Batch, unit: &str) -> Effects {
-        self.report(batch, unit, started())
+    fn start(&mut self, batch: &str, unit: &str) -> Effects {
+        self.send(batch, unit, started())
     }
 
-    fn finish(&mut self, batch: &mut Batch, unit: &str, outcome: Outcome) -> Effects {
-        self.report(batch, unit, finished(outcome))
+    fn finish(&mut self, batch: &str, unit: &str, outcome: Outcome) -> Effects {
+        self.send(batch, unit, finished(outcome))
     }
 
-    /// Starts and finishes a unit's current session.
-    fn run(&mut self, batch: &mut Batch, unit: &str, outcome: Outcome) -> Effects {
+    fn run(&mut self, batch: &str, unit: &str, outcome: Outcome) -> Effects {
         self.start(batch, unit);
         self.finish(batch, unit, outcome)
     }
 
-    fn defer(&mut self, batch: &mut Batch, unit: &str) -> Effects {
-        self.report(
+    fn defer(&mut self, batch: &str, unit: &str) -> Effects {
+        self.send(
             batch,
             unit,
             Report::Deferred {
@@ -116,8 +126,14 @@ impl Fleet {
         )
     }
 
-    fn used(&self, resource: &str) -> u32 {
-        self.usage.get(resource).copied().unwrap_or(0)
+    fn retry_unit(&mut self, batch: &str, unit: &str) -> Result<Effects, String> {
+        let unit = index(&self[batch], unit);
+        self[batch].retry(unit)
+    }
+
+    fn skip_unit(&mut self, batch: &str, unit: &str) -> Result<Effects, String> {
+        let unit = index(&self[batch], unit);
+        self[batch].skip(unit)
     }
 }
 
@@ -257,13 +273,13 @@ fn roots_are_ready_and_dependents_pending_at_start() {
 
 #[test]
 fn dispatch_records_a_fresh_attempt_for_each_published_unit() {
-    let mut batch = batch("", "  - {id: a}\n  - {id: b}");
     let mut fleet = Fleet::new();
-    let effects = fleet.dispatch_at(&mut batch, NOW);
-    assert_eq!(names(&batch, &effects.publish), ["a", "b"]);
-    assert_eq!(changed(&batch, &effects), ["a", "b"]);
+    let batch = fleet.add(batch("", "  - {id: a}\n  - {id: b}"));
+    let effects = fleet.publish_at(&batch, NOW);
+    assert_eq!(names(&fleet[&batch], &effects.publish), ["a", "b"]);
+    assert_eq!(changed(&fleet[&batch], &effects), ["a", "b"]);
     for unit in ["a", "b"] {
-        let record = &batch.units[index(&batch, unit)];
+        let record = &fleet[&batch].units[index(&fleet[&batch], unit)];
         assert_eq!(record.state, UnitState::Queued);
         assert_eq!(record.attempt, 1);
         let attempt = record.current().expect("an attempt is recorded");
@@ -271,7 +287,10 @@ fn dispatch_records_a_fresh_attempt_for_each_published_unit() {
         assert_eq!(attempt.published_at_ms, NOW);
         assert_eq!(attempt.outcome, None);
     }
-    assert_ne!(session_of(&batch, "a"), session_of(&batch, "b"));
+    assert_ne!(
+        session_of(&fleet[&batch], "a"),
+        session_of(&fleet[&batch], "b")
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -280,150 +299,154 @@ fn dispatch_records_a_fresh_attempt_for_each_published_unit() {
 
 #[test]
 fn dispatch_never_puts_more_sessions_in_flight_than_the_concurrency_cap() {
-    let mut batch = batch(
+    let mut fleet = Fleet::new();
+    let batch = fleet.add(batch(
         "concurrency: 2",
         "  - {id: a}\n  - {id: b}\n  - {id: c}\n  - {id: d}\n  - {id: e}",
-    );
-    let mut fleet = Fleet::new();
-    assert_eq!(fleet.dispatch(&mut batch), ["a", "b"]);
-    assert!(fleet.dispatch(&mut batch).is_empty());
-    assert_eq!(in_flight(&batch), 2);
-    fleet.start(&mut batch, "a");
+    ));
+    assert_eq!(fleet.publish(&batch), ["a", "b"]);
+    assert!(fleet.publish(&batch).is_empty());
+    assert_eq!(in_flight(&fleet[&batch]), 2);
+    fleet.start(&batch, "a");
     assert!(
-        fleet.dispatch(&mut batch).is_empty(),
+        fleet.publish(&batch).is_empty(),
         "a running session still holds its slot"
     );
-    fleet.finish(&mut batch, "a", Outcome::Succeeded);
-    assert_eq!(fleet.dispatch(&mut batch), ["c"]);
-    assert_eq!(in_flight(&batch), 2);
-    fleet.run(&mut batch, "b", Outcome::Succeeded);
-    fleet.run(&mut batch, "c", Outcome::Succeeded);
-    assert_eq!(fleet.dispatch(&mut batch), ["d", "e"]);
-    assert_eq!(in_flight(&batch), 2);
-    assert_counts(&batch);
+    fleet.finish(&batch, "a", Outcome::Succeeded);
+    assert_eq!(fleet.publish(&batch), ["c"]);
+    assert_eq!(in_flight(&fleet[&batch]), 2);
+    fleet.run(&batch, "b", Outcome::Succeeded);
+    fleet.run(&batch, "c", Outcome::Succeeded);
+    assert_eq!(fleet.publish(&batch), ["d", "e"]);
+    assert_eq!(in_flight(&fleet[&batch]), 2);
+    assert_counts(&fleet[&batch]);
 }
 
 #[test]
 fn dispatch_respects_resource_capacities_with_weights() {
-    let mut batch = batch(
+    let mut fleet = Fleet::new();
+    let batch = fleet.add(batch(
         "resources: {db: 3}",
         "  - {id: a, uses: {db: 2}}\n  - {id: b, uses: {db: 2}}\n  - {id: c, uses: {db: 1}}",
-    );
-    let mut fleet = Fleet::new();
-    assert_eq!(fleet.dispatch(&mut batch), ["a", "c"]);
+    ));
+    assert_eq!(fleet.publish(&batch), ["a", "c"]);
     assert_eq!(fleet.used("db"), 3);
-    assert_eq!(batch_usage(&batch, "db"), 3);
-    fleet.run(&mut batch, "c", Outcome::Succeeded);
+    assert_eq!(batch_usage(&fleet[&batch], "db"), 3);
+    fleet.run(&batch, "c", Outcome::Succeeded);
     assert_eq!(fleet.used("db"), 2);
     assert!(
-        fleet.dispatch(&mut batch).is_empty(),
+        fleet.publish(&batch).is_empty(),
         "b needs 2 of db and only 1 is free"
     );
-    fleet.run(&mut batch, "a", Outcome::Succeeded);
+    fleet.run(&batch, "a", Outcome::Succeeded);
     assert_eq!(fleet.used("db"), 0);
-    assert_eq!(fleet.dispatch(&mut batch), ["b"]);
+    assert_eq!(fleet.publish(&batch), ["b"]);
     assert_eq!(fleet.used("db"), 2);
-    assert_eq!(batch_usage(&batch, "db"), 2);
+    assert_eq!(batch_usage(&fleet[&batch], "db"), 2);
 }
 
 #[test]
 fn two_batches_sharing_a_resource_name_share_its_capacity() {
-    let mut first = batch_named(
+    let mut fleet = Fleet::new();
+    let first = fleet.add(batch_named(
         "first",
         "resources: {db: 2}",
         "  - {id: a1, uses: [db]}\n  - {id: a2, uses: [db]}\n  - {id: a3, uses: [db]}",
-    );
-    let mut second = batch_named("second", "resources: {db: 2}", "  - {id: b1, uses: [db]}");
-    let mut fleet = Fleet::new();
-    assert_eq!(fleet.dispatch(&mut first), ["a1", "a2"]);
+    ));
+    let second = fleet.add(batch_named(
+        "second",
+        "resources: {db: 2}",
+        "  - {id: b1, uses: [db]}",
+    ));
+    assert_eq!(fleet.publish(&first), ["a1", "a2"]);
     assert!(
-        fleet.dispatch(&mut second).is_empty(),
+        fleet.publish(&second).is_empty(),
         "the first batch holds all of db"
     );
-    let waiting = second
-        .waiting_for(index(&second, "b1"), &fleet.usage)
+    let waiting = fleet
+        .waiting_for(&second, index(&fleet[&second], "b1"))
         .expect("b1 waits");
     assert!(waiting.contains("db"), "{waiting}");
-    fleet.run(&mut first, "a1", Outcome::Succeeded);
-    assert_eq!(fleet.dispatch(&mut second), ["b1"]);
+    fleet.run(&first, "a1", Outcome::Succeeded);
+    assert_eq!(fleet.publish(&second), ["b1"]);
     assert!(
-        fleet.dispatch(&mut first).is_empty(),
+        fleet.publish(&first).is_empty(),
         "the second batch now holds the free share"
     );
     assert_eq!(fleet.used("db"), 2);
-    assert_eq!(batch_usage(&first, "db"), 1);
-    assert_eq!(batch_usage(&second, "db"), 1);
-    fleet.run(&mut second, "b1", Outcome::Succeeded);
-    assert_eq!(fleet.dispatch(&mut first), ["a3"]);
+    assert_eq!(batch_usage(&fleet[&first], "db"), 1);
+    assert_eq!(batch_usage(&fleet[&second], "db"), 1);
+    fleet.run(&second, "b1", Outcome::Succeeded);
+    assert_eq!(fleet.publish(&first), ["a3"]);
     assert_eq!(fleet.used("db"), 2);
 }
 
 #[test]
 fn a_touched_file_is_a_mutex_between_units() {
+    let mut fleet = Fleet::new();
     // Touched files are named by their absolute path (workdir + path).
-    let mut batch = batch(
+    let batch = fleet.add(batch(
         "",
         "  - {id: a, touches: [src/x.sql]}\n  - {id: b, touches: [src/./x.sql]}\n  - {id: c, touches: [src/y.sql]}",
-    );
-    let mut fleet = Fleet::new();
-    assert_eq!(fleet.dispatch(&mut batch), ["a", "c"]);
+    ));
+    assert_eq!(fleet.publish(&batch), ["a", "c"]);
     assert_eq!(fleet.used("file:/tmp/src/x.sql"), 1);
     assert_eq!(fleet.used("file:/tmp/src/y.sql"), 1);
-    let waiting = batch
-        .waiting_for(index(&batch, "b"), &fleet.usage)
+    let waiting = fleet
+        .waiting_for(&batch, index(&fleet[&batch], "b"))
         .expect("b waits for the file");
     assert!(waiting.contains("src/x.sql"), "{waiting}");
-    fleet.run(&mut batch, "a", Outcome::Succeeded);
+    fleet.run(&batch, "a", Outcome::Succeeded);
     assert_eq!(fleet.used("file:/tmp/src/x.sql"), 0);
-    assert_eq!(fleet.dispatch(&mut batch), ["b"]);
+    assert_eq!(fleet.publish(&batch), ["b"]);
     assert_eq!(fleet.used("file:/tmp/src/x.sql"), 1);
 }
 
 #[test]
 fn dispatch_order_is_priority_first_then_manifest_order() {
-    let units = "  - {id: a}\n  - {id: b, priority: 5}\n  - {id: c, priority: -1}\n  - {id: d, priority: 5}\n  - {id: e}";
-    let mut all_at_once = batch("", units);
     let mut fleet = Fleet::new();
-    assert_eq!(fleet.dispatch(&mut all_at_once), ["b", "d", "a", "e", "c"]);
+    let units = "  - {id: a}\n  - {id: b, priority: 5}\n  - {id: c, priority: -1}\n  - {id: d, priority: 5}\n  - {id: e}";
+    let all_at_once = fleet.add(batch_named("all-at-once", "", units));
+    assert_eq!(fleet.publish(&all_at_once), ["b", "d", "a", "e", "c"]);
 
-    let mut one_by_one = batch("concurrency: 1", units);
+    let one_by_one = fleet.add(batch_named("one-by-one", "concurrency: 1", units));
     let mut order = Vec::new();
     loop {
-        let published = fleet.dispatch(&mut one_by_one);
+        let published = fleet.publish(&one_by_one);
         let Some(unit) = published.first() else {
             break;
         };
         assert_eq!(published.len(), 1);
-        fleet.run(&mut one_by_one, unit, Outcome::Succeeded);
+        fleet.run(&one_by_one, unit, Outcome::Succeeded);
         order.push(unit.clone());
     }
     assert_eq!(order, ["b", "d", "a", "e", "c"]);
-    assert_eq!(one_by_one.state, BatchState::Succeeded);
+    assert_eq!(fleet[&one_by_one].state, BatchState::Succeeded);
 }
 
 #[test]
 fn a_unit_that_becomes_ready_with_a_higher_priority_goes_before_older_ready_units() {
-    let mut batch = batch(
+    let mut fleet = Fleet::new();
+    let batch = fleet.add(batch(
         "concurrency: 1",
         "  - {id: a}\n  - {id: b}\n  - {id: c, depends_on: [a], priority: 9}",
-    );
-    let mut fleet = Fleet::new();
-    assert_eq!(fleet.dispatch(&mut batch), ["a"]);
-    fleet.run(&mut batch, "a", Outcome::Succeeded);
-    assert_eq!(fleet.dispatch(&mut batch), ["c"]);
+    ));
+    assert_eq!(fleet.publish(&batch), ["a"]);
+    fleet.run(&batch, "a", Outcome::Succeeded);
+    assert_eq!(fleet.publish(&batch), ["c"]);
 }
 
 #[test]
 fn a_unit_waiting_for_a_saturated_resource_does_not_hold_back_later_units() {
-    let mut batch = batch(
+    let mut fleet = Fleet::new();
+    let batch = fleet.add(batch(
         "resources: {db: 1, api: 1}",
         "  - {id: a, uses: [db], priority: 2}\n  - {id: b, uses: [db], priority: 1}\n  - {id: c, uses: [api]}\n  - {id: d}",
-    );
-    let mut fleet = Fleet::new();
-    assert_eq!(fleet.dispatch(&mut batch), ["a", "c", "d"]);
-    assert_eq!(state(&batch, "b"), UnitState::Ready);
-    let waiting = batch
-        .waiting_for(index(&batch, "b"), &fleet.usage)
+    ));
+    assert_eq!(fleet.publish(&batch), ["a", "c", "d"]);
+    assert_eq!(state(&fleet[&batch], "b"), UnitState::Ready);
+    let waiting = fleet
+        .waiting_for(&batch, index(&fleet[&batch], "b"))
         .expect("b waits");
     assert!(waiting.contains("db"), "{waiting}");
 }
@@ -434,27 +457,27 @@ fn a_unit_waiting_for_a_saturated_resource_does_not_hold_back_later_units() {
 
 #[test]
 fn started_marks_the_unit_running_with_its_worker_fencing_and_start_time() {
-    let mut batch = batch("", "  - {id: a}");
     let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
-    let effects = fleet.start(&mut batch, "a");
-    assert_eq!(changed(&batch, &effects), ["a"]);
+    let batch = fleet.add(batch("", "  - {id: a}"));
+    fleet.publish(&batch);
+    let effects = fleet.start(&batch, "a");
+    assert_eq!(changed(&fleet[&batch], &effects), ["a"]);
     assert!(effects.publish.is_empty());
-    assert_eq!(state(&batch, "a"), UnitState::Running);
-    let attempt = batch.units[0].current().expect("an attempt");
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::Running);
+    let attempt = fleet[&batch].units[0].current().expect("an attempt");
     assert_eq!(attempt.worker.as_deref(), Some("worker-1"));
     assert_eq!(attempt.fencing, FENCING);
     assert_eq!(attempt.started_at_ms, Some(NOW + 1));
-    assert_counts(&batch);
+    assert_counts(&fleet[&batch]);
 }
 
 #[test]
 fn a_finished_session_records_its_outcome_exit_code_log_and_end() {
-    let mut batch = batch("retries: 0", "  - {id: a}");
     let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
-    fleet.run(&mut batch, "a", Outcome::Failed);
-    let record = &batch.units[0];
+    let batch = fleet.add(batch("retries: 0", "  - {id: a}"));
+    fleet.publish(&batch);
+    fleet.run(&batch, "a", Outcome::Failed);
+    let record = &fleet[&batch].units[0];
     let attempt = record.current().expect("an attempt");
     assert_eq!(attempt.outcome, Some(Outcome::Failed));
     assert_eq!(attempt.exit_code, Some(1));
@@ -468,63 +491,66 @@ fn a_finished_session_records_its_outcome_exit_code_log_and_end() {
 #[test]
 fn started_then_finished_succeeds_and_releases_a_dependent_only_when_all_its_dependencies_succeeded(
 ) {
-    let mut batch = batch(
+    let mut fleet = Fleet::new();
+    let batch = fleet.add(batch(
         "",
         "  - {id: a}\n  - {id: b}\n  - {id: c, depends_on: [a, b]}",
-    );
-    let mut fleet = Fleet::new();
-    assert_eq!(fleet.dispatch(&mut batch), ["a", "b"]);
-    let effects = fleet.run(&mut batch, "a", Outcome::Succeeded);
-    assert_eq!(changed(&batch, &effects), ["a"]);
-    assert_eq!(state(&batch, "a"), UnitState::Succeeded);
-    assert_eq!(state(&batch, "c"), UnitState::Pending);
-    assert!(fleet.dispatch(&mut batch).is_empty());
-    let effects = fleet.run(&mut batch, "b", Outcome::Succeeded);
-    assert_eq!(changed(&batch, &effects), ["b", "c"]);
-    assert_eq!(state(&batch, "c"), UnitState::Ready);
-    assert_eq!(fleet.dispatch(&mut batch), ["c"]);
-    assert_counts(&batch);
+    ));
+    assert_eq!(fleet.publish(&batch), ["a", "b"]);
+    let effects = fleet.run(&batch, "a", Outcome::Succeeded);
+    assert_eq!(changed(&fleet[&batch], &effects), ["a"]);
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::Succeeded);
+    assert_eq!(state(&fleet[&batch], "c"), UnitState::Pending);
+    assert!(fleet.publish(&batch).is_empty());
+    let effects = fleet.run(&batch, "b", Outcome::Succeeded);
+    assert_eq!(changed(&fleet[&batch], &effects), ["b", "c"]);
+    assert_eq!(state(&fleet[&batch], "c"), UnitState::Ready);
+    assert_eq!(fleet.publish(&batch), ["c"]);
+    assert_counts(&fleet[&batch]);
 }
 
 #[test]
 fn a_dependent_of_a_failed_unit_waiting_for_its_retry_stays_pending() {
-    let mut batch = batch("retries: 1", "  - {id: a}\n  - {id: b, depends_on: [a]}");
     let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
-    fleet.run(&mut batch, "a", Outcome::Failed);
-    assert_eq!(state(&batch, "a"), UnitState::Ready);
-    assert_eq!(state(&batch, "b"), UnitState::Pending);
-    assert_eq!(fleet.dispatch(&mut batch), ["a"]);
-    fleet.run(&mut batch, "a", Outcome::Succeeded);
-    assert_eq!(state(&batch, "b"), UnitState::Ready);
+    let batch = fleet.add(batch(
+        "retries: 1",
+        "  - {id: a}\n  - {id: b, depends_on: [a]}",
+    ));
+    fleet.publish(&batch);
+    fleet.run(&batch, "a", Outcome::Failed);
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::Ready);
+    assert_eq!(state(&fleet[&batch], "b"), UnitState::Pending);
+    assert_eq!(fleet.publish(&batch), ["a"]);
+    fleet.run(&batch, "a", Outcome::Succeeded);
+    assert_eq!(state(&fleet[&batch], "b"), UnitState::Ready);
 }
 
 #[test]
 fn a_session_may_finish_without_a_started_event() {
-    let mut batch = batch("", "  - {id: a}\n  - {id: b, depends_on: [a]}");
     let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
-    fleet.finish(&mut batch, "a", Outcome::Succeeded);
-    assert_eq!(state(&batch, "a"), UnitState::Succeeded);
-    assert_eq!(state(&batch, "b"), UnitState::Ready);
-    assert_eq!(in_flight(&batch), 0);
+    let batch = fleet.add(batch("", "  - {id: a}\n  - {id: b, depends_on: [a]}"));
+    fleet.publish(&batch);
+    fleet.finish(&batch, "a", Outcome::Succeeded);
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::Succeeded);
+    assert_eq!(state(&fleet[&batch], "b"), UnitState::Ready);
+    assert_eq!(in_flight(&fleet[&batch]), 0);
 }
 
 #[test]
 fn events_of_a_stale_or_unknown_session_change_nothing() {
-    let mut batch = batch(
+    let mut fleet = Fleet::new();
+    let batch = fleet.add(batch(
         "retries: 1\nresources: {db: 1}",
         "  - {id: a, uses: [db]}\n  - {id: b, depends_on: [a]}",
-    );
-    let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
-    let old = session_of(&batch, "a");
-    fleet.run(&mut batch, "a", Outcome::Failed);
-    assert_eq!(fleet.dispatch(&mut batch), ["a"]);
-    let new = session_of(&batch, "a");
+    ));
+    fleet.publish(&batch);
+    let old = session_of(&fleet[&batch], "a");
+    fleet.run(&batch, "a", Outcome::Failed);
+    assert_eq!(fleet.publish(&batch), ["a"]);
+    let new = session_of(&fleet[&batch], "a");
     assert_ne!(old, new, "a retry runs under a new session");
 
-    let before = snapshot(&batch, &fleet.usage);
+    let before = snapshot(&fleet[&batch], fleet.usage());
     for session in [old.as_str(), "no-such-session", ""] {
         for report in [
             started(),
@@ -535,72 +561,72 @@ fn events_of_a_stale_or_unknown_session_change_nothing() {
                 received_at_ms: NOW,
             },
         ] {
-            let effects = fleet.report_for(&mut batch, "a", session, report);
+            let effects = fleet.report_for(&batch, "a", session, report);
             assert_eq!(effects, Effects::default(), "session {session:?}");
-            assert_eq!(snapshot(&batch, &fleet.usage), before);
+            assert_eq!(snapshot(&fleet[&batch], fleet.usage()), before);
         }
     }
     // A unit that was never published has no session to report about.
-    let effects = fleet.report_for(&mut batch, "b", &new, finished(Outcome::Succeeded));
+    let effects = fleet.report_for(&batch, "b", &new, finished(Outcome::Succeeded));
     assert_eq!(effects, Effects::default());
-    assert_eq!(snapshot(&batch, &fleet.usage), before);
+    assert_eq!(snapshot(&fleet[&batch], fleet.usage()), before);
 }
 
 #[test]
 fn duplicated_events_change_nothing() {
-    let mut batch = batch(
+    let mut fleet = Fleet::new();
+    let batch = fleet.add(batch(
         "resources: {db: 2}",
         "  - {id: a, uses: [db]}\n  - {id: b, uses: [db]}\n  - {id: c, depends_on: [a]}",
-    );
-    let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
+    ));
+    fleet.publish(&batch);
     assert_eq!(fleet.used("db"), 2);
 
-    fleet.start(&mut batch, "a");
-    let before = snapshot(&batch, &fleet.usage);
-    assert_eq!(fleet.start(&mut batch, "a"), Effects::default());
-    assert_eq!(snapshot(&batch, &fleet.usage), before);
+    fleet.start(&batch, "a");
+    let before = snapshot(&fleet[&batch], fleet.usage());
+    assert_eq!(fleet.start(&batch, "a"), Effects::default());
+    assert_eq!(snapshot(&fleet[&batch], fleet.usage()), before);
 
-    fleet.finish(&mut batch, "a", Outcome::Succeeded);
+    fleet.finish(&batch, "a", Outcome::Succeeded);
     assert_eq!(fleet.used("db"), 1);
-    let before = snapshot(&batch, &fleet.usage);
+    let before = snapshot(&fleet[&batch], fleet.usage());
     for report in [
         finished(Outcome::Succeeded),
         finished(Outcome::Failed),
         started(),
     ] {
-        assert_eq!(fleet.report(&mut batch, "a", report), Effects::default());
+        assert_eq!(fleet.send(&batch, "a", report), Effects::default());
         assert_eq!(
-            snapshot(&batch, &fleet.usage),
+            snapshot(&fleet[&batch], fleet.usage()),
             before,
             "b's share of db must stay held"
         );
     }
     assert_eq!(fleet.used("db"), 1);
-    assert_eq!(state(&batch, "c"), UnitState::Ready);
-    assert_counts(&batch);
+    assert_eq!(state(&fleet[&batch], "c"), UnitState::Ready);
+    assert_counts(&fleet[&batch]);
 }
 
 #[test]
 fn a_finished_report_under_another_fencing_number_than_the_claim_changes_nothing() {
-    let mut batch = batch("", "  - {id: a}");
     let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
-    fleet.start(&mut batch, "a");
-    let before = snapshot(&batch, &fleet.usage);
-    let zombie = fleet.report(
-        &mut batch,
+    let batch = fleet.add(batch("", "  - {id: a}"));
+    fleet.publish(&batch);
+    fleet.start(&batch, "a");
+    let before = snapshot(&fleet[&batch], fleet.usage());
+    let zombie = fleet.send(
+        &batch,
         "a",
         finished_with_fencing(Outcome::Failed, FENCING - 1),
     );
     assert_eq!(zombie, Effects::default());
-    assert_eq!(snapshot(&batch, &fleet.usage), before);
-    fleet.report(
-        &mut batch,
+    assert_eq!(snapshot(&fleet[&batch], fleet.usage()), before);
+    fleet.send(
+        &batch,
         "a",
         finished_with_fencing(Outcome::Succeeded, FENCING),
     );
-    assert_eq!(state(&batch, "a"), UnitState::Succeeded);
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::Succeeded);
 }
 
 // ---------------------------------------------------------------------------
@@ -609,38 +635,45 @@ fn a_finished_report_under_another_fencing_number_than_the_claim_changes_nothing
 
 #[test]
 fn a_failure_is_retried_as_a_new_attempt_with_a_new_session() {
-    let mut batch = batch("retries: 2", "  - {id: a}");
     let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
-    let first = session_of(&batch, "a");
-    fleet.run(&mut batch, "a", Outcome::Failed);
-    assert_eq!(state(&batch, "a"), UnitState::Ready);
-    assert_eq!(batch.units[0].failures, 1);
-    assert!(batch.units[0].reason.is_some(), "the failure is explained");
-    assert_eq!(fleet.dispatch(&mut batch), ["a"]);
-    let record = &batch.units[0];
+    let batch = fleet.add(batch("retries: 2", "  - {id: a}"));
+    fleet.publish(&batch);
+    let first = session_of(&fleet[&batch], "a");
+    fleet.run(&batch, "a", Outcome::Failed);
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::Ready);
+    assert_eq!(fleet[&batch].units[0].failures, 1);
+    assert!(
+        fleet[&batch].units[0].reason.is_some(),
+        "the failure is explained"
+    );
+    assert_eq!(fleet.publish(&batch), ["a"]);
+    let record = &fleet[&batch].units[0];
     assert_eq!(record.attempt, 2);
     assert_eq!(record.history.len(), 2);
     assert_eq!(record.history[0].outcome, Some(Outcome::Failed));
     assert_eq!(record.history[0].session_id, first);
     assert_eq!(record.history[1].attempt, 2);
     assert_ne!(record.history[1].session_id, first);
-    assert_eq!(batch.state, BatchState::Running);
+    assert_eq!(fleet[&batch].state, BatchState::Running);
 }
 
 #[test]
 fn a_unit_needs_review_once_its_retries_are_used_up() {
-    let mut batch = batch("retries: 2", "  - {id: a}\n  - {id: b}");
     let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
-    fleet.run(&mut batch, "b", Outcome::Succeeded);
+    let batch = fleet.add(batch("retries: 2", "  - {id: a}\n  - {id: b}"));
+    fleet.publish(&batch);
+    fleet.run(&batch, "b", Outcome::Succeeded);
     for failure in 1..=3 {
-        assert_eq!(state(&batch, "a"), UnitState::Queued, "attempt {failure}");
-        fleet.run(&mut batch, "a", Outcome::Failed);
-        assert_eq!(batch.units[0].failures, failure);
-        fleet.dispatch(&mut batch);
+        assert_eq!(
+            state(&fleet[&batch], "a"),
+            UnitState::Queued,
+            "attempt {failure}"
+        );
+        fleet.run(&batch, "a", Outcome::Failed);
+        assert_eq!(fleet[&batch].units[0].failures, failure);
+        fleet.publish(&batch);
     }
-    let record = &batch.units[0];
+    let record = &fleet[&batch].units[0];
     assert_eq!(record.state, UnitState::NeedsReview);
     assert_eq!(record.history.len(), 3);
     let sessions: BTreeSet<&str> = record
@@ -649,86 +682,91 @@ fn a_unit_needs_review_once_its_retries_are_used_up() {
         .map(|a| a.session_id.as_str())
         .collect();
     assert_eq!(sessions.len(), 3, "every attempt has its own session");
-    assert_eq!(batch.needs_review(), [0]);
-    assert!(fleet.dispatch(&mut batch).is_empty());
-    assert_eq!(batch.state, BatchState::Failed);
+    assert_eq!(fleet[&batch].needs_review(), [0]);
+    assert!(fleet.publish(&batch).is_empty());
+    assert_eq!(fleet[&batch].state, BatchState::Failed);
 }
 
 #[test]
 fn with_no_retries_the_first_failure_needs_review() {
-    let mut batch = batch("retries: 0", "  - {id: a}");
     let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
-    fleet.run(&mut batch, "a", Outcome::Failed);
-    assert_eq!(state(&batch, "a"), UnitState::NeedsReview);
-    assert_eq!(batch.state, BatchState::Failed);
+    let batch = fleet.add(batch("retries: 0", "  - {id: a}"));
+    fleet.publish(&batch);
+    fleet.run(&batch, "a", Outcome::Failed);
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::NeedsReview);
+    assert_eq!(fleet[&batch].state, BatchState::Failed);
 }
 
 #[test]
 fn a_unit_in_review_blocks_every_descendant_while_independent_units_go_on() {
-    let mut batch = batch(
+    let mut fleet = Fleet::new();
+    let batch = fleet.add(batch(
         "retries: 0",
         "  - {id: a}\n  - {id: b, depends_on: [a]}\n  - {id: c, depends_on: [b]}\n  - {id: d, depends_on: [a]}\n  - {id: e}\n  - {id: f, depends_on: [e]}\n  - {id: g, depends_on: [c, e]}",
+    ));
+    assert_eq!(fleet.publish(&batch), ["a", "e"]);
+    let effects = fleet.run(&batch, "a", Outcome::Failed);
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::NeedsReview);
+    assert_eq!(
+        units_in(&fleet[&batch], UnitState::Blocked),
+        ["b", "c", "d", "g"]
     );
-    let mut fleet = Fleet::new();
-    assert_eq!(fleet.dispatch(&mut batch), ["a", "e"]);
-    let effects = fleet.run(&mut batch, "a", Outcome::Failed);
-    assert_eq!(state(&batch, "a"), UnitState::NeedsReview);
-    assert_eq!(units_in(&batch, UnitState::Blocked), ["b", "c", "d", "g"]);
-    assert_eq!(changed(&batch, &effects), ["a", "b", "c", "d", "g"]);
+    assert_eq!(changed(&fleet[&batch], &effects), ["a", "b", "c", "d", "g"]);
     for unit in ["b", "c", "d", "g"] {
-        let reason = batch.units[index(&batch, unit)].reason.clone();
+        let reason = fleet[&batch].units[index(&fleet[&batch], unit)]
+            .reason
+            .clone();
         assert!(
             reason.as_deref().unwrap_or("").contains("'a'"),
             "{unit}: {reason:?}"
         );
     }
-    assert_eq!(batch.state, BatchState::Running, "e still runs");
-    fleet.run(&mut batch, "e", Outcome::Succeeded);
-    assert_eq!(state(&batch, "f"), UnitState::Ready);
+    assert_eq!(fleet[&batch].state, BatchState::Running, "e still runs");
+    fleet.run(&batch, "e", Outcome::Succeeded);
+    assert_eq!(state(&fleet[&batch], "f"), UnitState::Ready);
     assert_eq!(
-        state(&batch, "g"),
+        state(&fleet[&batch], "g"),
         UnitState::Blocked,
         "g stays blocked by a"
     );
-    assert_eq!(fleet.dispatch(&mut batch), ["f"]);
-    fleet.run(&mut batch, "f", Outcome::Succeeded);
-    assert_eq!(batch.state, BatchState::Failed);
-    assert_counts(&batch);
+    assert_eq!(fleet.publish(&batch), ["f"]);
+    fleet.run(&batch, "f", Outcome::Succeeded);
+    assert_eq!(fleet[&batch].state, BatchState::Failed);
+    assert_counts(&fleet[&batch]);
 }
 
 #[test]
 fn interrupted_does_not_count_against_retries() {
-    let mut batch = batch("retries: 0", "  - {id: a}");
     let mut fleet = Fleet::new();
+    let batch = fleet.add(batch("retries: 0", "  - {id: a}"));
     for attempt in 1..=3 {
-        assert_eq!(fleet.dispatch(&mut batch), ["a"], "attempt {attempt}");
-        fleet.run(&mut batch, "a", Outcome::Interrupted);
-        assert_eq!(state(&batch, "a"), UnitState::Ready);
-        assert_eq!(batch.units[0].failures, 0);
+        assert_eq!(fleet.publish(&batch), ["a"], "attempt {attempt}");
+        fleet.run(&batch, "a", Outcome::Interrupted);
+        assert_eq!(state(&fleet[&batch], "a"), UnitState::Ready);
+        assert_eq!(fleet[&batch].units[0].failures, 0);
     }
-    assert_eq!(batch.units[0].history.len(), 3);
-    assert_eq!(fleet.dispatch(&mut batch), ["a"]);
-    fleet.run(&mut batch, "a", Outcome::Failed);
-    assert_eq!(state(&batch, "a"), UnitState::NeedsReview);
+    assert_eq!(fleet[&batch].units[0].history.len(), 3);
+    assert_eq!(fleet.publish(&batch), ["a"]);
+    fleet.run(&batch, "a", Outcome::Failed);
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::NeedsReview);
 }
 
 #[test]
 fn lost_and_timed_out_count_against_retries() {
-    let mut batch = batch("retries: 1", "  - {id: a}\n  - {id: b}");
     let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
-    fleet.run(&mut batch, "a", Outcome::Lost);
-    assert_eq!(state(&batch, "a"), UnitState::Ready);
-    assert_eq!(batch.units[0].failures, 1);
-    fleet.dispatch(&mut batch);
-    fleet.run(&mut batch, "a", Outcome::TimedOut);
-    assert_eq!(state(&batch, "a"), UnitState::NeedsReview);
-    assert_eq!(batch.units[0].failures, 2);
+    let batch = fleet.add(batch("retries: 1", "  - {id: a}\n  - {id: b}"));
+    fleet.publish(&batch);
+    fleet.run(&batch, "a", Outcome::Lost);
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::Ready);
+    assert_eq!(fleet[&batch].units[0].failures, 1);
+    fleet.publish(&batch);
+    fleet.run(&batch, "a", Outcome::TimedOut);
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::NeedsReview);
+    assert_eq!(fleet[&batch].units[0].failures, 2);
 
-    fleet.run(&mut batch, "b", Outcome::TimedOut);
-    assert_eq!(state(&batch, "b"), UnitState::Ready);
-    assert_eq!(batch.units[1].failures, 1);
+    fleet.run(&batch, "b", Outcome::TimedOut);
+    assert_eq!(state(&fleet[&batch], "b"), UnitState::Ready);
+    assert_eq!(fleet[&batch].units[1].failures, 1);
 }
 
 // ---------------------------------------------------------------------------
@@ -737,16 +775,19 @@ fn lost_and_timed_out_count_against_retries() {
 
 #[test]
 fn a_deferred_unit_goes_back_to_ready_without_using_an_attempt() {
-    let mut batch = batch("retries: 1\nresources: {db: 1}", "  - {id: a, uses: [db]}");
     let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
-    fleet.run(&mut batch, "a", Outcome::Failed);
-    assert_eq!(fleet.dispatch(&mut batch), ["a"]);
-    assert_eq!(batch.units[0].history.len(), 2);
+    let batch = fleet.add(batch(
+        "retries: 1\nresources: {db: 1}",
+        "  - {id: a, uses: [db]}",
+    ));
+    fleet.publish(&batch);
+    fleet.run(&batch, "a", Outcome::Failed);
+    assert_eq!(fleet.publish(&batch), ["a"]);
+    assert_eq!(fleet[&batch].units[0].history.len(), 2);
 
-    let effects = fleet.defer(&mut batch, "a");
-    assert_eq!(changed(&batch, &effects), ["a"]);
-    let record = &batch.units[0];
+    let effects = fleet.defer(&batch, "a");
+    assert_eq!(changed(&fleet[&batch], &effects), ["a"]);
+    let record = &fleet[&batch].units[0];
     assert_eq!(record.state, UnitState::Ready);
     assert_eq!(record.failures, 1, "a deferral is no failure");
     assert_eq!(record.attempt, 1, "the deferred attempt is taken back");
@@ -757,37 +798,34 @@ fn a_deferred_unit_goes_back_to_ready_without_using_an_attempt() {
         Some("the database is in maintenance")
     );
     assert_eq!(fleet.used("db"), 0);
-    assert_eq!(batch_usage(&batch, "db"), 0);
-    assert_eq!(in_flight(&batch), 0);
-    assert_counts(&batch);
+    assert_eq!(batch_usage(&fleet[&batch], "db"), 0);
+    assert_eq!(in_flight(&fleet[&batch]), 0);
+    assert_counts(&fleet[&batch]);
 }
 
 #[test]
 fn a_deferred_unit_is_not_dispatched_again_at_once_and_does_not_hold_back_others() {
-    let mut batch = batch("concurrency: 1", "  - {id: a}\n  - {id: b}");
     let mut fleet = Fleet::new();
-    assert_eq!(fleet.dispatch(&mut batch), ["a"]);
-    fleet.defer(&mut batch, "a");
-    assert_eq!(fleet.dispatch(&mut batch), ["b"]);
-    fleet.run(&mut batch, "b", Outcome::Succeeded);
-    assert!(
-        fleet.dispatch(&mut batch).is_empty(),
-        "a's delay has not passed"
-    );
-    assert_eq!(state(&batch, "a"), UnitState::Ready);
+    let batch = fleet.add(batch("concurrency: 1", "  - {id: a}\n  - {id: b}"));
+    assert_eq!(fleet.publish(&batch), ["a"]);
+    fleet.defer(&batch, "a");
+    assert_eq!(fleet.publish(&batch), ["b"]);
+    fleet.run(&batch, "b", Outcome::Succeeded);
+    assert!(fleet.publish(&batch).is_empty(), "a's delay has not passed");
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::Ready);
 }
 
 #[test]
 fn a_deferred_unit_is_dispatched_again_once_its_delay_has_passed() {
-    let mut batch = batch("", "  - {id: a}");
     let mut fleet = Fleet::new();
-    let first = fleet.dispatch_at(&mut batch, NOW);
-    assert_eq!(names(&batch, &first.publish), ["a"]);
-    fleet.defer(&mut batch, "a");
-    assert!(fleet.dispatch_at(&mut batch, NOW).publish.is_empty());
-    let later = fleet.dispatch_at(&mut batch, NOW + HOUR_MS);
+    let batch = fleet.add(batch("", "  - {id: a}"));
+    let first = fleet.publish_at(&batch, NOW);
+    assert_eq!(names(&fleet[&batch], &first.publish), ["a"]);
+    fleet.defer(&batch, "a");
+    assert!(fleet.publish_at(&batch, NOW).publish.is_empty());
+    let later = fleet.publish_at(&batch, NOW + HOUR_MS);
     assert_eq!(
-        names(&batch, &later.publish),
+        names(&fleet[&batch], &later.publish),
         ["a"],
         "an hour after the deferral, the unit runs again"
     );
@@ -795,14 +833,14 @@ fn a_deferred_unit_is_dispatched_again_once_its_delay_has_passed() {
 
 #[test]
 fn a_deferral_from_a_worker_an_hour_ahead_waits_only_the_defer_period_of_the_coordinators_clock() {
-    let mut batch = batch("", "  - {id: a}");
     let mut fleet = Fleet::new();
-    assert_eq!(fleet.dispatch(&mut batch), ["a"]);
+    let batch = fleet.add(batch("", "  - {id: a}"));
+    assert_eq!(fleet.publish(&batch), ["a"]);
     // The worker's clock runs an hour ahead of the coordinator's.
     let event = SessionEvent {
-        batch_id: batch.id.clone(),
+        batch_id: fleet[&batch].id.clone(),
         unit_id: "a".into(),
-        session_id: session_of(&batch, "a"),
+        session_id: session_of(&fleet[&batch], "a"),
         attempt: 1,
         fencing: 0,
         worker: "worker-ahead".into(),
@@ -811,19 +849,19 @@ fn a_deferral_from_a_worker_an_hour_ahead_waits_only_the_defer_period_of_the_coo
             reason: "waiting for db".into(),
         },
     };
-    let effects = fleet.report(&mut batch, "a", Report::from_event(&event, NOW));
+    let effects = fleet.send(&batch, "a", Report::from_event(&event, NOW));
     assert!(effects.changed.contains(&0), "the hand-back applies");
-    assert_eq!(state(&batch, "a"), UnitState::Ready);
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::Ready);
     assert!(
         fleet
-            .dispatch_at(&mut batch, NOW + DEFER_MS - 1)
+            .publish_at(&batch, NOW + DEFER_MS - 1)
             .publish
             .is_empty(),
         "the unit waits its defer period"
     );
-    let again = fleet.dispatch_at(&mut batch, NOW + DEFER_MS);
+    let again = fleet.publish_at(&batch, NOW + DEFER_MS);
     assert_eq!(
-        names(&batch, &again.publish),
+        names(&fleet[&batch], &again.publish),
         ["a"],
         "{DEFER_MS} ms after the coordinator received the deferral, by its own clock, the unit \
          runs again, whatever the worker's clock said"
@@ -832,13 +870,13 @@ fn a_deferral_from_a_worker_an_hour_ahead_waits_only_the_defer_period_of_the_coo
 
 #[test]
 fn waiting_for_says_a_deferred_unit_waits_for_its_delay() {
-    let mut batch = batch("", "  - {id: a}");
     let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
-    fleet.defer(&mut batch, "a");
-    assert!(fleet.dispatch_at(&mut batch, NOW).publish.is_empty());
+    let batch = fleet.add(batch("", "  - {id: a}"));
+    fleet.publish(&batch);
+    fleet.defer(&batch, "a");
+    assert!(fleet.publish_at(&batch, NOW).publish.is_empty());
     assert!(
-        batch.waiting_for(0, &fleet.usage).is_some(),
+        fleet.waiting_for(&batch, 0).is_some(),
         "a ready unit that dispatch skips waits for something"
     );
 }
@@ -849,30 +887,34 @@ fn waiting_for_says_a_deferred_unit_waits_for_its_delay() {
 
 #[test]
 fn a_batch_succeeds_when_every_unit_succeeded() {
-    let mut batch = batch("", "  - {id: a}\n  - {id: b, depends_on: [a]}");
     let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
-    fleet.run(&mut batch, "a", Outcome::Succeeded);
-    assert_eq!(batch.state, BatchState::Running);
-    fleet.dispatch(&mut batch);
-    fleet.run(&mut batch, "b", Outcome::Succeeded);
-    assert_eq!(batch.state, BatchState::Succeeded);
-    assert!(fleet.dispatch(&mut batch).is_empty());
+    let batch = fleet.add(batch("", "  - {id: a}\n  - {id: b, depends_on: [a]}"));
+    fleet.publish(&batch);
+    fleet.run(&batch, "a", Outcome::Succeeded);
+    assert_eq!(fleet[&batch].state, BatchState::Running);
+    fleet.publish(&batch);
+    fleet.run(&batch, "b", Outcome::Succeeded);
+    assert_eq!(fleet[&batch].state, BatchState::Succeeded);
+    assert!(fleet.publish(&batch).is_empty());
 }
 
 #[test]
 fn a_batch_fails_only_once_nothing_can_move_and_some_units_need_review_or_are_blocked() {
-    let mut batch = batch(
+    let mut fleet = Fleet::new();
+    let batch = fleet.add(batch(
         "retries: 0",
         "  - {id: a}\n  - {id: b, depends_on: [a]}\n  - {id: c}",
+    ));
+    fleet.publish(&batch);
+    fleet.run(&batch, "a", Outcome::Failed);
+    assert_eq!(
+        fleet[&batch].state,
+        BatchState::Running,
+        "c is still in flight"
     );
-    let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
-    fleet.run(&mut batch, "a", Outcome::Failed);
-    assert_eq!(batch.state, BatchState::Running, "c is still in flight");
-    fleet.run(&mut batch, "c", Outcome::Succeeded);
-    assert_eq!(batch.state, BatchState::Failed);
-    assert_eq!(units_in(&batch, UnitState::Blocked), ["b"]);
+    fleet.run(&batch, "c", Outcome::Succeeded);
+    assert_eq!(fleet[&batch].state, BatchState::Failed);
+    assert_eq!(units_in(&fleet[&batch], UnitState::Blocked), ["b"]);
 }
 
 // ---------------------------------------------------------------------------
@@ -881,19 +923,19 @@ fn a_batch_fails_only_once_nothing_can_move_and_some_units_need_review_or_are_bl
 
 /// A batch with a unit in every state: a needs review, b is blocked, c
 /// succeeded, d and g are queued, e is running, f is pending, h is ready.
-fn batch_in_every_state(fleet: &mut Fleet) -> Batch {
-    let mut batch = batch(
+fn batch_in_every_state(fleet: &mut Fleet) -> String {
+    let batch = fleet.add(batch(
         "retries: 0\nconcurrency: 3\nresources: {db: 5}",
         "  - {id: a}\n  - {id: b, depends_on: [a]}\n  - {id: c}\n  - {id: d, uses: {db: 2}}\n  - {id: e, uses: [db]}\n  - {id: f, depends_on: [e]}\n  - {id: g, uses: [db]}\n  - {id: h, uses: [db]}",
-    );
-    assert_eq!(fleet.dispatch(&mut batch), ["a", "c", "d"]);
-    fleet.run(&mut batch, "a", Outcome::Failed);
-    fleet.run(&mut batch, "c", Outcome::Succeeded);
-    assert_eq!(fleet.dispatch(&mut batch), ["e", "g"]);
-    fleet.start(&mut batch, "e");
-    assert_eq!(state(&batch, "b"), UnitState::Blocked);
-    assert_eq!(state(&batch, "f"), UnitState::Pending);
-    assert_eq!(state(&batch, "h"), UnitState::Ready);
+    ));
+    assert_eq!(fleet.publish(&batch), ["a", "c", "d"]);
+    fleet.run(&batch, "a", Outcome::Failed);
+    fleet.run(&batch, "c", Outcome::Succeeded);
+    assert_eq!(fleet.publish(&batch), ["e", "g"]);
+    fleet.start(&batch, "e");
+    assert_eq!(state(&fleet[&batch], "b"), UnitState::Blocked);
+    assert_eq!(state(&fleet[&batch], "f"), UnitState::Pending);
+    assert_eq!(state(&fleet[&batch], "h"), UnitState::Ready);
     assert_eq!(fleet.used("db"), 4);
     batch
 }
@@ -901,72 +943,72 @@ fn batch_in_every_state(fleet: &mut Fleet) -> Batch {
 #[test]
 fn cancel_marks_every_live_unit_cancelled_and_keeps_the_sessions_it_cut_short() {
     let mut fleet = Fleet::new();
-    let mut batch = batch_in_every_state(&mut fleet);
+    let batch = batch_in_every_state(&mut fleet);
     let in_flight_sessions: Vec<String> = ["d", "e", "g"]
         .iter()
-        .map(|u| session_of(&batch, u))
+        .map(|u| session_of(&fleet[&batch], u))
         .collect();
-    let effects = batch.cancel(&mut fleet.usage);
-    assert_eq!(batch.state, BatchState::Cancelled);
+    let effects = fleet.cancel(&batch);
+    assert_eq!(fleet[&batch].state, BatchState::Cancelled);
     assert!(effects.publish.is_empty());
-    assert_eq!(batch.in_flight_units().count(), 0);
+    assert_eq!(fleet[&batch].in_flight_units().count(), 0);
     // The sessions that were in flight stay in the history, for the record
     // and so that their workers' late reports are recognised as stale.
     let current: Vec<String> = ["d", "e", "g"]
         .iter()
-        .map(|u| session_of(&batch, u))
+        .map(|u| session_of(&fleet[&batch], u))
         .collect();
     assert_eq!(current, in_flight_sessions);
     for unit in ["d", "e", "f", "g", "h"] {
-        assert_eq!(state(&batch, unit), UnitState::Cancelled, "{unit}");
-        assert!(changed(&batch, &effects).contains(&unit.to_owned()));
+        assert_eq!(state(&fleet[&batch], unit), UnitState::Cancelled, "{unit}");
+        assert!(changed(&fleet[&batch], &effects).contains(&unit.to_owned()));
     }
-    assert_eq!(state(&batch, "a"), UnitState::NeedsReview);
-    assert_eq!(state(&batch, "c"), UnitState::Succeeded);
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::NeedsReview);
+    assert_eq!(state(&fleet[&batch], "c"), UnitState::Succeeded);
     for live in [
         UnitState::Pending,
         UnitState::Ready,
         UnitState::Queued,
         UnitState::Running,
     ] {
-        assert_eq!(batch.count(live), 0, "{}", live.as_str());
+        assert_eq!(fleet[&batch].count(live), 0, "{}", live.as_str());
     }
-    assert_counts(&batch);
+    assert_counts(&fleet[&batch]);
 }
 
 #[test]
 fn cancel_frees_the_batchs_share_of_the_fleet_usage_and_late_results_change_nothing() {
     let mut fleet = Fleet::new();
-    let mut other = batch_named(
+    let other = fleet.add(batch_named(
         "other",
         "resources: {db: 5}",
         "  - {id: x, uses: [db]}\n  - {id: y, uses: {db: 3}}",
-    );
-    assert_eq!(fleet.dispatch(&mut other), ["x", "y"]);
-    let mut batch = batch(
+    ));
+    assert_eq!(fleet.publish(&other), ["x", "y"]);
+    let batch = fleet.add(batch(
         "resources: {db: 5}",
         "  - {id: a, uses: [db]}\n  - {id: b, uses: [db]}",
-    );
-    assert_eq!(fleet.dispatch(&mut batch), ["a"]);
+    ));
+    assert_eq!(fleet.publish(&batch), ["a"]);
     assert_eq!(fleet.used("db"), 5);
-    fleet.start(&mut batch, "a");
+    fleet.start(&batch, "a");
 
-    let revoked_session = session_of(&batch, "a");
-    batch.cancel(&mut fleet.usage);
+    let revoked_session = session_of(&fleet[&batch], "a");
+    fleet.cancel(&batch);
     assert_eq!(fleet.used("db"), 4, "only the other batch's shares remain");
-    assert_eq!(batch_usage(&batch, "db"), 0);
-    assert_eq!(in_flight(&batch), 0);
+    assert_eq!(batch_usage(&fleet[&batch], "db"), 0);
+    assert_eq!(in_flight(&fleet[&batch]), 0);
 
     // The killed session reports late; the other batch's shares stay held.
-    let before = snapshot(&batch, &fleet.usage);
+    let before = snapshot(&fleet[&batch], fleet.usage());
     for report in [
         finished(Outcome::Cancelled),
         finished(Outcome::Succeeded),
         finished(Outcome::Failed),
     ] {
-        let effects = fleet.report_for(&mut batch, "a", &revoked_session, report);
+        let effects = fleet.report_for(&batch, "a", &revoked_session, report);
         assert_eq!(effects, Effects::default());
-        assert_eq!(snapshot(&batch, &fleet.usage), before);
+        assert_eq!(snapshot(&fleet[&batch], fleet.usage()), before);
     }
     assert_eq!(fleet.used("db"), 4);
 }
@@ -974,54 +1016,51 @@ fn cancel_frees_the_batchs_share_of_the_fleet_usage_and_late_results_change_noth
 #[test]
 fn dispatch_after_cancel_publishes_nothing_and_review_is_refused() {
     let mut fleet = Fleet::new();
-    let mut batch = batch_in_every_state(&mut fleet);
-    batch.cancel(&mut fleet.usage);
-    assert_eq!(fleet.dispatch_at(&mut batch, NOW), Effects::default());
-    assert_eq!(
-        fleet.dispatch_at(&mut batch, NOW + HOUR_MS),
-        Effects::default()
-    );
-    let a = index(&batch, "a");
-    assert!(batch.retry(a).is_err());
-    assert!(batch.skip(a).is_err());
-    assert_eq!(state(&batch, "a"), UnitState::NeedsReview);
-    assert_eq!(batch.cancel(&mut fleet.usage), Effects::default());
-    assert!(!batch.pause());
-    assert!(!batch.resume());
-    assert_eq!(batch.state, BatchState::Cancelled);
+    let batch = batch_in_every_state(&mut fleet);
+    fleet.cancel(&batch);
+    assert_eq!(fleet.publish_at(&batch, NOW), Effects::default());
+    assert_eq!(fleet.publish_at(&batch, NOW + HOUR_MS), Effects::default());
+    let a = index(&fleet[&batch], "a");
+    assert!(fleet[&batch].retry(a).is_err());
+    assert!(fleet[&batch].skip(a).is_err());
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::NeedsReview);
+    assert_eq!(fleet.cancel(&batch), Effects::default());
+    assert!(!fleet[&batch].pause());
+    assert!(!fleet[&batch].resume());
+    assert_eq!(fleet[&batch].state, BatchState::Cancelled);
 }
 
 #[test]
 fn cancel_of_a_finished_batch_changes_nothing() {
-    let mut batch = batch("", "  - {id: a}");
     let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
-    fleet.run(&mut batch, "a", Outcome::Succeeded);
-    assert_eq!(batch.state, BatchState::Succeeded);
-    assert_eq!(batch.cancel(&mut fleet.usage), Effects::default());
-    assert_eq!(batch.state, BatchState::Succeeded);
-    assert_eq!(state(&batch, "a"), UnitState::Succeeded);
+    let batch = fleet.add(batch("", "  - {id: a}"));
+    fleet.publish(&batch);
+    fleet.run(&batch, "a", Outcome::Succeeded);
+    assert_eq!(fleet[&batch].state, BatchState::Succeeded);
+    assert_eq!(fleet.cancel(&batch), Effects::default());
+    assert_eq!(fleet[&batch].state, BatchState::Succeeded);
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::Succeeded);
 }
 
 #[test]
 fn pause_holds_new_starts_while_running_sessions_finish_and_resume_releases_them() {
-    let mut batch = batch("concurrency: 1", "  - {id: a}\n  - {id: b}");
     let mut fleet = Fleet::new();
-    assert_eq!(fleet.dispatch(&mut batch), ["a"]);
-    assert!(batch.pause());
-    assert!(!batch.pause(), "already paused");
-    assert_eq!(batch.state, BatchState::Paused);
-    fleet.run(&mut batch, "a", Outcome::Succeeded);
-    assert_eq!(state(&batch, "a"), UnitState::Succeeded);
-    assert_eq!(fleet.dispatch_at(&mut batch, NOW), Effects::default());
-    let waiting = batch
-        .waiting_for(index(&batch, "b"), &fleet.usage)
+    let batch = fleet.add(batch("concurrency: 1", "  - {id: a}\n  - {id: b}"));
+    assert_eq!(fleet.publish(&batch), ["a"]);
+    assert!(fleet[&batch].pause());
+    assert!(!fleet[&batch].pause(), "already paused");
+    assert_eq!(fleet[&batch].state, BatchState::Paused);
+    fleet.run(&batch, "a", Outcome::Succeeded);
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::Succeeded);
+    assert_eq!(fleet.publish_at(&batch, NOW), Effects::default());
+    let waiting = fleet
+        .waiting_for(&batch, index(&fleet[&batch], "b"))
         .expect("b waits");
     assert!(waiting.contains("paused"), "{waiting}");
-    assert!(batch.resume());
-    assert!(!batch.resume(), "already running");
-    assert_eq!(batch.state, BatchState::Running);
-    assert_eq!(fleet.dispatch(&mut batch), ["b"]);
+    assert!(fleet[&batch].resume());
+    assert!(!fleet[&batch].resume(), "already running");
+    assert_eq!(fleet[&batch].state, BatchState::Running);
+    assert_eq!(fleet.publish(&batch), ["b"]);
 }
 
 // ---------------------------------------------------------------------------
@@ -1030,159 +1069,173 @@ fn pause_holds_new_starts_while_running_sessions_finish_and_resume_releases_them
 
 #[test]
 fn retry_of_a_unit_in_review_unblocks_its_descendants_and_resets_its_failure_budget() {
-    let mut batch = batch(
+    let mut fleet = Fleet::new();
+    let batch = fleet.add(batch(
         "retries: 1",
         "  - {id: a}\n  - {id: b, depends_on: [a]}\n  - {id: c, depends_on: [b]}",
-    );
-    let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
-    fleet.run(&mut batch, "a", Outcome::Failed);
-    fleet.dispatch(&mut batch);
-    fleet.run(&mut batch, "a", Outcome::Failed);
-    assert_eq!(batch.state, BatchState::Failed);
-    assert_eq!(units_in(&batch, UnitState::Blocked), ["b", "c"]);
+    ));
+    fleet.publish(&batch);
+    fleet.run(&batch, "a", Outcome::Failed);
+    fleet.publish(&batch);
+    fleet.run(&batch, "a", Outcome::Failed);
+    assert_eq!(fleet[&batch].state, BatchState::Failed);
+    assert_eq!(units_in(&fleet[&batch], UnitState::Blocked), ["b", "c"]);
 
-    let effects = batch.retry(index(&batch, "a")).expect("a needs review");
-    assert_eq!(changed(&batch, &effects), ["a", "b", "c"]);
-    assert_eq!(state(&batch, "a"), UnitState::Ready);
-    assert_eq!(batch.units[0].failures, 0);
-    assert_eq!(units_in(&batch, UnitState::Pending), ["b", "c"]);
-    assert!(batch.units[1].reason.is_none());
-    assert_eq!(batch.state, BatchState::Running);
-    assert_counts(&batch);
+    let effects = fleet.retry_unit(&batch, "a").expect("a needs review");
+    assert_eq!(changed(&fleet[&batch], &effects), ["a", "b", "c"]);
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::Ready);
+    assert_eq!(fleet[&batch].units[0].failures, 0);
+    assert_eq!(units_in(&fleet[&batch], UnitState::Pending), ["b", "c"]);
+    assert!(fleet[&batch].units[1].reason.is_none());
+    assert_eq!(fleet[&batch].state, BatchState::Running);
+    assert_counts(&fleet[&batch]);
 
-    assert_eq!(fleet.dispatch(&mut batch), ["a"]);
-    assert_eq!(batch.units[0].attempt, 3);
-    fleet.run(&mut batch, "a", Outcome::Failed);
+    assert_eq!(fleet.publish(&batch), ["a"]);
+    assert_eq!(fleet[&batch].units[0].attempt, 3);
+    fleet.run(&batch, "a", Outcome::Failed);
     assert_eq!(
-        state(&batch, "a"),
+        state(&fleet[&batch], "a"),
         UnitState::Ready,
         "the reset budget allows one retry again"
     );
-    fleet.dispatch(&mut batch);
-    fleet.run(&mut batch, "a", Outcome::Succeeded);
-    assert_eq!(state(&batch, "b"), UnitState::Ready);
-    assert_eq!(state(&batch, "c"), UnitState::Pending);
+    fleet.publish(&batch);
+    fleet.run(&batch, "a", Outcome::Succeeded);
+    assert_eq!(state(&fleet[&batch], "b"), UnitState::Ready);
+    assert_eq!(state(&fleet[&batch], "c"), UnitState::Pending);
 }
 
 #[test]
 fn retry_leaves_blocked_the_descendants_that_another_unit_in_review_still_holds() {
-    let mut batch = batch(
+    let mut fleet = Fleet::new();
+    let batch = fleet.add(batch(
         "retries: 0",
         "  - {id: a}\n  - {id: x}\n  - {id: b, depends_on: [a]}\n  - {id: c, depends_on: [a, x]}\n  - {id: d, depends_on: [c]}",
+    ));
+    fleet.publish(&batch);
+    fleet.run(&batch, "a", Outcome::Failed);
+    fleet.run(&batch, "x", Outcome::Failed);
+    assert_eq!(
+        units_in(&fleet[&batch], UnitState::Blocked),
+        ["b", "c", "d"]
     );
-    let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
-    fleet.run(&mut batch, "a", Outcome::Failed);
-    fleet.run(&mut batch, "x", Outcome::Failed);
-    assert_eq!(units_in(&batch, UnitState::Blocked), ["b", "c", "d"]);
 
-    batch.retry(index(&batch, "a")).expect("a needs review");
-    assert_eq!(state(&batch, "b"), UnitState::Pending);
-    assert_eq!(state(&batch, "c"), UnitState::Blocked, "x still holds c");
-    assert_eq!(state(&batch, "d"), UnitState::Blocked, "x still holds d");
+    fleet.retry_unit(&batch, "a").expect("a needs review");
+    assert_eq!(state(&fleet[&batch], "b"), UnitState::Pending);
+    assert_eq!(
+        state(&fleet[&batch], "c"),
+        UnitState::Blocked,
+        "x still holds c"
+    );
+    assert_eq!(
+        state(&fleet[&batch], "d"),
+        UnitState::Blocked,
+        "x still holds d"
+    );
 
-    batch.retry(index(&batch, "x")).expect("x needs review");
-    assert_eq!(units_in(&batch, UnitState::Pending), ["b", "c", "d"]);
-    assert_eq!(fleet.dispatch(&mut batch), ["a", "x"]);
-    fleet.run(&mut batch, "a", Outcome::Succeeded);
-    assert_eq!(state(&batch, "b"), UnitState::Ready);
-    assert_eq!(state(&batch, "c"), UnitState::Pending);
-    fleet.run(&mut batch, "x", Outcome::Succeeded);
-    assert_eq!(state(&batch, "c"), UnitState::Ready);
-    assert_counts(&batch);
+    fleet.retry_unit(&batch, "x").expect("x needs review");
+    assert_eq!(
+        units_in(&fleet[&batch], UnitState::Pending),
+        ["b", "c", "d"]
+    );
+    assert_eq!(fleet.publish(&batch), ["a", "x"]);
+    fleet.run(&batch, "a", Outcome::Succeeded);
+    assert_eq!(state(&fleet[&batch], "b"), UnitState::Ready);
+    assert_eq!(state(&fleet[&batch], "c"), UnitState::Pending);
+    fleet.run(&batch, "x", Outcome::Succeeded);
+    assert_eq!(state(&fleet[&batch], "c"), UnitState::Ready);
+    assert_counts(&fleet[&batch]);
 }
 
 #[test]
 fn a_dependency_that_succeeds_while_its_dependent_is_blocked_still_counts_after_the_retry() {
-    let mut batch = batch(
+    let mut fleet = Fleet::new();
+    let batch = fleet.add(batch(
         "retries: 0",
         "  - {id: a}\n  - {id: y}\n  - {id: c, depends_on: [a, y]}",
-    );
-    let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
-    fleet.run(&mut batch, "a", Outcome::Failed);
-    fleet.run(&mut batch, "y", Outcome::Succeeded);
-    assert_eq!(state(&batch, "c"), UnitState::Blocked);
-    batch.retry(index(&batch, "a")).expect("a needs review");
-    assert_eq!(state(&batch, "c"), UnitState::Pending);
-    fleet.dispatch(&mut batch);
-    fleet.run(&mut batch, "a", Outcome::Succeeded);
-    assert_eq!(state(&batch, "c"), UnitState::Ready);
+    ));
+    fleet.publish(&batch);
+    fleet.run(&batch, "a", Outcome::Failed);
+    fleet.run(&batch, "y", Outcome::Succeeded);
+    assert_eq!(state(&fleet[&batch], "c"), UnitState::Blocked);
+    fleet.retry_unit(&batch, "a").expect("a needs review");
+    assert_eq!(state(&fleet[&batch], "c"), UnitState::Pending);
+    fleet.publish(&batch);
+    fleet.run(&batch, "a", Outcome::Succeeded);
+    assert_eq!(state(&fleet[&batch], "c"), UnitState::Ready);
 }
 
 #[test]
 fn skip_lets_dependents_run_and_counts_as_done() {
-    let mut batch = batch(
+    let mut fleet = Fleet::new();
+    let batch = fleet.add(batch(
         "retries: 0",
         "  - {id: a}\n  - {id: b, depends_on: [a]}\n  - {id: c, depends_on: [b]}",
-    );
-    let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
-    fleet.run(&mut batch, "a", Outcome::Failed);
-    assert_eq!(batch.state, BatchState::Failed);
+    ));
+    fleet.publish(&batch);
+    fleet.run(&batch, "a", Outcome::Failed);
+    assert_eq!(fleet[&batch].state, BatchState::Failed);
 
-    let effects = batch.skip(index(&batch, "a")).expect("a needs review");
-    assert!(changed(&batch, &effects).contains(&"b".to_owned()));
-    assert_eq!(state(&batch, "a"), UnitState::Skipped);
-    assert_eq!(state(&batch, "b"), UnitState::Ready);
-    assert_eq!(state(&batch, "c"), UnitState::Pending);
-    assert_eq!(batch.state, BatchState::Running);
-    assert_counts(&batch);
+    let effects = fleet.skip_unit(&batch, "a").expect("a needs review");
+    assert!(changed(&fleet[&batch], &effects).contains(&"b".to_owned()));
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::Skipped);
+    assert_eq!(state(&fleet[&batch], "b"), UnitState::Ready);
+    assert_eq!(state(&fleet[&batch], "c"), UnitState::Pending);
+    assert_eq!(fleet[&batch].state, BatchState::Running);
+    assert_counts(&fleet[&batch]);
 
-    assert_eq!(fleet.dispatch(&mut batch), ["b"]);
-    fleet.run(&mut batch, "b", Outcome::Succeeded);
-    assert_eq!(fleet.dispatch(&mut batch), ["c"]);
-    fleet.run(&mut batch, "c", Outcome::Succeeded);
-    assert_eq!(batch.state, BatchState::Succeeded);
-    assert_eq!(batch.count(UnitState::Skipped), 1);
+    assert_eq!(fleet.publish(&batch), ["b"]);
+    fleet.run(&batch, "b", Outcome::Succeeded);
+    assert_eq!(fleet.publish(&batch), ["c"]);
+    fleet.run(&batch, "c", Outcome::Succeeded);
+    assert_eq!(fleet[&batch].state, BatchState::Succeeded);
+    assert_eq!(fleet[&batch].count(UnitState::Skipped), 1);
 }
 
 #[test]
 fn skip_of_the_last_unit_in_review_ends_the_batch_succeeded() {
-    let mut batch = batch("retries: 0", "  - {id: a}\n  - {id: b}");
     let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
-    fleet.run(&mut batch, "a", Outcome::Succeeded);
-    fleet.run(&mut batch, "b", Outcome::Failed);
-    assert_eq!(batch.state, BatchState::Failed);
-    batch.skip(index(&batch, "b")).expect("b needs review");
-    assert_eq!(batch.state, BatchState::Succeeded);
-    assert!(fleet.dispatch(&mut batch).is_empty());
+    let batch = fleet.add(batch("retries: 0", "  - {id: a}\n  - {id: b}"));
+    fleet.publish(&batch);
+    fleet.run(&batch, "a", Outcome::Succeeded);
+    fleet.run(&batch, "b", Outcome::Failed);
+    assert_eq!(fleet[&batch].state, BatchState::Failed);
+    fleet.skip_unit(&batch, "b").expect("b needs review");
+    assert_eq!(fleet[&batch].state, BatchState::Succeeded);
+    assert!(fleet.publish(&batch).is_empty());
 }
 
 #[test]
 fn retry_or_skip_of_a_unit_not_in_review_is_an_error_naming_the_unit_and_its_state() {
-    let mut batch = batch(
+    let mut fleet = Fleet::new();
+    let batch = fleet.add(batch(
         "retries: 0",
         "  - {id: alpha}\n  - {id: beta, depends_on: [alpha]}\n  - {id: gamma}",
-    );
-    let mut fleet = Fleet::new();
-    let gamma = index(&batch, "gamma");
-    let error = batch.retry(gamma).expect_err("gamma is ready");
+    ));
+    let gamma = index(&fleet[&batch], "gamma");
+    let error = fleet[&batch].retry(gamma).expect_err("gamma is ready");
     assert!(
         error.contains("gamma") && error.contains("ready"),
         "{error}"
     );
 
-    fleet.dispatch(&mut batch);
-    fleet.start(&mut batch, "gamma");
-    let error = batch.skip(gamma).expect_err("gamma is running");
+    fleet.publish(&batch);
+    fleet.start(&batch, "gamma");
+    let error = fleet[&batch].skip(gamma).expect_err("gamma is running");
     assert!(
         error.contains("gamma") && error.contains("running"),
         "{error}"
     );
-    fleet.finish(&mut batch, "gamma", Outcome::Succeeded);
-    let error = batch.retry(gamma).expect_err("gamma succeeded");
+    fleet.finish(&batch, "gamma", Outcome::Succeeded);
+    let error = fleet[&batch].retry(gamma).expect_err("gamma succeeded");
     assert!(
         error.contains("gamma") && error.contains("succeeded"),
         "{error}"
     );
 
-    fleet.run(&mut batch, "alpha", Outcome::Failed);
-    let before = snapshot(&batch, &fleet.usage);
-    let beta = index(&batch, "beta");
-    for error in [batch.retry(beta), batch.skip(beta)] {
+    fleet.run(&batch, "alpha", Outcome::Failed);
+    let before = snapshot(&fleet[&batch], fleet.usage());
+    let beta = index(&fleet[&batch], "beta");
+    for error in [fleet[&batch].retry(beta), fleet[&batch].skip(beta)] {
         let error = error.expect_err("beta is blocked");
         assert!(
             error.contains("beta") && error.contains("blocked"),
@@ -1190,7 +1243,7 @@ fn retry_or_skip_of_a_unit_not_in_review_is_an_error_naming_the_unit_and_its_sta
         );
     }
     assert_eq!(
-        snapshot(&batch, &fleet.usage),
+        snapshot(&fleet[&batch], fleet.usage()),
         before,
         "a refused review changes nothing"
     );
@@ -1202,31 +1255,39 @@ fn retry_or_skip_of_a_unit_not_in_review_is_an_error_naming_the_unit_and_its_sta
 
 #[test]
 fn waiting_for_names_the_batch_cap_or_the_resource() {
-    let mut capped = batch("concurrency: 1", "  - {id: a}\n  - {id: b}");
     let mut fleet = Fleet::new();
-    assert_eq!(capped.waiting_for(index(&capped, "a"), &fleet.usage), None);
-    fleet.dispatch(&mut capped);
-    let waiting = capped
-        .waiting_for(index(&capped, "b"), &fleet.usage)
+    let capped = fleet.add(batch_named(
+        "capped",
+        "concurrency: 1",
+        "  - {id: a}\n  - {id: b}",
+    ));
+    assert_eq!(
+        fleet.waiting_for(&capped, index(&fleet[&capped], "a")),
+        None
+    );
+    fleet.publish(&capped);
+    let waiting = fleet
+        .waiting_for(&capped, index(&fleet[&capped], "b"))
         .expect("b waits");
     assert!(waiting.contains("batch cap"), "{waiting}");
     assert_eq!(
-        capped.waiting_for(index(&capped, "a"), &fleet.usage),
+        fleet.waiting_for(&capped, index(&fleet[&capped], "a")),
         None,
         "a queued unit waits for nothing"
     );
 
-    let mut limited = batch(
+    let limited = fleet.add(batch_named(
+        "limited",
         "resources: {orders-db: 2}",
         "  - {id: a, uses: {orders-db: 2}}\n  - {id: b, uses: [orders-db]}\n  - {id: c, depends_on: [a]}",
-    );
-    fleet.dispatch(&mut limited);
-    let waiting = limited
-        .waiting_for(index(&limited, "b"), &fleet.usage)
+    ));
+    fleet.publish(&limited);
+    let waiting = fleet
+        .waiting_for(&limited, index(&fleet[&limited], "b"))
         .expect("b waits");
     assert!(waiting.contains("orders-db"), "{waiting}");
     assert_eq!(
-        limited.waiting_for(index(&limited, "c"), &fleet.usage),
+        fleet.waiting_for(&limited, index(&fleet[&limited], "c")),
         None,
         "a pending unit is not waiting for a slot"
     );
@@ -1237,10 +1298,10 @@ fn waiting_for_names_the_batch_cap_or_the_resource() {
 // ---------------------------------------------------------------------------
 
 /// Takes one step of a scenario, then checks the counts and the caps.
-fn checked(batch: &mut Batch, fleet: &mut Fleet, step: impl FnOnce(&mut Batch, &mut Fleet)) {
-    step(batch, fleet);
-    assert_counts(batch);
-    assert!(in_flight(batch) <= batch.manifest.concurrency as usize);
+fn checked(fleet: &mut Fleet, batch: &str, step: impl FnOnce(&mut Fleet, &str)) {
+    step(fleet, batch);
+    assert_counts(&fleet[batch]);
+    assert!(in_flight(&fleet[batch]) <= fleet[batch].manifest.concurrency as usize);
     assert!(fleet.used("db") <= 1);
     assert!(fleet.used("file:/tmp/x.txt") <= 1);
 }
@@ -1248,98 +1309,98 @@ fn checked(batch: &mut Batch, fleet: &mut Fleet, step: impl FnOnce(&mut Batch, &
 #[test]
 fn counts_always_sum_to_the_number_of_units_through_a_long_scenario() {
     let mut fleet = Fleet::new();
-    let mut batch = batch(
+    let batch = fleet.add(batch(
         "retries: 1\nconcurrency: 2\nresources: {db: 1}",
         "  - {id: a, uses: [db]}\n  - {id: b, uses: [db]}\n  - {id: c, depends_on: [a]}\n  - {id: d, depends_on: [b]}\n  - {id: e, depends_on: [c, d]}\n  - {id: f}\n  - {id: g, touches: [x.txt]}\n  - {id: h, touches: [x.txt], depends_on: [f]}",
-    );
-    assert_counts(&batch);
-    checked(&mut batch, &mut fleet, |b, f| {
-        assert_eq!(f.dispatch(b), ["a", "f"]);
+    ));
+    assert_counts(&fleet[&batch]);
+    checked(&mut fleet, &batch, |f, b| {
+        assert_eq!(f.publish(b), ["a", "f"]);
     });
-    checked(&mut batch, &mut fleet, |b, f| {
+    checked(&mut fleet, &batch, |f, b| {
         f.start(b, "a");
     });
-    checked(&mut batch, &mut fleet, |b, f| {
+    checked(&mut fleet, &batch, |f, b| {
         f.finish(b, "a", Outcome::Failed);
     });
-    checked(&mut batch, &mut fleet, |b, f| {
-        assert_eq!(f.dispatch(b), ["a"]);
+    checked(&mut fleet, &batch, |f, b| {
+        assert_eq!(f.publish(b), ["a"]);
     });
-    checked(&mut batch, &mut fleet, |b, f| {
+    checked(&mut fleet, &batch, |f, b| {
         f.defer(b, "a");
     });
-    checked(&mut batch, &mut fleet, |b, f| {
-        assert_eq!(f.dispatch(b), ["b"]);
+    checked(&mut fleet, &batch, |f, b| {
+        assert_eq!(f.publish(b), ["b"]);
     });
-    checked(&mut batch, &mut fleet, |b, f| {
+    checked(&mut fleet, &batch, |f, b| {
         f.run(b, "f", Outcome::Interrupted);
     });
-    checked(&mut batch, &mut fleet, |b, f| {
-        assert_eq!(f.dispatch(b), ["f"]);
+    checked(&mut fleet, &batch, |f, b| {
+        assert_eq!(f.publish(b), ["f"]);
     });
-    checked(&mut batch, &mut fleet, |b, f| {
+    checked(&mut fleet, &batch, |f, b| {
         f.run(b, "f", Outcome::Succeeded);
     });
-    checked(&mut batch, &mut fleet, |b, f| {
+    checked(&mut fleet, &batch, |f, b| {
         f.run(b, "b", Outcome::Succeeded);
     });
-    checked(&mut batch, &mut fleet, |b, f| {
+    checked(&mut fleet, &batch, |f, b| {
         // a is still in its deferral delay.
-        assert_eq!(f.dispatch(b), ["d", "g"]);
+        assert_eq!(f.publish(b), ["d", "g"]);
     });
-    checked(&mut batch, &mut fleet, |b, f| {
+    checked(&mut fleet, &batch, |f, b| {
         f.run(b, "g", Outcome::Lost);
     });
-    checked(&mut batch, &mut fleet, |b, f| {
+    checked(&mut fleet, &batch, |f, b| {
         f.run(b, "d", Outcome::Succeeded);
     });
-    checked(&mut batch, &mut fleet, |b, f| {
+    checked(&mut fleet, &batch, |f, b| {
         // g (retry) and h share x.txt: only one of them may run.
-        let published = f.dispatch(b);
+        let published = f.publish(b);
         assert_eq!(published, ["g"], "{published:?}");
     });
-    checked(&mut batch, &mut fleet, |b, f| {
+    checked(&mut fleet, &batch, |f, b| {
         f.run(b, "g", Outcome::TimedOut);
     });
-    checked(&mut batch, &mut fleet, |b, f| {
-        assert_eq!(state(b, "g"), UnitState::NeedsReview);
-        assert_eq!(f.dispatch(b), ["h"]);
+    checked(&mut fleet, &batch, |f, b| {
+        assert_eq!(state(&f[b], "g"), UnitState::NeedsReview);
+        assert_eq!(f.publish(b), ["h"]);
     });
-    checked(&mut batch, &mut fleet, |b, f| {
+    checked(&mut fleet, &batch, |f, b| {
         f.run(b, "h", Outcome::Succeeded);
     });
-    checked(&mut batch, &mut fleet, |b, _| {
-        b.skip(index(b, "g")).expect("g needs review");
+    checked(&mut fleet, &batch, |f, b| {
+        f.skip_unit(b, "g").expect("g needs review");
     });
-    checked(&mut batch, &mut fleet, |b, _| {
-        assert!(b.pause());
+    checked(&mut fleet, &batch, |f, b| {
+        assert!(f[b].pause());
     });
-    checked(&mut batch, &mut fleet, |b, _| {
-        assert!(b.resume());
+    checked(&mut fleet, &batch, |f, b| {
+        assert!(f[b].resume());
     });
-    checked(&mut batch, &mut fleet, |b, f| {
+    checked(&mut fleet, &batch, |f, b| {
         // Later than any clock, so that a's deferral is over whichever
         // clock times it.
-        let effects = f.dispatch_at(b, i64::MAX / 4);
-        assert_eq!(names(b, &effects.publish), ["a"]);
+        let effects = f.publish_at(b, i64::MAX / 4);
+        assert_eq!(names(&f[b], &effects.publish), ["a"]);
     });
-    checked(&mut batch, &mut fleet, |b, f| {
+    checked(&mut fleet, &batch, |f, b| {
         f.run(b, "a", Outcome::Failed);
     });
-    checked(&mut batch, &mut fleet, |b, _| {
-        assert_eq!(units_in(b, UnitState::Blocked), ["c", "e"]);
-        assert_eq!(b.state, BatchState::Failed);
-        b.retry(index(b, "a")).expect("a needs review");
+    checked(&mut fleet, &batch, |f, b| {
+        assert_eq!(units_in(&f[b], UnitState::Blocked), ["c", "e"]);
+        assert_eq!(f[b].state, BatchState::Failed);
+        f.retry_unit(b, "a").expect("a needs review");
     });
     for unit in ["a", "c", "e"] {
-        checked(&mut batch, &mut fleet, |b, f| {
-            assert_eq!(f.dispatch(b), [unit]);
+        checked(&mut fleet, &batch, |f, b| {
+            assert_eq!(f.publish(b), [unit]);
             f.run(b, unit, Outcome::Succeeded);
         });
     }
-    assert_eq!(batch.state, BatchState::Succeeded);
-    assert_eq!(batch.count(UnitState::Succeeded), 7);
-    assert_eq!(batch.count(UnitState::Skipped), 1);
+    assert_eq!(fleet[&batch].state, BatchState::Succeeded);
+    assert_eq!(fleet[&batch].count(UnitState::Succeeded), 7);
+    assert_eq!(fleet[&batch].count(UnitState::Skipped), 1);
 }
 
 // ---------------------------------------------------------------------------
@@ -1459,15 +1520,10 @@ fn is_live(state: UnitState) -> bool {
 }
 
 /// Checks every invariant of the fleet; `context` says where the run is.
-fn check_invariants(
-    batches: &[Batch],
-    ancestors: &[Vec<Vec<usize>>],
-    fleet: &BTreeMap<String, u32>,
-    context: &str,
-) {
+fn check_invariants(fleet: &Fleet, ids: &[String], ancestors: &[Vec<Vec<usize>>], context: &str) {
     let mut fleet_expected: BTreeMap<String, u32> = BTreeMap::new();
-    for (batch, ancestors) in batches.iter().zip(ancestors) {
-        let id = &batch.id;
+    for (id, ancestors) in ids.iter().zip(ancestors) {
+        let batch = &fleet[id];
         assert_counts(batch);
         let flying = in_flight(batch);
         assert!(
@@ -1554,13 +1610,13 @@ fn check_invariants(
             ),
         }
     }
-    for (resource, used) in fleet {
+    for (resource, used) in fleet.usage() {
         assert_eq!(
             *used,
             fleet_expected.get(resource).copied().unwrap_or(0),
             "{context}: the fleet counts {resource} wrong"
         );
-        let capacity = batches[0].capacity(resource);
+        let capacity = fleet[&ids[0]].capacity(resource);
         assert!(
             *used <= capacity,
             "{context}: {resource} holds {used} of {capacity}"
@@ -1568,7 +1624,7 @@ fn check_invariants(
     }
     for (resource, used) in &fleet_expected {
         assert_eq!(
-            fleet.get(resource).copied().unwrap_or(0),
+            fleet.used(resource),
             *used,
             "{context}: the fleet forgot {resource}"
         );
@@ -1608,19 +1664,20 @@ fn run_random_fleet(seed: u64) {
     for name in ["db", "api", "disk"] {
         resources.insert(name.to_owned(), rng.between(1, 4) as u32);
     }
-    let mut batches: Vec<Batch> = ["left", "right"]
+    let mut fleet = Fleet::new();
+    let ids: Vec<String> = ["left", "right"]
         .iter()
         .map(|name| {
             let yaml = random_manifest(&mut rng, name, &resources);
             let manifest = manifest(&yaml);
             let dag = Dag::build(&manifest).expect("a valid manifest builds");
-            Batch::new(format!("{name}-{seed}"), manifest, dag)
+            fleet.add(Batch::new(format!("{name}-{seed}"), manifest, dag))
         })
         .collect();
-    let ancestors: Vec<Vec<Vec<usize>>> = batches.iter().map(|b| all_ancestors(&b.dag)).collect();
+    let ancestors: Vec<Vec<Vec<usize>>> =
+        ids.iter().map(|id| all_ancestors(&fleet[id].dag)).collect();
     let cancel_at = rng.chance(15).then(|| rng.between(1, 150));
     let mut reviews_left = rng.between(0, 6);
-    let mut fleet: BTreeMap<String, u32> = BTreeMap::new();
     let mut sessions = 0u64;
     let mut sent: Vec<Sent> = Vec::new();
     let mut old_sessions: Vec<(usize, usize, String)> = Vec::new();
@@ -1632,32 +1689,27 @@ fn run_random_fleet(seed: u64) {
     for step in 0..20_000 {
         let context = format!("seed {seed}, step {step}");
         now_ms += rng.below(2_000) as i64;
-        for batch in &mut batches {
+        for id in &ids {
             let mut new_session = || {
                 sessions += 1;
                 format!("s{sessions}")
             };
-            let effects = batch.dispatch(now_ms, &mut fleet, &mut new_session);
+            let effects = fleet.dispatch(id, now_ms, &mut new_session);
             for &unit in &effects.publish {
-                let record = &batch.units[unit];
+                let record = &fleet[id].units[unit];
                 let attempt = record.current().expect("a published unit has an attempt");
                 assert_eq!(attempt.published_at_ms, now_ms, "{context}");
                 assert_eq!(record.state, UnitState::Queued, "{context}");
             }
         }
-        check_invariants(
-            &batches,
-            &ancestors,
-            &fleet,
-            &format!("{context}, dispatch"),
-        );
+        check_invariants(&fleet, &ids, &ancestors, &format!("{context}, dispatch"));
 
         if cancel_at == Some(step) {
             let which = rng.below(2) as usize;
-            let batch = &mut batches[which];
-            let cut_short: Vec<usize> = batch.in_flight_units().collect();
-            let was_over = batch.state.is_terminal();
-            let effects = batch.cancel(&mut fleet);
+            let cut_short: Vec<usize> = fleet[&ids[which]].in_flight_units().collect();
+            let was_over = fleet[&ids[which]].state.is_terminal();
+            let effects = fleet.cancel(&ids[which]);
+            let batch = &fleet[&ids[which]];
             assert!(effects.publish.is_empty(), "{context}");
             if !was_over {
                 assert_eq!(batch.state, BatchState::Cancelled, "{context}");
@@ -1668,14 +1720,14 @@ fn run_random_fleet(seed: u64) {
                 // Their workers will report late; those reports must be stale.
                 old_sessions.push((which, unit, session));
             }
-            check_invariants(&batches, &ancestors, &fleet, &format!("{context}, cancel"));
+            check_invariants(&fleet, &ids, &ancestors, &format!("{context}, cancel"));
         }
 
-        let flying: Vec<(usize, usize)> = batches
+        let flying: Vec<(usize, usize)> = ids
             .iter()
             .enumerate()
-            .flat_map(|(b, batch)| {
-                batch
+            .flat_map(|(b, id)| {
+                fleet[id]
                     .units
                     .iter()
                     .enumerate()
@@ -1700,30 +1752,35 @@ fn run_random_fleet(seed: u64) {
             } else {
                 continue;
             };
-            let current = batches[b].units[unit]
+            let current = fleet[&ids[b]].units[unit]
                 .current()
                 .map(|a| a.session_id.clone());
-            let is_current_and_live =
-                current.as_deref() == Some(&session) && batches[b].units[unit].state.is_in_flight();
+            let is_current_and_live = current.as_deref() == Some(&session)
+                && fleet[&ids[b]].units[unit].state.is_in_flight();
             // A re-sent Started of a queued unit is the only repeat that may still apply.
             let may_apply =
-                is_current_and_live && batches[b].units[unit].state == UnitState::Queued;
+                is_current_and_live && fleet[&ids[b]].units[unit].state == UnitState::Queued;
             if !may_apply {
-                let before = snapshot(&batches[b], &fleet);
-                let effects = batches[b].report(unit, &session, report, &mut fleet);
+                let before = snapshot(&fleet[&ids[b]], fleet.usage());
+                let effects = fleet.report(&ids[b], unit, &session, report);
                 assert_eq!(effects, Effects::default(), "{context}: a repeat applied");
-                assert_eq!(snapshot(&batches[b], &fleet), before, "{context}");
+                assert_eq!(
+                    snapshot(&fleet[&ids[b]], fleet.usage()),
+                    before,
+                    "{context}"
+                );
                 continue;
             }
         }
 
         if rng.chance(3) {
             let b = rng.below(2) as usize;
-            if batches[b].state == BatchState::Running {
-                assert!(batches[b].pause());
+            if fleet[&ids[b]].state == BatchState::Running {
+                assert!(fleet[&ids[b]].pause());
             }
         }
-        for batch in &mut batches {
+        for id in &ids {
+            let batch = &mut fleet[id];
             if batch.state == BatchState::Paused && rng.chance(30) {
                 assert!(batch.resume());
             }
@@ -1732,14 +1789,16 @@ fn run_random_fleet(seed: u64) {
         if flying.is_empty() {
             // Nothing runs: whatever is not over waits for a pause, a
             // deferral delay, or a human.
-            for batch in &mut batches {
+            for id in &ids {
+                let batch = &mut fleet[id];
                 if batch.state == BatchState::Paused {
                     batch.resume();
                 }
             }
             let mut reviewed = false;
             if reviews_left > 0 {
-                for batch in &mut batches {
+                for id in &ids {
+                    let batch = &mut fleet[id];
                     if let Some(&unit) = batch.needs_review().first() {
                         let result = if rng.chance(50) {
                             batch.retry(unit)
@@ -1756,11 +1815,11 @@ fn run_random_fleet(seed: u64) {
                 }
             }
             if reviewed {
-                check_invariants(&batches, &ancestors, &fleet, &format!("{context}, review"));
+                check_invariants(&fleet, &ids, &ancestors, &format!("{context}, review"));
                 continue;
             }
-            if batches.iter().all(|b| b.state.is_terminal()) {
-                for batch in &batches {
+            if ids.iter().all(|id| fleet[id].state.is_terminal()) {
+                for batch in ids.iter().map(|id| &fleet[id]) {
                     let done = batch.units.iter().all(|u| u.state.satisfies_dependents());
                     match batch.state {
                         BatchState::Succeeded => assert!(done, "{context}"),
@@ -1775,12 +1834,12 @@ fn run_random_fleet(seed: u64) {
                 idle_rounds < 100,
                 "{context}: nothing in flight for a long time, yet {} is {} and {} is {} \
                  (counts {:?} and {:?})",
-                batches[0].id,
-                batches[0].state.as_str(),
-                batches[1].id,
-                batches[1].state.as_str(),
-                batches[0].counts(),
-                batches[1].counts(),
+                fleet[&ids[0]].id,
+                fleet[&ids[0]].state.as_str(),
+                fleet[&ids[1]].id,
+                fleet[&ids[1]].state.as_str(),
+                fleet[&ids[0]].counts(),
+                fleet[&ids[1]].counts(),
             );
             // Let any deferral delay pass.
             now_ms += HOUR_MS;
@@ -1789,7 +1848,7 @@ fn run_random_fleet(seed: u64) {
         idle_rounds = 0;
 
         let &(b, unit) = rng.pick(&flying);
-        let batch = &mut batches[b];
+        let batch = &fleet[&ids[b]];
         let session = batch.units[unit]
             .current()
             .map(|a| a.session_id.clone())
@@ -1814,7 +1873,7 @@ fn run_random_fleet(seed: u64) {
             report
         };
         let ends_session = !matches!(report, Report::Started { .. });
-        let effects = batch.report(unit, &session, report.clone(), &mut fleet);
+        let effects = fleet.report(&ids[b], unit, &session, report.clone());
         assert!(
             effects.changed.contains(&unit),
             "{context}: a report about the current session applies"
@@ -1832,7 +1891,7 @@ fn run_random_fleet(seed: u64) {
             session,
             report,
         });
-        check_invariants(&batches, &ancestors, &fleet, &format!("{context}, report"));
+        check_invariants(&fleet, &ids, &ancestors, &format!("{context}, report"));
     }
     panic!("seed {seed}: the fleet did not settle in 20,000 steps");
 }
@@ -1846,18 +1905,18 @@ fn random_batches_keep_every_invariant_and_always_end_in_a_terminal_state() {
 
 #[test]
 fn a_hand_back_after_the_session_started_changes_nothing() {
-    let mut batch = batch("", "  - {id: a}");
     let mut fleet = Fleet::new();
-    fleet.dispatch(&mut batch);
-    fleet.report(&mut batch, "a", started());
-    let before = batch.units[0].clone();
-    let effects = fleet.defer(&mut batch, "a");
+    let batch = fleet.add(batch("", "  - {id: a}"));
+    fleet.publish(&batch);
+    fleet.send(&batch, "a", started());
+    let before = fleet[&batch].units[0].clone();
+    let effects = fleet.defer(&batch, "a");
     assert_eq!(effects, Effects::default());
     assert_eq!(
-        batch.units[0], before,
+        fleet[&batch].units[0], before,
         "a running session is not handed back"
     );
-    assert_eq!(state(&batch, "a"), UnitState::Running);
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::Running);
 }
 
 /// A touched file is named by its absolute path, so two manifests that

@@ -112,10 +112,14 @@ async fn a_coordinator_whose_lock_renewal_is_overdue_writes_nothing() {
     let namespace = regatta_tests::unique_namespace("tenure");
     let keys = regatta_proto::Keys::new(&namespace).expect("keys");
     let tenure = Tenure::new(Duration::from_millis(300));
+    // The writer runs in `tasks` until the test ends (dropping them).
+    let mut tasks = regatta_telemetry::tasks::Tasks::new();
     let store = Store::connect(
         &regatta_tests::redis_url(),
         keys.clone(),
         Some(tenure.clone()),
+        &tokio_util::sync::CancellationToken::new(),
+        &mut tasks,
     )
     .await
     .expect("connect the store");

@@ -193,10 +193,14 @@ async fn a_store_writes_after_redis_lost_its_data_but_never_once_another_tenure_
     let namespace = regatta_tests::unique_namespace("tenure-fence");
     let keys = regatta_proto::Keys::new(&namespace).expect("keys");
     let tenure = Tenure::named("me", Duration::from_secs(30));
+    // The writer runs in `tasks` until the test ends (dropping them).
+    let mut tasks = regatta_telemetry::tasks::Tasks::new();
     let store = Store::connect(
         &regatta_tests::redis_url(),
         keys.clone(),
         Some(tenure.clone()),
+        &tokio_util::sync::CancellationToken::new(),
+        &mut tasks,
     )
     .await
     .expect("connect the store");

@@ -15,7 +15,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use regatta_proto::{Keys, Notice};
 use regatta_telemetry::backoff::Backoff;
+use regatta_telemetry::tasks::Tasks;
 use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 /// What a session's heartbeat hears.
 #[derive(Debug, Clone)]
@@ -32,15 +34,24 @@ pub struct Notices {
 }
 
 impl Notices {
-    /// Subscribes to the fleet's control channel, and keeps subscribing
-    /// (with backoff) whenever the connection is lost.
-    pub fn start(redis_url: &str, keys: &Keys) -> Notices {
+    /// Subscribes to the fleet's control channel in `tasks`, and keeps
+    /// subscribing (with backoff) whenever the connection is lost, until
+    /// `stop`.
+    pub fn start(
+        redis_url: &str,
+        keys: &Keys,
+        stop: &CancellationToken,
+        tasks: &mut Tasks,
+    ) -> Notices {
         let (sender, _) = broadcast::channel(256);
-        tokio::spawn(subscribe(
-            redis_url.to_owned(),
-            keys.control_channel(),
-            sender.clone(),
-        ));
+        let subscriber = subscribe(redis_url.to_owned(), keys.control_channel(), sender.clone());
+        let stop = stop.clone();
+        tasks.spawn("control subscriber", async move {
+            tokio::select! {
+                _ = subscriber => {}
+                _ = stop.cancelled() => {}
+            }
+        });
         Notices { sender }
     }
 

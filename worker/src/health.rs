@@ -159,10 +159,12 @@ impl Health {
 }
 
 /// Probes the worker's disks once, then keeps probing them and publishing
-/// the worker's health in Redis in the background until `shutdown`.
+/// the worker's health in Redis in `tasks` until `shutdown` (the watcher
+/// then removes the record, and the caller joins it).
 pub async fn start(
     config: &crate::WorkerConfig,
     shutdown: &CancellationToken,
+    tasks: &mut regatta_telemetry::tasks::Tasks,
 ) -> std::sync::Arc<Health> {
     let health = std::sync::Arc::new(Health::new(vec![
         config.work_dir.clone(),
@@ -176,14 +178,17 @@ pub async fn start(
     if redis.is_none() {
         tracing::warn!("cannot connect to Redis to publish this worker's health");
     }
-    tokio::spawn(watch(
-        health.clone(),
-        redis,
-        config.keys.worker(&config.name),
-        config.name.clone(),
-        config.slots,
-        shutdown.clone(),
-    ));
+    tasks.spawn(
+        "health watcher",
+        watch(
+            health.clone(),
+            redis,
+            config.keys.worker(&config.name),
+            config.name.clone(),
+            config.slots,
+            shutdown.clone(),
+        ),
+    );
     health
 }
 

@@ -56,6 +56,10 @@ impl Shared {
     }
 }
 
+/// How long the background tasks may take to stop once told to (the
+/// health watcher removes its record from Redis).
+const BACKGROUND_STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs a worker until `shutdown` is cancelled, then stops taking work,
 /// lets running sessions finish within the grace period, kills the rest
 /// (reporting them as interrupted, so the coordinator re-runs them), and
@@ -70,8 +74,18 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             path: config.work_dir.display().to_string(),
             source,
         })?;
-    let health = crate::health::start(&config, &shutdown).await;
-    let notices = crate::control::Notices::start(&config.redis_url, &config.keys);
+    // The worker's own background tasks: the health watcher stops with
+    // `shutdown`; the control subscriber only once the sessions are over,
+    // since a session finishing in the grace period still hears cancels.
+    let mut background = Tasks::new();
+    let sessions_over = CancellationToken::new();
+    let health = crate::health::start(&config, &shutdown, &mut background).await;
+    let notices = crate::control::Notices::start(
+        &config.redis_url,
+        &config.keys,
+        &sessions_over,
+        &mut background,
+    );
     let repositories = crate::repository::Repositories::new(config.work_dir.join(".git-mirrors"));
     let shared = Arc::new(Shared {
         notices,
@@ -106,6 +120,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             }
         }
     }
+    sessions_over.cancel();
+    background.join_all(BACKGROUND_STOP_WITHIN).await;
     shared.link.close("worker shutdown").await;
     Ok(())
 }

@@ -16,7 +16,7 @@ impl Batch {
     /// another batch published meanwhile finds the lease still held and is
     /// handed back, so a slot is never used twice while its session is
     /// still dying (contract 6, docs/contracts.md).
-    pub fn cancel(&mut self, fleet_usage: &mut BTreeMap<String, u32>) -> Effects {
+    pub(super) fn cancel(&mut self, fleet_usage: &mut BTreeMap<String, u32>) -> Effects {
         let mut effects = Effects::default();
         if self.state.is_terminal() {
             return effects;
@@ -178,7 +178,11 @@ impl Batch {
     }
 
     /// Says what a ready unit waits for, for status displays.
-    pub fn waiting_for(&self, unit: usize, fleet_usage: &BTreeMap<String, u32>) -> Option<String> {
+    pub(super) fn waiting_for(
+        &self,
+        unit: usize,
+        fleet_usage: &BTreeMap<String, u32>,
+    ) -> Option<String> {
         if self.units[unit].state != UnitState::Ready {
             return None;
         }

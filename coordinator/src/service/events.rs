@@ -17,12 +17,11 @@ impl Service {
         }
         {
             let mut fleet = self.fleet();
-            let Fleet { batches, usage } = &mut *fleet;
-            let Some(entry) = batches.get_mut(&event.batch_id) else {
+            let Some(batch) = fleet.batch(&event.batch_id) else {
                 tracing::debug!(batch = %event.batch_id, "event for an unknown batch ignored");
                 return;
             };
-            let Some(unit) = entry.batch.index_of(&event.unit_id) else {
+            let Some(unit) = batch.index_of(&event.unit_id) else {
                 tracing::warn!(batch = %event.batch_id, unit = %event.unit_id, "event for an unknown unit ignored");
                 return;
             };
@@ -39,7 +38,10 @@ impl Service {
                 _ => None,
             };
             let observed = Observation::of(&report);
-            let mut effects = entry.batch.report(unit, &event.session_id, report, usage);
+            let mut effects = fleet.report(&event.batch_id, unit, &event.session_id, report);
+            let Some(entry) = fleet.get_mut(&event.batch_id) else {
+                return;
+            };
             if entry.batch.git_mode() && effects.changed.contains(&unit) {
                 self.offer_to_train(entry, unit, &mut effects);
             }

@@ -3,7 +3,6 @@
 //! from the broker link after any loss. An order larger than the broker
 //! accepts is never sent: its unit fails with the reason instead.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
@@ -18,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::order::work_order;
-use crate::scheduler::{AttemptTrace, Batch, Effects, Finish, Report};
+use crate::scheduler::{AttemptTrace, Effects, Finish, Fleet, Report};
 use regatta_telemetry::messaging::{self, Message, Operation};
 use regatta_telemetry::TraceRef;
 
@@ -101,9 +100,9 @@ impl Outgoing {
 /// reason (a retry would build the same order, so it ends in
 /// `needs_review` after its retries), and dispatch runs again for what that
 /// frees. Returns the orders to publish; `effects.publish` lists their units.
-pub(super) fn dispatch_orders(
-    batch: &mut Batch,
-    usage: &mut BTreeMap<String, u32>,
+pub(super) fn dispatch_orders<T>(
+    fleet: &mut Fleet<T>,
+    batch_id: &str,
     now_ms: i64,
     effects: &mut Effects,
     signer: &Signer,
@@ -112,9 +111,13 @@ pub(super) fn dispatch_orders(
     let mut outgoing = Vec::new();
     let mut sealed = 0;
     loop {
-        let dispatched = batch.dispatch(now_ms, usage, new_session);
+        let dispatched = fleet.dispatch(batch_id, now_ms, new_session);
         effects.publish.extend(dispatched.publish);
         effects.changed.extend(dispatched.changed);
+        let Some(member) = fleet.get_mut(batch_id) else {
+            return outgoing;
+        };
+        let batch = &mut member.batch;
         let mut refused = Vec::new();
         let mut kept = Vec::new();
         for &unit in &effects.publish[sealed..] {
@@ -126,7 +129,7 @@ pub(super) fn dispatch_orders(
             }
             if sealed_order.payload.len() > MAX_ORDER_BYTES {
                 let bytes = sealed_order.payload.len();
-                refused.push((unit, order.session_id, bytes, sealed_order.span));
+                refused.push((unit, order, bytes, sealed_order.span));
             } else {
                 tracing::debug!(batch = %order.batch_id, unit = %order.unit_id, attempt = order.attempt, session = %order.session_id, "publishing");
                 outgoing.push(sealed_order);
@@ -139,13 +142,13 @@ pub(super) fn dispatch_orders(
         if refused.is_empty() {
             return outgoing;
         }
-        for (unit, session_id, bytes, span) in refused {
+        for (unit, order, bytes, span) in refused {
             let reason = format!(
                 "order of {bytes} bytes exceeds the broker's limit of {MAX_ORDER_BYTES}: \
                  shorten the unit's task, env or lists"
             );
             regatta_telemetry::status::failed(&span, "publish.refused", &reason);
-            tracing::error!(batch = %batch.id, unit = %batch.units[unit].id, %reason, "order not published");
+            tracing::error!(batch = %order.batch_id, unit = %order.unit_id, %reason, "order not published");
             let failed = Finish {
                 outcome: Outcome::Failed,
                 exit_code: None,
@@ -158,7 +161,7 @@ pub(super) fn dispatch_orders(
                 evidence: None,
                 git: None,
             };
-            let more = batch.report(unit, &session_id, Report::Finished(failed), usage);
+            let more = fleet.report(batch_id, unit, &order.session_id, Report::Finished(failed));
             effects.changed.extend(more.changed);
             effects.publish.extend(more.publish);
         }

@@ -65,7 +65,7 @@ impl Service {
                 };
                 let span = {
                     let fleet = self.fleet();
-                    let attempt = fleet.batches.get(&event.batch_id).and_then(|e| {
+                    let attempt = fleet.get(&event.batch_id).and_then(|e| {
                         let unit = e.batch.index_of(&event.unit_id)?;
                         e.batch.units[unit]
                             .history
@@ -89,7 +89,6 @@ impl Service {
             }
             let mut fleet = self.fleet();
             let live: Vec<String> = fleet
-                .batches
                 .iter()
                 .filter(|(_, e)| {
                     e.batch.state == BatchState::Running && e.batch.count(UnitState::Ready) > 0

@@ -6,11 +6,11 @@ use std::collections::HashMap;
 use regatta_proto::scripts;
 
 use super::record::{manifest_fields, stored_manifest};
-use super::{now_ms, progress_fields, Entry, Fleet, Origin, Outgoing, Service, ServiceConfig};
+use super::{now_ms, progress_fields, Entry, Origin, Outgoing, Service, ServiceConfig};
 use crate::dag::Dag;
 use crate::manifest::Manifest;
 use crate::order::work_order;
-use crate::scheduler::{Batch, BatchState, UnitState};
+use crate::scheduler::{Batch, BatchState, Fleet, UnitState};
 use crate::store::{Store, Write};
 use crate::Error;
 
@@ -19,7 +19,7 @@ impl Service {
     /// batch stored) that is all; if batches were restored but the marker is
     /// missing, Redis lost data meanwhile and [`Self::notice_data_loss`] acts.
     pub(super) async fn mark_epoch(&self) -> Result<(), Error> {
-        let has_batches = !self.fleet().batches.is_empty();
+        let has_batches = !self.fleet().is_empty();
         if has_batches {
             self.notice_data_loss().await;
             return Ok(());
@@ -61,7 +61,7 @@ impl Service {
     fn write_back(&self) {
         let fleet = self.fleet();
         let keys = &self.config.keys;
-        for (id, entry) in &fleet.batches {
+        for (id, entry) in fleet.iter() {
             let batch = &entry.batch;
             let mut fields = match manifest_fields(&batch.manifest) {
                 Ok((fields, _)) => fields,
@@ -70,13 +70,13 @@ impl Service {
                     continue;
                 }
             };
-            fields.push(("created_ms".to_owned(), entry.created_ms.to_string()));
+            fields.push(("created_ms".to_owned(), entry.extra.created_ms.to_string()));
             fields.extend(progress_fields(entry));
             // Git mode: the pinned base and the train, as stored on enqueue.
             if let Some(base) = &batch.git_base {
                 fields.push(("git_base".to_owned(), base.clone()));
             }
-            if let Some(train) = &entry.train {
+            if let Some(train) = &entry.extra.train {
                 if let Ok(json) = serde_json::to_string(&train.stored) {
                     fields.push(("train".to_owned(), json));
                 }
@@ -87,12 +87,12 @@ impl Service {
             });
             self.store.write(Write::IndexBatch {
                 batch_id: id.clone(),
-                created_ms: entry.created_ms,
+                created_ms: entry.extra.created_ms,
             });
             let units = batch
                 .units
                 .iter()
-                .chain(entry.train.as_ref().map(|t| &t.integration))
+                .chain(entry.extra.train.as_ref().map(|t| &t.integration))
                 .filter_map(|u| {
                     serde_json::to_string(u)
                         .ok()
@@ -123,7 +123,7 @@ impl Service {
     pub(super) fn republish_queued(&self) {
         let fleet = self.fleet();
         let now = now_ms();
-        for entry in fleet.batches.values() {
+        for (_, entry) in fleet.iter() {
             for unit in entry.batch.in_flight_units() {
                 if entry.batch.units[unit].state == UnitState::Queued {
                     let order = work_order(&entry.batch, unit, now);
@@ -139,11 +139,13 @@ impl Service {
             }
             // The merge train's integration session, likewise.
             if let Some(order) = entry
+                .extra
                 .train
                 .as_ref()
                 .and_then(|t| t.queued_order(&entry.batch, now))
             {
                 let trace = entry
+                    .extra
                     .train
                     .as_ref()
                     .and_then(|t| t.integration.current())
@@ -160,7 +162,7 @@ impl Service {
 
 /// Reads every stored batch back from Redis, so a restarted coordinator
 /// resumes where it stopped without re-running succeeded units (contract 5, docs/contracts.md).
-pub(super) async fn restore(store: &Store, config: &ServiceConfig) -> Result<Fleet, Error> {
+pub(super) async fn restore(store: &Store, config: &ServiceConfig) -> Result<Fleet<Entry>, Error> {
     let keys = &config.keys;
     let mut connection = store.connection();
     let redis_error = |e| Error::redis(&config.redis_url, e);
@@ -171,7 +173,7 @@ pub(super) async fn restore(store: &Store, config: &ServiceConfig) -> Result<Fle
         .query_async(&mut connection)
         .await
         .map_err(redis_error)?;
-    let mut fleet = Fleet::default();
+    let mut fleet = Fleet::new();
     for id in ids {
         let record: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(keys.batch(&id))
@@ -206,22 +208,18 @@ pub(super) async fn restore(store: &Store, config: &ServiceConfig) -> Result<Fle
         let manifest_sha256 = manifest.sha256();
         let mut batch = Batch::restore(id.clone(), manifest, dag, state, records);
         batch.git_base = record.get("git_base").cloned();
-        let train = super::train::TrainEntry::restore(&mut batch, &record, integration.as_deref());
-        for unit in batch.in_flight_units() {
-            for (resource, weight) in batch.demand(unit) {
-                *fleet.usage.entry(resource.clone()).or_insert(0) += weight;
-            }
-        }
+        let train =
+            super::train_entry::TrainEntry::restore(&mut batch, &record, integration.as_deref());
         let created_ms = record
             .get("created_ms")
             .and_then(|t| t.parse().ok())
             .unwrap_or(0);
         let ended_ms = record.get("ended_ms").and_then(|t| t.parse().ok());
         tracing::info!(batch = %id, state = state.as_str(), "batch restored");
-        fleet.batches.insert(
-            id,
+        // Its units in flight take their shares of the fleet's ledger.
+        fleet.insert(
+            batch,
             Entry {
-                batch,
                 created_ms,
                 ended_ms,
                 manifest_sha256,

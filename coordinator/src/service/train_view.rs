@@ -74,10 +74,9 @@ impl Service {
     pub fn train(&self, batch_id: &str) -> Result<TrainView, Error> {
         let fleet = self.fleet();
         let entry = fleet
-            .batches
             .get(batch_id)
             .ok_or_else(|| Error::NotFound(format!("batch '{batch_id}'")))?;
-        let (Some(train), Some(git)) = (&entry.train, &entry.batch.manifest.git) else {
+        let (Some(train), Some(git)) = (&entry.extra.train, &entry.batch.manifest.git) else {
             return Err(not_git_mode(batch_id));
         };
         let id = |u: usize| entry.batch.units[u].id.clone();
@@ -134,7 +133,7 @@ impl Service {
     /// sessions` and `regatta logs` show them too.
     pub fn integration_unit(&self, batch_id: &str) -> Option<super::UnitView> {
         let fleet = self.fleet();
-        let record = &fleet.batches.get(batch_id)?.train.as_ref()?.integration;
+        let record = &fleet.get(batch_id)?.extra.train.as_ref()?.integration;
         Some(super::UnitView {
             id: record.id.clone(),
             state: record.state,
@@ -152,7 +151,6 @@ impl Service {
         let (git, branches, refs) = {
             let fleet = self.fleet();
             let entry = fleet
-                .batches
                 .get(batch_id)
                 .ok_or_else(|| Error::NotFound(format!("batch '{batch_id}'")))?;
             let batch = &entry.batch;

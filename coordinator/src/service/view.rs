@@ -1,11 +1,20 @@
-//! What the API and the CLI show of batches, units and leases.
+//! What the API and the CLI show of batches, units and leases, and the
+//! queries that read it (under the fleet's lock, or from Redis and the
+//! broker for leases and gauges).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::Entry;
-use crate::scheduler::{BatchState, UnitState};
+use std::time::Duration;
+
+use lapin::types::FieldTable;
+use regatta_proto::LeaseOwner;
+
+use super::{Entry, Service};
+use crate::metrics::UnitLabels;
+use crate::scheduler::{BatchState, Member, UnitState};
+use crate::Error;
 
 /// What the API shows of a batch.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -84,7 +93,11 @@ pub struct UnitView {
     pub history: Vec<crate::scheduler::Attempt>,
 }
 
-pub(super) fn summary(id: &str, entry: &Entry, usage: &BTreeMap<String, u32>) -> BatchSummary {
+pub(super) fn summary(
+    id: &str,
+    entry: &Member<Entry>,
+    usage: &BTreeMap<String, u32>,
+) -> BatchSummary {
     let batch = &entry.batch;
     BatchSummary {
         id: id.to_owned(),
@@ -97,12 +110,13 @@ pub(super) fn summary(id: &str, entry: &Entry, usage: &BTreeMap<String, u32>) ->
             .filter(|(_, n)| **n > 0)
             .map(|(s, n)| (*s, *n))
             .collect(),
-        created_ms: entry.created_ms,
-        ended_ms: entry.ended_ms,
-        manifest_sha256: entry.manifest_sha256.clone(),
+        created_ms: entry.extra.created_ms,
+        ended_ms: entry.extra.ended_ms,
+        manifest_sha256: entry.extra.manifest_sha256.clone(),
         concurrency: batch.manifest.concurrency,
         calibration: batch.calibration_summary(),
         train: entry
+            .extra
             .train
             .as_ref()
             .zip(batch.manifest.git.as_ref())
@@ -149,5 +163,141 @@ pub(super) fn summary(id: &str, entry: &Entry, usage: &BTreeMap<String, u32>) ->
                 }
             })
             .collect(),
+    }
+}
+
+impl Service {
+    /// The dead-letter queue's depth as the broker sees it now; `None` when
+    /// the broker does not answer at once (a scrape never waits on an
+    /// outage, and never queues up behind another scrape).
+    async fn dead_letter_depth(&self) -> Option<u32> {
+        let mut inspect = self.inspect.try_lock().ok()?;
+        let read = async {
+            let queue = inspect
+                .get_or_open(|| self.link.channel())
+                .await
+                .ok()?
+                .queue_declare(
+                    self.config.names.dead_letter_queue().as_str().into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            queue.ok().map(|q| q.message_count())
+        };
+        tokio::time::timeout(Duration::from_secs(2), read)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The Prometheus text of every metric, with the gauges read now.
+    pub async fn render_metrics(&self) -> String {
+        {
+            let fleet = self.fleet();
+            for (id, entry) in fleet.iter() {
+                for state in UnitState::ALL {
+                    let labels = UnitLabels {
+                        batch: id.clone(),
+                        state: state.as_str().to_owned(),
+                    };
+                    self.metrics
+                        .units
+                        .get_or_create(&labels)
+                        .set(entry.batch.count(state) as i64);
+                }
+            }
+        }
+        if let Some(depth) = self.dead_letter_depth().await {
+            self.metrics.dead_lettered.set(i64::from(depth));
+        }
+        self.scrape_worker_health().await;
+        self.metrics.render()
+    }
+
+    /// Every live lease of the fleet, soonest expiry first.
+    pub async fn leases(&self) -> Result<Vec<LeaseView>, Error> {
+        let records = self
+            .store
+            .leases()
+            .await
+            .map_err(|e| Error::redis(&self.config.redis_url, e))?;
+        let mut leases = Vec::with_capacity(records.len());
+        for (session_id, expires_at_ms, record) in records {
+            let Some(owner) = record.get("owner").and_then(|o| LeaseOwner::decode(o).ok()) else {
+                continue;
+            };
+            let semaphores = record
+                .get("semaphores")
+                .map(|held| {
+                    held.lines()
+                        .filter_map(|line| {
+                            let (key, weight) = line.rsplit_once('\t')?;
+                            Some((key.to_owned(), weight.parse().ok()?))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            leases.push(LeaseView {
+                session_id,
+                worker: owner.worker,
+                batch_id: owner.batch_id,
+                unit_id: owner.unit_id,
+                attempt: owner.attempt,
+                fencing: record
+                    .get("fence")
+                    .and_then(|f| f.parse().ok())
+                    .unwrap_or(0),
+                expires_at_ms,
+                semaphores,
+            });
+        }
+        Ok(leases)
+    }
+
+    /// Every batch, newest first.
+    pub fn batches(&self) -> Vec<BatchSummary> {
+        let fleet = self.fleet();
+        let mut list: Vec<BatchSummary> = fleet
+            .iter()
+            .map(|(id, e)| summary(id, e, fleet.usage()))
+            .collect();
+        list.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(a.id.cmp(&b.id)));
+        list
+    }
+
+    pub fn batch(&self, batch_id: &str) -> Result<BatchSummary, Error> {
+        let fleet = self.fleet();
+        let entry = fleet
+            .get(batch_id)
+            .ok_or_else(|| Error::NotFound(format!("batch '{batch_id}'")))?;
+        Ok(summary(batch_id, entry, fleet.usage()))
+    }
+
+    /// The units of a batch, optionally only those in one state.
+    pub fn units(&self, batch_id: &str, state: Option<UnitState>) -> Result<Vec<UnitView>, Error> {
+        let fleet = self.fleet();
+        let entry = fleet
+            .get(batch_id)
+            .ok_or_else(|| Error::NotFound(format!("batch '{batch_id}'")))?;
+        let batch = &entry.batch;
+        Ok((0..batch.units.len())
+            .filter(|&u| state.is_none_or(|s| batch.units[u].state == s))
+            .map(|u| {
+                let record = &batch.units[u];
+                UnitView {
+                    id: record.id.clone(),
+                    state: record.state,
+                    attempt: record.attempt,
+                    failures: record.failures,
+                    reason: record.reason.clone(),
+                    waiting_for: fleet.waiting_for(batch_id, u),
+                    history: record.history.clone(),
+                }
+            })
+            .collect())
     }
 }

@@ -2,95 +2,15 @@
 //! within Redis's budgets, sends them in order, waits out outages and
 //! answers the writes Redis refuses for good.
 
+use super::budget::{hset_ops, oversized, Op, BYTES_PER_COMMAND, FIELDS_PER_COMMAND};
 use super::*;
 
-/// The most fields written by one script, so a huge batch never blocks
-/// Redis (which also serves lease renewals) for long.
-const FIELDS_PER_COMMAND: usize = 1_000;
-
-/// The most bytes of arguments in one script, for the same reason: a
-/// million-unit manifest stored in one command kept Redis busy for half a
-/// second or more. A single larger value still goes, alone.
-const BYTES_PER_COMMAND: usize = 4 << 20;
+/// How long, once shutdown is cancelled, the writer still takes writes
+/// from the tasks that finish their last work.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long the writer waits for Redis to answer one script.
 pub(super) const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// Redis's largest value (`proto-max-bulk-len`) when it will not say.
-const DEFAULT_LARGEST_VALUE: usize = 512 * 1024 * 1024;
-
-/// Redis's largest value: a larger one would have it drop the connection
-/// (and the writer send it again, forever), so it is refused here first.
-pub(super) async fn largest_value(connection: &mut ConnectionManager) -> usize {
-    let answer: redis::RedisResult<Vec<String>> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("proto-max-bulk-len")
-        .query_async(connection)
-        .await;
-    answer
-        .ok()
-        .and_then(|pair| pair.get(1).and_then(|v| v.parse().ok()))
-        .unwrap_or(DEFAULT_LARGEST_VALUE)
-}
-
-/// Names the first value of `ops` that Redis would not take.
-fn oversized(ops: &[Op], largest: usize) -> Option<String> {
-    ops.iter().find_map(|op| {
-        let size = op.args.iter().map(String::len).max()?;
-        (size > largest).then(|| {
-            format!(
-                "a value of {size} bytes for {} is over Redis's largest ({largest} bytes, its proto-max-bulk-len)",
-                op.keys.first().map(String::as_str).unwrap_or("a notice")
-            )
-        })
-    })
-}
-
-/// The `hset` operations that set `fields` of `key`, each within a
-/// script's budgets of fields and bytes (a larger single field alone).
-fn hset_ops(key: String, fields: Vec<(String, String)>) -> Vec<Op> {
-    let hset = |args| Op {
-        name: "hset",
-        keys: vec![key.clone()],
-        args,
-    };
-    let mut ops = Vec::new();
-    let (mut args, mut bytes) = (Vec::new(), 0);
-    for (field, value) in fields {
-        let size = field.len() + value.len();
-        let full = args.len() / 2 >= FIELDS_PER_COMMAND || bytes + size > BYTES_PER_COMMAND;
-        if full && !args.is_empty() {
-            ops.push(hset(std::mem::take(&mut args)));
-            bytes = 0;
-        }
-        args.push(field);
-        args.push(value);
-        bytes += size;
-    }
-    if !args.is_empty() {
-        ops.push(hset(args));
-    }
-    ops
-}
-
-/// One Redis operation of [`scripts::FENCED_WRITE`].
-struct Op {
-    name: &'static str,
-    keys: Vec<String>,
-    args: Vec<String>,
-}
-
-impl Op {
-    /// How much of a script's budget of fields it takes.
-    fn weight(&self) -> usize {
-        (self.args.len() / 2).max(1)
-    }
-
-    /// How much of a script's budget of bytes it takes.
-    fn bytes(&self) -> usize {
-        self.args.iter().map(String::len).sum()
-    }
-}
 
 /// A write as the writer handles it: operations, or a marker.
 enum Step {
@@ -159,13 +79,16 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Starts the task that sends every write, in order, on its own
-    /// connection.
+    /// connection, in `tasks`; it ends once `shutdown` is cancelled and what
+    /// was queued is stored (see [`Writer::run`]).
     pub(super) fn spawn(
         connection: ConnectionManager,
         largest_value: usize,
         keys: Keys,
         tenure: Option<Tenure>,
         receiver: mpsc::UnboundedReceiver<Write>,
+        shutdown: CancellationToken,
+        tasks: &mut Tasks,
     ) {
         let writer = Writer {
             connection,
@@ -176,12 +99,38 @@ impl Writer {
             lost: None,
             refused_since_marker: false,
         };
-        tokio::spawn(writer.run(receiver));
+        tasks.spawn("store writer", writer.run(receiver, shutdown));
     }
 
-    async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Write>) {
+    /// Sends every write until the store's handles are all gone, or until
+    /// shutdown: the tasks that write finish their last work after it is
+    /// cancelled (an event being applied, a request being answered), so
+    /// their writes are taken for [`SHUTDOWN_GRACE`] more; then no new
+    /// write is taken, and those queued are stored before it ends.
+    async fn run(
+        mut self,
+        mut receiver: mpsc::UnboundedReceiver<Write>,
+        shutdown: CancellationToken,
+    ) {
+        let closing = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::pin!(closing);
+        let mut closed = false;
         let mut batch = Vec::new();
-        while receiver.recv_many(&mut batch, 512).await > 0 {
+        loop {
+            let received = tokio::select! {
+                received = receiver.recv_many(&mut batch, 512) => received,
+                _ = &mut closing, if !closed => {
+                    closed = true;
+                    receiver.close();
+                    continue;
+                }
+            };
+            if received == 0 {
+                return;
+            }
             let mut steps = Vec::with_capacity(batch.len());
             for write in batch.drain(..) {
                 self.steps_of(write, &mut steps);
@@ -526,31 +475,7 @@ fn refused_for_good(e: &redis::RedisError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pieces(count: usize, size: usize) -> Vec<(String, String)> {
-        (0..count)
-            .map(|i| (format!("manifest.{i}"), "x".repeat(size)))
-            .collect()
-    }
-
-    #[test]
-    fn a_hash_of_big_values_is_cut_within_the_byte_budget() {
-        // 120 pieces of 1 MiB: one command of 120 MiB before.
-        let ops = hset_ops("ns:batch:b".into(), pieces(120, 1 << 20));
-        assert!(ops.len() >= 30, "{} commands", ops.len());
-        assert!(ops.iter().all(|op| op.bytes() <= BYTES_PER_COMMAND));
-        let fields: usize = ops.iter().map(Op::weight).sum();
-        assert_eq!(fields, 120, "every field, once");
-        // A single value over the budget still goes, alone.
-        let ops = hset_ops("k".into(), pieces(3, BYTES_PER_COMMAND + 1));
-        assert_eq!(ops.len(), 3);
-        // Many small fields: cut by count, as before.
-        let ops = hset_ops("k".into(), pieces(2_500, 10));
-        assert_eq!(
-            ops.iter().map(Op::weight).collect::<Vec<_>>(),
-            [1_000, 1_000, 500]
-        );
-    }
+    use crate::store::budget::tests::pieces;
 
     #[test]
     fn scripts_stay_within_both_budgets() {
@@ -584,22 +509,5 @@ mod tests {
             }
         }
         assert_eq!(sent, all, "every operation, in order");
-    }
-
-    #[test]
-    fn a_value_over_redis_largest_is_named_and_nothing_smaller_is() {
-        let hset = |value: &str| Op {
-            name: "hset",
-            keys: vec!["ns:batch:b".into()],
-            args: vec!["manifest".into(), value.into()],
-        };
-        assert_eq!(oversized(&[hset("12345678")], 8), None);
-        let reason = oversized(&[hset("1"), hset("123456789")], 8).expect("over");
-        assert!(
-            reason.contains("9 bytes")
-                && reason.contains("ns:batch:b")
-                && reason.contains("8 bytes"),
-            "{reason}"
-        );
     }
 }
