@@ -189,15 +189,25 @@ impl Browser {
             .to_owned()
     }
 
+    /// Clicks the element `css` finds. The page redraws what changed every
+    /// second, so an element found just before a redraw is looked up again.
     async fn click(&self, css: &str) {
-        let element = self.element(css).await;
-        self.command(
-            reqwest::Method::POST,
-            &format!("/element/{element}/click"),
-            json!({}),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+        for _ in 0..3 {
+            let element = self.element(css).await;
+            let clicked = self
+                .command(
+                    reqwest::Method::POST,
+                    &format!("/element/{element}/click"),
+                    json!({}),
+                )
+                .await;
+            match clicked {
+                Ok(_) => return,
+                Err(e) if e["error"] == json!("stale element reference") => continue,
+                Err(e) => panic!("click {css}: {e}"),
+            }
+        }
+        panic!("click {css}: the element went stale three times");
     }
 
     async fn type_into(&self, css: &str, text: &str) {
@@ -324,9 +334,22 @@ fn live_manifest(dir: &Path, fixed: &Path) -> Manifest {
     Manifest::load(&dir.join("manifest.yaml")).expect("valid manifest")
 }
 
+/// An OTLP endpoint that takes every span and keeps none: enough for the
+/// fleet to give each session a trace id.
+async fn span_sink() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the span sink");
+    let address = listener.local_addr().expect("its address");
+    let router = axum::Router::new().fallback(|| async { axum::http::StatusCode::OK });
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    format!("http://{address}")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_shows_a_batch_live_wants_the_token_and_retries_a_failed_unit() {
     let token = "dashboard-t0ken";
+    let spans = span_sink().await;
     let fleet = Fleet::start_with_env(
         "dashboard",
         1,
@@ -338,6 +361,8 @@ async fn the_dashboard_shows_a_batch_live_wants_the_token_and_retries_a_failed_u
                 "REGATTA_TRACE_URL",
                 "http://127.0.0.1:16686/trace/{trace_id}",
             ),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &spans),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
         ],
     )
     .await;
@@ -504,6 +529,22 @@ async fn the_dashboard_shows_a_batch_live_wants_the_token_and_retries_a_failed_u
     assert!(
         sessions.contains("succeeded") && sessions.contains("failed"),
         "{sessions}"
+    );
+    // Each session links to its trace in the tracing UI (--trace-url).
+    let units = client.units(&batch, None).await.expect("units");
+    let flaky = units.iter().find(|u| u.id == "flaky").expect("flaky");
+    let latest = flaky.history.last().and_then(|a| a.trace.clone());
+    let trace_id = latest.expect("the retry's trace id").trace_id;
+    let link = browser
+        .run(
+            "const a = document.querySelector('#sessions a[target]'); return a && a.href",
+            json!([]),
+        )
+        .await;
+    assert_eq!(
+        link,
+        json!(format!("http://127.0.0.1:16686/trace/{trace_id}")),
+        "the latest session's trace link"
     );
     let deadline = Instant::now() + Duration::from_secs(60);
     let summary = loop {

@@ -286,16 +286,16 @@ class BatchPage {
         done + " / " + summary.total + " units ended (" + percent + "%)")),
       stateBar(summary.counts, summary.total),
       h("p", { id: "counts" }, chips(summary.counts)),
-      summary.calibration ? h("p", { class: "muted" }, "calibration: " + JSON.stringify(summary.calibration)) : null,
-      h("div", { class: "actions" },
+      summary.calibration ? h("p", { class: "muted" }, "calibration: " + JSON.stringify(summary.calibration)) : null);
+    const controls = h("section", { id: "controls", class: "actions" },
         h("button", { id: "pause", onclick: () => act("Pause batch " + id + "?", this.base + "/pause", {}, again) }, "pause"),
         h("button", { id: "resume", onclick: () => act("Resume batch " + id + "?", this.base + "/resume", {}, again) }, "resume"),
         h("button", { id: "approve", onclick: () => act("Approve the calibration of batch " + id + "?", this.base + "/approve", {}, again) }, "approve"),
-        h("button", { id: "cancel", onclick: () => act("Cancel batch " + id + "? Running sessions are stopped.", this.base + "/cancel", {}, again) }, "cancel")));
-    const sections = [head, this.reviewQueue(again), this.waiting(summary), this.running()];
+        h("button", { id: "cancel", onclick: () => act("Cancel batch " + id + "? Running sessions are stopped.", this.base + "/cancel", {}, again) }, "cancel"));
+    const sections = [head, controls, this.reviewQueue(again), this.waiting(summary), this.running()];
     if (train) sections.push(trainSection(train));
     sections.push(this.dag());
-    document.getElementById("view").replaceChildren(...sections);
+    place(document.getElementById("view"), sections);
   }
 
   reviewQueue(again) {
@@ -381,6 +381,20 @@ class BatchPage {
     });
     return section;
   }
+}
+
+/// Puts fresh sections in the view, keeping every section whose content did
+/// not change: a button someone is about to click stays the same element.
+function place(view, sections) {
+  const old = Array.from(view.children);
+  const same = old.length === sections.length && old.every((o, i) => o.id && o.id === sections[i].id);
+  if (!same) {
+    view.replaceChildren(...sections);
+    return;
+  }
+  sections.forEach((fresh, i) => {
+    if (!old[i].isEqualNode(fresh)) old[i].replaceWith(fresh);
+  });
 }
 
 /// Lays units out by level (0: no dependency; n: one more than its deepest
