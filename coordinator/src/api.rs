@@ -1,7 +1,7 @@
 //! The coordinator's HTTP API: the same data the CLI shows, for scripts and
 //! dashboards (its own at `/ui`). Every route but `/healthz`, the
-//! dashboard's assets (and `/metrics` with `--metrics-public`) wants `Authorization: Bearer <REGATTA_API_TOKEN>`
-//! when a token is configured.
+//! dashboard's assets (and `/metrics` with `--metrics-public`) wants
+//! `Authorization: Bearer <REGATTA_API_TOKEN>` when a token is configured.
 
 mod auth;
 mod body;
