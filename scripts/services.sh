@@ -6,7 +6,7 @@
 # installed with apt-get first. Then we wait until it answers, or fail with
 # a message that says how to start it by hand.
 #
-# Usage: scripts/services.sh [rabbitmq] [redis] [postgres] [iproute2]   (default: the three services)
+# Usage: scripts/services.sh [rabbitmq] [redis] [postgres] [iproute2] [chromium]   (default: the three services)
 set -euo pipefail
 
 log() { printf 'services: %s\n' "$*" >&2; }
@@ -121,6 +121,15 @@ ensure_iproute2() {
   has ip || apt_install iproute2
 }
 
+# Not a service: the dashboard's browser test drives Debian's headless
+# Chromium through chromedriver (tests/tests/dashboard.rs).
+ensure_chromium() {
+  if has chromium && has chromedriver; then log "chromium and chromedriver are installed"; return; fi
+  apt_install chromium chromium-driver
+  has chromium && has chromedriver || { log "chromium or chromedriver is still missing after apt-get install chromium chromium-driver"; exit 1; }
+  log "chromium and chromedriver are installed"
+}
+
 services=("$@")
 [ ${#services[@]} -gt 0 ] || services=(rabbitmq redis postgres)
 for service in "${services[@]}"; do
@@ -129,6 +138,7 @@ for service in "${services[@]}"; do
     redis) ensure_redis ;;
     postgres) ensure_postgres ;;
     iproute2) ensure_iproute2 ;;
-    *) log "unknown service '$service' (known: rabbitmq redis postgres iproute2)"; exit 2 ;;
+    chromium) ensure_chromium ;;
+    *) log "unknown service '$service' (known: rabbitmq redis postgres iproute2 chromium)"; exit 2 ;;
   esac
 done

@@ -1,12 +1,13 @@
 //! The coordinator's HTTP API: the same data the CLI shows, for scripts and
-//! dashboards. Every route but `/healthz` (and `/metrics` with
-//! `--metrics-public`) wants `Authorization: Bearer <REGATTA_API_TOKEN>`
-//! when a token is configured.
+//! dashboards (its own at `/ui`). Every route but `/healthz`, the
+//! dashboard's assets (and `/metrics` with `--metrics-public`) wants
+//! `Authorization: Bearer <REGATTA_API_TOKEN>` when a token is configured.
 
 mod auth;
 mod body;
 pub mod server;
 pub mod session_log;
+pub mod ui;
 
 use std::path::PathBuf;
 
@@ -41,6 +42,8 @@ pub struct ApiConfig {
     /// The workers' artifact store, where session logs are read from.
     pub artifact_store: PathBuf,
     pub body: BodyLimits,
+    /// What the dashboard is told (`GET /v1/ui-config`).
+    pub ui: ui::UiConfig,
 }
 
 /// The body of `POST /v1/batches`.
@@ -133,8 +136,11 @@ pub fn router(service: Service, config: ApiConfig) -> Router {
         .route("/v1/batches/{id}/skip", post(skip))
         .route("/v1/batches/{id}/merge", post(merge))
         .route("/v1/batches/{id}/train", get(show_train))
-        .route("/v1/batches/{id}/conflicts", get(show_conflicts));
-    let mut open = Router::new().route("/healthz", get(|| async { "ok" }));
+        .route("/v1/batches/{id}/conflicts", get(show_conflicts))
+        .merge(ui::config_route(config.ui));
+    let mut open = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(ui::assets());
     if config.metrics_public {
         open = open.route("/metrics", get(metrics));
     } else {

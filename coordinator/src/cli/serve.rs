@@ -75,6 +75,11 @@ pub struct ServeArgs {
     /// past it, the oldest idle connection is closed for the newcomer.
     #[arg(long, env = "REGATTA_MAX_CONNECTIONS", default_value_t = 512)]
     pub max_connections: usize,
+    /// The tracing UI's address of one trace, with `{trace_id}` where the
+    /// id goes (e.g. Jaeger's `http://localhost:16686/trace/{trace_id}`):
+    /// the dashboard links each session to its trace.
+    #[arg(long, env = "REGATTA_TRACE_URL")]
+    pub trace_url: Option<String>,
 }
 
 pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -119,6 +124,10 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
     let token = connection.api_token.clone().filter(|t| !t.is_empty());
     refuse_open_listen(address, token.is_some(), args.insecure)?;
     let limits = server_limits(&args)?;
+    let trace_url = args.trace_url.clone().filter(|t| !t.is_empty());
+    if let Some(template) = &trace_url {
+        api::ui::check_trace_url(template).map_err(anyhow::Error::msg)?;
+    }
     // One coordinator per namespace: a second one waits here.
     let instance = args
         .instance
@@ -170,6 +179,7 @@ pub async fn run(connection: &Connection, args: ServeArgs) -> anyhow::Result<Exi
             max_bytes: args.max_manifest_bytes,
             timeout: args.body_timeout,
         },
+        ui: api::ui::UiConfig { trace_url },
     };
     let serving = api::serve(
         listener,
