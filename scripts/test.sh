@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/services.sh rabbitmq redis postgres iproute2
+scripts/services.sh rabbitmq redis postgres iproute2 chromium
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

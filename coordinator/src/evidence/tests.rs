@@ -78,6 +78,7 @@ fn unit(id: &str, state: UnitState, history: Vec<Attempt>) -> UnitView {
         reason: None,
         waiting_for: None,
         history,
+        depends_on: Vec::new(),
     }
 }
 

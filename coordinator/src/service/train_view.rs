@@ -142,6 +142,7 @@ impl Service {
             reason: record.reason.clone(),
             waiting_for: None,
             history: record.history.clone(),
+            depends_on: Vec::new(),
         })
     }
 

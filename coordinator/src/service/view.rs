@@ -91,6 +91,10 @@ pub struct UnitView {
     pub reason: Option<String>,
     pub waiting_for: Option<String>,
     pub history: Vec<crate::scheduler::Attempt>,
+    /// The units it depends on, as the manifest says (the dashboard lays
+    /// the DAG out by them).
+    #[serde(default)]
+    pub depends_on: Vec<String>,
 }
 
 pub(super) fn summary(
@@ -296,6 +300,7 @@ impl Service {
                     reason: record.reason.clone(),
                     waiting_for: fleet.waiting_for(batch_id, u),
                     history: record.history.clone(),
+                    depends_on: batch.manifest.units[u].depends_on.clone(),
                 }
             })
             .collect())
