@@ -99,24 +99,9 @@ impl Batch {
             let record = &mut self.units[unit];
             record.attempt += 1;
             record.reason = None;
-            record.history.push(Attempt {
-                attempt: record.attempt,
-                session_id: new_session(),
-                worker: None,
-                fencing: 0,
-                published_at_ms: now_ms,
-                started_at_ms: None,
-                ended_at_ms: None,
-                outcome: None,
-                exit_code: None,
-                reason: None,
-                log_tail: String::new(),
-                log_path: String::new(),
-                gates: Vec::new(),
-                evidence: None,
-                trace: None,
-                git: None,
-            });
+            record
+                .history
+                .push(Attempt::published(record.attempt, new_session(), now_ms));
             effects.publish.push(unit);
             effects.changed.insert(unit);
         }

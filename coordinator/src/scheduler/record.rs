@@ -200,6 +200,52 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+impl Attempt {
+    /// A new attempt, published at `at_ms` as session `session_id`.
+    pub fn published(attempt: u32, session_id: String, at_ms: i64) -> Attempt {
+        Attempt {
+            attempt,
+            session_id,
+            worker: None,
+            fencing: 0,
+            published_at_ms: at_ms,
+            started_at_ms: None,
+            ended_at_ms: None,
+            outcome: None,
+            exit_code: None,
+            reason: None,
+            log_tail: String::new(),
+            log_path: String::new(),
+            gates: Vec::new(),
+            evidence: None,
+            trace: None,
+            git: None,
+        }
+    }
+
+    /// Records how the session ended, with the outcome and reason the
+    /// coordinator settled on (which may differ from the worker's).
+    pub fn conclude(
+        &mut self,
+        finish: super::Finish,
+        outcome: regatta_proto::Outcome,
+        reason: Option<String>,
+    ) {
+        self.ended_at_ms = Some(finish.at_ms);
+        self.outcome = Some(outcome);
+        self.exit_code = finish.exit_code;
+        self.reason = reason;
+        self.log_tail = finish.log_tail;
+        self.log_path = finish.log_path;
+        self.gates = finish.gates;
+        self.evidence = finish.evidence;
+        self.git = finish.git.map(|g| *g);
+        if finish.fencing > 0 {
+            self.fencing = finish.fencing;
+        }
+    }
+}
+
 impl UnitRecord {
     /// The attempt now in flight or last finished.
     pub fn current(&self) -> Option<&Attempt> {

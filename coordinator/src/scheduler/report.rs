@@ -78,21 +78,10 @@ impl Batch {
                 let (outcome, reason) =
                     match self.unusable_git_result(finish.outcome, finish.git.as_deref()) {
                         Some(problem) => (Outcome::Failed, Some(problem)),
-                        None => (finish.outcome, finish.reason),
+                        None => (finish.outcome, finish.reason.clone()),
                     };
                 if let Some(attempt) = self.units[unit].current_mut() {
-                    attempt.ended_at_ms = Some(finish.at_ms);
-                    attempt.outcome = Some(outcome);
-                    attempt.exit_code = finish.exit_code;
-                    attempt.reason = reason.clone();
-                    attempt.log_tail = finish.log_tail;
-                    attempt.log_path = finish.log_path;
-                    attempt.gates = finish.gates;
-                    attempt.evidence = finish.evidence;
-                    attempt.git = finish.git.map(|g| *g);
-                    if finish.fencing > 0 {
-                        attempt.fencing = finish.fencing;
-                    }
+                    attempt.conclude(finish, outcome, reason.clone());
                 }
                 effects.changed.insert(unit);
                 if let Some(files) = self.dependency_conflict(unit) {

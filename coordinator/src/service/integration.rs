@@ -31,24 +31,9 @@ impl Service {
         record.attempt += 1;
         record.state = UnitState::Queued;
         record.reason = None;
-        record.history.push(Attempt {
-            attempt: record.attempt,
-            session_id: new_session_id(),
-            worker: None,
-            fencing: 0,
-            published_at_ms: now,
-            started_at_ms: None,
-            ended_at_ms: None,
-            outcome: None,
-            exit_code: None,
-            reason: None,
-            log_tail: String::new(),
-            log_path: String::new(),
-            gates: Vec::new(),
-            evidence: None,
-            trace: None,
-            git: None,
-        });
+        record
+            .history
+            .push(Attempt::published(record.attempt, new_session_id(), now));
         let order = integration_order(&entry.batch, record, candidate, commit, now);
         train
             .stored
@@ -126,13 +111,8 @@ impl Service {
             }
             EventKind::Finished {
                 outcome,
-                exit_code,
                 reason,
                 log_tail,
-                log_path,
-                gates,
-                evidence,
-                git,
                 ..
             } => {
                 if event.fencing > 0 {
@@ -141,16 +121,11 @@ impl Service {
                         fence: event.fencing,
                     });
                 }
-                if let Some(attempt) = record.history.last_mut() {
-                    attempt.ended_at_ms = Some(event.at_ms);
-                    attempt.outcome = Some(*outcome);
-                    attempt.exit_code = *exit_code;
-                    attempt.reason = reason.clone();
-                    attempt.log_tail = log_tail.clone();
-                    attempt.log_path = log_path.clone();
-                    attempt.gates = gates.clone();
-                    attempt.evidence = evidence.clone();
-                    attempt.git = git.as_deref().cloned();
+                if let (Some(attempt), Report::Finished(finish)) = (
+                    record.history.last_mut(),
+                    Report::from_event(event, now_ms()),
+                ) {
+                    attempt.conclude(finish, *outcome, reason.clone());
                 }
                 match outcome {
                     Outcome::Succeeded => {
