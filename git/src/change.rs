@@ -10,25 +10,9 @@ use crate::merge::commit_tree;
 use crate::repo::{nul_fields, Git, Identity, Oid};
 use crate::Error;
 
-/// How a file changed between the start commit and the unit's commit.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum FileStatus {
-    Added,
-    Modified,
-    Deleted,
-    Renamed,
-    TypeChanged,
-}
-
-/// One changed file; `from` is the old path of a rename.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct ChangedFile {
-    pub path: String,
-    pub status: FileStatus,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub from: Option<String>,
-}
+// How a file changed, as the worker reports it to the coordinator: the
+// wire's own types, so that nothing translates between two copies.
+pub use regatta_proto::git::{ChangedFile, FileStatus};
 
 /// What a unit committed: the ids to record, the files and the diffstat.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

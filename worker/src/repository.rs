@@ -15,7 +15,7 @@ use regatta_git::change::outside_write_set;
 use regatta_git::mirror::Mirror;
 use regatta_git::repo::Identity;
 use regatta_git::workspace::Workspace;
-use regatta_proto::git::{session_ref, ChangedFile, FileStatus, GitReport, GitSession, UnitCommit};
+use regatta_proto::git::{session_ref, ChangedFile, GitReport, GitSession, UnitCommit};
 use regatta_proto::{GitOrder, WorkOrder};
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
@@ -146,7 +146,7 @@ impl Prepared {
             // Nothing changed: the unit lands as it is.
             return Ok(());
         };
-        let files: Vec<ChangedFile> = made.files.iter().map(changed_file).collect();
+        let files: Vec<ChangedFile> = made.files.clone();
         self.report.commit = Some(UnitCommit {
             commit: made.commit.clone(),
             tree: made.tree.clone(),
@@ -204,21 +204,6 @@ fn commit_message(order: &WorkOrder) -> String {
         "{title}\n\nRegatta-Batch: {}\nRegatta-Unit: {}\nRegatta-Session: {}\nRegatta-Attempt: {}\n",
         order.batch_id, order.unit_id, order.session_id, order.attempt
     )
-}
-
-fn changed_file(file: &regatta_git::change::ChangedFile) -> ChangedFile {
-    use regatta_git::change::FileStatus as Git;
-    ChangedFile {
-        path: file.path.clone(),
-        status: match file.status {
-            Git::Added => FileStatus::Added,
-            Git::Modified => FileStatus::Modified,
-            Git::Deleted => FileStatus::Deleted,
-            Git::Renamed => FileStatus::Renamed,
-            Git::TypeChanged => FileStatus::TypeChanged,
-        },
-        from: file.from.clone(),
-    }
 }
 
 #[cfg(test)]
