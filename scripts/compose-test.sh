@@ -89,6 +89,8 @@ cleanup() {
         || log "docker compose down failed; remove the fleet with: docker compose -p $project down -v"
     fi
   fi
+  # A rebuilt regatta image leaves the one before it untagged: drop those.
+  timeout 60 docker image prune -f --filter "label=com.docker.compose.project=$project" >/dev/null 2>&1 || true
   if [ -z "$demo_out_existed" ]; then rm -rf "$root/examples/demo/out"; fi
   [ -n "$work" ] && rm -rf "$work"
   if [ -n "$started_dockerd" ] && [ "${REGATTA_COMPOSE_KEEP:-}" != 1 ]; then
