@@ -4,7 +4,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The broker cannot be reached, or refused the connection.
-    #[error("RabbitMQ at {url} is unreachable or refused the connection: {source}; is it running? (`scripts/services.sh rabbitmq`)")]
+    #[error("RabbitMQ at {url} is unreachable or refused the connection: {source}; is it running, and does --amqp-url (REGATTA_AMQP_URL) point at it?")]
     Connect {
         url: String,
         #[source]

@@ -19,6 +19,7 @@ use lapin::options::ConfirmSelectOptions;
 use lapin::{Channel, Connection, ConnectionProperties};
 use regatta_proto::names::redact_url;
 use regatta_proto::Names;
+use regatta_telemetry::backoff::{wait_at_start, START_PATIENCE};
 use tokio::sync::Mutex;
 
 use crate::{declare_topology, Error};
@@ -58,10 +59,14 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl BrokerLink {
-    /// Connects and declares the topology; fails at once, naming the broker,
-    /// if it cannot be reached, so a wrong URL shows at start-up.
+    /// Connects and declares the topology. A broker that does not answer yet
+    /// is waited for, with logged retries, for at most
+    /// [`START_PATIENCE`](regatta_telemetry::backoff::START_PATIENCE) (a fleet
+    /// whose services start together); then this fails, naming the broker, so
+    /// a wrong URL still shows at start-up.
     pub async fn connect(url: &str, name: &str, names: Names) -> Result<BrokerLink, Error> {
-        let connection = open(url, name).await?;
+        let broker = format!("RabbitMQ at {}", redact_url(url));
+        let connection = wait_at_start(&broker, START_PATIENCE, || open(url, name)).await?;
         let channel = connection.create_channel().await?;
         declare_topology(&channel, &names).await?;
         let _ = channel.close(200, "topology declared".into()).await;

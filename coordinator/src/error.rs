@@ -13,7 +13,7 @@ pub enum Error {
     #[error(transparent)]
     Link(#[from] regatta_broker::Error),
     /// Redis cannot be reached or refused an operation.
-    #[error("Redis at {url} failed: {source}; is it running? (`scripts/services.sh redis`)")]
+    #[error("Redis at {url} failed: {source}; is it running, and does --redis-url (REGATTA_REDIS_URL) point at it?")]
     Redis {
         url: String,
         #[source]

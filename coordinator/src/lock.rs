@@ -134,7 +134,9 @@ pub enum Loss {
 
 impl CoordinatorLock {
     /// Takes the namespace's lock, waiting (and saying for whom) while another
-    /// instance holds it. `None` if `shutdown` comes first.
+    /// instance holds it, and for at most
+    /// [`START_PATIENCE`](regatta_telemetry::backoff::START_PATIENCE) while
+    /// Redis does not answer yet. `None` if `shutdown` comes first.
     pub async fn acquire(
         redis_url: &str,
         keys: &Keys,
@@ -143,9 +145,15 @@ impl CoordinatorLock {
         shutdown: &CancellationToken,
     ) -> Result<Option<CoordinatorLock>, Error> {
         let client = redis::Client::open(redis_url).map_err(|e| Error::redis(redis_url, e))?;
-        let connection = ConnectionManager::new(client)
-            .await
-            .map_err(|e| Error::redis(redis_url, e))?;
+        // The first thing `serve` reaches: a Redis still starting is waited for.
+        let redis = format!("Redis at {}", regatta_proto::names::redact_url(redis_url));
+        let connection = regatta_telemetry::backoff::wait_at_start(
+            &redis,
+            regatta_telemetry::backoff::START_PATIENCE,
+            || ConnectionManager::new(client.clone()),
+        )
+        .await
+        .map_err(|e| Error::redis(redis_url, e))?;
         let mut lock = CoordinatorLock {
             connection,
             key: keys.coordinator(),

@@ -83,6 +83,8 @@ impl Store {
     /// queued and ends after `shutdown`. With a `tenure`, nothing is
     /// written while the coordinator's lock is not known to be held, and
     /// Redis refuses every write once another tenure holds it.
+    /// A Redis that does not answer yet is waited for, with logged retries,
+    /// for at most [`START_PATIENCE`](regatta_telemetry::backoff::START_PATIENCE).
     pub async fn connect(
         url: &str,
         keys: Keys,
@@ -91,9 +93,14 @@ impl Store {
         tasks: &mut Tasks,
     ) -> Result<Store, Error> {
         let client = redis::Client::open(url).map_err(|e| Error::redis(url, e))?;
-        let connection = ConnectionManager::new(client.clone())
-            .await
-            .map_err(|e| Error::redis(url, e))?;
+        let redis = format!("Redis at {}", regatta_proto::names::redact_url(url));
+        let connection = regatta_telemetry::backoff::wait_at_start(
+            &redis,
+            regatta_telemetry::backoff::START_PATIENCE,
+            || ConnectionManager::new(client.clone()),
+        )
+        .await
+        .map_err(|e| Error::redis(url, e))?;
         // The writer's own connection waits longer for an answer: storing a
         // manifest of hundreds of MB takes seconds, and a write that timed
         // out would be sent again, and time out again, forever.

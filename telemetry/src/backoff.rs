@@ -1,6 +1,9 @@
 //! Waiting out an outage: the delays between retries of something that must
-//! succeed in the end (a broker channel, a Redis write, an event to report).
+//! succeed in the end (a broker channel, a Redis write, an event to report),
+//! and the bounded wait of a process that starts before its broker or Redis.
 
+use std::fmt::Display;
+use std::future::Future;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
@@ -57,9 +60,86 @@ impl Backoff {
     }
 }
 
+/// How long a starting coordinator or worker waits for RabbitMQ and Redis:
+/// long enough for a fleet whose services start together (`docker compose
+/// up`, where the broker takes seconds to listen), short enough that a wrong
+/// URL still ends the process with its reason.
+pub const START_PATIENCE: Duration = Duration::from_secs(90);
+
+/// Runs `attempt` until it succeeds, for at most `patience`, with delays
+/// from 250 ms doubling up to 5 s between tries; each failure is logged as a
+/// warning naming `what`. Returns the last error once the next delay would
+/// go past `patience`.
+pub async fn wait_at_start<T, E, F, Fut>(
+    what: &str,
+    patience: Duration,
+    mut attempt: F,
+) -> Result<T, E>
+where
+    E: Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(5));
+    let mut failures = 0u32;
+    loop {
+        match attempt().await {
+            Ok(value) => {
+                if failures > 0 {
+                    tracing::info!(failures, "{what} answered; starting");
+                }
+                return Ok(value);
+            }
+            Err(error) => {
+                failures += 1;
+                let delay = backoff.next_delay();
+                if tokio::time::Instant::now() + delay > deadline {
+                    return Err(error);
+                }
+                tracing::warn!(
+                    %error,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "{what} is not reachable yet; waiting for it (at most {} s in all)",
+                    patience.as_secs()
+                );
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_start_waits_for_a_late_service_then_gives_up_on_a_missing_one() {
+        let mut tries = 0;
+        let late = wait_at_start("late", Duration::from_secs(5), || {
+            tries += 1;
+            let answer = if tries < 3 { Err("refused") } else { Ok(tries) };
+            async move { answer }
+        })
+        .await;
+        assert_eq!(late, Ok(3), "answers on the third try, after 250 + 500 ms");
+
+        let started = std::time::Instant::now();
+        let mut tries = 0;
+        let missing: Result<(), String> =
+            wait_at_start("missing", Duration::from_millis(800), || {
+                tries += 1;
+                let error = format!("refused {tries}");
+                async move { Err(error) }
+            })
+            .await;
+        assert_eq!(
+            missing,
+            Err("refused 3".to_owned()),
+            "250 + 500 ms fit, 1 s does not"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
 
     #[test]
     fn delays_double_up_to_the_cap_and_start_over_after_a_reset() {

@@ -242,16 +242,28 @@ fn every_service_of_the_fleet_exists() {
         Some("true"),
         "service `jaeger` must set COLLECTOR_OTLP_ENABLED=true"
     );
+    // Only what a user opens is published (the UIs and the API), each on a
+    // host port that .env can change; AMQP, Redis and OTLP stay inside.
     for (name, ports) in [
-        ("rabbitmq", &[5672, 15672][..]),
-        ("jaeger", &[16686, 4317, 4318][..]),
+        ("rabbitmq", &[15672][..]),
+        ("redis", &[][..]),
+        ("jaeger", &[16686][..]),
+        ("coordinator", &[7700][..]),
     ] {
         let published = container_ports(name, service(&compose, name));
-        for port in ports {
-            assert!(
-                published.contains(port),
-                "service `{name}` must publish port {port} (publishes {published:?})"
-            );
+        assert_eq!(
+            published, ports,
+            "service `{name}` must publish exactly {ports:?} (publishes {published:?})"
+        );
+        if let Some(Value::Array(entries)) = service(&compose, name).get("ports") {
+            for entry in entries {
+                let entry = scalar(entry);
+                assert!(
+                    entry.starts_with("${REGATTA_") && entry.contains(":-"),
+                    "service `{name}` publishes `{entry}` on a fixed host port: use \
+                     `${{REGATTA_..._PORT:-default}}:port` so that .env can move it"
+                );
+            }
         }
     }
 }
@@ -427,7 +439,8 @@ fn services_wait_for_healthy_dependencies() {
         }
     }
     for (name, expected) in [
-        ("rabbitmq", "rabbitmq-diagnostics"),
+        // `ping` passes while the node boots, before AMQP listens.
+        ("rabbitmq", "check_port_connectivity"),
         ("redis", "redis-cli"),
         ("coordinator", "curl"),
     ] {

@@ -8,7 +8,7 @@ pub enum Error {
     Link(#[from] regatta_broker::Error),
     #[error("publishing to '{queue}' failed: {reason}")]
     Publish { queue: String, reason: String },
-    #[error("Redis at {url} is unreachable or failed: {source}; start it with `scripts/services.sh redis`")]
+    #[error("Redis at {url} is unreachable or failed: {source}; is it running, and does --redis-url (REGATTA_REDIS_URL) point at it?")]
     Redis {
         url: String,
         #[source]

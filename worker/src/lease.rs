@@ -54,14 +54,23 @@ pub struct LeaseClient {
 }
 
 impl LeaseClient {
-    /// Connects to Redis; the connection manager reconnects by itself.
+    /// Connects to Redis, waiting for one that does not answer yet for at
+    /// most [`START_PATIENCE`](regatta_telemetry::backoff::START_PATIENCE);
+    /// then the connection manager reconnects by itself.
     pub async fn connect(url: &str, keys: Keys) -> Result<Self, Error> {
         let redis_error = |source| Error::Redis {
             url: regatta_proto::names::redact_url(url),
             source,
         };
         let client = redis::Client::open(url).map_err(redis_error)?;
-        let connection = ConnectionManager::new(client).await.map_err(redis_error)?;
+        let redis = format!("Redis at {}", regatta_proto::names::redact_url(url));
+        let connection = regatta_telemetry::backoff::wait_at_start(
+            &redis,
+            regatta_telemetry::backoff::START_PATIENCE,
+            || ConnectionManager::new(client.clone()),
+        )
+        .await
+        .map_err(redis_error)?;
         Ok(LeaseClient { connection, keys })
     }
 

@@ -11,6 +11,7 @@ use regatta_coordinator::manifest::Manifest;
 use regatta_coordinator::scheduler::{BatchState, UnitState};
 use regatta_coordinator::service::BatchSummary;
 
+use super::path_map::PathMap;
 use super::Connection;
 
 fn client(connection: &Connection) -> ApiClient {
@@ -23,10 +24,11 @@ const REFUSED: u8 = 2;
 pub async fn enqueue(
     connection: &Connection,
     path: &Path,
+    path_map: Option<&PathMap>,
     wait: bool,
     watch: bool,
 ) -> anyhow::Result<ExitCode> {
-    let manifest = match Manifest::load(path) {
+    let mut manifest = match Manifest::load(path) {
         Ok(manifest) => manifest,
         Err(errors) => {
             eprintln!("{errors}");
@@ -34,6 +36,13 @@ pub async fn enqueue(
             return Ok(ExitCode::from(REFUSED));
         }
     };
+    if let Some(map) = path_map {
+        if let Err(error) = map.apply(&mut manifest) {
+            eprintln!("{error}");
+            eprintln!("{}: refused, nothing was enqueued", path.display());
+            return Ok(ExitCode::from(REFUSED));
+        }
+    }
     let api = client(connection);
     let batch_id = api.enqueue(&manifest).await?;
     println!("{batch_id}");

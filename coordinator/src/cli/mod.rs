@@ -3,6 +3,7 @@
 
 mod batch;
 mod evidence;
+mod path_map;
 mod report;
 mod serve;
 mod train;
@@ -98,6 +99,12 @@ pub enum Command {
         /// Show a live progress bar until the batch ends (implies --wait).
         #[arg(long)]
         watch: bool,
+        /// The fleet sees this machine's folder HOST at FLEET (`docker
+        /// compose` mounts REGATTA_PROJECT_DIR at /srv/regatta/project): the
+        /// manifest's paths are sent as the fleet sees them, and a manifest
+        /// outside HOST is refused.
+        #[arg(long, env = "REGATTA_PATH_MAP", value_name = "HOST=FLEET")]
+        path_map: Option<path_map::PathMap>,
     },
     /// Shows one batch (counts by state, resources, what ready units wait for) or all batches.
     Status {
@@ -208,7 +215,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             manifest,
             wait,
             watch,
-        } => batch::enqueue(&connection, &manifest, wait, watch).await,
+            path_map,
+        } => batch::enqueue(&connection, &manifest, path_map.as_ref(), wait, watch).await,
         Command::Status { batch, json } => batch::status(&connection, batch.as_deref(), json).await,
         Command::Watch { batch } => batch::watch(&connection, &batch).await,
         Command::Sessions { batch, state, json } => {
