@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 /// How the worker reads an agent's stdout for its usage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum AgentAdapter {
     /// Claude Code's `-p --output-format stream-json`: `assistant` messages
     /// with `message.usage`, and a final `result` event.

@@ -14,6 +14,7 @@
 //! records the positions of every place, or of wanted places only (see
 //! [`super::position`]).
 
+mod agent;
 mod git;
 mod lenient;
 mod playbook;
