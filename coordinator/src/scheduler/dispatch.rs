@@ -116,6 +116,7 @@ impl Batch {
                 evidence: None,
                 trace: None,
                 git: None,
+                usage: None,
             });
             effects.publish.push(unit);
             effects.changed.insert(unit);

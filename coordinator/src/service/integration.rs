@@ -48,6 +48,7 @@ impl Service {
             evidence: None,
             trace: None,
             git: None,
+            usage: None,
         });
         let order = integration_order(&entry.batch, record, candidate, commit, now);
         train
@@ -273,5 +274,7 @@ pub(super) fn integration_order(
             branch: None,
             writes: None,
         }),
+        // The train's integration is the fleet's check, never metered.
+        agent: None,
     }
 }
