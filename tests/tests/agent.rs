@@ -72,15 +72,34 @@ units:
   - id: tokens
     env: {{FAKE_AGENT_TURNS: '20'}}
     budget: {{tokens: 3000}}
-  - id: turns
-    env: {{FAKE_AGENT_TURNS: '20', FAKE_AGENT_FORMAT: codex}}
-    budget: {{turns: 2}}
-  - id: cost
-    env: {{FAKE_AGENT_TURNS: '20', FAKE_AGENT_FORMAT: codex}}
-    budget: {{cost_usd: 0.05}}
   - id: wall
     env: {{FAKE_AGENT_TURNS: '200'}}
     budget: {{wall: 1s}}
+",
+            agent = agent.display()
+        ),
+    );
+    // Codex reports no cost: its tokens are priced by the table.
+    let codex_dir = tempfile::tempdir().expect("temp dir");
+    let codex = load(
+        codex_dir.path(),
+        &format!(
+            "batch: codex
+timeout: 60s
+playbook:
+  name: codex
+  run: python3 {agent}
+  agent: codex-json
+  env: {{FAKE_AGENT_FORMAT: codex, FAKE_AGENT_TURNS: '20', FAKE_AGENT_TURN_SECONDS: '{TURN}'}}
+  prices:
+    version: test-1
+    models:
+      m: {{input: 10, output: 50}}
+units:
+  - id: turns
+    budget: {{turns: 2}}
+  - id: cost
+    budget: {{cost_usd: 0.05}}
 ",
             agent = agent.display()
         ),
@@ -89,9 +108,12 @@ units:
     let fleet = Fleet::start("agent", 2, 4, "30s").await;
     let client = fleet.client();
     let batch = client.enqueue(&manifest).await.expect("enqueue");
+    let codex_batch = client.enqueue(&codex).await.expect("enqueue");
     let summary = fleet.wait_for_end(&batch, Duration::from_secs(90)).await;
     assert_eq!(summary.state, BatchState::Failed, "{summary:?}");
-    let sessions = client.sessions(&batch, None).await.expect("sessions");
+    fleet.wait_for_end(&codex_batch, Duration::from_secs(90)).await;
+    let mut sessions = client.sessions(&batch, None).await.expect("sessions");
+    sessions.extend(client.sessions(&codex_batch, None).await.expect("sessions"));
 
     // A normal session: the `result` event's totals and cost; the garbage
     // lines are noted in its log, not fatal.
@@ -156,9 +178,13 @@ units:
     assert!((cost.cost_usd.unwrap_or_default() - 0.06).abs() < 1e-9, "{cost}");
     let wall = session_of(&sessions, "wall");
     let ran = wall.ended_at_ms.unwrap_or_default() - wall.started_at_ms.unwrap_or_default();
-    assert!(ran < 5_000, "the wall budget of 1s let it run {ran} ms");
+    assert!(
+        (1_000..5_000).contains(&ran),
+        "the wall budget of 1s let it run {ran} ms"
+    );
+    // At 0.2 s a turn, after the interpreter's start (slow on a busy machine).
     let wall_usage = over("wall", wall.usage.as_ref().map_or(0, |u| u.turns), "wall time");
-    assert!((3..=6).contains(&wall_usage.turns), "{wall_usage}");
+    assert!((1..=6).contains(&wall_usage.turns), "{wall_usage}");
     // Not retried by default.
     assert_eq!(sessions.iter().filter(|s| s.unit == "tokens").count(), 1);
 
