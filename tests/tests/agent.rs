@@ -111,7 +111,9 @@ units:
     let codex_batch = client.enqueue(&codex).await.expect("enqueue");
     let summary = fleet.wait_for_end(&batch, Duration::from_secs(90)).await;
     assert_eq!(summary.state, BatchState::Failed, "{summary:?}");
-    fleet.wait_for_end(&codex_batch, Duration::from_secs(90)).await;
+    fleet
+        .wait_for_end(&codex_batch, Duration::from_secs(90))
+        .await;
     let mut sessions = client.sessions(&batch, None).await.expect("sessions");
     sessions.extend(client.sessions(&codex_batch, None).await.expect("sessions"));
 
@@ -120,7 +122,10 @@ units:
     let normal = session_of(&sessions, "normal");
     assert_eq!(normal.state, "succeeded", "{normal:#?}");
     let usage = normal.usage.as_ref().expect("usage of a normal session");
-    assert_eq!((usage.tokens_in, usage.tokens_out, usage.turns), (3000, 600, 3));
+    assert_eq!(
+        (usage.tokens_in, usage.tokens_out, usage.turns),
+        (3000, 600, 3)
+    );
     assert_eq!(usage.cost_usd, Some(0.03));
     let (pack, pack_dir) = read_pack(normal);
     assert_eq!(pack["usage"]["turns"], 3);
@@ -156,7 +161,10 @@ units:
         let reason = session.reason.as_deref().unwrap_or_default();
         assert!(reason.contains(words), "{unit}: {reason}");
         let usage = session.usage.clone().expect("usage kept when killed");
-        assert_eq!(usage.turns, turns, "{unit} was not killed within one turn: {usage}");
+        assert_eq!(
+            usage.turns, turns,
+            "{unit} was not killed within one turn: {usage}"
+        );
         let (pack, _) = read_pack(session);
         assert_eq!(pack["outcome"], "over_budget");
         assert_eq!(pack["usage"]["turns"], turns);
@@ -175,7 +183,10 @@ units:
     over("turns", 2, "turns 2 reached the limit of 2");
     // Codex reports no cost: 1000 in at $10/M and 200 out at $50/M make $0.02 a turn.
     let cost = over("cost", 3, "reached the limit of $0.05");
-    assert!((cost.cost_usd.unwrap_or_default() - 0.06).abs() < 1e-9, "{cost}");
+    assert!(
+        (cost.cost_usd.unwrap_or_default() - 0.06).abs() < 1e-9,
+        "{cost}"
+    );
     let wall = session_of(&sessions, "wall");
     let ran = wall.ended_at_ms.unwrap_or_default() - wall.started_at_ms.unwrap_or_default();
     assert!(
@@ -183,7 +194,11 @@ units:
         "the wall budget of 1s let it run {ran} ms"
     );
     // At 0.2 s a turn, after the interpreter's start (slow on a busy machine).
-    let wall_usage = over("wall", wall.usage.as_ref().map_or(0, |u| u.turns), "wall time");
+    let wall_usage = over(
+        "wall",
+        wall.usage.as_ref().map_or(0, |u| u.turns),
+        "wall time",
+    );
     assert!((1..=6).contains(&wall_usage.turns), "{wall_usage}");
     // Not retried by default.
     assert_eq!(sessions.iter().filter(|s| s.unit == "tokens").count(), 1);
@@ -233,7 +248,10 @@ units:
     let reported = session_of(&sessions, "reported");
     assert_eq!(reported.state, "succeeded", "{reported:#?}");
     let usage = reported.usage.as_ref().expect("usage through the channel");
-    assert_eq!((usage.tokens_in, usage.turns, usage.cost_usd), (4000, 4, Some(2.0)));
+    assert_eq!(
+        (usage.tokens_in, usage.turns, usage.cost_usd),
+        (4000, 4, Some(2.0))
+    );
     // No adapter: stdout stays in the log, and there is no transcript.
     let (pack, _) = read_pack(reported);
     assert!(
@@ -249,5 +267,56 @@ units:
     assert_eq!(capped.state, "over_budget", "{capped:#?}");
     let usage = capped.usage.as_ref().expect("usage kept");
     assert_eq!(usage.cost_usd, Some(1.5), "{usage}");
+    fleet.stop().await;
+}
+
+/// A worker killed with -9 takes its session's usage with it (the usage
+/// file and the transcript are on its disk): the attempt ends `lost` with no
+/// usage, the unit re-runs elsewhere, and only the re-run's usage is
+/// recorded. This is the documented behaviour (README, "Agent sessions").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_killed_mid_session_leaves_only_the_reruns_usage() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest = load(
+        dir.path(),
+        &format!(
+            "batch: killed
+timeout: 60s
+playbook:
+  name: agent
+  run: python3 {agent}
+  agent: claude-stream-json
+  env: {{FAKE_AGENT_TURNS: '6', FAKE_AGENT_TURN_SECONDS: '0.3'}}
+units:
+  - id: work
+",
+            agent = fake_agent().display()
+        ),
+    );
+    let mut fleet = Fleet::start("agent-kill", 0, 1, "3s").await;
+    fleet.add_worker(1);
+    let client = fleet.client();
+    let batch = client.enqueue(&manifest).await.expect("enqueue");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let sessions = client.sessions(&batch, None).await.expect("sessions");
+        if sessions.iter().any(|s| s.state == "running") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{sessions:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A few turns in, the worker dies.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    fleet.kill_worker(0);
+    fleet.add_worker(1);
+    let summary = fleet.wait_for_end(&batch, Duration::from_secs(60)).await;
+    assert_eq!(summary.state, BatchState::Succeeded, "{summary:?}");
+    let sessions = client.sessions(&batch, None).await.expect("sessions");
+    let states: Vec<(&str, Option<u64>)> = sessions
+        .iter()
+        .map(|s| (s.state.as_str(), s.usage.as_ref().map(|u| u.turns)))
+        .collect();
+    assert_eq!(states, [("lost", None), ("succeeded", Some(6))]);
     fleet.stop().await;
 }
