@@ -72,7 +72,8 @@ pub(crate) enum PlaybookSpec {
     /// Already reported as malformed.
     Invalid,
     Path(String),
-    Inline(Playbook),
+    /// Boxed: a playbook (with its budget and prices) dwarfs the other variants.
+    Inline(Box<Playbook>),
 }
 
 /// A manifest as read, before defaults and path resolution.
@@ -131,7 +132,7 @@ pub(crate) fn read_playbook(text: &str, format: Format, wanted: Wanted<'_>) -> R
         file: true,
     };
     let outcome = drive(text, format, playbook.seed()).map(|spec| match spec {
-        PlaybookSpec::Inline(playbook) => Some(playbook),
+        PlaybookSpec::Inline(playbook) => Some(*playbook),
         _ => None,
     });
     reader.finish(outcome, Node::Playbook).flatten()

@@ -106,7 +106,7 @@ impl<'de> Lenient<'de> for PlaybookValue<'_, '_> {
             }
             Ok(())
         })?;
-        Ok(PlaybookSpec::Inline(playbook))
+        Ok(PlaybookSpec::Inline(Box::new(playbook)))
     }
 }
 
