@@ -88,6 +88,10 @@ pub struct SessionView {
     /// are exported.
     #[serde(default)]
     pub trace_id: Option<String>,
+    /// An agent session's usage (tokens, turns, cost), also when it was
+    /// killed over its budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<regatta_proto::Usage>,
 }
 
 /// A unit's log, as `regatta logs` prints it.
@@ -308,6 +312,7 @@ async fn list_sessions(
                 gates: attempt.gates.clone(),
                 evidence: attempt.evidence.clone(),
                 trace_id: attempt.trace.as_ref().map(|t| t.trace_id.clone()),
+                usage: attempt.usage.clone(),
             };
             // A filter matches the session's own state or its unit's
             // (`needs_review`, `blocked`), so both questions have an answer.

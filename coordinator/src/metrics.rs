@@ -10,6 +10,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 /// The labels of a unit count.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -31,6 +32,22 @@ impl OutcomeLabels {
             outcome: outcome.as_str().to_owned(),
         }
     }
+}
+
+/// The labels of agent sessions' tokens.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub batch: String,
+    /// `in` (fresh input), `cached` (input read from a cache) or `out`.
+    pub kind: String,
+}
+
+/// The labels of agent sessions' cost.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CostLabels {
+    pub batch: String,
+    /// The session's outcome, spelled as the API spells it.
+    pub outcome: String,
 }
 
 /// The labels of a worker's health.
@@ -85,6 +102,18 @@ pub struct Metrics {
     pub bisection_steps: Counter,
     /// Git mode: units landed on their target branch.
     pub landed_units: Counter,
+    /// Agent sessions' tokens, by batch and kind (`in`, `cached`, `out`).
+    pub tokens: Family<TokenLabels, Counter>,
+    /// Agent sessions' turns, by batch.
+    pub turns: Family<BatchLabels, Counter>,
+    /// Agent sessions' cost in US dollars, by batch and outcome.
+    pub cost_usd: Family<CostLabels, Counter<f64, AtomicU64>>,
+}
+
+/// The label of a per-batch counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BatchLabels {
+    pub batch: String,
 }
 
 impl Default for Metrics {
@@ -94,6 +123,37 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts an agent session's usage once, when its end is applied.
+    pub fn observe_usage(
+        &self,
+        batch: &str,
+        outcome: regatta_proto::Outcome,
+        usage: &regatta_proto::Usage,
+    ) {
+        for (kind, tokens) in [
+            ("in", usage.tokens_in),
+            ("cached", usage.tokens_cached),
+            ("out", usage.tokens_out),
+        ] {
+            let labels = TokenLabels {
+                batch: batch.to_owned(),
+                kind: kind.to_owned(),
+            };
+            self.tokens.get_or_create(&labels).inc_by(tokens);
+        }
+        let batch_labels = BatchLabels {
+            batch: batch.to_owned(),
+        };
+        self.turns.get_or_create(&batch_labels).inc_by(usage.turns);
+        if let Some(cost) = usage.cost_usd.filter(|c| c.is_finite() && *c >= 0.0) {
+            let labels = CostLabels {
+                batch: batch.to_owned(),
+                outcome: outcome.as_str().to_owned(),
+            };
+            self.cost_usd.get_or_create(&labels).inc_by(cost);
+        }
+    }
+
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("regatta");
         let seconds = || Histogram::new(exponential_buckets(0.0005, 2.5, 18));
@@ -111,6 +171,9 @@ impl Metrics {
             train_candidates: Family::default(),
             bisection_steps: Counter::default(),
             landed_units: Counter::default(),
+            tokens: Family::default(),
+            turns: Family::default(),
+            cost_usd: Family::default(),
             registry: Registry::default(),
         };
         registry.register("units", "Units per batch and state", metrics.units.clone());
@@ -173,6 +236,21 @@ impl Metrics {
             "landed_units",
             "Git mode: units landed on their target branch",
             metrics.landed_units.clone(),
+        );
+        registry.register(
+            "tokens",
+            "Agent sessions' tokens by batch and kind (in, cached, out)",
+            metrics.tokens.clone(),
+        );
+        registry.register(
+            "agent_turns",
+            "Agent sessions' turns by batch",
+            metrics.turns.clone(),
+        );
+        registry.register(
+            "cost_usd",
+            "Agent sessions' cost in US dollars by batch and outcome",
+            metrics.cost_usd.clone(),
         );
         Metrics {
             registry,

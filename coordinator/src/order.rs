@@ -55,6 +55,7 @@ pub fn work_order(batch: &Batch, unit: usize, now_ms: i64) -> WorkOrder {
         },
         published_at_ms: now_ms,
         git: git_order(batch, unit),
+        agent: manifest.agent_order(spec),
     }
 }
 

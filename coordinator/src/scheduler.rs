@@ -84,6 +84,8 @@ pub struct Finish {
     pub fencing: u64,
     pub evidence: Option<regatta_proto::EvidenceRef>,
     pub git: Option<Box<regatta_proto::GitReport>>,
+    /// An agent session's usage, also when it was killed.
+    pub usage: Option<regatta_proto::Usage>,
 }
 
 /// How long a unit handed back by a worker waits before it is published

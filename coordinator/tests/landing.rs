@@ -84,6 +84,7 @@ impl Drive for Fleet {
             fencing: 1,
             evidence: None,
             git: git.map(Box::new),
+            usage: None,
         };
         self.report(batch, index, &session, Report::Finished(finish));
     }

@@ -26,6 +26,7 @@ fn attempt(n: u32, outcome: Outcome, start: i64, run_ms: i64, log: &str) -> Atte
         evidence: None,
         trace: None,
         git: None,
+        usage: None,
     }
 }
 

@@ -162,6 +162,7 @@ fn finished_with_fencing(outcome: Outcome, fencing: u64) -> Report {
         fencing,
         evidence: None,
         git: None,
+        usage: None,
     })
 }
 
@@ -685,6 +686,50 @@ fn a_unit_needs_review_once_its_retries_are_used_up() {
     assert_eq!(fleet[&batch].needs_review(), [0]);
     assert!(fleet.publish(&batch).is_empty());
     assert_eq!(fleet[&batch].state, BatchState::Failed);
+}
+
+#[test]
+fn an_over_budget_session_goes_to_review_unless_the_playbook_retries_it() {
+    let mut fleet = Fleet::new();
+    let batch = fleet.add(batch("retries: 3", "  - {id: a}"));
+    fleet.publish(&batch);
+    fleet.run(&batch, "a", Outcome::OverBudget);
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::NeedsReview);
+    assert_eq!(fleet[&batch].units[0].failures, 1);
+
+    let yaml = "batch: r\nplaybook: {name: p, run: 'true', retry_over_budget: true}\nretries: 1\nunits:\n  - {id: a}\n  - {id: b, retries: 0}\n";
+    let manifest = manifest(yaml);
+    let dag = Dag::build(&manifest).expect("a valid manifest builds its DAG");
+    let batch = fleet.add(Batch::new("r-1".into(), manifest, dag));
+    fleet.publish(&batch);
+    fleet.run(&batch, "a", Outcome::OverBudget);
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::Ready, "retried");
+    // The unit's own `retries: 0` overrides the batch's.
+    fleet.run(&batch, "b", Outcome::OverBudget);
+    assert_eq!(state(&fleet[&batch], "b"), UnitState::NeedsReview);
+}
+
+#[test]
+fn a_finished_sessions_usage_is_kept_on_its_attempt() {
+    let mut fleet = Fleet::new();
+    let batch = fleet.add(batch("", "  - {id: a}"));
+    fleet.publish(&batch);
+    fleet.start(&batch, "a");
+    let usage = regatta_proto::Usage {
+        tokens_in: 10,
+        tokens_out: 5,
+        turns: 2,
+        cost_usd: Some(0.25),
+        ..Default::default()
+    };
+    let Report::Finished(mut finish) = finished(Outcome::OverBudget) else {
+        unreachable!("finished() is a finish")
+    };
+    finish.usage = Some(usage.clone());
+    fleet.send(&batch, "a", Report::Finished(finish));
+    let attempt = &fleet[&batch].units[0].history[0];
+    assert_eq!(attempt.outcome, Some(Outcome::OverBudget));
+    assert_eq!(attempt.usage.as_ref(), Some(&usage));
 }
 
 #[test]

@@ -13,6 +13,7 @@
 //! anchors for reuse (`x-defaults: &defaults`, then `<<: *defaults` in units); any other
 //! unknown key is reported, with the closest known field name.
 
+mod budget;
 mod errors;
 mod git;
 mod load;
@@ -28,6 +29,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use regatta_proto::{AgentAdapter, AgentOrder, Budget, Prices};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -145,6 +147,12 @@ pub struct Unit {
     /// Names of the playbook's gates that apply; `None` means all of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<Vec<String>>,
+    /// Overrides the playbook's budget, limit by limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+    /// Replaces the batch's `retries` for this unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
 }
 
 /// The reusable session recipe: the command to run and the gates that verify its work.
@@ -167,6 +175,20 @@ pub struct Playbook {
     /// Run in order after `run` succeeds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<Gate>,
+    /// The coding agent `run` drives, whose stdout the worker parses for
+    /// usage and keeps as the session's transcript.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentAdapter>,
+    /// What each session may spend; a unit's `budget` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+    /// The versioned price table that gives tokens a cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prices: Option<Prices>,
+    /// Lets a session that ended `over_budget` use a retry; by default it
+    /// goes to review, since a re-run would likely spend as much again.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub retry_over_budget: bool,
 }
 
 /// A verification step (build, test, lint, scan) with an optional automatic repair.
@@ -230,6 +252,10 @@ fn default_required() -> bool {
 
 fn is_true(value: &bool) -> bool {
     *value
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 fn is_empty_path(path: &Path) -> bool {
@@ -304,6 +330,36 @@ impl Manifest {
             .or(self.timeout)
             .or(self.playbook.timeout)
             .unwrap_or(DEFAULT_TIMEOUT)
+    }
+
+    /// Returns how many automatic retries a unit gets: its own, else the batch's.
+    pub fn effective_retries(&self, unit: &Unit) -> u32 {
+        unit.retries.unwrap_or(self.retries)
+    }
+
+    /// Returns a unit's budget: the playbook's, overridden limit by limit by
+    /// the unit's.
+    pub fn effective_budget(&self, unit: &Unit) -> Budget {
+        let playbook = self.playbook.budget.clone().unwrap_or_default();
+        match &unit.budget {
+            Some(own) => playbook.overlaid(own),
+            None => playbook,
+        }
+    }
+
+    /// Returns what a unit's work order says about its agent session, or
+    /// `None` for a playbook with no agent, budget or prices.
+    pub fn agent_order(&self, unit: &Unit) -> Option<AgentOrder> {
+        let budget = self.effective_budget(unit);
+        let playbook = &self.playbook;
+        if playbook.agent.is_none() && budget.is_empty() && playbook.prices.is_none() {
+            return None;
+        }
+        Some(AgentOrder {
+            adapter: playbook.agent,
+            budget,
+            prices: playbook.prices.clone(),
+        })
     }
 
     /// Returns the command a unit's session runs: the unit's override, else the playbook's.

@@ -60,6 +60,11 @@ pub enum EventKind {
         /// Git mode: the worktree's commits and the unit's commit.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         git: Option<Box<crate::git::GitReport>>,
+        /// What the session used (tokens, turns, cost), also when it was
+        /// killed; `None` from a session that reported nothing, or from an
+        /// older worker.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<crate::agent::Usage>,
     },
 }
 
@@ -78,18 +83,22 @@ pub enum Outcome {
     Interrupted,
     /// The batch was cancelled and the session was killed.
     Cancelled,
+    /// The session crossed its budget (tokens, cost, turns or wall time)
+    /// and was killed; retried only when the playbook says so.
+    OverBudget,
 }
 
 impl Outcome {
     /// Every outcome, for code that must name them all (metric labels,
     /// tests that the names agree).
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Succeeded,
         Outcome::Failed,
         Outcome::TimedOut,
         Outcome::Lost,
         Outcome::Interrupted,
         Outcome::Cancelled,
+        Outcome::OverBudget,
     ];
 
     /// The outcome as people read it, the one spelling of the API, the
@@ -103,12 +112,17 @@ impl Outcome {
             Outcome::Lost => "lost",
             Outcome::Interrupted => "interrupted",
             Outcome::Cancelled => "cancelled",
+            Outcome::OverBudget => "over_budget",
         }
     }
 
-    /// Says whether this outcome uses up one of the unit's retries.
+    /// Says whether this outcome uses up one of the unit's retries (an
+    /// `over_budget` one does when the playbook lets it be retried).
     pub fn counts_as_attempt(self) -> bool {
-        matches!(self, Outcome::Failed | Outcome::TimedOut | Outcome::Lost)
+        matches!(
+            self,
+            Outcome::Failed | Outcome::TimedOut | Outcome::Lost | Outcome::OverBudget
+        )
     }
 }
 

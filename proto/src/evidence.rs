@@ -81,6 +81,21 @@ pub struct SessionPack {
     /// commit and tree, each changed file and the diffstat.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git: Option<crate::git::GitReport>,
+    /// An agent session's usage (tokens, turns, cost), also when it was
+    /// killed over its budget; absent for a session that reported none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::agent::Usage>,
+    /// The price table the session's cost was computed with: its version and
+    /// the SHA-256 of its canonical JSON; absent when the playbook has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prices: Option<PricesRef>,
+}
+
+/// Names the price table a session was priced with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PricesRef {
+    pub version: String,
+    pub sha256: String,
 }
 
 /// Where a stored file came from.
@@ -93,6 +108,8 @@ pub enum Stage {
     Artifact,
     /// The session's log.
     Log,
+    /// An agent session's stdout stream, as the agent wrote it.
+    Transcript,
 }
 
 /// One file copied into the store.
@@ -283,6 +300,13 @@ mod tests {
             }],
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
             git: None,
+            usage: Some(crate::agent::Usage {
+                tokens_in: 1200,
+                tokens_out: 300,
+                turns: 2,
+                ..Default::default()
+            }),
+            prices: None,
         }
     }
 

@@ -13,6 +13,7 @@
 //!   the keys of [`Keys`], runs the session and reports [`SessionEvent`]s on
 //!   the events queue, sealed the same way.
 
+pub mod agent;
 pub mod duration;
 pub mod envelope;
 pub mod error;
@@ -28,6 +29,7 @@ pub mod order;
 pub mod scripts;
 pub mod sign;
 
+pub use agent::{AgentAdapter, AgentOrder, Budget, ModelPrice, Prices, Usage};
 pub use envelope::{open, seal, Message, FORMAT_VERSION};
 pub use error::Error;
 pub use event::{EventKind, EvidenceRef, GateReport, Outcome, SessionEvent};

@@ -39,6 +39,10 @@ pub struct WorkOrder {
     /// Git mode: the repository the session works in (docs/git-mode.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git: Option<crate::git::GitOrder>,
+    /// An agent session: its adapter, budget and prices; `None` for a
+    /// session with neither (and from an older coordinator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<crate::agent::AgentOrder>,
 }
 
 impl Message for WorkOrder {
@@ -109,6 +113,7 @@ impl WorkOrder {
             },
             published_at_ms: 0,
             git: None,
+            agent: None,
         }
     }
 }

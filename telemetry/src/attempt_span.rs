@@ -54,8 +54,10 @@ impl<'a> From<&'a SessionEvent> for Attempt<'a> {
 
 /// A new span of `step` of `attempt`, of OpenTelemetry kind `kind`
 /// (`producer`, `consumer`, `internal`). The fields only some steps have
-/// (`worker`, `fencing`, `queue_wait_ms`) are declared empty, for the
-/// caller to record.
+/// (`worker`, `fencing`, `queue_wait_ms`, and an agent session's usage:
+/// `agent.tokens_in`, `agent.tokens_cached`, `agent.tokens_out`,
+/// `agent.turns`, `agent.cost_usd`) are declared empty, for the caller to
+/// record.
 pub fn attempt_span(step: Step, kind: &'static str, attempt: Attempt<'_>) -> Span {
     let number = i64::from(attempt.attempt);
     // A span's name is part of its callsite: one `info_span!` per step.
@@ -72,6 +74,11 @@ pub fn attempt_span(step: Step, kind: &'static str, attempt: Attempt<'_>) -> Spa
                 worker = tracing::field::Empty,
                 fencing = tracing::field::Empty,
                 queue_wait_ms = tracing::field::Empty,
+                agent.tokens_in = tracing::field::Empty,
+                agent.tokens_cached = tracing::field::Empty,
+                agent.tokens_out = tracing::field::Empty,
+                agent.turns = tracing::field::Empty,
+                agent.cost_usd = tracing::field::Empty,
             )
         };
     }

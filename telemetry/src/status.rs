@@ -46,6 +46,7 @@ pub fn session_ended(span: &tracing::Span, outcome: Outcome, reason: Option<&str
         Outcome::TimedOut => "session.timed_out",
         Outcome::Lost => "session.lost",
         Outcome::Interrupted => "session.interrupted",
+        Outcome::OverBudget => "session.over_budget",
     };
     let fallback = format!("the session ended {outcome:?}");
     failed(span, kind, reason.unwrap_or(&fallback));

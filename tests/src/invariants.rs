@@ -335,7 +335,13 @@ fn attempt_of<'a>(
 fn reported_after_kill(outcome: Option<Outcome>) -> bool {
     matches!(
         outcome,
-        Some(Outcome::Lost | Outcome::Interrupted | Outcome::TimedOut | Outcome::Cancelled)
+        Some(
+            Outcome::Lost
+                | Outcome::Interrupted
+                | Outcome::TimedOut
+                | Outcome::Cancelled
+                | Outcome::OverBudget
+        )
     )
 }
 

@@ -69,6 +69,7 @@ fn forged_finished(batch: &str, unit: &str, session: &str, log_path: &str) -> Se
             gates: Vec::new(),
             evidence: None,
             git: None,
+            usage: None,
         },
     }
 }

@@ -539,6 +539,7 @@ fn finished_event(batch: &str, unit: &str, attempt: &Attempt) -> SessionEvent {
             gates: attempt.gates.clone(),
             evidence: attempt.evidence.clone(),
             git: attempt.git.clone().map(Box::new),
+            usage: attempt.usage.clone(),
         },
     }
 }
@@ -1257,6 +1258,7 @@ fn decoding_mutated_sealed_events_and_orders_never_panics() {
                 sha256: "0".repeat(64),
             }),
             git: None,
+            usage: None,
         },
     ] {
         let sealed = seal(&SessionEvent::example(kind), &signer);

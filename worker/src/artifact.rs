@@ -27,6 +27,8 @@ use regatta_proto::evidence::{
 };
 pub use regatta_proto::evidence::{ARTIFACTS_DIR, LOG_FILE, OUTPUTS_DIR};
 
+use crate::meter::TRANSCRIPT_FILE;
+
 /// Why a session's files could not be stored at all.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
@@ -103,6 +105,8 @@ pub struct SessionFiles {
     pub artifact_dir: PathBuf,
     /// The session's log on the worker's disk.
     pub log_path: PathBuf,
+    /// An agent session's transcript on the worker's disk.
+    pub transcript_path: Option<PathBuf>,
 }
 
 /// A folder holding one sub-folder per session. Cheap to clone.
@@ -257,7 +261,16 @@ impl ArtifactStore {
             }
         }
 
-        // The log is written by the worker itself: no escape to check.
+        // The transcript and the log are written by the worker itself: no
+        // escape to check.
+        if let Some(transcript) = files.transcript_path.as_ref().filter(|p| p.is_file()) {
+            let stored = target.store(transcript, Path::new(TRANSCRIPT_FILE))?;
+            collection.files.push(StoredFile {
+                filename: TRANSCRIPT_FILE.to_owned(),
+                stage: Stage::Transcript,
+                ..stored
+            });
+        }
         if files.log_path.is_file() {
             let stored = target.store(&files.log_path, Path::new(LOG_FILE))?;
             collection.files.push(StoredFile {

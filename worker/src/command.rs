@@ -34,6 +34,10 @@ pub struct CommandSpec {
     /// the session if the worker stalls (see [`leader`]); `None` in tests
     /// that run a command without leases.
     pub beats: Option<Beats>,
+    /// The session's meter: its budget is enforced while the command runs,
+    /// and, when it names an agent adapter, stdout goes to the transcript
+    /// and is parsed as it comes. `None` for gates and repairs.
+    pub meter: Option<std::sync::Arc<crate::meter::Meter>>,
 }
 
 /// The renewals a leader listens to, and how long it waits for one.
@@ -55,6 +59,8 @@ pub enum Ending {
     /// The session's leader was killed, with its whole group: it gave up on
     /// a worker that stalled past its lease (or someone killed it).
     Abandoned,
+    /// The session crossed its budget ([`crate::meter`]); the group was killed.
+    OverBudget,
 }
 
 /// How the caller tells a running command to stop.
@@ -92,6 +98,32 @@ async fn run_contained(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Durat
         })?;
     let (reader, writer) = std::io::pipe().map_err(Error::Spawn)?;
     let writer_err = writer.try_clone().map_err(Error::Spawn)?;
+    // An agent's stdout is its transcript, parsed as it comes; stderr
+    // stays in the log.
+    let meter = spec.meter.clone();
+    let transcript = match meter.as_ref().filter(|m| m.adapter().is_some()) {
+        Some(meter) => {
+            let (out_reader, out_writer) = std::io::pipe().map_err(Error::Spawn)?;
+            let file = tokio::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(meter.transcript_path())
+                .await
+                .map_err(|source| Error::WorkDir {
+                    path: meter.transcript_path().display().to_string(),
+                    source,
+                })?;
+            Some((out_reader, out_writer, file, meter.clone()))
+        }
+        None => None,
+    };
+    let stdout = match &transcript {
+        Some((_, out_writer, _, _)) => out_writer.try_clone(),
+        None => writer.try_clone(),
+    }
+    .map_err(Error::Spawn)?;
+    drop(writer);
+    let stdout = Stdio::from(stdout);
     let containment = &spec.containment;
     let mut command = tokio::process::Command::new(&containment.leader_exe);
     // The worker binary leads through a hidden subcommand; the dedicated
@@ -122,7 +154,7 @@ async fn run_contained(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Durat
         } else {
             Stdio::null()
         })
-        .stdout(Stdio::from(writer))
+        .stdout(stdout)
         .stderr(Stdio::from(writer_err))
         .process_group(0)
         .kill_on_drop(false);
@@ -153,13 +185,41 @@ async fn run_contained(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Durat
     // process of the session closes it, the capture sees end of file.
     drop(command);
     let capture = tokio::spawn(capture(reader, log, spec.max_log_bytes));
+    let transcript = transcript.map(|(out_reader, out_writer, file, meter)| {
+        drop(out_writer);
+        tokio::spawn(crate::transcript::capture(
+            out_reader,
+            file,
+            spec.max_log_bytes,
+            meter,
+        ))
+    });
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    // The channel and the wall clock are read on a timer; the stream at
+    // every line it writes.
+    let crossed = meter
+        .as_ref()
+        .map(|m| m.crossed().clone())
+        .unwrap_or_default();
+    let polling = meter.clone().map(|meter| {
+        meter.start();
+        tokio::spawn(async move {
+            loop {
+                meter.poll();
+                tokio::time::sleep(crate::meter::POLL).await;
+            }
+        })
+    });
 
     let ending = tokio::select! {
         biased;
         _ = stop.now.cancelled() => {
             kill_group(pgid, &mut child).await;
             Ending::Stopped
+        }
+        _ = crossed.cancelled() => {
+            kill_group(pgid, &mut child).await;
+            Ending::OverBudget
         }
         status = child.wait() => {
             use std::os::unix::process::ExitStatusExt;
@@ -190,6 +250,22 @@ async fn run_contained(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Durat
     }
     if let Some(forward) = forward {
         forward.abort();
+    }
+    if let Some(polling) = polling {
+        polling.abort();
+    }
+    if let Some(transcript) = transcript {
+        if let Ok(Ok(Err(source))) = tokio::time::timeout(Duration::from_secs(5), transcript).await
+        {
+            return Err(Error::SessionLog {
+                path: spec
+                    .meter
+                    .as_ref()
+                    .map(|m| m.transcript_path().display().to_string())
+                    .unwrap_or_default(),
+                source,
+            });
+        }
     }
     if let Ok(Ok(Err(source))) = tokio::time::timeout(Duration::from_secs(5), capture).await {
         return Err(Error::SessionLog {

@@ -85,5 +85,13 @@ pub(crate) fn describe_ending(
                 "the session leader was killed with the whole session",
             );
         }
+        Ending::OverBudget => {
+            span.record("command.ending", "over_budget");
+            status::failed(
+                span,
+                "command.over_budget",
+                "the session crossed its budget and was killed",
+            );
+        }
     }
 }

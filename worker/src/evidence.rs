@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
 use regatta_proto::evidence::{
-    iso8601, verification, Escalation, LogRef, SessionPack, PACK_FILE, SCHEMA_VERSION,
+    iso8601, verification, Escalation, LogRef, PricesRef, SessionPack, PACK_FILE, SCHEMA_VERSION,
 };
 use regatta_proto::{EvidenceRef, GateReport, Outcome, WorkOrder};
 use sha2::{Digest, Sha256};
@@ -38,6 +38,12 @@ pub struct SessionEnd<'a> {
     pub trace_id: Option<&'a str>,
     /// Git mode: what the session did with the repository.
     pub git: Option<&'a regatta_proto::GitReport>,
+    /// What the session used, also when it was killed over its budget.
+    pub usage: Option<&'a regatta_proto::Usage>,
+    /// The agent's stdout, stored with stage `transcript`.
+    pub transcript: Option<&'a Path>,
+    /// The price table the usage was priced with.
+    pub prices: Option<&'a regatta_proto::Prices>,
 }
 
 /// Why a session's evidence could not be recorded.
@@ -112,6 +118,7 @@ pub async fn write_session_pack(
             .map(|dir| dir.join("artifacts"))
             .unwrap_or_default(),
         log_path: end.log_path.to_path_buf(),
+        transcript_path: end.transcript.map(Path::to_path_buf),
     };
     let collection = store.collect(files).await?;
     let pack = build_pack(end, &collection, Utc::now());
@@ -206,6 +213,11 @@ pub fn build_pack(
         escalations,
         trace_id: end.trace_id.map(str::to_owned),
         git: end.git.cloned(),
+        usage: end.usage.cloned(),
+        prices: end.prices.map(|prices| PricesRef {
+            version: prices.version.clone(),
+            sha256: prices.sha256(),
+        }),
     }
 }
 
@@ -259,6 +271,9 @@ mod tests {
             reason,
             gates,
             log_path: Path::new("/nowhere/session.log"),
+            usage: None,
+            transcript: None,
+            prices: None,
             trace_id: None,
             git: None,
         }
@@ -368,6 +383,9 @@ mod tests {
         let gates = [gate("test", true, 0)];
         let end = SessionEnd {
             log_path: &log_path,
+            usage: None,
+            transcript: None,
+            prices: None,
             ..end(&order, &gates, Outcome::Succeeded, None)
         };
         let evidence = write_session_pack(&store, &end).await.unwrap();

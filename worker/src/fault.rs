@@ -49,7 +49,9 @@ pub fn after_evidence(
             }
             (outcome, reason, None)
         }
-        Outcome::Succeeded | Outcome::Failed | Outcome::TimedOut if error.is_worker_fault() => {
+        Outcome::Succeeded | Outcome::Failed | Outcome::TimedOut | Outcome::OverBudget
+            if error.is_worker_fault() =>
+        {
             let (outcome, fault) = worker_fault(health, &what);
             let reason = match reason {
                 Some(first) => format!("{fault} (the session itself: {first})"),
@@ -59,7 +61,7 @@ pub fn after_evidence(
         }
         // A file of the session could not be read: its own failure.
         Outcome::Succeeded => (Outcome::Failed, Some(what), None),
-        Outcome::Failed | Outcome::TimedOut => (outcome, reason, None),
+        Outcome::Failed | Outcome::TimedOut | Outcome::OverBudget => (outcome, reason, None),
     }
 }
 

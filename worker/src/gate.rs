@@ -87,6 +87,8 @@ async fn run_gate(
             .timeout_ms
             .map(Duration::from_millis)
             .unwrap_or(base.timeout),
+        // Gates and repairs are the fleet's checks, not the agent's spend.
+        meter: None,
         ..base.clone()
     };
     let mut repairs = 0;
@@ -94,7 +96,7 @@ async fn run_gate(
         match run_command(&spec(&gate.run), stop).await?.0 {
             Ending::Exited(0) => break true,
             Ending::Stopped | Ending::Abandoned => return Ok(None),
-            Ending::Exited(_) | Ending::TimedOut => {}
+            Ending::Exited(_) | Ending::TimedOut | Ending::OverBudget => {}
         }
         let Some(fix) = gate.fix.as_deref() else {
             break false;

@@ -230,6 +230,7 @@ async fn claim_and_hand_over(shared: &Shared, delivery: Delivery, order: WorkOrd
                 gates: vec![],
                 evidence: None,
                 git: None,
+                usage: None,
             };
             let _ = shared.report(&order, 0, cancelled).await;
             let _ = delivery.ack(BasicAckOptions::default()).await;

@@ -20,7 +20,9 @@
 //!    (heard at once through [`control`]);
 //! 4. [`command`]: the command runs under a [`leader`] process in its own
 //!    process group and [`cgroup`] ([`containment`]), with a deadline, its
-//!    output captured to a bounded log ([`session_log`]);
+//!    output captured to a bounded log ([`session_log`]); an agent's stdout
+//!    goes to its [`transcript`], and the [`meter`] reads its usage (from
+//!    [`agent_stream`] and [`usage_channel`]) and kills it over its budget;
 //! 5. [`gate`]: verification gates run with their repairs, then the
 //!    declared outputs are checked;
 //! 6. [`artifact`] and [`evidence`]: outputs, artifacts and the log are
@@ -33,6 +35,7 @@
 //! back uncounted and [`health`] keeps the worker from taking work until its
 //! disks work again.
 
+pub mod agent_stream;
 pub mod artifact;
 pub mod cgroup;
 pub mod command;
@@ -49,10 +52,13 @@ pub mod intake;
 pub mod leader;
 pub mod lease;
 mod lease_span;
+pub mod meter;
 pub mod reporter;
 pub mod repository;
 pub mod session;
 pub mod session_log;
+pub mod transcript;
+pub mod usage_channel;
 pub mod worker;
 
 pub use config::WorkerConfig;

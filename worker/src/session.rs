@@ -33,6 +33,13 @@ pub struct SessionResult {
     pub git: Option<regatta_proto::GitReport>,
     /// Git mode: the worktree, removed once the evidence is stored.
     workspace: Option<crate::repository::Prepared>,
+    /// What the session used, also when it was killed; `None` when it
+    /// reported nothing and is no agent session.
+    pub usage: Option<regatta_proto::Usage>,
+    /// The agent's transcript, when the playbook names an adapter.
+    pub transcript: Option<PathBuf>,
+    /// The price table the usage was priced with.
+    pub prices: Option<regatta_proto::Prices>,
 }
 
 /// What the command and gates concluded, before the clock stops.
@@ -111,6 +118,9 @@ pub(crate) async fn run(shared: &Shared, order: &WorkOrder, fence: u64, claimed:
         log_path: &result.log_path,
         trace_id: trace.as_ref().map(|t| t.trace_id.as_str()),
         git: result.git.as_ref(),
+        usage: result.usage.as_ref(),
+        transcript: result.transcript.as_deref(),
+        prices: result.prices.as_ref(),
     };
     let store = crate::artifact::ArtifactStore::new(&config.artifact_store);
     let stored = crate::evidence::record_session(&store, &session_end).await;
@@ -125,6 +135,9 @@ pub(crate) async fn run(shared: &Shared, order: &WorkOrder, fence: u64, claimed:
         reason = reason.as_deref().unwrap_or(""),
         "session finished"
     );
+    if let Some(usage) = &result.usage {
+        record_usage(&tracing::Span::current(), usage);
+    }
     regatta_telemetry::status::session_ended(&tracing::Span::current(), outcome, reason.as_deref());
     let finished = EventKind::Finished {
         outcome,
@@ -136,6 +149,7 @@ pub(crate) async fn run(shared: &Shared, order: &WorkOrder, fence: u64, claimed:
         gates: result.gates,
         evidence,
         git: result.git.map(Box::new),
+        usage: result.usage,
     };
     // The leases stay renewed until the broker holds the result: a worker
     // that dies before then leaves leases that expire, so the reaper re-runs
@@ -163,6 +177,11 @@ async fn run_under_heartbeat(shared: &Shared, order: &WorkOrder, fence: u64) -> 
     let artifact_dir = session_dir.join("artifacts");
     let log_path = session_dir.join("session.log");
     let mut git = None;
+    let meter = std::sync::Arc::new(crate::meter::Meter::new(
+        order.agent.as_ref(),
+        &session_dir,
+        log_path.clone(),
+    ));
     let conclusion = match tokio::fs::create_dir_all(&artifact_dir).await {
         Err(e) => {
             let what = format!(
@@ -192,7 +211,7 @@ async fn run_under_heartbeat(shared: &Shared, order: &WorkOrder, fence: u64) -> 
             let spec = CommandSpec {
                 command: order.run.clone(),
                 workdir: order.workdir.clone().into(),
-                env: session_env(order, fence, &artifact_dir),
+                env: session_env(order, fence, &artifact_dir, &session_dir),
                 timeout: Duration::from_millis(order.timeout_ms),
                 log_path: log_path.clone(),
                 max_log_bytes: config.max_log_bytes,
@@ -205,6 +224,7 @@ async fn run_under_heartbeat(shared: &Shared, order: &WorkOrder, fence: u64) -> 
                     renewals,
                     deadline: config.lease_ttl * 2 / 3,
                 }),
+                meter: Some(meter.clone()),
             };
             let conclusion = match &order.git {
                 None => run_steps(shared, order, &spec, &stop, heartbeat.cause()).await,
@@ -220,6 +240,9 @@ async fn run_under_heartbeat(shared: &Shared, order: &WorkOrder, fence: u64) -> 
             conclusion
         }
     };
+    let transcript = meter
+        .adapter()
+        .map(|_| meter.transcript_path().to_path_buf());
     SessionResult {
         outcome: conclusion.outcome,
         exit_code: conclusion.exit_code,
@@ -229,6 +252,9 @@ async fn run_under_heartbeat(shared: &Shared, order: &WorkOrder, fence: u64) -> 
         log_path,
         git: conclusion.git,
         workspace: git,
+        usage: meter.finish(),
+        transcript,
+        prices: meter.prices().cloned(),
     }
 }
 
@@ -359,6 +385,25 @@ async fn run_steps(
             )),
         ),
         Ok((Ending::Stopped, _)) => stopped(cause, None),
+        Ok((Ending::OverBudget, _)) => {
+            let reason = spec
+                .meter
+                .as_ref()
+                .and_then(|meter| meter.reason())
+                .unwrap_or_else(|| "over budget".to_owned());
+            Conclusion::new(Outcome::OverBudget, None, Some(reason))
+        }
+    }
+}
+
+/// Records a session's usage on its span, for traces.
+fn record_usage(span: &tracing::Span, usage: &regatta_proto::Usage) {
+    span.record("agent.tokens_in", usage.tokens_in);
+    span.record("agent.tokens_cached", usage.tokens_cached);
+    span.record("agent.tokens_out", usage.tokens_out);
+    span.record("agent.turns", usage.turns);
+    if let Some(cost) = usage.cost_usd {
+        span.record("agent.cost_usd", cost);
     }
 }
 
@@ -385,7 +430,12 @@ fn stopped(cause: &StopCause, exit_code: Option<i32>) -> Conclusion {
 }
 
 /// The session's environment: the order's own, then regatta's variables.
-fn session_env(order: &WorkOrder, fence: u64, artifact_dir: &Path) -> Vec<(String, String)> {
+fn session_env(
+    order: &WorkOrder,
+    fence: u64,
+    artifact_dir: &Path,
+    session_dir: &Path,
+) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = order
         .env
         .iter()
@@ -404,6 +454,13 @@ fn session_env(order: &WorkOrder, fence: u64, artifact_dir: &Path) -> Vec<(Strin
         (
             "REGATTA_ARTIFACT_DIR".into(),
             artifact_dir.display().to_string(),
+        ),
+        (
+            "REGATTA_USAGE".into(),
+            session_dir
+                .join(crate::usage_channel::USAGE_FILE)
+                .display()
+                .to_string(),
         ),
     ]);
     env

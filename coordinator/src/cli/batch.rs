@@ -287,12 +287,16 @@ pub async fn sessions(
             })
             .collect();
         println!(
-            "{:<24} #{:<2} {:<12} {:<32} {}{}{}",
+            "{:<24} #{:<2} {:<12} {:<32} {}{}{}{}",
             s.unit,
             s.attempt,
             s.state,
             s.session_id,
             s.worker.as_deref().unwrap_or("-"),
+            s.usage
+                .as_ref()
+                .map(|u| format!("  usage {u}"))
+                .unwrap_or_default(),
             if gates.is_empty() {
                 String::new()
             } else {

@@ -66,6 +66,7 @@ fn attempt(session: &str, evidence: Option<EvidenceRef>) -> Attempt {
         evidence,
         trace: None,
         git: None,
+        usage: None,
     }
 }
 

@@ -32,6 +32,7 @@ impl Report {
                 gates,
                 evidence,
                 git,
+                usage,
                 ..
             } => Report::Finished(Finish {
                 outcome: *outcome,
@@ -44,6 +45,7 @@ impl Report {
                 fencing: event.fencing,
                 evidence: evidence.clone(),
                 git: git.clone(),
+                usage: usage.clone(),
             }),
         }
     }

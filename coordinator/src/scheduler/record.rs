@@ -162,6 +162,10 @@ pub struct Attempt {
     /// Git mode: the worktree's commits and the unit's commit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git: Option<regatta_proto::GitReport>,
+    /// An agent session's usage (tokens, turns, cost) as its worker
+    /// reported it, also when it was killed over its budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<regatta_proto::Usage>,
 }
 
 /// Where an attempt's trace is: one trace per attempt, rooted at its
@@ -220,6 +224,7 @@ impl Attempt {
             evidence: None,
             trace: None,
             git: None,
+            usage: None,
         }
     }
 
@@ -240,6 +245,7 @@ impl Attempt {
         self.gates = finish.gates;
         self.evidence = finish.evidence;
         self.git = finish.git.map(|g| *g);
+        self.usage = finish.usage;
         if finish.fencing > 0 {
             self.fencing = finish.fencing;
         }

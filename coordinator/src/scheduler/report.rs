@@ -123,11 +123,22 @@ impl Batch {
                         self.set_state(unit, UnitState::Ready);
                         self.units[unit].reason = reason;
                     }
-                    Outcome::Failed | Outcome::TimedOut | Outcome::Lost => {
+                    // Over budget: a re-run would likely spend as much
+                    // again, so it goes to review unless the playbook lets
+                    // it retry.
+                    Outcome::OverBudget if !self.manifest.playbook.retry_over_budget => {
                         let record = &mut self.units[unit];
                         record.failures += 1;
                         record.reason = reason;
-                        if record.failures <= self.manifest.retries {
+                        self.set_state(unit, UnitState::NeedsReview);
+                        self.block_descendants(unit, &mut effects);
+                    }
+                    Outcome::Failed | Outcome::TimedOut | Outcome::Lost | Outcome::OverBudget => {
+                        let retries = self.manifest.effective_retries(&self.manifest.units[unit]);
+                        let record = &mut self.units[unit];
+                        record.failures += 1;
+                        record.reason = reason;
+                        if record.failures <= retries {
                             self.set_state(unit, UnitState::Ready);
                         } else {
                             self.set_state(unit, UnitState::NeedsReview);

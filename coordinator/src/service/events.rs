@@ -101,6 +101,12 @@ impl Service {
                         self.metrics.session_duration.observe(seconds(start, end));
                     }
                 }
+                // The attempt that just ended: a retry's new attempt is not
+                // pushed until dispatch.
+                let ended = record.history.iter().rev().find(|a| a.outcome.is_some());
+                if let Some(usage) = ended.and_then(|a| a.usage.as_ref()) {
+                    self.metrics.observe_usage(&batch.id, outcome, usage);
+                }
             }
             Observation::Other => {}
         }

@@ -248,5 +248,7 @@ pub(super) fn integration_order(
             branch: None,
             writes: None,
         }),
+        // The train's integration is the fleet's check, never metered.
+        agent: None,
     }
 }

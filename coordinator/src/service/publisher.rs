@@ -160,6 +160,7 @@ pub(super) fn dispatch_orders<T>(
                 fencing: 0,
                 evidence: None,
                 git: None,
+                usage: None,
             };
             let more = fleet.report(batch_id, unit, &order.session_id, Report::Finished(failed));
             effects.changed.extend(more.changed);

@@ -61,6 +61,7 @@ impl Service {
                         gates: vec![],
                         evidence: None,
                         git: None,
+                        usage: None,
                     },
                 };
                 let span = {

@@ -196,6 +196,23 @@ pub enum ManifestErrorKind {
     GitTargetNotBranch { target: String },
     #[error("git.window must be from 1 to {max} units per merge candidate, found {window}")]
     GitWindowOutOfRange { window: u32, max: u32 },
+    #[error("'budget.{field}' must be more than zero (leave it out for no limit)")]
+    BudgetNotPositive { field: &'static str },
+    #[error(
+        "'{field}' price of model '{model}' must be a number of 0 or more \
+         (US dollars per million tokens)"
+    )]
+    InvalidPrice { model: String, field: &'static str },
+    #[error("prices.default names unknown model '{model}'{}", did_you_mean(.suggestion))]
+    UnknownPriceModel {
+        model: String,
+        suggestion: Option<String>,
+    },
+    #[error(
+        "a 'cost_usd' budget with agent '{adapter}', which reports no cost, needs \
+         'prices' to compute one"
+    )]
+    CostBudgetWithoutPrices { adapter: String },
 }
 
 /// Why `git.repo` was refused.
@@ -332,6 +349,10 @@ impl ManifestErrorKind {
             GitTargetRequired => "git-target-required",
             GitTargetNotBranch { .. } => "git-target-not-branch",
             GitWindowOutOfRange { .. } => "git-window-out-of-range",
+            BudgetNotPositive { .. } => "budget-not-positive",
+            InvalidPrice { .. } => "invalid-price",
+            UnknownPriceModel { .. } => "unknown-price-model",
+            CostBudgetWithoutPrices { .. } => "cost-budget-without-prices",
         }
     }
 

@@ -222,7 +222,8 @@ fn assemble(draft: Draft, input: &Input<'_>) -> Assembled {
     };
     let mut playbook_file = None;
     let (playbook, playbook_known) = match draft.playbook {
-        PlaybookSpec::Inline(mut playbook) => {
+        PlaybookSpec::Inline(playbook) => {
+            let mut playbook = *playbook;
             if playbook.name.is_empty() {
                 playbook.name = if batch.is_empty() {
                     "playbook".to_owned()

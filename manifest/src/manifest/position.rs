@@ -19,6 +19,36 @@ pub(crate) enum Node {
     Unit(usize),
     /// The `git:` block.
     Git,
+    /// The playbook's `budget:`.
+    PlaybookBudget,
+    /// A unit's `budget:`.
+    UnitBudget(usize),
+    /// The playbook's `prices:`.
+    Prices,
+    /// The n-th model of `prices.models`.
+    PriceModel(usize),
+}
+
+impl Node {
+    /// The unit a place belongs to, if any.
+    pub(crate) fn unit(self) -> Option<usize> {
+        match self {
+            Node::Unit(index) | Node::UnitBudget(index) => Some(index),
+            _ => None,
+        }
+    }
+
+    /// Says whether a place belongs to the playbook (and so to its file, when it has one).
+    pub(crate) fn in_playbook(self) -> bool {
+        matches!(
+            self,
+            Node::Playbook
+                | Node::Gate(_)
+                | Node::PlaybookBudget
+                | Node::Prices
+                | Node::PriceModel(_)
+        )
+    }
 }
 
 /// A place in the manifest's structure, independent of the text's layout.
@@ -56,6 +86,12 @@ impl Locator {
             Locator::Node(Node::Gate(_)) => Some(Locator::Value(Node::Playbook, "gates")),
             Locator::Node(Node::Playbook) => Some(Locator::Value(Node::Top, "playbook")),
             Locator::Node(Node::Git) => Some(Locator::Value(Node::Top, "git")),
+            Locator::Node(Node::PlaybookBudget) => Some(Locator::Value(Node::Playbook, "budget")),
+            Locator::Node(Node::UnitBudget(index)) => {
+                Some(Locator::Value(Node::Unit(*index), "budget"))
+            }
+            Locator::Node(Node::Prices) => Some(Locator::Value(Node::Playbook, "prices")),
+            Locator::Node(Node::PriceModel(_)) => Some(Locator::Value(Node::Prices, "models")),
         }
     }
 }
@@ -167,7 +203,7 @@ impl Resolver<'_> {
 
     fn document_of(&self, locator: &Locator) -> (u8, &Document<'_>) {
         match (locator.node(), &self.playbook_file) {
-            (Node::Playbook | Node::Gate(_), Some(playbook)) => (1, playbook),
+            (node, Some(playbook)) if node.in_playbook() => (1, playbook),
             _ => (0, &self.manifest),
         }
     }
@@ -183,10 +219,11 @@ impl Resolver<'_> {
             let first = lookup(also_document.positions, also);
             kind.set_first_position(first.map(|p| p.line), first.map(|p| p.column));
         }
-        let unit = match problem.locator.node() {
-            Node::Unit(index) => (self.unit_id)(index),
-            _ => None,
-        };
+        let unit = problem
+            .locator
+            .node()
+            .unit()
+            .and_then(|index| (self.unit_id)(index));
         let error = ManifestError {
             source: document.source.to_owned(),
             line: position.map(|p| p.line),

@@ -14,6 +14,7 @@
 //! records the positions of every place, or of wanted places only (see
 //! [`super::position`]).
 
+mod agent;
 mod git;
 mod lenient;
 mod playbook;
@@ -71,7 +72,8 @@ pub(crate) enum PlaybookSpec {
     /// Already reported as malformed.
     Invalid,
     Path(String),
-    Inline(Playbook),
+    /// Boxed: a playbook (with its budget and prices) dwarfs the other variants.
+    Inline(Box<Playbook>),
 }
 
 /// A manifest as read, before defaults and path resolution.
@@ -130,7 +132,7 @@ pub(crate) fn read_playbook(text: &str, format: Format, wanted: Wanted<'_>) -> R
         file: true,
     };
     let outcome = drive(text, format, playbook.seed()).map(|spec| match spec {
-        PlaybookSpec::Inline(playbook) => Some(playbook),
+        PlaybookSpec::Inline(playbook) => Some(*playbook),
         _ => None,
     });
     reader.finish(outcome, Node::Playbook).flatten()

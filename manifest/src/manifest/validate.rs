@@ -37,6 +37,7 @@ pub(crate) fn check(manifest: &Manifest, context: &Context<'_>) -> Vec<Problem> 
     check_resources(manifest, context, &mut problems);
     if context.playbook_known {
         check_playbook(manifest, &mut problems);
+        super::budget::check_playbook(manifest, &mut problems);
     }
     let gate_names: Vec<&str> = manifest
         .playbook
@@ -51,6 +52,9 @@ pub(crate) fn check(manifest: &Manifest, context: &Context<'_>) -> Vec<Problem> 
         }
         let node = Node::Unit(index);
         check_unit_fields(unit, node, &mut problems);
+        if let Some(budget) = &unit.budget {
+            super::budget::check_budget(budget, Node::UnitBudget(index), &mut problems);
+        }
         check_uses(
             manifest,
             unit,

@@ -37,6 +37,7 @@ fn setup(outputs: &[&str]) -> Setup {
             inputs: Vec::new(),
             artifact_dir: session.join("artifacts"),
             log_path: session.join("session.log"),
+            transcript_path: None,
         },
         outside,
         _temp: temp,

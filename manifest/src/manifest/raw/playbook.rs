@@ -2,6 +2,7 @@
 
 use serde::de::{IgnoredAny, MapAccess, SeqAccess};
 
+use super::agent::{BudgetValue, PricesValue};
 use super::lenient::Lenient;
 use super::reader::{Field, Reader};
 use super::scalar::Scalar;
@@ -11,7 +12,17 @@ use crate::manifest::errors::ManifestErrorKind;
 use crate::manifest::position::{Locator, Node};
 use crate::manifest::{Gate, Playbook};
 
-const PLAYBOOK_FIELDS: &[&str] = &["name", "run", "env", "timeout", "gates"];
+const PLAYBOOK_FIELDS: &[&str] = &[
+    "name",
+    "run",
+    "env",
+    "timeout",
+    "gates",
+    "agent",
+    "budget",
+    "prices",
+    "retry_over_budget",
+];
 const GATE_FIELDS: &[&str] = &["name", "run", "fix", "timeout", "required", "repairs"];
 
 /// Reads the `playbook` field (a path or an inline mapping) or a playbook file's root.
@@ -73,13 +84,29 @@ impl<'de> Lenient<'de> for PlaybookValue<'_, '_> {
                 "gates" => {
                     playbook.gates = reader.nested(map, field, GatesValue { reader, field })?
                 }
+                "agent" => playbook.agent = reader.typed(map, field)?,
+                "budget" => {
+                    let node = Node::PlaybookBudget;
+                    let budget = BudgetValue {
+                        reader,
+                        field,
+                        node,
+                    };
+                    playbook.budget = reader.nested(map, field, budget)?;
+                }
+                "prices" => {
+                    playbook.prices = reader.nested(map, field, PricesValue { reader, field })?
+                }
+                "retry_over_budget" => {
+                    playbook.retry_over_budget = reader.typed(map, field)?.unwrap_or(false)
+                }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
             Ok(())
         })?;
-        Ok(PlaybookSpec::Inline(playbook))
+        Ok(PlaybookSpec::Inline(Box::new(playbook)))
     }
 }
 

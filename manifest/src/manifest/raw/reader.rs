@@ -367,6 +367,29 @@ impl<'a> Reader<'a> {
         first
     }
 
+    /// Walks a map whose values are mappings (`prices.models`), each value read by the
+    /// reader `element` makes for its index, so that indices agree between the two
+    /// readings; `each` gets the name, its position and the value.
+    pub(super) fn keyed<'de, A: MapAccess<'de>, L: Lenient<'de>>(
+        &self,
+        map: &mut A,
+        field: Field,
+        element: impl Fn(usize) -> L,
+        mut each: impl FnMut(String, Option<Position>, L::Value),
+    ) -> Result<(), A::Error> {
+        let mut index = 0;
+        while let Some((name, position)) = map.next_key_seed(self.placed::<String>())? {
+            self.record(
+                Locator::Entry(field.node, field.name, name.clone()),
+                position,
+            );
+            let value = map.next_value_seed(element(index).seed())?;
+            each(name, position, value);
+            index += 1;
+        }
+        Ok(())
+    }
+
     /// Reads the elements of a list of mappings (`units`, `gates`), each knowing its index
     /// even when malformed, so that indices agree between the two readings.
     pub(super) fn indexed<'de, S: SeqAccess<'de>, L: Lenient<'de>>(

@@ -2,6 +2,7 @@
 
 use serde::de::{IgnoredAny, MapAccess, SeqAccess};
 
+use super::agent::BudgetValue;
 use super::git::GitValue;
 use super::lenient::Lenient;
 use super::playbook::PlaybookValue;
@@ -101,6 +102,8 @@ const UNIT_FIELDS: &[&str] = &[
     "env",
     "priority",
     "verify",
+    "budget",
+    "retries",
 ];
 
 /// Reads `units`, keeping each unit's index (its [`Node::Unit`]) even when a unit is
@@ -193,6 +196,16 @@ impl<'de> Lenient<'de> for UnitValue<'_, '_> {
                     "run" => unit.run = reader.text(map, field)?,
                     "timeout" => unit.timeout = reader.duration(map, field)?,
                     "priority" => unit.priority = reader.typed(map, field)?.unwrap_or(0),
+                    "retries" => unit.retries = reader.typed(map, field)?,
+                    "budget" => {
+                        let node = Node::UnitBudget(index);
+                        let budget = BudgetValue {
+                            reader,
+                            field,
+                            node,
+                        };
+                        unit.budget = reader.nested(map, field, budget)?;
+                    }
                     _ => {
                         map.next_value::<IgnoredAny>()?;
                     }

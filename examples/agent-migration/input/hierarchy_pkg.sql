@@ -1,0 +1,2 @@
+-- PL/SQL package hierarchy_pkg
+create or replace package hierarchy_pkg as end;
