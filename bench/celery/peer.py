@@ -5,7 +5,9 @@ local RabbitMQ and Redis, so that the ratio is measured in one run:
 
 - in-process no-op tasks/s (a task that returns at once);
 - subprocess no-op tasks/s (each task runs `/bin/sh -c true`, the same work
-  as a regatta no-op unit);
+  as a regatta no-op unit), end to end (the client sends each task with a
+  publisher confirm, one at a time, as Celery does) and for the worker alone
+  (the queue filled first, then drained);
 - a chain's per-hop latency (the parent task returned to the child task
   started, on CLOCK_MONOTONIC in ns, shared by every process of the machine).
 
@@ -54,10 +56,12 @@ def noop():
 
 @app.task(name="peer.shell")
 def shell():
+    """Runs `/bin/sh -c true`; returns when it started and ended (monotonic ns)."""
+    started = time.monotonic_ns()
     code = subprocess.run(["/bin/sh", "-c", "true"], check=False).returncode
     if code != 0:
         raise RuntimeError(f"/bin/sh -c true exited {code}")
-    return None
+    return [started, time.monotonic_ns()]
 
 
 @app.task(name="peer.hop")
@@ -83,8 +87,10 @@ def cpu_seconds(pid):
     return total + sum(cpu_seconds(c) for c in children)
 
 
-def cpu_named(name):
-    total = 0.0
+def oldest_named(name):
+    """The longest-running process of that name: the server, not a tool
+    (rabbitmqctl runs a beam.smp too)."""
+    found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -92,10 +98,19 @@ def cpu_named(name):
             with open(f"/proc/{entry}/comm") as f:
                 if f.read().strip() != name:
                     continue
-        except OSError:
+            with open(f"/proc/{entry}/stat") as f:
+                found.append((int(f.read().rsplit(")", 1)[1].split()[19]), int(entry)))
+        except (OSError, IndexError, ValueError):
             continue
-        total += cpu_seconds(int(entry))
-    return total
+    return min(found)[1] if found else None
+
+
+BROKER_PID = oldest_named("beam.smp")
+REDIS_PID = oldest_named("redis-server")
+
+
+def cpu_named(pid):
+    return cpu_seconds(pid) if pid else 0.0
 
 
 def percentile(sorted_values, p):
@@ -105,7 +120,7 @@ def percentile(sorted_values, p):
     return sorted_values[min(rank, len(sorted_values) - 1)]
 
 
-def start_worker():
+def start_worker(ready=True):
     here = os.path.dirname(os.path.abspath(__file__))
     command = [
         sys.executable, "-m", "celery", "--quiet", "-A", "peer", "worker",
@@ -114,7 +129,11 @@ def start_worker():
         "--hostname", f"{QUEUE}@%h",
         "--without-gossip", "--without-mingle",
     ]
-    worker = subprocess.Popen(command, cwd=here, env=dict(os.environ))
+    # Quiet about running as root (a container's user): no pickle here.
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    worker = subprocess.Popen(command, cwd=here, env=env)
+    if not ready:
+        return worker
     # Ready when it has run a task.
     deadline = time.monotonic() + 120
     while True:
@@ -133,6 +152,10 @@ def stop_worker(worker):
     except subprocess.TimeoutExpired:
         worker.kill()
         worker.wait()
+
+
+def delete_queue():
+    """Deletes the peer's queue, leaving RabbitMQ as it was."""
     with app.connection_for_write() as connection:
         try:
             connection.default_channel.queue_delete(QUEUE)
@@ -142,13 +165,13 @@ def stop_worker(worker):
 
 def throughput(task, n, worker_pid):
     """Sends n tasks at once and waits for every result."""
-    cpu = [cpu_seconds(worker_pid), cpu_named("beam.smp"), cpu_named("redis-server")]
+    cpu = [cpu_seconds(worker_pid), cpu_named(BROKER_PID), cpu_named(REDIS_PID)]
     started = time.monotonic()
     results = ResultSet([task.apply_async() for _ in range(n)])
     published = time.monotonic() - started
     results.join_native(timeout=1800, interval=0.02)
     seconds = time.monotonic() - started
-    spent = [cpu_seconds(worker_pid), cpu_named("beam.smp"), cpu_named("redis-server")]
+    spent = [cpu_seconds(worker_pid), cpu_named(BROKER_PID), cpu_named(REDIS_PID)]
     worker_ms, broker_ms, redis_ms = ((b - a) * 1000 / n for a, b in zip(cpu, spent))
     results.forget()
     return {
@@ -158,6 +181,20 @@ def throughput(task, n, worker_pid):
         "published_s": published,
         "cpu_ms_per_task": {"worker": worker_ms, "broker": broker_ms, "redis": redis_ms},
     }
+
+
+def drained(n):
+    """The worker alone: n subprocess tasks sent before it starts, timed from
+    the first task's start to the last one's end as the tasks saw them."""
+    results = ResultSet([shell.apply_async() for _ in range(n)])
+    worker = start_worker(ready=False)
+    try:
+        spans = results.join_native(timeout=1800, interval=0.02)
+    finally:
+        stop_worker(worker)
+    results.forget()
+    seconds = (max(end for _, end in spans) - min(start for start, _ in spans)) / 1e9
+    return {"tasks": n, "seconds": seconds, "tasks_per_s": n / seconds}
 
 
 def chained(n):
@@ -203,6 +240,14 @@ def main():
         )
     finally:
         stop_worker(worker)
+    try:
+        drain = drained(args.tasks)
+    finally:
+        delete_queue()
+    print(
+        "celery      subprocess no-op, worker alone (queue filled before it started): {tasks} tasks, first start to last end {seconds:.1f} s = {tasks_per_s:.0f} tasks/s".format(**drain),
+        flush=True,
+    )
 
     result = {
         "celery_version": celery.__version__,
@@ -210,6 +255,7 @@ def main():
         "load_average": os.getloadavg(),
         "in_process": in_process,
         "subprocess": sub,
+        "subprocess_drain": drain,
         "chain": hops,
     }
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

@@ -352,6 +352,9 @@ fn sh_cpu_ms(runs: usize) -> anyhow::Result<f64> {
 pub struct Usage {
     coordinator: u32,
     workers: Vec<u32>,
+    /// RabbitMQ's `beam.smp` and `redis-server`, found once.
+    broker: Option<u32>,
+    redis: Option<u32>,
 }
 
 /// CPU seconds spent so far by each part (or, after [`Sample::since`],
@@ -372,6 +375,8 @@ impl Usage {
         Usage {
             coordinator: fleet.coordinator_pid(),
             workers: fleet.workers.iter().map(std::process::Child::id).collect(),
+            broker: process_cpu::oldest_named("beam.smp"),
+            redis: process_cpu::oldest_named("redis-server"),
         }
     }
 
@@ -386,8 +391,8 @@ impl Usage {
             coordinator: process_cpu::with_reaped_children(self.coordinator),
             workers,
             sessions: with_children - workers,
-            broker: process_cpu::of_named("beam.smp"),
-            redis: process_cpu::of_named("redis-server"),
+            broker: self.broker.map_or(0.0, process_cpu::with_reaped_children),
+            redis: self.redis.map_or(0.0, process_cpu::with_reaped_children),
         }
     }
 }

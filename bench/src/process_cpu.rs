@@ -66,9 +66,16 @@ pub fn pids_named(name: &str) -> Vec<u32> {
         .collect()
 }
 
-/// CPU time of every process named `name`, children included, in seconds.
-pub fn of_named(name: &str) -> f64 {
-    pids_named(name).into_iter().map(with_reaped_children).sum()
+/// The longest-running process named `name`: the server itself, not the
+/// short-lived tools of the same name (`rabbitmqctl` runs a `beam.smp` too).
+pub fn oldest_named(name: &str) -> Option<u32> {
+    pids_named(name)
+        .into_iter()
+        // Field 22, the start time, is the 20th after ')'.
+        .min_by_key(|pid| {
+            let fields = stat_fields(&Path::new("/proc").join(pid.to_string()).join("stat"));
+            fields.get(19).copied().unwrap_or(u64::MAX)
+        })
 }
 
 /// The machine's load averages over 1, 5 and 15 minutes.
@@ -125,6 +132,19 @@ mod tests {
         let name = std::fs::read_to_string("/proc/self/comm").expect("comm");
         assert!(pids_named(name.trim_end()).contains(&std::process::id()));
         assert!(pids_named("no-such-process-name").is_empty());
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("start sleep");
+        let started = |pid: u32| {
+            stat_fields(&Path::new("/proc").join(pid.to_string()).join("stat"))
+                .get(19)
+                .copied()
+        };
+        let oldest = oldest_named("sleep").expect("a sleep runs");
+        assert!(started(oldest) <= started(child.id()));
+        let _ = child.kill();
+        let _ = child.wait();
         assert!(load_average()[0] >= 0.0);
         assert!(peak_mb(std::process::id()) > 0.0);
     }
