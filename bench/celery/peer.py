@@ -220,10 +220,17 @@ def main():
     parser.add_argument("--chain", type=int, default=300)
     parser.add_argument("--out", default="target/bench/celery.json")
     args = parser.parse_args()
+    worker = start_worker()
+    try:
+        return measure(args, worker)
+    finally:
+        delete_queue()
 
+
+def measure(args, worker):
+    """Runs the four measurements and writes the JSON result."""
     import celery
 
-    worker = start_worker()
     try:
         in_process = throughput(noop, args.tasks, worker.pid)
         line = "in-process no-op: {tasks} tasks in {seconds:.1f} s (all sent after {published_s:.1f} s) = {tasks_per_s:.0f} tasks/s; CPU per task: worker {w:.2f} ms, broker {b:.2f} ms, redis {r:.2f} ms"
@@ -240,10 +247,7 @@ def main():
         )
     finally:
         stop_worker(worker)
-    try:
-        drain = drained(args.tasks)
-    finally:
-        delete_queue()
+    drain = drained(args.tasks)
     print(
         "celery      subprocess no-op, worker alone (queue filled before it started): {tasks} tasks, first start to last end {seconds:.1f} s = {tasks_per_s:.0f} tasks/s".format(**drain),
         flush=True,
