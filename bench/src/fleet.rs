@@ -5,11 +5,16 @@
 //!
 //! - `ceiling`: raw lapin publish-with-confirms and consume-with-ack of
 //!   persistent messages through a quorum queue, and raw Redis Lua calls;
-//! - `throughput`: 10,000 no-op units, a coordinator and 2 workers;
-//! - `chain`: a chain of 1,000 no-op units: the dependency hop;
+//! - `throughput`: 10,000 no-op units, a coordinator and 2 workers, with
+//!   the CPU each part of the fleet spent per unit;
+//! - `chain`: a chain of 1,000 no-op units: the dependency hop, from the
+//!   coordinator's records (ms) and from the sessions' own µs clock;
 //! - `fan-in`: 5,000 units in 50 layers with fan-in 10 and a resource cap;
-//! - `enqueue`: enqueuing a 1,000,000-unit batch: time, coordinator memory,
-//!   and whether the API and the coordinator's lock stayed responsive.
+//! - `enqueue`: enqueuing a 100,000 and a 1,000,000-unit batch: time,
+//!   coordinator memory, and whether the API and the coordinator's lock
+//!   stayed responsive;
+//! - `scale`: 1,000 sleeping sessions at once over 10 workers (see
+//!   [`crate::fleet_scale`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,6 +35,7 @@ use regatta_tests::Fleet;
 use serde::Serialize;
 
 use crate::generate::{manifest_text, Format, Spec};
+use crate::process_cpu;
 
 /// What one scenario measured.
 #[derive(Debug, Clone, Serialize)]
@@ -46,8 +52,9 @@ pub struct FleetPlan {
     pub throughput_units: usize,
     pub chain_units: usize,
     pub fan_in_units: usize,
-    pub enqueue_units: usize,
+    pub enqueue_units: Vec<usize>,
     pub worker_slots: usize,
+    pub scale: crate::fleet_scale::ScalePlan,
     pub out_dir: PathBuf,
 }
 
@@ -76,7 +83,12 @@ pub async fn run(plan: &FleetPlan) -> anyhow::Result<Vec<Figures>> {
         results.push(report(plan, fan_in(plan).await?)?);
     }
     if wants("enqueue") {
-        results.push(report(plan, enqueue(plan).await?)?);
+        for units in &plan.enqueue_units {
+            results.push(report(plan, enqueue(*units).await?)?);
+        }
+    }
+    if wants("scale") {
+        results.push(report(plan, crate::fleet_scale::run(&plan.scale).await?)?);
     }
     Ok(results)
 }
@@ -85,10 +97,18 @@ fn report(plan: &FleetPlan, figures: Figures) -> anyhow::Result<Figures> {
     write_report(&plan.out_dir, figures)
 }
 
-/// Prints a scenario's summary line and writes its JSON result to
+/// Prints a scenario's summary line, with the machine's load average at its
+/// end (other builders share it), and writes its JSON result to
 /// `<out_dir>/<scenario>.json`.
-pub fn write_report(out_dir: &Path, figures: Figures) -> anyhow::Result<Figures> {
-    println!("{:<11} {}", figures.scenario, figures.summary);
+pub fn write_report(out_dir: &Path, mut figures: Figures) -> anyhow::Result<Figures> {
+    let [one, five, _] = process_cpu::load_average();
+    println!(
+        "{:<11} {} [load {one:.1}/{five:.1}]",
+        figures.scenario, figures.summary
+    );
+    if let Some(values) = figures.values.as_object_mut() {
+        values.insert("load_average_1m".into(), one.into());
+    }
     let path = out_dir.join(format!("{}.json", figures.scenario));
     std::fs::write(&path, serde_json::to_vec_pretty(&figures)?)?;
     Ok(figures)
@@ -261,11 +281,15 @@ async fn throughput(plan: &FleetPlan, ceiling_msgs: f64) -> anyhow::Result<Figur
         "throughput",
         &format!("batch: throughput\nconcurrency: {concurrency}\nplaybook:\n  name: noop\n  run: 'true'\nunits:\n{units}"),
     )?;
+    let sh_ms = sh_cpu_ms(300)?;
     let fleet = fleet("bench-throughput", plan).await;
+    let usage = Usage::of(&fleet);
+    let before = usage.sample();
     let started = Instant::now();
     let batch = fleet.client().enqueue(&manifest).await?;
     finish(&fleet, &batch, Duration::from_secs(1800)).await?;
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu = usage.sample().since(&before).per_unit_ms(n);
     let phases = phases(&fleet.client().units(&batch, None).await?);
     fleet.stop().await;
     let rate = n as f64 / elapsed;
@@ -274,17 +298,139 @@ async fn throughput(plan: &FleetPlan, ceiling_msgs: f64) -> anyhow::Result<Figur
     } else {
         0.0
     };
+    let leaders_ms = (cpu.sessions - sh_ms).max(0.0);
+    let ours_ms = cpu.coordinator + cpu.workers + leaders_ms;
     Ok(Figures {
         scenario: "throughput".into(),
         summary: format!(
-            "{n} no-op units in {elapsed:.1} s: {rate:.0} units/s end to end = {:.1}% of the broker ceiling / 2 (2 workers x {} slots); mean per unit: publish to start {:.1} ms, start to end {:.1} ms",
+            "{n} no-op units in {elapsed:.1} s: {rate:.0} units/s end to end = {:.1}% of the broker ceiling / 2 (2 workers x {} slots); mean per unit: publish to start {:.1} ms, start to end {:.1} ms; CPU per unit: ours {ours_ms:.2} ms (coordinator {:.2}, workers {:.2}, leaders {leaders_ms:.2}; the session's own sh {sh_ms:.2} ms excluded), broker {:.2} ms, redis {:.2} ms",
             ratio * 100.0,
             plan.worker_slots,
             phases.queue_ms,
             phases.session_ms,
+            cpu.coordinator,
+            cpu.workers,
+            cpu.broker,
+            cpu.redis,
         ),
-        values: serde_json::json!({"units": n, "seconds": elapsed, "units_per_s": rate, "ratio_to_ceiling_half": ratio, "mean_publish_to_start_ms": phases.queue_ms, "mean_start_to_end_ms": phases.session_ms}),
+        values: serde_json::json!({
+            "units": n,
+            "seconds": elapsed,
+            "units_per_s": rate,
+            "ratio_to_ceiling_half": ratio,
+            "mean_publish_to_start_ms": phases.queue_ms,
+            "mean_start_to_end_ms": phases.session_ms,
+            "cpu_ms_per_unit": {
+                "ours": ours_ms,
+                "coordinator": cpu.coordinator,
+                "workers": cpu.workers,
+                "leaders": leaders_ms,
+                "leaders_and_sh": cpu.sessions,
+                "sh_alone": sh_ms,
+                "broker": cpu.broker,
+                "redis": cpu.redis,
+            },
+        }),
     })
+}
+
+/// CPU of one `/bin/sh -c true`, in ms: the session's own process in a
+/// no-op unit, which the fleet's overhead leaves out (median of `runs`
+/// runs from this process, read as the children's CPU it reaped).
+fn sh_cpu_ms(runs: usize) -> anyhow::Result<f64> {
+    let before = process_cpu::reaped_children_of_self();
+    for _ in 0..runs {
+        let status = std::process::Command::new("/bin/sh")
+            .args(["-c", "true"])
+            .status()?;
+        anyhow::ensure!(status.success(), "/bin/sh -c true failed: {status}");
+    }
+    Ok((process_cpu::reaped_children_of_self() - before) * 1000.0 / runs as f64)
+}
+
+/// The processes a fleet scenario accounts for.
+pub struct Usage {
+    coordinator: u32,
+    workers: Vec<u32>,
+    /// RabbitMQ's `beam.smp` and `redis-server`, found once.
+    broker: Option<u32>,
+    redis: Option<u32>,
+}
+
+/// CPU seconds spent so far by each part (or, after [`Sample::since`],
+/// over a window).
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    pub coordinator: f64,
+    /// The workers' own processes.
+    pub workers: f64,
+    /// The session leaders the workers reaped, with their sessions' processes.
+    pub sessions: f64,
+    pub broker: f64,
+    pub redis: f64,
+}
+
+impl Usage {
+    pub fn of(fleet: &Fleet) -> Usage {
+        Usage {
+            coordinator: fleet.coordinator_pid(),
+            workers: fleet.workers.iter().map(std::process::Child::id).collect(),
+            broker: process_cpu::oldest_named("beam.smp"),
+            redis: process_cpu::oldest_named("redis-server"),
+        }
+    }
+
+    pub fn sample(&self) -> Sample {
+        let workers: f64 = self.workers.iter().map(|p| process_cpu::own(*p)).sum();
+        let with_children: f64 = self
+            .workers
+            .iter()
+            .map(|p| process_cpu::with_reaped_children(*p))
+            .sum();
+        Sample {
+            coordinator: process_cpu::with_reaped_children(self.coordinator),
+            workers,
+            sessions: with_children - workers,
+            broker: self.broker.map_or(0.0, process_cpu::with_reaped_children),
+            redis: self.redis.map_or(0.0, process_cpu::with_reaped_children),
+        }
+    }
+}
+
+impl Sample {
+    pub fn since(&self, before: &Sample) -> Sample {
+        Sample {
+            coordinator: self.coordinator - before.coordinator,
+            workers: self.workers - before.workers,
+            sessions: self.sessions - before.sessions,
+            broker: self.broker - before.broker,
+            redis: self.redis - before.redis,
+        }
+    }
+
+    /// Each figure in ms per unit, for `units` units.
+    pub fn per_unit_ms(&self, units: usize) -> Sample {
+        let per = |seconds: f64| seconds * 1000.0 / units.max(1) as f64;
+        Sample {
+            coordinator: per(self.coordinator),
+            workers: per(self.workers),
+            sessions: per(self.sessions),
+            broker: per(self.broker),
+            redis: per(self.redis),
+        }
+    }
+
+    /// Each figure as a percentage of one core over `seconds`.
+    pub fn percent_of_core(&self, seconds: f64) -> Sample {
+        let per = |cpu: f64| cpu * 100.0 / seconds.max(f64::EPSILON);
+        Sample {
+            coordinator: per(self.coordinator),
+            workers: per(self.workers),
+            sessions: per(self.sessions),
+            broker: per(self.broker),
+            redis: per(self.redis),
+        }
+    }
 }
 
 /// Where a unit's time goes, on average, from the coordinator's records.
@@ -320,16 +466,25 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 async fn chain(plan: &FleetPlan) -> anyhow::Result<Figures> {
     let dir = tempfile::tempdir()?;
+    let clock = dir.path().join("clock");
+    std::fs::create_dir_all(&clock)?;
     let n = plan.chain_units;
     let mut units = String::from("  - id: c0\n");
     for i in 1..n {
         units.push_str(&format!("  - id: c{i}\n    depends_on: [c{}]\n", i - 1));
     }
+    // Each session writes the µs clock as it starts and as it ends: the
+    // coordinator's records have only ms.
+    let run = format!(
+        "date +%s%6N > {0}/$REGATTA_UNIT_ID.start; date +%s%6N > {0}/$REGATTA_UNIT_ID.end",
+        clock.display()
+    );
     let manifest = no_op_manifest(
         dir.path(),
         "chain",
-        &format!("batch: chain\nplaybook:\n  name: noop\n  run: 'true'\nunits:\n{units}"),
+        &format!("batch: chain\nplaybook:\n  name: clock\n  run: '{run}'\nunits:\n{units}"),
     )?;
+    let date_start_us = date_start_us(100)?;
     let fleet = fleet("bench-chain", plan).await;
     let client = fleet.client();
     let batch = client.enqueue(&manifest).await?;
@@ -354,42 +509,54 @@ async fn chain(plan: &FleetPlan) -> anyhow::Result<Figures> {
         .collect();
     hops.sort_by(|a, b| a.total_cmp(b));
     let (median, p99) = (percentile(&hops, 50.0), percentile(&hops, 99.0));
+    let read = |unit: usize, end: &str| -> Option<f64> {
+        let text = std::fs::read_to_string(clock.join(format!("c{unit}.{end}"))).ok()?;
+        text.trim().parse::<f64>().ok()
+    };
+    let mut hops_us: Vec<f64> = (1..n)
+        .filter_map(|i| Some(read(i, "start")? - read(i - 1, "end")?))
+        .collect();
+    hops_us.sort_by(|a, b| a.total_cmp(b));
+    let (median_us, p99_us) = (percentile(&hops_us, 50.0), percentile(&hops_us, 99.0));
     Ok(Figures {
         scenario: "chain".into(),
         summary: format!(
-            "{n} units in {:.1} s: dependency hop (parent finished to child started, ms clock) median {median:.1} ms, p99 {p99:.1} ms, max {:.1} ms",
+            "{n} units in {:.1} s: dependency hop (parent finished to child started) µs clock of the sessions median {:.2} ms, p99 {:.2} ms, max {:.2} ms over {} hops (includes one `date` start, {:.2} ms here: median {:.2} ms without it); ms clock of the coordinator's records median {median:.1} ms, p99 {p99:.1} ms",
             elapsed.as_secs_f64(),
-            hops.last().copied().unwrap_or(f64::NAN)
+            median_us / 1000.0,
+            p99_us / 1000.0,
+            hops_us.last().copied().unwrap_or(f64::NAN) / 1000.0,
+            hops_us.len(),
+            date_start_us / 1000.0,
+            (median_us - date_start_us) / 1000.0,
         ),
-        values: serde_json::json!({"units": n, "seconds": elapsed.as_secs_f64(), "hop_median_ms": median, "hop_p99_ms": p99, "hops": hops.len()}),
+        values: serde_json::json!({
+            "units": n,
+            "seconds": elapsed.as_secs_f64(),
+            "hop_median_ms": median,
+            "hop_p99_ms": p99,
+            "hops": hops.len(),
+            "hop_us_median": median_us,
+            "hop_us_p99": p99_us,
+            "hop_us_max": hops_us.last().copied(),
+            "hops_us": hops_us.len(),
+            "date_start_us": date_start_us,
+        }),
     })
 }
 
-/// User plus system CPU time of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces) start after ')'.
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of stat: 12 and 13 after ')'.
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-/// Peak resident memory of a process, in MB.
-fn peak_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
+/// How long `date` takes from its spawn to reading the clock, in µs
+/// (median of `runs`): the µs hop includes one, in the child session.
+fn date_start_us(runs: usize) -> anyhow::Result<f64> {
+    let mut delays = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let spawned = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        let output = std::process::Command::new("date").arg("+%s%6N").output()?;
+        let printed: f64 = String::from_utf8_lossy(&output.stdout).trim().parse()?;
+        delays.push(printed - spawned.as_micros() as f64);
+    }
+    delays.sort_by(|a, b| a.total_cmp(b));
+    Ok(percentile(&delays, 50.0))
 }
 
 async fn fan_in(plan: &FleetPlan) -> anyhow::Result<Figures> {
@@ -418,12 +585,12 @@ async fn fan_in(plan: &FleetPlan) -> anyhow::Result<Figures> {
     )?;
     let fleet = fleet("bench-fan-in", plan).await;
     let pid = fleet.coordinator_pid();
-    let cpu_before = cpu_seconds(pid);
+    let cpu_before = process_cpu::own(pid);
     let started = Instant::now();
     let batch = fleet.client().enqueue(&manifest).await?;
     finish(&fleet, &batch, Duration::from_secs(1800)).await?;
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds(pid) - cpu_before;
+    let cpu = process_cpu::own(pid) - cpu_before;
     fleet.stop().await;
     let rate = total as f64 / elapsed;
     let cpu_per_unit_ms = cpu * 1000.0 / total as f64;
@@ -444,9 +611,8 @@ const ENQUEUE_MAX_BODY: &str = "1000000000";
 /// time, the coordinator's peak memory, and whether it stayed responsive
 /// (its worst `/healthz` answer, the lowest TTL its namespace lock fell to,
 /// the slowest Redis answer meanwhile).
-async fn enqueue(plan: &FleetPlan) -> anyhow::Result<Figures> {
+async fn enqueue(n: usize) -> anyhow::Result<Figures> {
     let dir = tempfile::tempdir()?;
-    let n = plan.enqueue_units;
     let spec = Spec {
         units: n,
         fan_in: 3,
@@ -468,7 +634,7 @@ async fn enqueue(plan: &FleetPlan) -> anyhow::Result<Figures> {
     let env = [("REGATTA_MAX_MANIFEST_BYTES", ENQUEUE_MAX_BODY)];
     let fleet = Fleet::start_with_env("bench-enqueue", 0, 1, "30s", &env).await;
     let pid = fleet.coordinator_pid();
-    let before = peak_mb(pid);
+    let before = process_cpu::peak_mb(pid);
     let watch = Watch::coordinator(&fleet).await;
     let started = Instant::now();
     let answer = reqwest::Client::new()
@@ -483,7 +649,7 @@ async fn enqueue(plan: &FleetPlan) -> anyhow::Result<Figures> {
     // The batch's first dispatch and stores run on after the answer.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stall = watch.stop().await;
-    let peak = peak_mb(pid);
+    let peak = process_cpu::peak_mb(pid);
     let batch = created["batch_id"].as_str().map(str::to_owned);
     // What one status poll of so large a batch costs (`regatta watch` polls).
     let mut summary_ms = f64::NAN;
@@ -503,7 +669,7 @@ async fn enqueue(plan: &FleetPlan) -> anyhow::Result<Figures> {
         "never lapsed"
     };
     Ok(Figures {
-        scenario: "enqueue".into(),
+        scenario: format!("enqueue-{n}"),
         summary: format!(
             "{n} units ({body_mb:.0} MB JSON): validated in {validated:.2} s, enqueued (HTTP, re-validation, DAG, Redis) in {enqueued:.2} s; coordinator peak memory {peak:.0} MB (idle {before:.0} MB); worst /healthz {worst_healthz_ms:.0} ms over {} polls ({} failed); lock (TTL 15 s) lowest PTTL {} ms: {lapsed}; slowest Redis answer {worst_redis_ms:.0} ms; one batch summary {summary_ms:.0} ms",
             stall.healthz_samples, stall.healthz_failures, stall.min_lock_pttl_ms,

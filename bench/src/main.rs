@@ -5,16 +5,20 @@
 //! - `manifest-scale` times parse+validate, DAG build and plan at 100,000 and 1,000,000
 //!   units and reports peak memory per size (see [`scale`]). Build with `--release`.
 //! - `fleet` runs a coordinator and workers against the real broker and Redis:
-//!   ceiling, throughput, chain, fan-in and enqueue (see [`fleet`]).
+//!   ceiling, throughput, chain, fan-in, enqueue and scale (see [`fleet`] and
+//!   [`fleet_scale`]).
 //! - `git` measures git mode: the conflict matrix, the merge train's own
 //!   cost per candidate, and a git-mode batch end to end (see [`git_mode`]).
 
 mod fleet;
+mod fleet_scale;
 mod generate;
 mod git_mode;
+mod process_cpu;
 mod scale;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -103,7 +107,7 @@ struct ScaleArgs {
 
 #[derive(Debug, Args)]
 struct FleetArgs {
-    /// Scenarios: ceiling, throughput, chain, fan-in, enqueue, or all.
+    /// Scenarios: ceiling, throughput, chain, fan-in, enqueue, scale, or all.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     scenarios: Vec<String>,
     #[arg(long, default_value_t = 10_000)]
@@ -112,14 +116,46 @@ struct FleetArgs {
     chain_units: usize,
     #[arg(long, default_value_t = 5_000)]
     fan_in_units: usize,
-    #[arg(long, default_value_t = 1_000_000)]
-    enqueue_units: usize,
+    /// Sizes of the enqueue scenario's batches, one run each.
+    #[arg(long, value_delimiter = ',', default_values_t = [100_000, 1_000_000])]
+    enqueue_units: Vec<usize>,
     /// Slots per worker (two workers run).
     #[arg(long, default_value_t = 16)]
     slots: usize,
+    /// Sessions of the scale scenario, all running at once.
+    #[arg(long, default_value_t = 1_000)]
+    scale_sessions: usize,
+    /// Workers of the scale scenario.
+    #[arg(long, default_value_t = 10)]
+    scale_workers: usize,
+    /// Slots per worker in the scale scenario.
+    #[arg(long, default_value_t = 100)]
+    scale_slots: usize,
+    /// How long each session of the scale scenario sleeps (`60s`, `2m`, or seconds).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    sleep: Duration,
     /// Where each scenario's JSON result goes.
     #[arg(long, default_value = "target/bench")]
     out_dir: PathBuf,
+}
+
+/// A duration as `90s`, `2m`, `500ms` or a number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 60s, 2m or 500ms"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => return Err(format!("{text:?}: the unit must be ms, s or m")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
 #[derive(Debug, Args)]
@@ -160,6 +196,13 @@ fn main() -> anyhow::Result<()> {
                 fan_in_units: args.fan_in_units,
                 enqueue_units: args.enqueue_units,
                 worker_slots: args.slots,
+                scale: fleet_scale::ScalePlan {
+                    sessions: args.scale_sessions,
+                    workers: args.scale_workers,
+                    slots: args.scale_slots,
+                    sleep: args.sleep,
+                    lease_ttl: "30s".to_owned(),
+                },
                 out_dir: args.out_dir,
             };
             let runtime = tokio::runtime::Runtime::new()?;
@@ -206,5 +249,20 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_the_scale_scenario_takes_them() {
+        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3h").is_err());
     }
 }
