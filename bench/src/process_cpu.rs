@@ -141,7 +141,19 @@ mod tests {
                 .get(19)
                 .copied()
         };
-        let oldest = oldest_named("sleep").expect("a sleep runs");
+        // The kernel renames the child during exec after `spawn` has
+        // returned (close-on-exec runs first), and `sleep` may be a
+        // multi-call binary named otherwise: wait for the child's own name.
+        let comm_of_child = || {
+            std::fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap_or_default()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while comm_of_child() == name && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let comm = comm_of_child();
+        assert_ne!(comm, name, "the child took its own name within 3 s");
+        let oldest = oldest_named(comm.trim_end()).expect("the child is found by its name");
         assert!(started(oldest) <= started(child.id()));
         let _ = child.kill();
         let _ = child.wait();
