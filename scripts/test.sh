@@ -21,7 +21,7 @@ echo "== cargo test"
 # Integration tests spawn the release-free debug binaries of regatta and
 # regatta-worker; build them first so tests do not race to build them.
 cargo build --workspace --bins --locked
-cargo test --workspace --locked -- --test-threads="${REGATTA_TEST_THREADS:-4}"
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${REGATTA_TEST_THREADS:-4}"
 
 echo "== chaos that restarts the shared broker and Redis (alone, after everything else)"
 cargo test -p regatta-tests --test chaos_broker --locked -- --ignored --test-threads=1
