@@ -103,6 +103,20 @@ impl Service {
                 key: keys.units(id),
                 fields: units,
             });
+            // The batch budget's ledger (contract 9): the leases in flight
+            // were forgotten, so their reservations count as spent, as a
+            // reaped lease's would.
+            if let Some(spend) = batch.budget_spend() {
+                let spent = spend.spent_micros + spend.reserved_micros;
+                self.store.write(Write::Hash {
+                    key: keys.batch_budget(id),
+                    fields: vec![
+                        ("reserved".to_owned(), "0".to_owned()),
+                        ("spent".to_owned(), spent.to_string()),
+                        ("cap".to_owned(), spend.cap_micros.to_string()),
+                    ],
+                });
+            }
             let capacities = batch
                 .manifest
                 .resources
