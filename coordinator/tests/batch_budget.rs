@@ -254,6 +254,25 @@ fn a_restarted_coordinator_rebuilds_the_ledger_from_the_records() {
 }
 
 #[test]
+fn a_redis_that_lost_its_data_gets_running_reservations_back_as_spent() {
+    let mut fleet = Fleet::new();
+    let id = fleet.insert(
+        batch(
+            "budget: {cost_usd: 10}",
+            ", budget: {cost_usd: 2}",
+            &units(3),
+        ),
+        (),
+    );
+    assert_eq!(publish(&mut fleet, &id).len(), 3);
+    run(&mut fleet, &id, "u0", Outcome::Succeeded, Some(0.5));
+    send(&mut fleet, &id, "u1", started());
+    // u1 runs (its lease is forgotten with the data), u2 is still queued.
+    assert_eq!(fleet[&id].budget_spend(), spend(4.0, 0.5, 10.0));
+    assert_eq!(fleet[&id].budget_after_loss(), spend(0.0, 2.5, 10.0));
+}
+
+#[test]
 fn a_batch_without_a_budget_reserves_nothing() {
     let mut fleet = Fleet::new();
     let id = fleet.insert(batch("concurrency: 3", "", &units(4)), ());

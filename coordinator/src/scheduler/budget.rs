@@ -130,6 +130,23 @@ impl Batch {
         self.budget_spent = spent;
     }
 
+    /// The ledger to write back to a Redis that lost its data: the running
+    /// sessions' leases were forgotten there, so their reservations count
+    /// as spent, as a reaped lease's would; a queued session has not
+    /// reserved in Redis yet (its claim will).
+    pub fn budget_after_loss(&self) -> Option<BudgetSpend> {
+        let mut spend = self.budget_spend()?;
+        let running: u64 = self
+            .units
+            .iter()
+            .filter(|r| r.state == UnitState::Running)
+            .filter_map(|r| r.current()?.reserved_micros)
+            .sum();
+        spend.reserved_micros = 0;
+        spend.spent_micros += running;
+        Some(spend)
+    }
+
     /// Says whether a ready unit waits on the batch budget, and in what words.
     pub(super) fn budget_wait(&self, unit: usize) -> Option<String> {
         if self.units[unit].state != UnitState::Ready {

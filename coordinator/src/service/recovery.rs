@@ -103,16 +103,14 @@ impl Service {
                 key: keys.units(id),
                 fields: units,
             });
-            // The batch budget's ledger (contract 9): the leases in flight
-            // were forgotten, so their reservations count as spent, as a
-            // reaped lease's would.
-            if let Some(spend) = batch.budget_spend() {
-                let spent = spend.spent_micros + spend.reserved_micros;
+            // The batch budget's ledger (contract 9), running sessions'
+            // reservations counted as spent.
+            if let Some(spend) = batch.budget_after_loss() {
                 self.store.write(Write::Hash {
                     key: keys.batch_budget(id),
                     fields: vec![
                         ("reserved".to_owned(), "0".to_owned()),
-                        ("spent".to_owned(), spent.to_string()),
+                        ("spent".to_owned(), spend.spent_micros.to_string()),
                         ("cap".to_owned(), spend.cap_micros.to_string()),
                     ],
                 });
