@@ -108,6 +108,17 @@ pub struct Metrics {
     pub turns: Family<BatchLabels, Counter>,
     /// Agent sessions' cost in US dollars, by batch and outcome.
     pub cost_usd: Family<CostLabels, Counter<f64, AtomicU64>>,
+    /// The batch budget's ledger in US dollars, by batch and part (`cap`,
+    /// `reserved`, `spent`; contract 9, docs/contracts.md).
+    pub batch_budget_usd: Family<BudgetLabels, Gauge<f64, AtomicU64>>,
+}
+
+/// The labels of the batch budget's gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    pub batch: String,
+    /// `cap`, `reserved` or `spent`.
+    pub part: String,
 }
 
 /// The label of a per-batch counter.
@@ -154,6 +165,24 @@ impl Metrics {
         }
     }
 
+    /// Sets a batch budget's gauges from the ledger.
+    pub fn observe_batch_budget(&self, batch: &str, spend: regatta_proto::BudgetSpend) {
+        use regatta_proto::batch_budget::usd;
+        for (part, micros) in [
+            ("cap", spend.cap_micros),
+            ("reserved", spend.reserved_micros),
+            ("spent", spend.spent_micros),
+        ] {
+            let labels = BudgetLabels {
+                batch: batch.to_owned(),
+                part: part.to_owned(),
+            };
+            self.batch_budget_usd
+                .get_or_create(&labels)
+                .set(usd(micros));
+        }
+    }
+
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("regatta");
         let seconds = || Histogram::new(exponential_buckets(0.0005, 2.5, 18));
@@ -174,6 +203,7 @@ impl Metrics {
             tokens: Family::default(),
             turns: Family::default(),
             cost_usd: Family::default(),
+            batch_budget_usd: Family::default(),
             registry: Registry::default(),
         };
         registry.register("units", "Units per batch and state", metrics.units.clone());
@@ -251,6 +281,11 @@ impl Metrics {
             "cost_usd",
             "Agent sessions' cost in US dollars by batch and outcome",
             metrics.cost_usd.clone(),
+        );
+        registry.register(
+            "batch_budget_usd",
+            "Batch budgets in US dollars by batch and part (cap, reserved, spent)",
+            metrics.batch_budget_usd.clone(),
         );
         Metrics {
             registry,

@@ -56,7 +56,19 @@ pub fn work_order(batch: &Batch, unit: usize, now_ms: i64) -> WorkOrder {
         published_at_ms: now_ms,
         git: git_order(batch, unit),
         agent: manifest.agent_order(spec),
+        batch_budget: batch_budget(batch, unit),
     }
+}
+
+/// The batch budget's cap and the reservation the dispatch recorded for
+/// the unit's current attempt (contract 9, docs/contracts.md).
+fn batch_budget(batch: &Batch, unit: usize) -> Option<regatta_proto::BudgetReservation> {
+    let spend = batch.budget_spend()?;
+    let reserve_micros = batch.units[unit].current()?.reserved_micros?;
+    Some(regatta_proto::BudgetReservation {
+        cap_micros: spend.cap_micros,
+        reserve_micros,
+    })
 }
 
 /// Git mode: the repository part of a unit's order (docs/git-mode.md). A

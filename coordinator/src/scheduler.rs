@@ -19,6 +19,7 @@
 //! - [`record`]: the unit and batch states and the records stored in Redis;
 //! - here: a batch's state, its counts and the moves every change shares;
 //! - [`dispatch`]: which ready units start now (admission);
+//! - [`budget`]: the batch budget's part of admission, and its ledger;
 //! - [`report`]: what a session's report does to its unit;
 //! - [`event`]: a worker's event reduced to a report;
 //! - [`control`]: what people do to a batch (cancel, approve, pause, retry, skip);
@@ -33,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::dag::Dag;
 use crate::manifest::{Manifest, FILE_RESOURCE_PREFIX};
 
+mod budget;
 mod control;
 mod dispatch;
 mod event;
@@ -41,6 +43,7 @@ mod landing;
 mod record;
 mod report;
 
+pub use budget::{p90, DEFAULT_RESERVATION_USD};
 pub use fleet::{Control, Fleet, Member, Refusal};
 pub use record::{Attempt, AttemptTrace, BatchState, UnitRecord, UnitState};
 
@@ -116,6 +119,10 @@ pub struct Batch {
     pub calibration_units: Vec<usize>,
     /// Git mode: the commit `git.base` was pinned to at enqueue.
     pub git_base: Option<String>,
+    /// The batch budget: reservations of attempts in flight, micro-dollars.
+    budget_reserved: u64,
+    /// The batch budget: settled spend of ended attempts, micro-dollars.
+    budget_spent: u64,
 }
 
 /// How the calibration units went, for the human who approves the rest.
@@ -200,6 +207,8 @@ impl Batch {
             index,
             calibration_units: Vec::new(),
             git_base: None,
+            budget_reserved: 0,
+            budget_spent: 0,
         };
         if batch.calibration_size().is_some() {
             batch.state = BatchState::Calibrating;
@@ -260,6 +269,7 @@ impl Batch {
                 batch.set_state(unit, UnitState::Ready);
             }
         }
+        batch.restore_budget();
         batch
     }
 

@@ -46,7 +46,13 @@ pub enum Write {
     /// Frees a finished session's leases (idempotent), so that a unit the
     /// coordinator publishes next finds them free even before the worker's
     /// own release, which waits for the coordinator to hold the result.
-    Release { session_id: String, fence: u64 },
+    /// It settles the session's batch budget reservation at
+    /// `actual_micros` (`None`: unknown, spent whole; contract 9).
+    Release {
+        session_id: String,
+        fence: u64,
+        actual_micros: Option<u64>,
+    },
     /// Drops a batch that could not be stored whole: its records and its
     /// place in the index, so that nothing of it is left half-stored.
     Forget { batch_id: String },

@@ -27,6 +27,7 @@ fn attempt(n: u32, outcome: Outcome, start: i64, run_ms: i64, log: &str) -> Atte
         trace: None,
         git: None,
         usage: None,
+        reserved_micros: None,
     }
 }
 
@@ -58,6 +59,7 @@ fn input(units: Vec<UnitView>) -> Input {
             resources: Vec::new(),
             calibration: None,
             train: None,
+            budget: None,
         },
         units,
         train: None,

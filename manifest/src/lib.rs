@@ -27,7 +27,7 @@ pub mod plan;
 
 pub use dag::Dag;
 pub use manifest::{
-    Gate, GitSpec, Manifest, ManifestError, ManifestErrorKind, ManifestErrors, ManifestSummary,
-    MergeMode, Playbook, Unit,
+    BatchBudget, Gate, GitSpec, Manifest, ManifestError, ManifestErrorKind, ManifestErrors,
+    ManifestSummary, MergeMode, Playbook, Unit,
 };
 pub use plan::Plan;

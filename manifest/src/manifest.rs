@@ -98,6 +98,10 @@ pub struct Manifest {
     /// Declared shared resources and how many weight units may hold each at once.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub resources: BTreeMap<String, u32>,
+    /// What all of the batch's sessions together may cost, enforced like a
+    /// lease (contract 9, docs/contracts.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BatchBudget>,
     /// The units, in manifest order; a unit's index here is its index in the [`Dag`].
     pub units: Vec<Unit>,
 }
@@ -191,6 +195,16 @@ pub struct Playbook {
     pub retry_over_budget: bool,
 }
 
+/// The batch budget: a cap on the cost of all the batch's sessions together.
+/// Each session reserves an estimate of its cost at dispatch and settles its
+/// actual cost when it ends; a unit whose reservation does not fit waits.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBudget {
+    /// The cap, in US dollars; more than zero.
+    pub cost_usd: f64,
+}
+
 /// A verification step (build, test, lint, scan) with an optional automatic repair.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -281,6 +295,7 @@ impl PartialEq for Manifest {
             retries,
             timeout,
             resources,
+            budget,
             units,
         } = self;
         *batch == other.batch
@@ -293,6 +308,7 @@ impl PartialEq for Manifest {
             && *retries == other.retries
             && *timeout == other.timeout
             && *resources == other.resources
+            && *budget == other.budget
             && *units == other.units
     }
 }

@@ -12,6 +12,7 @@
 //! {ns}:leases                       zset  session id -> lease expiry (ms), for the reaper
 //! {ns}:lease:{s}                    hash  the lease record of session s: owner, claim, fence,
 //!                                         expiry, semaphores
+//! {ns}:budget:{b}                   hash  the batch budget: reserved, spent, cap (micro-dollars)
 //! {ns}:fence                        counter of fencing numbers
 //! {ns}:done:{s}                     tombstone of a finished session (a day): 1 released, reaped, deferred
 //! {ns}:capacities                   hash  resource -> capacity, shared by every batch
@@ -66,6 +67,12 @@ impl Keys {
             Some(path) => format!("{}:sem:file:{path}", self.ns),
             None => format!("{}:sem:res:{resource}", self.ns),
         }
+    }
+
+    /// The batch budget's ledger: reservations in flight and settled spend
+    /// (contract 9, docs/contracts.md).
+    pub fn batch_budget(&self, batch: &str) -> String {
+        format!("{}:budget:{batch}", self.ns)
     }
 
     pub fn leases(&self) -> String {
@@ -162,6 +169,7 @@ mod tests {
             keys.leases(),
             keys.lease("s"),
             keys.fence(),
+            keys.batch_budget("b"),
             keys.done("s"),
             keys.capacities(),
             keys.epoch(),

@@ -14,6 +14,7 @@
 //!   the events queue, sealed the same way.
 
 pub mod agent;
+pub mod batch_budget;
 pub mod duration;
 pub mod envelope;
 pub mod error;
@@ -30,6 +31,7 @@ pub mod scripts;
 pub mod sign;
 
 pub use agent::{AgentAdapter, AgentOrder, Budget, ModelPrice, Prices, Usage};
+pub use batch_budget::{BudgetReservation, BudgetSpend};
 pub use envelope::{open, seal, Message, FORMAT_VERSION};
 pub use error::Error;
 pub use event::{EventKind, EvidenceRef, GateReport, Outcome, SessionEvent};

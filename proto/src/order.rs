@@ -43,6 +43,10 @@ pub struct WorkOrder {
     /// session with neither (and from an older coordinator).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<crate::agent::AgentOrder>,
+    /// The batch budget's cap and this session's reservation against it;
+    /// `None` for a batch without one (contract 9, docs/contracts.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_budget: Option<crate::batch_budget::BudgetReservation>,
 }
 
 impl Message for WorkOrder {
@@ -114,6 +118,7 @@ impl WorkOrder {
             published_at_ms: 0,
             git: None,
             agent: None,
+            batch_budget: None,
         }
     }
 }

@@ -47,9 +47,16 @@ end
 ///
 /// KEYS: leases zset, lease hash, fence counter, batch record, the session's
 /// tombstone, the epoch marker, the quiet marker, the batch's unit records,
-/// then each semaphore key. ARGV: session id, ttl ms, owner, unit id, claim
-/// id (one per delivery the worker handles), then per semaphore capacity and
-/// weight.
+/// the batch budget's ledger, then each semaphore key. ARGV: session id, ttl
+/// ms, owner, unit id, claim id (one per delivery the worker handles), the
+/// batch budget's cap and this session's reservation in micro-dollars (cap
+/// `0`: no batch budget), then per semaphore capacity and weight.
+///
+/// The reservation is taken with the leases, all or none, when the
+/// ledger's reservations, its settled spend and this reservation fit under
+/// the cap; the lease record names the ledger and the amount, so that
+/// [`RELEASE`] settles it and [`REAP`] keeps it as spent (contract 9,
+/// docs/contracts.md).
 ///
 /// Returns `{1, fence, expiry_ms}` on success, also when this very claim
 /// (same owner and claim id) already holds the lease: a retry after a reply
@@ -58,7 +65,9 @@ end
 /// `{-1, reason}` if the session already holds a lease or already ran (a
 /// duplicated order), `{-2, reason}` if the batch was cancelled, `{-3,
 /// reason}` if no batch of that id was ever stored (an order from
-/// elsewhere), or `{-4, reason}` if the session is not the unit's current
+/// elsewhere), `{-5, reason}` when the reservation does not fit the batch
+/// budget (the reason says `batch budget: $X reserved + $Y spent of $Z`),
+/// or `{-4, reason}` if the session is not the unit's current
 /// queued session in the coordinator's stored unit record (a stale or
 /// replayed order: refused for good, not only while its tombstone lives).
 /// While Redis has lost its data (no epoch marker) or is quiet after that,
@@ -71,7 +80,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local session = ARGV[1]
 local ttl = tonumber(ARGV[2])
-local n = #KEYS - 8
+local n = #KEYS - 9
 if redis.call('EXISTS', KEYS[2]) == 1 then
   local lease = redis.call('HMGET', KEYS[2], 'owner', 'claim', 'fence', 'semaphores')
   if lease[1] ~= ARGV[3] or lease[2] ~= ARGV[5] then
@@ -124,10 +133,10 @@ if unit.state ~= 'queued' or latest_session ~= session then
     .. tostring(latest_session)}
 end
 for i = 1, n do
-  local key = KEYS[8 + i]
+  local key = KEYS[9 + i]
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  local capacity = tonumber(ARGV[4 + 2 * i])
-  local weight = tonumber(ARGV[5 + 2 * i])
+  local capacity = tonumber(ARGV[6 + 2 * i])
+  local weight = tonumber(ARGV[7 + 2 * i])
   if redis.call('ZCARD', key) + weight > capacity then
     -- The session is handed back and will never run: the coordinator
     -- re-publishes the unit as a new session, so a copy of this order
@@ -136,11 +145,26 @@ for i = 1, n do
     return {0, key}
   end
 end
+-- The batch budget: reserved + spent + this reservation must fit the cap.
+local cap = tonumber(ARGV[6]) or 0
+local reserve = tonumber(ARGV[7]) or 0
+if cap > 0 then
+  local ledger = redis.call('HMGET', KEYS[9], 'reserved', 'spent')
+  local reserved = tonumber(ledger[1]) or 0
+  local spent = tonumber(ledger[2]) or 0
+  if reserved + spent + reserve > cap then
+    redis.call('SET', KEYS[5], 'deferred', 'PX', 86400000)
+    return {-5, string.format('batch budget: $%.2f reserved + $%.2f spent of $%.2f',
+      reserved / 1e6, spent / 1e6, cap / 1e6)}
+  end
+  redis.call('HINCRBY', KEYS[9], 'reserved', reserve)
+  redis.call('HSET', KEYS[9], 'cap', cap)
+end
 local expiry = now + ttl
 local held = {}
 for i = 1, n do
-  local key = KEYS[8 + i]
-  local weight = tonumber(ARGV[5 + 2 * i])
+  local key = KEYS[9 + i]
+  local weight = tonumber(ARGV[7 + 2 * i])
   for k = 1, weight do
     redis.call('ZADD', key, expiry, session .. '#' .. k)
   end
@@ -149,6 +173,9 @@ end
 local fence = redis.call('INCR', KEYS[3])
 redis.call('HSET', KEYS[2], 'owner', ARGV[3], 'claim', ARGV[5], 'fence', fence,
   'expiry', expiry, 'semaphores', table.concat(held, '\n'))
+if cap > 0 then
+  redis.call('HSET', KEYS[2], 'budget', KEYS[9], 'reserve', reserve)
+end
 redis.call('ZADD', KEYS[1], expiry, session)
 return {1, fence, expiry}
 "#
@@ -196,12 +223,19 @@ return 1
 /// Gives back every slot of a session at once.
 ///
 /// KEYS: leases zset, lease hash, the session's tombstone. ARGV: session id,
-/// and optionally the fencing number the releaser knows: a lease of that
+/// optionally the fencing number the releaser knows: a lease of that
 /// session under another fencing number (a re-run after Redis lost its data)
-/// is not the releaser's, and is left alone (returns -1).
+/// is not the releaser's, and is left alone (returns -1); and optionally the
+/// session's actual cost in micro-dollars.
 /// The tombstone (kept a day) makes a duplicated order of a finished session
 /// refuse to run again. Returns 1 when a lease was released, 0 when there
 /// was none.
+///
+/// A lease that reserved against a batch budget settles with it, in the
+/// same step: its reservation leaves the ledger and the actual cost joins
+/// the spend; with no actual cost given, the reservation is spent whole
+/// (contract 9, docs/contracts.md). Only the release that finds the lease
+/// settles, so the worker's and the coordinator's releases settle once.
 pub const RELEASE: &str = r#"
 local session = ARGV[1]
 if ARGV[2] and ARGV[2] ~= '' then
@@ -212,6 +246,13 @@ redis.call('SET', KEYS[3], '1', 'PX', 86400000)
 local held = redis.call('HGET', KEYS[2], 'semaphores')
 redis.call('ZREM', KEYS[1], session)
 if not held then return 0 end
+local ledger = redis.call('HMGET', KEYS[2], 'budget', 'reserve')
+if ledger[1] and ledger[2] then
+  local reserve = tonumber(ledger[2]) or 0
+  local actual = tonumber(ARGV[3] or '') or reserve
+  redis.call('HINCRBY', ledger[1], 'reserved', -reserve)
+  redis.call('HINCRBY', ledger[1], 'spent', actual)
+end
 for line in string.gmatch(held, '[^\n]+') do
   local key, weight = string.match(line, '^(.*)\t(%d+)$')
   for k = 1, tonumber(weight) do
@@ -222,7 +263,10 @@ redis.call('DEL', KEYS[2])
 return 1
 "#;
 
-/// Reaps leases whose holder stopped renewing them, and gives their slots back.
+/// Reaps leases whose holder stopped renewing them, and gives their slots
+/// back. A reaped lease's batch budget reservation is kept as spent: the
+/// dead session's actual cost is unknown, and may have reached it
+/// (contract 9, docs/contracts.md).
 ///
 /// KEYS: leases zset. ARGV: the lease hash key prefix (`{ns}:lease:`), max
 /// count, the tombstone key prefix (`{ns}:done:`).
@@ -242,6 +286,12 @@ for _, session in ipairs(expired) do
     for k = 1, tonumber(weight) do
       redis.call('ZREM', key, session .. '#' .. k)
     end
+  end
+  local ledger = redis.call('HMGET', lease, 'budget', 'reserve')
+  if ledger[1] and ledger[2] then
+    local reserve = tonumber(ledger[2]) or 0
+    redis.call('HINCRBY', ledger[1], 'reserved', -reserve)
+    redis.call('HINCRBY', ledger[1], 'spent', reserve)
   end
   redis.call('DEL', lease)
   redis.call('ZREM', KEYS[1], session)

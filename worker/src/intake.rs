@@ -218,6 +218,16 @@ async fn claim_and_hand_over(shared: &Shared, delivery: Delivery, order: WorkOrd
             let _ = delivery.ack(BasicAckOptions::default()).await;
             return;
         }
+        Ok(Claim::OverBatchBudget { reason }) => {
+            // The batch budget has no room for this session's reservation:
+            // handed back; the coordinator shows the reason while it waits.
+            tracing::info!(%reason, "batch budget full; handing the unit back");
+            let _ = shared
+                .report(&order, 0, EventKind::Deferred { reason })
+                .await;
+            let _ = delivery.ack(BasicAckOptions::default()).await;
+            return;
+        }
         Ok(Claim::Cancelled) => {
             tracing::info!("batch cancelled; the order is dropped");
             let cancelled = EventKind::Finished {

@@ -32,6 +32,9 @@ pub enum Claim {
     /// The session is not the unit's current queued session, as the
     /// coordinator stored it: a stale or replayed order that must never run.
     NotCurrent { reason: String },
+    /// The session's reservation does not fit the batch budget; nothing
+    /// was taken (contract 9, docs/contracts.md).
+    OverBatchBudget { reason: String },
 }
 
 /// The answer to a renewal.
@@ -98,11 +101,20 @@ impl LeaseClient {
             .key(self.keys.epoch())
             .key(self.keys.quiet())
             .key(self.keys.units(&order.batch_id))
+            .key(self.keys.batch_budget(&order.batch_id))
             .arg(&order.session_id)
             .arg(ttl.as_millis() as u64)
             .arg(owner.encode())
             .arg(&order.unit_id)
             .arg(claim);
+        // The batch budget's cap (0: none) and this session's reservation.
+        let budget = order
+            .batch_budget
+            .unwrap_or(regatta_proto::BudgetReservation {
+                cap_micros: 0,
+                reserve_micros: 0,
+            });
+        invocation.arg(budget.cap_micros).arg(budget.reserve_micros);
         invocation
             .key(self.keys.batch_semaphore(&order.batch_id))
             .arg(order.leases.concurrency.max(1))
@@ -148,8 +160,15 @@ impl LeaseClient {
     }
 
     /// Gives back every slot of a session at once, unless its leases now
-    /// belong to another holder of the same session (another `fence`).
-    pub async fn release(&self, session_id: &str, fence: u64) -> Result<(), Error> {
+    /// belong to another holder of the same session (another `fence`), and
+    /// settles its batch budget reservation with `actual_micros`, its cost
+    /// (`None`: unknown, the reservation is spent whole).
+    pub async fn release(
+        &self,
+        session_id: &str,
+        fence: u64,
+        actual_micros: Option<u64>,
+    ) -> Result<(), Error> {
         let mut connection = self.connection.clone();
         let _: i64 = Script::new(scripts::RELEASE)
             .key(self.keys.leases())
@@ -157,6 +176,7 @@ impl LeaseClient {
             .key(self.keys.done(session_id))
             .arg(session_id)
             .arg(fence)
+            .arg(actual_micros.map(|m| m.to_string()).unwrap_or_default())
             .invoke_async(&mut connection)
             .await?;
         Ok(())
@@ -185,6 +205,9 @@ fn parse_claim(answer: &[redis::Value]) -> Option<Claim> {
         -2 => Some(Claim::Cancelled),
         -3 => Some(Claim::UnknownBatch),
         -4 => Some(Claim::NotCurrent {
+            reason: text(answer.get(1)),
+        }),
+        -5 => Some(Claim::OverBatchBudget {
             reason: text(answer.get(1)),
         }),
         _ => None,

@@ -42,6 +42,7 @@ pub fn describe_claim(span: &tracing::Span, claim: &Result<Claim, Error>, waited
             "held"
         }
         Ok(Claim::Busy { .. }) => "busy",
+        Ok(Claim::OverBatchBudget { .. }) => "over_batch_budget",
         Ok(Claim::AlreadyHeld) => "already_held",
         Ok(Claim::Cancelled) => "cancelled",
         Ok(Claim::UnknownBatch) => "unknown_batch",

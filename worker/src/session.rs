@@ -139,6 +139,7 @@ pub(crate) async fn run(shared: &Shared, order: &WorkOrder, fence: u64, claimed:
         record_usage(&tracing::Span::current(), usage);
     }
     regatta_telemetry::status::session_ended(&tracing::Span::current(), outcome, reason.as_deref());
+    let actual_cost = result.usage.as_ref().and_then(|usage| usage.cost_usd);
     let finished = EventKind::Finished {
         outcome,
         exit_code: result.exit_code,
@@ -159,7 +160,13 @@ pub(crate) async fn run(shared: &Shared, order: &WorkOrder, fence: u64, claimed:
     match reported {
         Ok(()) => {
             // The coordinator releases them too when it applies the result.
-            if let Err(e) = shared.leases.release(&order.session_id, fence).await {
+            // The batch budget settles at the actual cost (contract 9).
+            let actual = actual_cost.map(regatta_proto::batch_budget::micros);
+            if let Err(e) = shared
+                .leases
+                .release(&order.session_id, fence, actual)
+                .await
+            {
                 tracing::warn!(error = %e, "releasing leases failed; they expire with their TTL");
             }
         }

@@ -185,6 +185,9 @@ pub async fn status(
             );
             println!("units: {} total, {}", summary.total, counts_text(&summary));
             println!("concurrency cap: {}", summary.concurrency);
+            if let Some(budget) = &summary.budget {
+                println!("{budget}");
+            }
             if let Some(train) = &summary.train {
                 let tip = train.tip.as_deref().map(|t| &t[..t.len().min(12)]);
                 println!(

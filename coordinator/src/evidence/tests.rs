@@ -67,6 +67,7 @@ fn attempt(session: &str, evidence: Option<EvidenceRef>) -> Attempt {
         trace: None,
         git: None,
         usage: None,
+        reserved_micros: None,
     }
 }
 

@@ -189,6 +189,13 @@ impl Batch {
         if self.state == BatchState::Paused {
             return Some("the batch is paused".into());
         }
+        let handed_back = self.units[unit].reason.as_deref();
+        if let Some(reason) = handed_back.filter(|r| r.starts_with("batch budget")) {
+            // Redis's own ledger refused the reservation: its words.
+            if self.deferred_until.contains_key(&unit) {
+                return Some(reason.to_owned());
+            }
+        }
         if self.deferred_until.contains_key(&unit) {
             return Some(format!(
                 "a lease still held in Redis ({})",
@@ -208,6 +215,7 @@ impl Batch {
             .map(|(resource, used, capacity)| {
                 format!("resource {resource} ({used}/{capacity} in use)")
             })
+            .or_else(|| self.budget_wait(unit))
     }
 }
 

@@ -1,6 +1,6 @@
 //! Admission: which ready units start now, under the batch's cap, the
-//! calibration's size, a worker's hand-back, and the fleet's free shares of
-//! every resource they need. Written once for dispatch and for "what does it
+//! calibration's size, a worker's hand-back, the fleet's free shares of
+//! every resource they need, and the batch budget. Written once for dispatch and for "what does it
 //! wait for" ([`Batch::waiting_for`]).
 
 use std::collections::BTreeMap;
@@ -52,6 +52,9 @@ impl Batch {
         }
         let cap = self.manifest.concurrency;
         let mut chosen = Vec::new();
+        let calibration_p90 = self.calibration_p90();
+        // Reservations of the units chosen so far, not yet in the ledger.
+        let mut reserving = 0;
         let mut free = cap.saturating_sub(self.in_flight);
         let mut calibration_room = self
             .calibration_size()
@@ -77,6 +80,13 @@ impl Batch {
             if self.full_resource(unit, fleet_usage).is_some() {
                 continue;
             }
+            let reserve = self.reservation_with(unit, calibration_p90);
+            if self.budget_shortfall(reserve, reserving).is_some() {
+                continue;
+            }
+            if self.manifest.budget.is_some() {
+                reserving += reserve;
+            }
             for (resource, weight) in &self.demands[unit] {
                 *fleet_usage.entry(resource.clone()).or_insert(0) += weight;
             }
@@ -84,16 +94,16 @@ impl Batch {
             if new_calibration_unit {
                 calibration_room -= 1;
             }
-            chosen.push(unit);
+            chosen.push((unit, reserve));
         }
         if calibrating {
-            for &unit in &chosen {
+            for &(unit, _) in &chosen {
                 if !self.calibration_units.contains(&unit) {
                     self.calibration_units.push(unit);
                 }
             }
         }
-        for unit in chosen {
+        for (unit, reserve) in chosen {
             self.deferred_until.remove(&unit);
             self.set_state(unit, UnitState::Queued);
             let record = &mut self.units[unit];
@@ -102,6 +112,7 @@ impl Batch {
             record
                 .history
                 .push(Attempt::published(record.attempt, new_session(), now_ms));
+            self.reserve_budget(unit, reserve);
             effects.publish.push(unit);
             effects.changed.insert(unit);
         }

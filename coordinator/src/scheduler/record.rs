@@ -166,6 +166,10 @@ pub struct Attempt {
     /// reported it, also when it was killed over its budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<regatta_proto::Usage>,
+    /// What the attempt reserved against the batch budget at dispatch, in
+    /// micro-dollars; `None` for a batch without one (contract 9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved_micros: Option<u64>,
 }
 
 /// Where an attempt's trace is: one trace per attempt, rooted at its
@@ -225,6 +229,7 @@ impl Attempt {
             trace: None,
             git: None,
             usage: None,
+            reserved_micros: None,
         }
     }
 

@@ -56,6 +56,7 @@ impl Batch {
                 received_at_ms,
             } => {
                 self.release_usage(unit, fleet_usage);
+                self.unreserve_budget(unit, None);
                 self.set_state(unit, UnitState::Ready);
                 let record = &mut self.units[unit];
                 record.reason = Some(reason);
@@ -74,6 +75,15 @@ impl Batch {
                     return effects;
                 }
                 self.release_usage(unit, fleet_usage);
+                // The budget settles at the reported cost, as Redis does;
+                // an attempt that never took its lease (an order refused
+                // before it ran) reserved nothing there, and settles nothing.
+                let cost = finish.usage.as_ref().and_then(|u| u.cost_usd);
+                let never_ran = finish.outcome != Outcome::Lost
+                    && self.units[unit]
+                        .current()
+                        .is_some_and(|a| a.started_at_ms.is_none());
+                self.unreserve_budget(unit, (!never_ran).then_some(cost));
                 // A git-mode success must name a commit the train can merge.
                 let (outcome, reason) =
                     match self.unusable_git_result(finish.outcome, finish.git.as_deref()) {

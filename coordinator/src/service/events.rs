@@ -37,6 +37,12 @@ impl Service {
                 Report::Finished(finish) if finish.fencing > 0 => Some(finish.fencing),
                 _ => None,
             };
+            // What the session cost settles its batch budget reservation.
+            let actual_micros = match &report {
+                Report::Finished(finish) => finish.usage.as_ref().and_then(|u| u.cost_usd),
+                _ => None,
+            }
+            .map(regatta_proto::batch_budget::micros);
             let observed = Observation::of(&report);
             let mut effects = fleet.report(&event.batch_id, unit, &event.session_id, report);
             let Some(entry) = fleet.get_mut(&event.batch_id) else {
@@ -51,6 +57,7 @@ impl Service {
                 self.store.write(Write::Release {
                     session_id: event.session_id.clone(),
                     fence,
+                    actual_micros,
                 });
             }
             if !effects.changed.is_empty() {

@@ -119,6 +119,7 @@ impl Service {
                     self.store.write(Write::Release {
                         session_id: event.session_id.clone(),
                         fence: event.fencing,
+                        actual_micros: None,
                     });
                 }
                 if let (Some(attempt), Report::Finished(finish)) = (
@@ -250,5 +251,6 @@ pub(super) fn integration_order(
         }),
         // The train's integration is the fleet's check, never metered.
         agent: None,
+        batch_budget: None,
     }
 }

@@ -103,6 +103,18 @@ impl Service {
                 key: keys.units(id),
                 fields: units,
             });
+            // The batch budget's ledger (contract 9), running sessions'
+            // reservations counted as spent.
+            if let Some(spend) = batch.budget_after_loss() {
+                self.store.write(Write::Hash {
+                    key: keys.batch_budget(id),
+                    fields: vec![
+                        ("reserved".to_owned(), "0".to_owned()),
+                        ("spent".to_owned(), spend.spent_micros.to_string()),
+                        ("cap".to_owned(), spend.cap_micros.to_string()),
+                    ],
+                });
+            }
             let capacities = batch
                 .manifest
                 .resources

@@ -35,6 +35,44 @@ pub struct BatchSummary {
     /// Git mode: where the merge train stands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train: Option<TrainSummary>,
+    /// The batch budget's ledger, when the batch has one (contract 9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetView>,
+}
+
+/// A batch budget as `status` and the API show it, in US dollars.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct BudgetView {
+    pub cap_usd: f64,
+    /// Reservations of sessions in flight.
+    pub reserved_usd: f64,
+    /// Actual costs of ended sessions, and the reservations of sessions
+    /// lost or ended without a known cost.
+    pub spent_usd: f64,
+}
+
+impl BudgetView {
+    /// The ledger in dollars.
+    pub fn of(spend: regatta_proto::BudgetSpend) -> BudgetView {
+        use regatta_proto::batch_budget::usd;
+        BudgetView {
+            cap_usd: usd(spend.cap_micros),
+            reserved_usd: usd(spend.reserved_micros),
+            spent_usd: usd(spend.spent_micros),
+        }
+    }
+}
+
+/// `batch budget: $X reserved + $Y spent of $Z`, the words of "why it waits".
+impl std::fmt::Display for BudgetView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let spend = regatta_proto::BudgetSpend {
+            reserved_micros: regatta_proto::batch_budget::micros(self.reserved_usd),
+            spent_micros: regatta_proto::batch_budget::micros(self.spent_usd),
+            cap_micros: regatta_proto::batch_budget::micros(self.cap_usd),
+        };
+        spend.fmt(f)
+    }
 }
 
 /// A merge train in a line: what `regatta status` shows of it.
@@ -119,6 +157,7 @@ pub(super) fn summary(
         manifest_sha256: entry.extra.manifest_sha256.clone(),
         concurrency: batch.manifest.concurrency,
         calibration: batch.calibration_summary(),
+        budget: batch.budget_spend().map(BudgetView::of),
         train: entry
             .extra
             .train
@@ -212,6 +251,9 @@ impl Service {
                         .units
                         .get_or_create(&labels)
                         .set(entry.batch.count(state) as i64);
+                }
+                if let Some(spend) = entry.batch.budget_spend() {
+                    self.metrics.observe_batch_budget(id, spend);
                 }
             }
         }

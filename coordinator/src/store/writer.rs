@@ -223,7 +223,11 @@ impl Writer {
                     args: vec![created_ms.to_string(), batch_id],
                 }],
             ),
-            Write::Release { session_id, fence } => (
+            Write::Release {
+                session_id,
+                fence,
+                actual_micros,
+            } => (
                 format!("the release of session {session_id}'s leases"),
                 vec![Op {
                     name: "release",
@@ -232,7 +236,11 @@ impl Writer {
                         keys.lease(&session_id),
                         keys.done(&session_id),
                     ],
-                    args: vec![session_id, fence.to_string()],
+                    args: vec![
+                        session_id,
+                        fence.to_string(),
+                        actual_micros.map(|m| m.to_string()).unwrap_or_default(),
+                    ],
                 }],
             ),
             Write::Notify(notice) => (

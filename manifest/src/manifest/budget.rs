@@ -1,5 +1,6 @@
 //! The rules of an agent session's settings: budgets whose limits mean something,
-//! a price table that can price, and a cost budget that some source can meter.
+//! a price table that can price, and a cost budget (a session's or the batch's)
+//! that some source can meter.
 
 use regatta_proto::{AgentAdapter, Budget};
 
@@ -68,6 +69,10 @@ pub(crate) fn check_playbook(manifest: &Manifest, problems: &mut Vec<Problem>) {
             let locator = Locator::Value(Node::PlaybookBudget, "cost_usd");
             problems.push(Problem::new(locator, kind()));
         }
+        if manifest.budget.is_some() {
+            let locator = Locator::Value(Node::BatchBudget, "cost_usd");
+            problems.push(Problem::new(locator, kind()));
+        }
         for (index, unit) in manifest.units.iter().enumerate() {
             if unit.budget.as_ref().is_some_and(|b| b.cost_usd.is_some()) {
                 let locator = Locator::Value(Node::UnitBudget(index), "cost_usd");
@@ -97,5 +102,16 @@ pub(crate) fn check_budget(budget: &Budget, node: Node, problems: &mut Vec<Probl
     }
     if budget.wall.is_some_and(|wall| wall.is_zero()) {
         refuse("wall");
+    }
+}
+
+/// Checks the batch's `budget`: a cap of more than zero dollars.
+pub(crate) fn check_batch(manifest: &Manifest, problems: &mut Vec<Problem>) {
+    if let Some(budget) = &manifest.budget {
+        if !(budget.cost_usd.is_finite() && budget.cost_usd > 0.0) {
+            let kind = ManifestErrorKind::BudgetNotPositive { field: "cost_usd" };
+            let locator = Locator::Value(Node::BatchBudget, "cost_usd");
+            problems.push(Problem::new(locator, kind));
+        }
     }
 }

@@ -267,6 +267,7 @@ fn assemble(draft: Draft, input: &Input<'_>) -> Assembled {
         retries: draft.retries.unwrap_or(DEFAULT_RETRIES),
         timeout: draft.timeout,
         resources: draft.resources,
+        budget: draft.budget,
         units: draft.units,
     };
     Assembled {

@@ -25,6 +25,8 @@ pub(crate) enum Node {
     UnitBudget(usize),
     /// The playbook's `prices:`.
     Prices,
+    /// The batch's `budget:`.
+    BatchBudget,
     /// The n-th model of `prices.models`.
     PriceModel(usize),
 }
@@ -91,6 +93,7 @@ impl Locator {
                 Some(Locator::Value(Node::Unit(*index), "budget"))
             }
             Locator::Node(Node::Prices) => Some(Locator::Value(Node::Playbook, "prices")),
+            Locator::Node(Node::BatchBudget) => Some(Locator::Value(Node::Top, "budget")),
             Locator::Node(Node::PriceModel(_)) => Some(Locator::Value(Node::Prices, "models")),
         }
     }

@@ -29,7 +29,7 @@ use std::time::Duration;
 use serde::de::DeserializeSeed;
 
 use super::position::{Locator, Node, Position, PositionTable, Problem};
-use super::{Playbook, Unit};
+use super::{BatchBudget, Playbook, Unit};
 pub(crate) use git::{GitBlock, GitDraft};
 use lenient::Lenient;
 use playbook::PlaybookValue;
@@ -89,6 +89,7 @@ pub(crate) struct Draft {
     pub retries: Option<u32>,
     pub timeout: Option<Duration>,
     pub resources: BTreeMap<String, u32>,
+    pub budget: Option<BatchBudget>,
     pub units: Vec<Unit>,
 }
 

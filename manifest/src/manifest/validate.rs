@@ -35,6 +35,7 @@ pub(crate) fn check(manifest: &Manifest, context: &Context<'_>) -> Vec<Problem> 
     let mut suggester = Suggester::default();
     check_top(manifest, &mut problems);
     check_resources(manifest, context, &mut problems);
+    super::budget::check_batch(manifest, &mut problems);
     if context.playbook_known {
         check_playbook(manifest, &mut problems);
         super::budget::check_playbook(manifest, &mut problems);

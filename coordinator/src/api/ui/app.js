@@ -286,7 +286,9 @@ class BatchPage {
         done + " / " + summary.total + " units ended (" + percent + "%)")),
       stateBar(summary.counts, summary.total),
       h("p", { id: "counts" }, chips(summary.counts)),
-      summary.calibration ? h("p", { class: "muted" }, "calibration: " + JSON.stringify(summary.calibration)) : null);
+      summary.calibration ? h("p", { class: "muted" }, "calibration: " + JSON.stringify(summary.calibration)) : null,
+      summary.budget ? h("p", { id: "budget", class: "muted" }, "batch budget: $" + summary.budget.reserved_usd.toFixed(2) +
+        " reserved + $" + summary.budget.spent_usd.toFixed(2) + " spent of $" + summary.budget.cap_usd.toFixed(2)) : null);
     const controls = h("section", { id: "controls", class: "actions" },
         h("button", { id: "pause", onclick: () => act("Pause batch " + id + "?", this.base + "/pause", {}, again) }, "pause"),
         h("button", { id: "resume", onclick: () => act("Resume batch " + id + "?", this.base + "/resume", {}, again) }, "resume"),

@@ -1,5 +1,5 @@
 //! Readers of an agent session's settings: the playbook's `agent:`, `budget:` (also a
-//! unit's) and `prices:`.
+//! unit's) and `prices:`, and the batch's `budget:`.
 
 use std::collections::BTreeMap;
 
@@ -11,8 +11,10 @@ use super::reader::{Field, Reader};
 use super::scalar::{Scalar, Typed};
 use crate::manifest::errors::ManifestErrorKind;
 use crate::manifest::position::{Locator, Node};
+use crate::manifest::BatchBudget;
 
 const BUDGET_FIELDS: &[&str] = &["tokens", "cost_usd", "turns", "wall"];
+const BATCH_BUDGET_FIELDS: &[&str] = &["cost_usd"];
 const PRICES_FIELDS: &[&str] = &["version", "default", "models"];
 const MODEL_FIELDS: &[&str] = &["input", "cached", "output"];
 
@@ -84,6 +86,58 @@ impl<'de> Lenient<'de> for BudgetValue<'_, '_> {
             },
         )?;
         Ok(Some(budget))
+    }
+}
+
+/// Reads the batch's `budget:` mapping: only `cost_usd`, which it needs.
+pub(super) struct BatchBudgetValue<'r, 'a> {
+    pub(super) reader: &'r Reader<'a>,
+    pub(super) field: Field,
+}
+
+impl<'de> Lenient<'de> for BatchBudgetValue<'_, '_> {
+    type Value = Option<BatchBudget>;
+    const EXPECTING: &'static str = "a mapping with 'cost_usd'";
+
+    fn mismatch(self, found: Scalar) -> Option<BatchBudget> {
+        self.reader
+            .wrong_shape::<()>(self.field, Self::EXPECTING, &found);
+        None
+    }
+
+    fn null(self) -> Option<BatchBudget> {
+        None
+    }
+
+    fn mapping<M: MapAccess<'de>>(self, mut map: M) -> Result<Option<BatchBudget>, M::Error> {
+        let reader = self.reader;
+        let mut cost_usd = None;
+        let mut given = false;
+        reader.fields(
+            &mut map,
+            Node::BatchBudget,
+            "batch budget",
+            BATCH_BUDGET_FIELDS,
+            |field, map| {
+                match field.name {
+                    "cost_usd" => {
+                        given = true;
+                        cost_usd = reader.typed(map, field)?;
+                    }
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        if !given {
+            let locator = Locator::Value(Node::BatchBudget, "cost_usd");
+            let kind = ManifestErrorKind::MissingField { field: "cost_usd" };
+            reader.problem(locator, None, kind);
+        }
+        // A malformed value was reported as read.
+        Ok(cost_usd.map(|cost_usd| BatchBudget { cost_usd }))
     }
 }
 

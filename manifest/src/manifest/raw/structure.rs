@@ -2,7 +2,7 @@
 
 use serde::de::{IgnoredAny, MapAccess, SeqAccess};
 
-use super::agent::BudgetValue;
+use super::agent::{BatchBudgetValue, BudgetValue};
 use super::git::GitValue;
 use super::lenient::Lenient;
 use super::playbook::PlaybookValue;
@@ -25,6 +25,7 @@ const TOP_FIELDS: &[&str] = &[
     "retries",
     "timeout",
     "resources",
+    "budget",
     "units",
 ];
 
@@ -77,6 +78,10 @@ impl<'de> Lenient<'de> for TopValue<'_, '_> {
                 "resources" => {
                     let resources = ResourcesValue { reader, field };
                     draft.resources = reader.nested(map, field, resources)?;
+                }
+                "budget" => {
+                    let budget = BatchBudgetValue { reader, field };
+                    draft.budget = reader.nested(map, field, budget)?;
                 }
                 "units" => draft.units = reader.nested(map, field, UnitsValue { reader, field })?,
                 _ => {
