@@ -24,7 +24,7 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// What the page learns of the coordinator's settings (`GET /v1/ui-config`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UiConfig {
     /// The tracing UI's address of one trace, with [`TRACE_ID_PLACEHOLDER`]
     /// where the trace id goes (`--trace-url`).
