@@ -43,7 +43,8 @@ pub fn document() -> String {
             coordinator has a token. Every error answers `{\"error\": \"...\"}`."
     ),
     paths(
-        healthz, openapi_json, metrics, ui_page, ui_page_slash, ui_script, ui_stylesheet,
+        healthz, openapi_json, metrics, ui_page, ui_page_slash, ui_script, ui_timeline_script,
+        ui_stylesheet,
         ui_config, enqueue, list_batches, show_batch, list_leases, list_workers, list_units,
         list_sessions, unit_log, cancel, pause, resume, approve, retry, skip, merge, show_train,
         show_conflicts,
@@ -164,6 +165,12 @@ fn ui_page_slash() {}
     (status = 200, description = "The script", body = String, content_type = "text/javascript")))]
 #[allow(dead_code)]
 fn ui_script() {}
+
+/// The dashboard's timeline chart script.
+#[utoipa::path(get, path = "/ui/timeline.js", security(()), responses(
+    (status = 200, description = "The script", body = String, content_type = "text/javascript")))]
+#[allow(dead_code)]
+fn ui_timeline_script() {}
 
 /// The dashboard's stylesheet.
 #[utoipa::path(get, path = "/ui/app.css", security(()), responses(

@@ -140,6 +140,7 @@ fn data_routes_want_the_bearer_token_and_open_ones_do_not() {
         "/ui",
         "/ui/",
         "/ui/app.js",
+        "/ui/timeline.js",
         "/ui/app.css",
     ];
     for (method, path) in documented() {
