@@ -1,6 +1,7 @@
 //! The coordinator's HTTP API: the same data the CLI shows, for scripts and
-//! dashboards (its own at `/ui`). Every route but `/healthz`, the
-//! dashboard's assets (and `/metrics` with `--metrics-public`) wants
+//! dashboards (its own at `/ui`), described by `/openapi.json` ([`openapi`]).
+//! Every route but `/healthz`, `/openapi.json`, the dashboard's assets (and
+//! `/metrics` with `--metrics-public`) wants
 //! `Authorization: Bearer <REGATTA_API_TOKEN>` when a token is configured.
 
 mod auth;
@@ -37,7 +38,7 @@ pub const DEFAULT_MAX_MANIFEST_BYTES: usize = 64 << 20;
 /// How the API authenticates and what it serves.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// Turns bearer authentication on for every route but `/healthz`.
+    /// Turns bearer authentication on for every route but the open ones.
     pub token: Option<String>,
     /// Serve `/metrics` without the token (it names batch ids).
     pub metrics_public: bool,
