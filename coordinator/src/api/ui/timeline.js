@@ -94,6 +94,12 @@ function drawTimeline(canvas, t, width) {
   }
   const wait = css("--pending");
   const gates = "rgba(16, 36, 62, 0.55)";
+  // Read each colour once: a style lookup per bar costs more than the bar.
+  const colours = new Map();
+  const colour = outcome => {
+    if (!colours.has(outcome)) colours.set(outcome, runColour(outcome, css));
+    return colours.get(outcome);
+  };
   for (const b of t.bars) {
     const y = t.row[b.lane] * rowPx;
     const from = x(b.published), started = x(b.start), to = x(b.end);
@@ -101,7 +107,7 @@ function drawTimeline(canvas, t, width) {
       ctx.fillStyle = wait;
       ctx.fillRect(from, y, started - from, bar);
     }
-    ctx.fillStyle = runColour(b.outcome, css);
+    ctx.fillStyle = colour(b.outcome);
     ctx.fillRect(started, y, Math.max(1, to - started), bar);
     if (b.gates > 0) {
       const g = b.gates * scale;
