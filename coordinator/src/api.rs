@@ -1,10 +1,13 @@
 //! The coordinator's HTTP API: the same data the CLI shows, for scripts and
-//! dashboards (its own at `/ui`). Every route but `/healthz`, the
-//! dashboard's assets (and `/metrics` with `--metrics-public`) wants
+//! dashboards (its own at `/ui`), described by `/openapi.json` ([`openapi`]).
+//! Every route but `/healthz`, `/openapi.json`, the dashboard's assets (and
+//! `/metrics` with `--metrics-public`) wants
 //! `Authorization: Bearer <REGATTA_API_TOKEN>` when a token is configured.
 
 mod auth;
 mod body;
+mod error_body;
+pub mod openapi;
 pub mod server;
 pub mod session_log;
 pub mod ui;
@@ -35,7 +38,7 @@ pub const DEFAULT_MAX_MANIFEST_BYTES: usize = 64 << 20;
 /// How the API authenticates and what it serves.
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
-    /// Turns bearer authentication on for every route but `/healthz`.
+    /// Turns bearer authentication on for every route but the open ones.
     pub token: Option<String>,
     /// Serve `/metrics` without the token (it names batch ids).
     pub metrics_public: bool,
@@ -47,19 +50,21 @@ pub struct ApiConfig {
 }
 
 /// The body of `POST /v1/batches`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnqueueRequest {
+    /// The batch manifest, as docs/contracts.md and the README describe it.
+    #[schema(value_type = Object)]
     pub manifest: Manifest,
 }
 
 /// The answer to `POST /v1/batches`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EnqueueResponse {
     pub batch_id: String,
 }
 
 /// The body of `POST /v1/batches/{id}/retry` and `/skip`.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReviewRequest {
     pub unit: Option<String>,
     #[serde(default)]
@@ -67,7 +72,7 @@ pub struct ReviewRequest {
 }
 
 /// One session (one attempt of one unit), as `regatta sessions` lists it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SessionView {
     pub unit: String,
     pub unit_state: UnitState,
@@ -95,7 +100,7 @@ pub struct SessionView {
 }
 
 /// A unit's log, as `regatta logs` prints it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogView {
     pub unit: String,
     pub session_id: Option<String>,
@@ -113,7 +118,6 @@ struct StateFilter {
 #[derive(Clone)]
 struct AppState {
     service: Service,
-    token: Option<String>,
     artifact_store: PathBuf,
 }
 
@@ -121,9 +125,15 @@ struct AppState {
 pub fn router(service: Service, config: ApiConfig) -> Router {
     let state = AppState {
         service,
-        token: config.token.filter(|t| !t.is_empty()),
-        artifact_store: config.artifact_store,
+        artifact_store: config.artifact_store.clone(),
     };
+    routes(config).with_state(state)
+}
+
+/// Every route, before the state is given: what `/openapi.json` must
+/// describe, path for path and method for method (the `openapi` tests).
+fn routes(config: ApiConfig) -> Router<AppState> {
+    let token = config.token.filter(|t| !t.is_empty());
     let mut api = Router::new()
         .route("/v1/batches", post(enqueue).get(list_batches))
         .route("/v1/batches/{id}", get(show_batch))
@@ -144,6 +154,7 @@ pub fn router(service: Service, config: ApiConfig) -> Router {
         .merge(ui::config_route(config.ui));
     let mut open = Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .merge(openapi::route())
         .merge(ui::assets());
     if config.metrics_public {
         open = open.route("/metrics", get(metrics));
@@ -159,11 +170,10 @@ pub fn router(service: Service, config: ApiConfig) -> Router {
             config.body,
             body::limit_body,
         ))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            authenticate,
-        ));
-    open.merge(api).with_state(state)
+        .route_layer(axum::middleware::from_fn_with_state(token, authenticate));
+    open.merge(api)
+        .fallback(error_body::no_route)
+        .layer(axum::middleware::from_fn(error_body::as_json))
 }
 
 /// Counts and timings only, no commands or logs; but per batch id, so it
@@ -178,8 +188,12 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
+async fn authenticate(
+    State(token): State<Option<String>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &token {
         let presented = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -189,7 +203,9 @@ async fn authenticate(State(state): State<AppState>, request: Request, next: Nex
             return (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],
-                Json(serde_json::json!({"error": "missing or wrong bearer token: set REGATTA_API_TOKEN"})),
+                Json(error_body::ErrorBody {
+                    error: "missing or wrong bearer token: set REGATTA_API_TOKEN".into(),
+                }),
             )
                 .into_response();
         }
@@ -206,7 +222,10 @@ impl IntoResponse for Error {
             Error::Unavailable(_) => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        (status, Json(serde_json::json!({"error": self.to_string()}))).into_response()
+        let body = error_body::ErrorBody {
+            error: self.to_string(),
+        };
+        (status, Json(body)).into_response()
     }
 }
 

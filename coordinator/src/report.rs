@@ -12,6 +12,8 @@
 //!   and the critical path as run beside the one planned;
 //! - [`stats`]: distributions per phase, the slowest units, repairs per gate;
 //! - [`tune`]: suggestions for the playbook, computed from the figures;
+//! - [`cost`]: what the sessions cost, per unit and per cluster, and the
+//!   batch's projected total;
 //! - [`render`]: one self-contained HTML file, Markdown and JSON.
 
 use serde::Serialize;
@@ -20,6 +22,7 @@ use crate::manifest::Manifest;
 use crate::service::{BatchSummary, ConflictsView, TrainView, UnitView};
 
 pub mod cluster;
+pub mod cost;
 pub mod funnel;
 pub mod render;
 pub mod stats;
@@ -54,6 +57,8 @@ pub struct Report {
     pub timeline: timeline::Timeline,
     pub stats: stats::Stats,
     pub suggestions: tune::Suggestions,
+    /// What the agent sessions cost, from their usage records.
+    pub cost: cost::Cost,
     /// Git mode: the conflict matrix of the branches waiting to land.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conflicts: Option<ConflictsView>,
@@ -66,7 +71,11 @@ impl Report {
             .as_ref()
             .map(|m| m.playbook.name.clone())
             .unwrap_or_default();
-        let failures = failures(&input.units, &playbook);
+        let prices = input
+            .manifest
+            .as_ref()
+            .and_then(|m| m.playbook.prices.as_ref());
+        let failures = failures(&input.units, &playbook, prices);
         let clusters = cluster::clusters(&failures);
         let timeline = timeline::Timeline::build(input);
         let stats = stats::Stats::build(&input.units);
@@ -83,13 +92,18 @@ impl Report {
             timeline,
             stats,
             suggestions,
+            cost: cost::Cost::build(input),
             conflicts: input.conflicts.clone(),
         }
     }
 }
 
 /// Every session that ended badly, as the clustering sees it.
-fn failures(units: &[UnitView], playbook: &str) -> Vec<cluster::Failure> {
+fn failures(
+    units: &[UnitView],
+    playbook: &str,
+    prices: Option<&regatta_proto::Prices>,
+) -> Vec<cluster::Failure> {
     let mut out = Vec::new();
     for unit in units {
         for attempt in &unit.history {
@@ -112,6 +126,11 @@ fn failures(units: &[UnitView], playbook: &str) -> Vec<cluster::Failure> {
                 reason: attempt.reason.clone().unwrap_or_default(),
                 log_tail: attempt.log_tail.clone(),
                 evidence: attempt.evidence.as_ref().map(|e| e.path.clone()),
+                cost_usd: attempt
+                    .usage
+                    .as_ref()
+                    .and_then(|u| cost::session_cost(u, prices))
+                    .map(|(usd, _)| usd),
             });
         }
     }

@@ -126,7 +126,7 @@ pub struct Batch {
 }
 
 /// How the calibration units went, for the human who approves the rest.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CalibrationSummary {
     pub units: usize,
     pub succeeded: usize,

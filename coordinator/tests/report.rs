@@ -209,3 +209,150 @@ fn ten_thousand_sessions_make_a_report_quickly_and_a_page_of_bounded_size() {
     );
     assert!(html.contains("10000 sessions: the 2000 longest are drawn"));
 }
+
+fn costing(mut attempt: Attempt, cost_usd: Option<f64>, tokens: (u64, u64)) -> Attempt {
+    attempt.usage = Some(regatta_proto::Usage {
+        tokens_in: tokens.0,
+        tokens_cached: 0,
+        tokens_out: tokens.1,
+        turns: 3,
+        cost_usd,
+    });
+    attempt
+}
+
+#[test]
+fn cost_is_summed_per_unit_and_cluster_and_the_total_projected() {
+    let ok = |start, usd| {
+        costing(
+            attempt(1, Outcome::Succeeded, start, 100, ""),
+            Some(usd),
+            (10, 1),
+        )
+    };
+    let boom = |n, start, usd| {
+        costing(
+            attempt(n, Outcome::Failed, start, 100, "boom"),
+            Some(usd),
+            (10, 1),
+        )
+    };
+    let report = Report::build(&input(vec![
+        unit("a", UnitState::Succeeded, vec![ok(1_000, 0.10)]),
+        unit(
+            "b",
+            UnitState::Succeeded,
+            vec![boom(1, 1_000, 0.05), {
+                let mut again = ok(2_000, 0.15);
+                again.attempt = 2;
+                again
+            }],
+        ),
+        unit("c", UnitState::NeedsReview, vec![boom(1, 3_000, 0.30)]),
+        unit("d", UnitState::Pending, vec![]),
+        unit(
+            "e",
+            UnitState::Running,
+            vec![costing(
+                Attempt {
+                    ended_at_ms: None,
+                    outcome: None,
+                    ..attempt(1, Outcome::Succeeded, 4_000, 0, "")
+                },
+                Some(0.05),
+                (10, 1),
+            )],
+        ),
+        unit("f", UnitState::Ready, vec![]),
+        // Units that will not run are not projected.
+        unit("g", UnitState::Skipped, vec![]),
+    ]));
+    let cost = &report.cost;
+    let near = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    assert_eq!(cost.sessions, 5);
+    assert!(near(cost.spent_usd, 0.65), "{cost:?}");
+    // Every attempt counts: b's retry cost twice.
+    let b = cost.units.iter().find(|u| u.unit == "b").expect("b");
+    assert_eq!(b.sessions, 2);
+    assert!(near(b.cost_usd, 0.20));
+    assert_eq!(cost.units[0].unit, "c", "most expensive first");
+    let per_unit = cost.per_unit.as_ref().expect("per unit");
+    assert_eq!(per_unit.units, 3);
+    assert!(near(per_unit.mean_usd, 0.20) && near(per_unit.max_usd, 0.30));
+    // 0.65 spent + 0.20 for d and f each + 0.15 left of e's mean.
+    let projection = cost.projection.as_ref().expect("a projection");
+    assert_eq!(projection.units_to_come, 3);
+    assert!(!projection.from_calibration);
+    assert!(near(projection.projected_total_usd, 1.20), "{projection:?}");
+    // Both failures say `boom`: one cluster, their costs summed.
+    assert_eq!(report.clusters.len(), 1);
+    assert!(report.clusters[0].cost_usd.is_some_and(|c| near(c, 0.35)));
+    let md = render::markdown(&report);
+    assert!(md.contains("## Cost"), "{md}");
+    assert!(md.contains("Projected total: **$1.20**"), "{md}");
+    assert!(md.contains("2 units, $0.3500"), "the cluster's cost: {md}");
+    let html = render::html(&report);
+    assert!(html.contains("<h2>Cost</h2>") && html.contains("id=\"projection\""));
+    assert!(html.contains("$0.6500"), "spent");
+    let json: serde_json::Value = serde_json::from_str(&render::json(&report)).expect("json");
+    assert!(json["cost"]["projection"]["projected_total_usd"]
+        .as_f64()
+        .is_some_and(|v| near(v, 1.2)));
+    assert!(json["clusters"][0]["cost_usd"].as_f64().is_some());
+}
+
+#[test]
+fn tokens_without_a_cost_are_priced_by_the_manifest_and_calibration_projects() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let manifest = regatta_coordinator::manifest::Manifest::parse(
+        "batch: b\nplaybook:\n  name: p\n  run: 'true'\n  prices:\n    version: '2026-11'\n    \
+         models:\n      m: {input: 3, output: 15}\nunits:\n  - id: a\n  - id: b\n  - id: c\n  - id: d\n",
+        "manifest.yaml",
+        dir.path(),
+    )
+    .expect("a manifest");
+    let tokens_only = |start| {
+        costing(
+            attempt(1, Outcome::Succeeded, start, 100, ""),
+            None,
+            (1_000_000, 100_000),
+        )
+    };
+    let mut input = input(vec![
+        unit("a", UnitState::Succeeded, vec![tokens_only(1_000)]),
+        unit("b", UnitState::Succeeded, vec![tokens_only(2_000)]),
+        unit("c", UnitState::Pending, vec![]),
+        unit("d", UnitState::Pending, vec![]),
+    ]);
+    input.manifest = Some(manifest);
+    input.summary.state = BatchState::AwaitingApproval;
+    input.summary.calibration = Some(
+        serde_json::from_value(serde_json::json!({
+            "units": 2, "succeeded": 2, "failed": 0, "success_rate": 1.0,
+            "mean_duration_ms": 100, "max_duration_ms": 100
+        }))
+        .expect("a calibration summary"),
+    );
+    let report = Report::build(&input);
+    let cost = &report.cost;
+    // 1M tokens in at $3 and 100k out at $15 per million: $4.50 a session.
+    assert_eq!(cost.priced_by_table, 2);
+    assert!((cost.spent_usd - 9.0).abs() < 1e-9, "{cost:?}");
+    let projection = cost.projection.as_ref().expect("a projection");
+    assert!(projection.from_calibration);
+    assert!((projection.projected_total_usd - 18.0).abs() < 1e-9);
+    assert!(render::markdown(&report).contains("from 2 calibration units"));
+}
+
+#[test]
+fn a_batch_without_usage_says_so() {
+    let report = Report::build(&input(vec![unit(
+        "a",
+        UnitState::Succeeded,
+        vec![attempt(1, Outcome::Succeeded, 1_000, 100, "")],
+    )]));
+    assert_eq!(report.cost.sessions, 0);
+    assert!(report.cost.projection.is_none());
+    assert!(render::markdown(&report).contains("No session reported usage."));
+    assert!(render::html(&report).contains("No session reported usage."));
+}

@@ -11,7 +11,9 @@ use crate::Error;
 pub const TARGET: &str = "target";
 
 /// Two things that do not merge, and the files they conflict in.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(
+    Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, utoipa::ToSchema,
+)]
 pub struct Conflict {
     /// "target", or the unit that sorts first.
     pub a: String,

@@ -189,7 +189,7 @@ impl Prices {
 /// (uncached) input, `tokens_cached` input read from a cache, `tokens_out`
 /// output. `cost_usd` is what the agent reported, else what the price table
 /// says, else `None`.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Usage {
     #[serde(default)]
     pub tokens_in: u64,

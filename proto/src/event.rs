@@ -69,7 +69,7 @@ pub enum EventKind {
 }
 
 /// How a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Outcome {
     /// The command and every required gate passed.
     Succeeded,
@@ -128,7 +128,7 @@ impl Outcome {
 
 /// Where a session's evidence pack was written, and its hash, so that a
 /// batch pack can name it and an auditor can check it was not altered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EvidenceRef {
     /// Absolute path of `evidence-pack.json` on the worker's disk:
     /// `<store>/<batch_id>/<unit_id>/<session_id>/evidence-pack.json`.
@@ -138,7 +138,7 @@ pub struct EvidenceRef {
 }
 
 /// The result of one verification gate.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GateReport {
     pub name: String,
     pub passed: bool,

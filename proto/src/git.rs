@@ -44,7 +44,7 @@ pub struct GitOrder {
 }
 
 /// How a changed file changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FileStatus {
     Added,
@@ -55,7 +55,7 @@ pub enum FileStatus {
 }
 
 /// One file a unit's commit changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChangedFile {
     pub path: String,
     pub status: FileStatus,
@@ -65,7 +65,7 @@ pub struct ChangedFile {
 }
 
 /// The commit a unit's session made.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UnitCommit {
     pub commit: String,
     pub tree: String,
@@ -76,7 +76,7 @@ pub struct UnitCommit {
 
 /// What a git-mode session did with the repository, for the coordinator and
 /// the evidence pack.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GitReport {
     /// The commit the worktree was built from, before merges.
     pub base: String,

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Written by a worker every few seconds; gone when the worker is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkerHealth {
     pub worker: String,
     /// `false` while its disks fail: it takes no work.

@@ -451,6 +451,30 @@ async fn the_dashboard_shows_a_batch_live_wants_the_token_and_retries_a_failed_u
         )
         .await;
 
+    // The running timeline draws the sessions that started, on the
+    // workers' slots, and paints them.
+    let timeline = browser
+        .wait_for(
+            "the timeline",
+            "const c = document.getElementById('timeline-chart'); \
+             if (!c || Number(c.dataset.bars) < 2) return null; \
+             const px = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; \
+             let painted = 0; for (let i = 3; i < px.length; i += 4) if (px[i] > 0) painted++; \
+             return [Number(c.dataset.bars), Number(c.dataset.lanes), painted]",
+            json!([]),
+            Duration::from_secs(30),
+        )
+        .await;
+    let lanes = timeline[1].as_u64().unwrap_or(0);
+    assert!(
+        (1..=4).contains(&lanes),
+        "the sessions sit on the worker's slots: {timeline}"
+    );
+    assert!(
+        timeline[2].as_u64().unwrap_or(0) > 500,
+        "the chart is painted: {timeline}"
+    );
+
     // The review queue lists the failed unit, with its reason and log.
     let review = browser
         .wait_for(
@@ -622,6 +646,37 @@ async fn a_ten_thousand_unit_batch_page_is_interactive_within_a_second() {
         .await;
     let expand_ms = expand[0].as_f64().expect("milliseconds");
     let drawn = expand[1].as_u64().expect("a count");
+    // The running timeline of 10,000 sessions (made up here: running them
+    // would take minutes) over 32 slots is laid out and drawn at once.
+    let timeline = browser
+        .run(
+            "const now = Date.now(); const units = []; \
+             for (let i = 0; i < 10000; i++) { const s = now - 600000 + i * 55; \
+               units.push({ id: 'u' + i, history: [{ worker: 'w' + (i % 8), published_at_ms: s - 20, \
+                 started_at_ms: s, ended_at_ms: s + 1500, outcome: i % 97 ? 'Succeeded' : 'Failed', \
+                 gates: [{ duration_ms: 300 }] }] }); } \
+             const t = performance.now(); \
+             const section = timelineSection(units, now, 1200); \
+             const c = section.querySelector('canvas'); \
+             return [performance.now() - t, Number(c.dataset.bars), Number(c.dataset.lanes)]",
+            json!([]),
+        )
+        .await;
+    let timeline_ms = timeline[0].as_f64().expect("milliseconds");
+    assert_eq!(
+        timeline[1],
+        json!(10_000),
+        "every session is a bar: {timeline}"
+    );
+    assert!(
+        timeline[2].as_u64().unwrap_or(0) >= 8,
+        "a lane per worker slot at least: {timeline}"
+    );
+    assert!(
+        timeline_ms < 1_000.0,
+        "the timeline of 10,000 sessions took {timeline_ms:.0} ms"
+    );
+    println!("10,000 sessions' timeline laid out and drawn in {timeline_ms:.0} ms");
     println!("10,000 units: drawn {rendered:.0} ms after navigation (its data fetched and drawn in {fetched_and_drawn} ms) with {nodes} elements; a level expanded in {expand_ms:.0} ms ({drawn} units drawn)");
     assert!(nodes < 2_000, "{nodes} elements for 10,000 units");
     assert!(

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 const INDEX_HTML: &str = include_str!("ui/index.html");
 const APP_JS: &str = include_str!("ui/app.js");
+const TIMELINE_JS: &str = include_str!("ui/timeline.js");
 const APP_CSS: &str = include_str!("ui/app.css");
 
 /// The placeholder a trace URL template must hold.
@@ -24,7 +25,7 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// What the page learns of the coordinator's settings (`GET /v1/ui-config`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UiConfig {
     /// The tracing UI's address of one trace, with [`TRACE_ID_PLACEHOLDER`]
     /// where the trace id goes (`--trace-url`).
@@ -54,6 +55,7 @@ pub fn assets<S: Clone + Send + Sync + 'static>() -> Router<S> {
         .route("/ui", get(index))
         .route("/ui/", get(index))
         .route("/ui/app.js", get(script))
+        .route("/ui/timeline.js", get(timeline_script))
         .route("/ui/app.css", get(stylesheet))
 }
 
@@ -86,6 +88,10 @@ async fn index() -> impl IntoResponse {
 
 async fn script() -> impl IntoResponse {
     asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+async fn timeline_script() -> impl IntoResponse {
+    asset("text/javascript; charset=utf-8", TIMELINE_JS)
 }
 
 async fn stylesheet() -> impl IntoResponse {
@@ -133,6 +139,10 @@ mod tests {
             body.contains("sessionStorage"),
             "the token is kept per session"
         );
+        let (status, content_type, body) = fetch("/ui/timeline.js").await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(content_type.starts_with("text/javascript"));
+        assert!(body.contains("function timelineSection"));
         let (status, content_type, _) = fetch("/ui/app.css").await;
         assert_eq!(status, StatusCode::OK);
         assert!(content_type.starts_with("text/css"));
@@ -142,13 +152,19 @@ mod tests {
 
     #[test]
     fn the_page_fetches_nothing_from_elsewhere() {
-        for (name, text) in [("html", INDEX_HTML), ("js", APP_JS), ("css", APP_CSS)] {
+        for (name, text) in [
+            ("html", INDEX_HTML),
+            ("js", APP_JS),
+            ("timeline", TIMELINE_JS),
+            ("css", APP_CSS),
+        ] {
             for remote in ["http://", "https://", "//cdn", "@import"] {
                 assert!(!text.contains(remote), "{name} names {remote}");
             }
         }
         // Data is written as text, never parsed as markup.
         assert!(!APP_JS.contains("innerHTML"));
+        assert!(!TIMELINE_JS.contains("innerHTML"));
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub struct Failure {
     pub log_tail: String,
     /// The session's evidence pack, to link to.
     pub evidence: Option<String>,
+    /// What the session cost (report/cost.rs), when it reported usage.
+    pub cost_usd: Option<f64>,
 }
 
 /// Failures with one cause.
@@ -55,6 +57,9 @@ pub struct Cluster {
     pub example: String,
     /// Evidence packs of its sessions (at most 20).
     pub evidence: Vec<String>,
+    /// What its sessions cost, summed over those that reported usage.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
 }
 
 /// Masks what varies between occurrences of one cause in `text`.
@@ -212,6 +217,10 @@ pub fn clusters(failures: &[Failure]) -> Vec<Cluster> {
                     .filter_map(|&m| failures[m].evidence.clone())
                     .take(20)
                     .collect(),
+                cost_usd: members
+                    .iter()
+                    .filter_map(|&m| failures[m].cost_usd)
+                    .reduce(|a, b| a + b),
             });
         }
     }
@@ -257,6 +266,7 @@ mod tests {
             reason: reason.into(),
             log_tail: log.into(),
             evidence: None,
+            cost_usd: None,
         }
     }
 

@@ -50,10 +50,11 @@ pub fn markdown(report: &Report) -> String {
     for c in &report.clusters {
         let _ = writeln!(
             md,
-            "### `{}`: {} sessions, {} units ({}{})\n\n`{}`\n\nUnits: {}\n\n```\n{}\n```\n",
+            "### `{}`: {} sessions, {} units{} ({}{})\n\n`{}`\n\nUnits: {}\n\n```\n{}\n```\n",
             c.id,
             c.sessions,
             c.units.len(),
+            cluster_cost(c),
             c.outcome,
             c.gate
                 .as_ref()
@@ -134,6 +135,7 @@ pub fn markdown(report: &Report) -> String {
             cp.actual.join(" -> ")
         );
     }
+    md.push_str(&report.cost.markdown());
     md.push_str("\n## Tuned playbook\n\n");
     if report.suggestions.yaml.is_empty() {
         md.push_str("Nothing to change from these figures.\n");
@@ -183,11 +185,12 @@ pub fn html(report: &Report) -> String {
     for c in &report.clusters {
         let _ = write!(
             page,
-            "<details><summary><code>{}</code> {} sessions, {} units · {}{} · <code>{}</code></summary>\
+            "<details><summary><code>{}</code> {} sessions, {} units{} · {}{} · <code>{}</code></summary>\
              <p>Units: {}</p><pre>{}</pre>{}</details>",
             esc(&c.id),
             c.sessions,
             c.units.len(),
+            cluster_cost(c),
             esc(&c.outcome),
             c.gate.as_ref().map(|g| format!(", gate {}", esc(g))).unwrap_or_default(),
             esc(&c.template),
@@ -295,6 +298,7 @@ pub fn html(report: &Report) -> String {
         }
         page.push_str("</table>");
     }
+    page.push_str(&report.cost.html(esc));
     page.push_str("<h2>Tuned playbook</h2>");
     if report.suggestions.yaml.is_empty() {
         page.push_str("<p>Nothing to change from these figures.</p>");
@@ -366,6 +370,14 @@ fn gantt(page: &mut String, timeline: &Timeline) {
 }
 
 /// Escapes text for HTML.
+/// A cluster's cost after its counts, when its sessions reported usage.
+fn cluster_cost(cluster: &super::cluster::Cluster) -> String {
+    cluster
+        .cost_usd
+        .map(|usd| format!(", {}", super::cost::usd(usd)))
+        .unwrap_or_default()
+}
+
 fn esc(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {

@@ -5,7 +5,19 @@ use regatta_proto::Outcome;
 use serde::{Deserialize, Serialize};
 
 /// Where a unit is in its lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum UnitState {
     Pending,
@@ -100,7 +112,7 @@ impl BatchState {
 }
 
 /// Where a batch is in its lifecycle.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BatchState {
     /// Only the first `calibration` units run; then a human (or the auto
@@ -137,7 +149,7 @@ impl BatchState {
 }
 
 /// One attempt of a unit, as its history shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Attempt {
     pub attempt: u32,
     pub session_id: String,
@@ -174,7 +186,7 @@ pub struct Attempt {
 
 /// Where an attempt's trace is: one trace per attempt, rooted at its
 /// `publish` span, so a person can go from a session to its spans.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AttemptTrace {
     /// 32 hex digits, as tracing UIs search it.
     pub trace_id: String,

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::*;
 
 /// A batch's merge train, with unit ids instead of positions.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TrainView {
     pub batch_id: String,
     pub repo: String,
@@ -37,7 +37,7 @@ pub struct TrainView {
 }
 
 /// One merge candidate (or one landing of a unit that changed nothing).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CandidateView {
     pub id: u64,
     /// The units merged, in order, each with its commit.
@@ -56,7 +56,7 @@ pub struct CandidateView {
 }
 
 /// The pairs of branches that do not merge.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConflictsView {
     pub batch_id: String,
     pub target: String,

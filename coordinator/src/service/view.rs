@@ -17,7 +17,7 @@ use crate::scheduler::{BatchState, Member, UnitState};
 use crate::Error;
 
 /// What the API shows of a batch.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct BatchSummary {
     pub id: String,
     pub name: String,
@@ -76,7 +76,7 @@ impl std::fmt::Display for BudgetView {
 }
 
 /// A merge train in a line: what `regatta status` shows of it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct TrainSummary {
     pub target: String,
     /// The target's commit as the train last saw or moved it.
@@ -93,7 +93,7 @@ pub struct TrainSummary {
 }
 
 /// A shared resource as seen by the coordinator.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ResourceView {
     pub name: String,
     pub capacity: u32,
@@ -106,7 +106,7 @@ pub struct ResourceView {
 }
 
 /// A live lease, as `regatta leases` lists it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct LeaseView {
     pub session_id: String,
     pub worker: String,
@@ -120,7 +120,7 @@ pub struct LeaseView {
 }
 
 /// What the API shows of a unit.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct UnitView {
     pub id: String,
     pub state: UnitState,

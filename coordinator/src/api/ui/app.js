@@ -294,7 +294,9 @@ class BatchPage {
         h("button", { id: "resume", onclick: () => act("Resume batch " + id + "?", this.base + "/resume", {}, again) }, "resume"),
         h("button", { id: "approve", onclick: () => act("Approve the calibration of batch " + id + "?", this.base + "/approve", {}, again) }, "approve"),
         h("button", { id: "cancel", onclick: () => act("Cancel batch " + id + "? Running sessions are stopped.", this.base + "/cancel", {}, again) }, "cancel"));
-    const sections = [head, controls, this.reviewQueue(again), this.waiting(summary), this.running()];
+    const width = Math.max(300, document.getElementById("view").clientWidth - 40);
+    const sections = [head, controls, this.reviewQueue(again), this.waiting(summary), this.running(),
+      timelineSection(this.units, Date.now(), width)];
     if (train) sections.push(trainSection(train));
     sections.push(this.dag());
     place(document.getElementById("view"), sections);
