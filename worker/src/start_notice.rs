@@ -51,9 +51,12 @@ impl StartNotice {
         let task = tokio::spawn({
             let ended = ended.clone();
             async move {
-                tokio::select! {
-                    _ = tokio::time::sleep(after) => {}
-                    _ = ended.cancelled() => return,
+                // With no threshold, every session reports it.
+                if !after.is_zero() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(after) => {}
+                        _ = ended.cancelled() => return,
+                    }
                 }
                 // Once begun, the send is not cut short: `settle` waits
                 // for it, so that `finished` follows it.
