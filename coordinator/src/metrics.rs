@@ -80,8 +80,12 @@ pub struct Metrics {
     pub units: Family<UnitLabels, Gauge>,
     /// From publish to the session's start: queue wait plus lease wait.
     pub queue_wait: Histogram,
-    /// Time workers spent acquiring leases (reported with `started`).
+    /// Time workers spent acquiring leases (reported with `started`, or
+    /// with `finished` by a session too short to send `started`).
     pub lease_wait: Histogram,
+    /// Events applied per window of the event intake (one lock, one
+    /// flush, one ack for the window): near 1 when idle, larger under load.
+    pub event_windows: Histogram,
     /// From a session's start to its end.
     pub session_duration: Histogram,
     /// Sessions ended, by outcome.
@@ -190,6 +194,7 @@ impl Metrics {
             units: Family::default(),
             queue_wait: seconds(),
             lease_wait: seconds(),
+            event_windows: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             session_duration: seconds(),
             sessions: Family::default(),
             retries: Counter::default(),
@@ -216,6 +221,11 @@ impl Metrics {
             "lease_wait_seconds",
             "Time workers spent acquiring leases",
             metrics.lease_wait.clone(),
+        );
+        registry.register(
+            "event_window_events",
+            "Events applied per window of the event intake",
+            metrics.event_windows.clone(),
         );
         registry.register(
             "session_duration_seconds",

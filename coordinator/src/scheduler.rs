@@ -58,6 +58,9 @@ pub struct Effects {
 }
 
 /// A session event, reduced to what the state machine needs.
+// One report per event, moved once into the state machine: boxing
+// `Finished` would cost every constructor more than the bytes save.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum Report {
     Started {
@@ -89,6 +92,12 @@ pub struct Finish {
     pub git: Option<Box<regatta_proto::GitReport>>,
     /// An agent session's usage, also when it was killed.
     pub usage: Option<regatta_proto::Usage>,
+    /// The worker that ran it, for a session whose `Started` never came.
+    pub worker: Option<String>,
+    /// When it started, on the worker's clock: a session shorter than the
+    /// worker's `--started-after` sends no `Started`, and this is its only
+    /// record of a start (contract 4, docs/contracts.md).
+    pub started_at_ms: Option<i64>,
 }
 
 /// How long a unit handed back by a worker waits before it is published

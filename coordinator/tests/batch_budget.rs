@@ -83,6 +83,8 @@ fn finished(outcome: Outcome, cost_usd: Option<f64>) -> Report {
             cost_usd: Some(cost),
             ..Usage::default()
         }),
+        worker: None,
+        started_at_ms: None,
     })
 }
 

@@ -85,6 +85,8 @@ impl Drive for Fleet {
             evidence: None,
             git: git.map(Box::new),
             usage: None,
+            worker: None,
+            started_at_ms: None,
         };
         self.report(batch, index, &session, Report::Finished(finish));
     }

@@ -163,6 +163,8 @@ fn finished_with_fencing(outcome: Outcome, fencing: u64) -> Report {
         evidence: None,
         git: None,
         usage: None,
+        worker: None,
+        started_at_ms: None,
     })
 }
 
@@ -535,6 +537,79 @@ fn a_session_may_finish_without_a_started_event() {
     assert_eq!(state(&fleet[&batch], "a"), UnitState::Succeeded);
     assert_eq!(state(&fleet[&batch], "b"), UnitState::Ready);
     assert_eq!(in_flight(&fleet[&batch]), 0);
+}
+
+/// A worker's `finished` of a session too short to have sent `started`.
+fn short_session_finished(batch: &str, unit: &str, session: &str) -> SessionEvent {
+    SessionEvent {
+        batch_id: batch.into(),
+        unit_id: unit.into(),
+        session_id: session.into(),
+        attempt: 1,
+        fencing: FENCING,
+        worker: "worker-2".into(),
+        at_ms: NOW + 40,
+        kind: EventKind::Finished {
+            outcome: Outcome::Succeeded,
+            exit_code: Some(0),
+            duration_ms: 30,
+            reason: None,
+            log_tail: String::new(),
+            log_path: String::new(),
+            gates: Vec::new(),
+            evidence: None,
+            git: None,
+            usage: None,
+            started_at_ms: Some(NOW + 10),
+            lease_wait_ms: Some(2),
+        },
+    }
+}
+
+#[test]
+fn a_finished_without_started_records_where_and_when_the_session_ran() {
+    let mut fleet = Fleet::new();
+    let batch = fleet.add(batch("", "  - {id: a}"));
+    fleet.publish(&batch);
+    let session = session_of(&fleet[&batch], "a");
+    let event = short_session_finished(&batch, "a", &session);
+    let effects = fleet.send(&batch, "a", Report::from_event(&event, NOW + 50));
+    assert_eq!(changed(&fleet[&batch], &effects), ["a"]);
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::Succeeded);
+    let attempt = fleet[&batch].units[0].current().expect("an attempt");
+    // The timeline and the report read these: a short session has them too.
+    assert_eq!(attempt.started_at_ms, Some(NOW + 10));
+    assert_eq!(attempt.ended_at_ms, Some(NOW + 40));
+    assert_eq!(attempt.worker.as_deref(), Some("worker-2"));
+    assert_eq!(attempt.fencing, FENCING);
+    assert_counts(&fleet[&batch]);
+
+    // A `started` that comes late (it cannot from one worker, which sends
+    // `finished` only after `started`'s confirm) changes nothing.
+    let late = fleet.send(&batch, "a", started());
+    assert!(late.changed.is_empty());
+    let attempt = fleet[&batch].units[0].current().expect("an attempt");
+    assert_eq!(attempt.started_at_ms, Some(NOW + 10));
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::Succeeded);
+}
+
+#[test]
+fn a_start_already_reported_by_started_is_kept_when_finished_carries_one_too() {
+    let mut fleet = Fleet::new();
+    let batch = fleet.add(batch("", "  - {id: a}"));
+    fleet.publish(&batch);
+    fleet.start(&batch, "a");
+    let session = session_of(&fleet[&batch], "a");
+    let event = short_session_finished(&batch, "a", &session);
+    fleet.send(&batch, "a", Report::from_event(&event, NOW + 50));
+    let attempt = fleet[&batch].units[0].current().expect("an attempt");
+    assert_eq!(
+        attempt.started_at_ms,
+        Some(NOW + 1),
+        "the `started` event's own"
+    );
+    assert_eq!(attempt.worker.as_deref(), Some("worker-1"));
+    assert_eq!(state(&fleet[&batch], "a"), UnitState::Succeeded);
 }
 
 #[test]

@@ -30,9 +30,16 @@ impl Message for SessionEvent {
 }
 
 /// What happened.
+// One event per message, moved once: a boxed `Finished` would cost every
+// constructor and pattern more than the bytes save.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum EventKind {
     /// The leases are held and the session's command has been spawned.
+    /// Sent only for a session that outlives the worker's `--started-after`
+    /// threshold: a shorter one says all of it in `Finished`, whose
+    /// `started_at_ms` then tells the coordinator it ran (docs/contracts.md,
+    /// contract 4: a `Finished` with no `Started` before it is valid).
     Started {
         /// How long the worker waited for its leases, for the lease-wait metric.
         #[serde(default)]
@@ -65,6 +72,16 @@ pub enum EventKind {
         /// older worker.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         usage: Option<crate::agent::Usage>,
+        /// When the session started, on the worker's clock (shown, never
+        /// compared), so that a session that sent no `Started` still has
+        /// its start on record; `None` from an older worker, which always
+        /// sent `Started`, or for a session that never ran.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started_at_ms: Option<i64>,
+        /// How long the worker waited for the leases, for the lease-wait
+        /// metric; `None` from an older worker or a session that never ran.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease_wait_ms: Option<u64>,
     },
 }
 
@@ -161,5 +178,100 @@ impl SessionEvent {
             at_ms: 1_764_064_800_000,
             kind,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{open, seal, Signer};
+
+    /// `Finished` as a worker wrote it before it carried its start.
+    #[derive(Serialize, Deserialize)]
+    enum OlderKind {
+        Finished {
+            outcome: Outcome,
+            exit_code: Option<i32>,
+            duration_ms: u64,
+            reason: Option<String>,
+            log_tail: String,
+            log_path: String,
+            gates: Vec<GateReport>,
+            evidence: Option<EvidenceRef>,
+        },
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct OlderEvent {
+        batch_id: String,
+        unit_id: String,
+        session_id: String,
+        attempt: u32,
+        fencing: u64,
+        worker: String,
+        at_ms: i64,
+        kind: OlderKind,
+    }
+
+    impl Message for OlderEvent {
+        const KIND: &'static str = "event";
+    }
+
+    #[test]
+    fn an_older_workers_finished_still_opens_without_a_start() {
+        let signer = Signer::new(b"secret");
+        let older = OlderEvent {
+            batch_id: "b-1".into(),
+            unit_id: "u".into(),
+            session_id: "s-1".into(),
+            attempt: 1,
+            fencing: 7,
+            worker: "w".into(),
+            at_ms: 5,
+            kind: OlderKind::Finished {
+                outcome: Outcome::Succeeded,
+                exit_code: Some(0),
+                duration_ms: 3,
+                reason: None,
+                log_tail: String::new(),
+                log_path: String::new(),
+                gates: vec![],
+                evidence: None,
+            },
+        };
+        let event: SessionEvent = open(&seal(&older, &signer), &signer).expect("opens");
+        match event.kind {
+            EventKind::Finished {
+                outcome,
+                started_at_ms,
+                lease_wait_ms,
+                ..
+            } => {
+                assert_eq!(outcome, Outcome::Succeeded);
+                assert_eq!((started_at_ms, lease_wait_ms), (None, None));
+            }
+            other => panic!("expected finished, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_finished_with_its_start_round_trips() {
+        let signer = Signer::new(b"secret");
+        let event = SessionEvent::example(EventKind::Finished {
+            outcome: Outcome::Succeeded,
+            exit_code: Some(0),
+            duration_ms: 3,
+            reason: None,
+            log_tail: String::new(),
+            log_path: String::new(),
+            gates: vec![],
+            evidence: None,
+            git: None,
+            usage: None,
+            started_at_ms: Some(1_764_064_799_990),
+            lease_wait_ms: Some(4),
+        });
+        let back: SessionEvent = open(&seal(&event, &signer), &signer).expect("opens");
+        assert_eq!(back, event);
     }
 }

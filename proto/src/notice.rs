@@ -15,6 +15,10 @@ pub enum Notice {
     /// The session's leases were taken from it (reaped, released): it
     /// must not go on.
     Revoke { session_id: String },
+    /// The coordinator applied these sessions' results and released their
+    /// leases: their workers need not release them too. Published once per
+    /// window of events; a worker that misses it releases them itself.
+    Released { session_ids: Vec<String> },
 }
 
 impl Notice {
@@ -23,6 +27,7 @@ impl Notice {
         match self {
             Notice::Cancel { batch_id } => format!("cancel {batch_id}"),
             Notice::Revoke { session_id } => format!("revoke {session_id}"),
+            Notice::Released { session_ids } => format!("released {}", session_ids.join(" ")),
         }
     }
 
@@ -40,15 +45,25 @@ impl Notice {
             "revoke" => Some(Notice::Revoke {
                 session_id: id.to_owned(),
             }),
+            "released" => Some(Notice::Released {
+                session_ids: id
+                    .split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            }),
             _ => None,
         }
     }
 
-    /// True when the notice concerns a session of this batch, or this session.
+    /// True when the notice concerns a running session of this batch, or
+    /// this session: its heartbeat should renew at once. A release never
+    /// does: it comes once the session's result is in.
     pub fn concerns(&self, batch_id: &str, session_id: &str) -> bool {
         match self {
             Notice::Cancel { batch_id: b } => b == batch_id,
             Notice::Revoke { session_id: s } => s == session_id,
+            Notice::Released { .. } => false,
         }
     }
 }
@@ -66,6 +81,9 @@ mod tests {
             Notice::Revoke {
                 session_id: "s1".into(),
             },
+            Notice::Released {
+                session_ids: vec!["s1".into(), "s2".into()],
+            },
         ] {
             assert_eq!(Notice::parse(&notice.encode()), Some(notice));
         }
@@ -77,5 +95,12 @@ mod tests {
         };
         assert!(cancel.concerns("b", "s"));
         assert!(!cancel.concerns("c", "s"));
+        let released = Notice::Released {
+            session_ids: vec!["s".into()],
+        };
+        assert!(
+            !released.concerns("b", "s"),
+            "a heartbeat does not wake for it"
+        );
     }
 }

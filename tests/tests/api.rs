@@ -70,6 +70,8 @@ fn forged_finished(batch: &str, unit: &str, session: &str, log_path: &str) -> Se
             evidence: None,
             git: None,
             usage: None,
+            started_at_ms: None,
+            lease_wait_ms: None,
         },
     }
 }

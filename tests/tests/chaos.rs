@@ -540,6 +540,8 @@ fn finished_event(batch: &str, unit: &str, attempt: &Attempt) -> SessionEvent {
             evidence: attempt.evidence.clone(),
             git: attempt.git.clone().map(Box::new),
             usage: attempt.usage.clone(),
+            started_at_ms: attempt.started_at_ms,
+            lease_wait_ms: None,
         },
     }
 }
@@ -1265,6 +1267,8 @@ fn decoding_mutated_sealed_events_and_orders_never_panics() {
             }),
             git: None,
             usage: None,
+            started_at_ms: None,
+            lease_wait_ms: None,
         },
     ] {
         let sealed = seal(&SessionEvent::example(kind), &signer);

@@ -253,6 +253,9 @@ async fn each_attempt_is_one_linked_trace_with_its_errors_marked() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        // Every session reports `started`, so that its span is checked too
+        // (by default only sessions longer than a second do).
+        ("REGATTA_STARTED_AFTER", "0s"),
     ];
     let fleet = Fleet::start_with_env("traces", 2, 2, "30s", &env).await;
     let batch = fleet.client().enqueue(&manifest).await.expect("enqueue");

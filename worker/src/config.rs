@@ -32,6 +32,9 @@ pub struct WorkerConfig {
     pub max_log_bytes: u64,
     /// The session leader, the user sessions run as, and their cgroups.
     pub containment: crate::containment::Containment,
+    /// A session sends `started` only once it has run this long; a shorter
+    /// one reports its start in `finished` (see [`crate::start_notice`]).
+    pub started_after: Duration,
 }
 
 impl WorkerConfig {

@@ -83,6 +83,20 @@ impl Listener {
     }
 }
 
+impl Listener {
+    /// Returns the sessions of the next `released` notice: the coordinator
+    /// released their leases itself. Cancel-safe, for `select!`.
+    pub async fn released(&mut self) -> Vec<String> {
+        loop {
+            match self.receiver.recv().await {
+                Ok(Heard::Notice(Notice::Released { session_ids })) => return session_ids,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            }
+        }
+    }
+}
+
 /// Subscribes, relays every notice to the listeners, and subscribes again
 /// when the connection is lost.
 async fn subscribe(url: String, channel: String, sender: broadcast::Sender<Heard>) {

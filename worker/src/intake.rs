@@ -241,6 +241,8 @@ async fn claim_and_hand_over(shared: &Shared, delivery: Delivery, order: WorkOrd
                 evidence: None,
                 git: None,
                 usage: None,
+                started_at_ms: None,
+                lease_wait_ms: None,
             };
             let _ = shared.report(&order, 0, cancelled).await;
             let _ = delivery.ack(BasicAckOptions::default()).await;

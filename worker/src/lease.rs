@@ -2,9 +2,14 @@
 //!
 //! The atomic logic lives in the Lua scripts of [`regatta_proto::scripts`];
 //! this module only chooses the keys and reads the answers; its
-//! [`Heartbeat`] keeps a session's leases renewed.
+//! [`Heartbeat`] keeps a session's leases renewed, and [`Releases`] gives
+//! back those of finished sessions that the coordinator did not release.
+//! Each script is hashed once and invoked by its SHA (`EVALSHA`, loaded
+//! again only if Redis forgot it).
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use redis::Script;
@@ -13,8 +18,14 @@ use regatta_proto::{scripts, Keys, LeaseOwner, WorkOrder};
 use crate::Error;
 
 mod heartbeat;
+mod release;
 
 pub use heartbeat::{Beating, Heartbeat, StopCause};
+pub use release::Releases;
+
+static ACQUIRE: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::ACQUIRE));
+static RENEW: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::RENEW));
+static RELEASE: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::RELEASE));
 
 /// The answer to an acquisition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +65,10 @@ pub enum Renewal {
 pub struct LeaseClient {
     connection: ConnectionManager,
     keys: Keys,
+    /// When each held session's leases were last acquired or renewed, by
+    /// this worker's clock: a heartbeat or a release times its first call
+    /// from it instead of calling Redis at once.
+    fresh: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 impl LeaseClient {
@@ -74,7 +89,11 @@ impl LeaseClient {
         )
         .await
         .map_err(redis_error)?;
-        Ok(LeaseClient { connection, keys })
+        Ok(LeaseClient {
+            connection,
+            keys,
+            fresh: Arc::default(),
+        })
     }
 
     /// Acquires the batch slot and every resource share of an order, all or none.
@@ -90,8 +109,8 @@ impl LeaseClient {
         claim: &str,
         ttl: Duration,
     ) -> Result<Claim, Error> {
-        let script = Script::new(scripts::ACQUIRE);
-        let mut invocation = script.prepare_invoke();
+        let asked = Instant::now();
+        let mut invocation = ACQUIRE.prepare_invoke();
         invocation
             .key(self.keys.leases())
             .key(self.keys.lease(&order.session_id))
@@ -127,9 +146,13 @@ impl LeaseClient {
         }
         let mut connection = self.connection.clone();
         let answer: Vec<redis::Value> = invocation.invoke_async(&mut connection).await?;
-        parse_claim(&answer).ok_or_else(|| {
+        let claim = parse_claim(&answer).ok_or_else(|| {
             Error::Config(format!("unexpected answer of the lease script: {answer:?}"))
-        })
+        })?;
+        if let Claim::Held { .. } = claim {
+            self.refreshed(&order.session_id, asked);
+        }
+        Ok(claim)
     }
 
     /// Extends a session's leases.
@@ -141,7 +164,8 @@ impl LeaseClient {
         ttl: Duration,
     ) -> Result<Renewal, Error> {
         let mut connection = self.connection.clone();
-        let expiry: i64 = Script::new(scripts::RENEW)
+        let asked = Instant::now();
+        let expiry: i64 = RENEW
             .key(self.keys.leases())
             .key(self.keys.lease(session_id))
             .key(self.keys.batch(batch_id))
@@ -152,10 +176,22 @@ impl LeaseClient {
             .invoke_async(&mut connection)
             .await?;
         Ok(match expiry {
-            e if e > 0 => Renewal::Renewed,
-            -1 => Renewal::Cancelled,
-            -2 => Renewal::Released,
-            _ => Renewal::Lost,
+            e if e > 0 => {
+                self.refreshed(session_id, asked);
+                Renewal::Renewed
+            }
+            -1 => {
+                self.refreshed(session_id, asked);
+                Renewal::Cancelled
+            }
+            -2 => {
+                self.forget(session_id);
+                Renewal::Released
+            }
+            _ => {
+                self.forget(session_id);
+                Renewal::Lost
+            }
         })
     }
 
@@ -169,8 +205,9 @@ impl LeaseClient {
         fence: u64,
         actual_micros: Option<u64>,
     ) -> Result<(), Error> {
+        self.forget(session_id);
         let mut connection = self.connection.clone();
-        let _: i64 = Script::new(scripts::RELEASE)
+        let _: i64 = RELEASE
             .key(self.keys.leases())
             .key(self.keys.lease(session_id))
             .key(self.keys.done(session_id))
@@ -180,6 +217,28 @@ impl LeaseClient {
             .invoke_async(&mut connection)
             .await?;
         Ok(())
+    }
+}
+
+impl LeaseClient {
+    /// Notes that a session's leases were extended by a call sent at `asked`
+    /// (its TTL counts from Redis's clock during the call, so no later).
+    fn refreshed(&self, session_id: &str, asked: Instant) {
+        let mut fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        fresh.insert(session_id.to_owned(), asked);
+    }
+
+    /// When a session's leases were last extended; `None` when unknown
+    /// (then they must be treated as due at once).
+    pub fn fresh_since(&self, session_id: &str) -> Option<Instant> {
+        let fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        fresh.get(session_id).copied()
+    }
+
+    /// Drops what is known of a session whose leases this worker no longer holds.
+    pub fn forget(&self, session_id: &str) {
+        let mut fresh = self.fresh.lock().unwrap_or_else(|p| p.into_inner());
+        fresh.remove(session_id);
     }
 }
 

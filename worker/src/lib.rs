@@ -28,8 +28,10 @@
 //! 6. [`artifact`] and [`evidence`]: outputs, artifacts and the log are
 //!    hashed into the artifact store with the session's evidence pack, still
 //!    under the leases;
-//! 7. [`reporter`]: `started` and `finished` events go back to the
-//!    coordinator, and the leases are released at once.
+//! 7. [`reporter`]: `finished` goes back to the coordinator, preceded by
+//!    `started` only for a session that outlives a threshold
+//!    ([`start_notice`]); the leases are released once the coordinator
+//!    has not done so itself (see [`lease`]).
 //!
 //! When the worker itself is at fault (a disk), [`fault`] hands the unit
 //! back uncounted and [`health`] keeps the worker from taking work until its
@@ -57,6 +59,7 @@ pub mod reporter;
 pub mod repository;
 pub mod session;
 pub mod session_log;
+pub mod start_notice;
 pub mod transcript;
 pub mod usage_channel;
 pub mod worker;

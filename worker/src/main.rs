@@ -63,6 +63,13 @@ struct Args {
     /// The name this worker gives in events and leases (default: host:pid).
     #[arg(long, env = "REGATTA_WORKER_NAME")]
     name: Option<String>,
+    /// A session tells the coordinator it started only once it has run
+    /// this long (0s: at once); a shorter one reports its start with its
+    /// end, saving a confirmed message per unit. Long enough that a small
+    /// unit never sends `started`, short enough that `regatta status` shows
+    /// a real session as running almost at once.
+    #[arg(long, env = "REGATTA_STARTED_AFTER", default_value = "1s", value_parser = regatta_proto::duration::parse)]
+    started_after: Duration,
     /// The largest session log kept, in bytes.
     #[arg(long, env = "REGATTA_MAX_LOG_BYTES", default_value_t = 10 * 1024 * 1024)]
     max_log_bytes: u64,
@@ -163,6 +170,7 @@ async fn run(args: Args, secret: regatta_secret::FleetSecret) -> anyhow::Result<
         grace: args.grace,
         name: args.name.unwrap_or_else(WorkerConfig::default_name),
         max_log_bytes: args.max_log_bytes,
+        started_after: args.started_after,
         containment: containment(session_user.as_deref(), args.session_cgroups)?,
     };
     tracing::info!("{}", config.containment.describe());

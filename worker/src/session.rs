@@ -1,10 +1,10 @@
 //! A session along its path, once [`intake`](crate::intake) holds its
-//! leases and acked its order: `started` goes to the coordinator; the
-//! command runs ([`crate::command`]) while a [`Heartbeat`] renews the
+//! leases and acked its order: `started` is armed ([`crate::start_notice`]);
+//! the command runs ([`crate::command`]) while a [`Heartbeat`] renews the
 //! leases, then the gates ([`crate::gate`]) and the check of the declared
 //! outputs; the evidence is stored ([`crate::evidence`]) and `finished`
-//! reported, still under the leases, which are released once the broker
-//! holds the result (contract 3, docs/contracts.md).
+//! reported, still under the leases, which go to [`crate::lease::Releases`]
+//! once the broker holds the result (contract 3, docs/contracts.md).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -87,10 +87,7 @@ pub(crate) async fn run(shared: &Shared, order: &WorkOrder, fence: u64, claimed:
         }
         None => order,
     };
-    let started = EventKind::Started {
-        lease_wait_ms: claimed.elapsed().as_millis() as u64,
-    };
-    let _ = shared.report(order, fence, started).await;
+    let start = crate::start_notice::StartNotice::arm(shared, order, fence, claimed);
 
     let started_at = chrono::Utc::now();
     let result = run_under_heartbeat(shared, order, fence).await;
@@ -140,7 +137,7 @@ pub(crate) async fn run(shared: &Shared, order: &WorkOrder, fence: u64, claimed:
     }
     regatta_telemetry::status::session_ended(&tracing::Span::current(), outcome, reason.as_deref());
     let actual_cost = result.usage.as_ref().and_then(|usage| usage.cost_usd);
-    let finished = EventKind::Finished {
+    let mut finished = EventKind::Finished {
         outcome,
         exit_code: result.exit_code,
         duration_ms: result.duration.as_millis() as u64,
@@ -151,25 +148,25 @@ pub(crate) async fn run(shared: &Shared, order: &WorkOrder, fence: u64, claimed:
         evidence,
         git: result.git.map(Box::new),
         usage: result.usage,
+        started_at_ms: None,
+        lease_wait_ms: None,
     };
+    start.settle(&mut finished).await;
     // The leases stay renewed until the broker holds the result: a worker
     // that dies before then leaves leases that expire, so the reaper re-runs
     // the unit; released first, the unit would stay `running` for good.
     let reported = shared.report(order, fence, finished).await;
     renewal.stop().await;
     match reported {
-        Ok(()) => {
-            // The coordinator releases them too when it applies the result.
-            // The batch budget settles at the actual cost (contract 9).
-            let actual = actual_cost.map(regatta_proto::batch_budget::micros);
-            if let Err(e) = shared
-                .leases
-                .release(&order.session_id, fence, actual)
-                .await
-            {
-                tracing::warn!(error = %e, "releasing leases failed; they expire with their TTL");
-            }
-        }
+        // The coordinator releases them when it applies the result; the
+        // worker does only if it has not in time (see `lease::Releases`).
+        // The batch budget settles at the actual cost (contract 9).
+        Ok(()) => shared.releases.after_result(
+            &shared.leases,
+            &order.session_id,
+            fence,
+            actual_cost.map(regatta_proto::batch_budget::micros),
+        ),
         Err(e) => {
             tracing::error!(error = %e, "cannot report the session's end; its leases expire and the coordinator re-runs the unit");
         }

@@ -20,6 +20,8 @@ pub(crate) struct Shared {
     pub(crate) link: BrokerLink,
     pub(crate) reporter: Reporter,
     pub(crate) leases: LeaseClient,
+    /// Releases finished sessions' leases that the coordinator did not.
+    pub(crate) releases: crate::lease::Releases,
     /// Cancelled when the worker stops taking work.
     pub(crate) shutdown: CancellationToken,
     /// Cancelled when running sessions must be killed (grace period over).
@@ -87,6 +89,14 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         &mut background,
     );
     let repositories = crate::repository::Repositories::new(config.work_dir.join(".git-mirrors"));
+    // Stopped with the control subscriber, once no session can finish any more.
+    let releases = crate::lease::Releases::start(
+        leases.clone(),
+        &notices,
+        config.lease_ttl,
+        &sessions_over,
+        &mut background,
+    );
     let shared = Arc::new(Shared {
         notices,
         repositories,
@@ -94,6 +104,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         link,
         reporter,
         leases,
+        releases,
         shutdown: shutdown.clone(),
         kill_sessions: CancellationToken::new(),
         health,

@@ -33,6 +33,7 @@ impl Report {
                 evidence,
                 git,
                 usage,
+                started_at_ms,
                 ..
             } => Report::Finished(Finish {
                 outcome: *outcome,
@@ -46,6 +47,8 @@ impl Report {
                 evidence: evidence.clone(),
                 git: git.clone(),
                 usage: usage.clone(),
+                worker: (!event.worker.is_empty()).then(|| event.worker.clone()),
+                started_at_ms: *started_at_ms,
             }),
         }
     }

@@ -253,6 +253,14 @@ impl Attempt {
         outcome: regatta_proto::Outcome,
         reason: Option<String>,
     ) {
+        // A short session sent no `Started`: its end says when and where
+        // it ran. A `Started` already applied is kept as it was.
+        if self.started_at_ms.is_none() {
+            self.started_at_ms = finish.started_at_ms;
+        }
+        if self.worker.is_none() {
+            self.worker = finish.worker;
+        }
         self.ended_at_ms = Some(finish.at_ms);
         self.outcome = Some(outcome);
         self.exit_code = finish.exit_code;

@@ -161,6 +161,8 @@ pub(super) fn dispatch_orders<T>(
                 evidence: None,
                 git: None,
                 usage: None,
+                worker: None,
+                started_at_ms: None,
             };
             let more = fleet.report(batch_id, unit, &order.session_id, Report::Finished(failed));
             effects.changed.extend(more.changed);

@@ -62,6 +62,8 @@ impl Service {
                         evidence: None,
                         git: None,
                         usage: None,
+                        started_at_ms: None,
+                        lease_wait_ms: None,
                     },
                 };
                 let span = {

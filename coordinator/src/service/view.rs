@@ -41,7 +41,7 @@ pub struct BatchSummary {
 }
 
 /// A batch budget as `status` and the API show it, in US dollars.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct BudgetView {
     pub cap_usd: f64,
     /// Reservations of sessions in flight.

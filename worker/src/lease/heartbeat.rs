@@ -81,8 +81,9 @@ impl Heartbeat {
 
     /// The heartbeat while a session's evidence is stored and its result
     /// reported: an output may be a touched file, and a worker that dies
-    /// now must be reaped. It renews at once, since the session's own
-    /// heartbeat may have renewed two thirds of a TTL ago; there is no
+    /// now must be reaped. Its first renewal falls a third of a TTL after
+    /// the leases were last extended (at once if that is unknown), so a
+    /// short session's young lease is not renewed again; there is no
     /// session left to stop.
     pub fn for_result(
         leases: LeaseClient,
@@ -91,13 +92,17 @@ impl Heartbeat {
         ttl: Duration,
         notices: Listener,
     ) -> Heartbeat {
+        let first_after = match leases.fresh_since(&order.session_id) {
+            Some(since) => (ttl / 3).saturating_sub(since.elapsed()),
+            None => Duration::ZERO,
+        };
         Heartbeat {
             leases,
             batch_id: order.batch_id.clone(),
             session_id: order.session_id.clone(),
             fence,
             ttl,
-            first_after: Duration::ZERO,
+            first_after,
             notices,
             session: None,
         }
