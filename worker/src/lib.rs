@@ -56,6 +56,7 @@ pub mod leader;
 pub mod lease;
 mod lease_span;
 pub mod meter;
+pub mod plain_command;
 
 pub mod reporter;
 pub mod repository;
