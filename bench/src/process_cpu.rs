@@ -144,9 +144,8 @@ mod tests {
         // The kernel renames the child during exec after `spawn` has
         // returned (close-on-exec runs first), and `sleep` may be a
         // multi-call binary named otherwise: wait for the child's own name.
-        let comm_of_child = || {
-            std::fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap_or_default()
-        };
+        let comm_of_child =
+            || std::fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap_or_default();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
         while comm_of_child() == name && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(5));

@@ -307,7 +307,11 @@ async fn a_missing_declared_output_fails_the_session_naming_the_file() {
         .expect("the session's folder")
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect();
-    assert_eq!(stored, vec!["evidence-pack.json"], "one file per quiet session");
+    assert_eq!(
+        stored,
+        vec!["evidence-pack.json"],
+        "one file per quiet session"
+    );
     fleet.stop().await;
 }
 
