@@ -296,7 +296,22 @@ async fn a_missing_declared_output_fails_the_session_naming_the_file() {
         .iter()
         .filter_map(|a| a["stage"].as_str())
         .collect();
-    assert_eq!(stages, vec!["log"], "nothing but the log was stored");
+    // `true` wrote nothing: no log file either, and the pack says so.
+    assert!(stages.is_empty(), "nothing was stored: {stages:?}");
+    assert_eq!(pack["log"], Value::Null);
+    let pack_dir = Path::new(session.evidence.as_ref().expect("evidence").path.as_str())
+        .parent()
+        .expect("the pack's folder")
+        .to_path_buf();
+    let stored: Vec<String> = std::fs::read_dir(&pack_dir)
+        .expect("the session's folder")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    assert_eq!(
+        stored,
+        vec!["evidence-pack.json"],
+        "one file per quiet session"
+    );
     fleet.stop().await;
 }
 

@@ -345,18 +345,19 @@ async fn a_full_artifact_store_never_lets_a_session_succeed_there() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_chatty_session_on_a_full_work_disk_is_not_killed_by_sigpipe() {
+async fn a_chatty_session_on_a_full_store_is_not_killed_by_sigpipe() {
     let dir = tempfile::tempdir().expect("temp dir");
-    // 4 MiB of log on a 1 MiB work disk.
+    // 4 MiB of log on a 1 MiB store, where a log past what is kept in
+    // memory spills (the work dir holds no log).
     let m = manifest(dir.path(), 1, "{LOG_BYTES: '4194304'}");
-    let disk = SmallDisk::mount(&dir.path().join("small-work"), "1m");
+    let disk = SmallDisk::mount(&dir.path().join("small-store"), "1m");
     let fleet = Fleet::start("wf-log", 0, 1, "10s").await;
     let client = fleet.client();
     let faulty = Worker::start(
         &fleet,
         "faulty",
+        &dir.path().join("faulty-work"),
         &disk.path,
-        &dir.path().join("faulty-store"),
         dir.path(),
     );
     let batch = client.enqueue(&m).await.expect("enqueue");

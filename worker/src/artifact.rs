@@ -28,6 +28,7 @@ use regatta_proto::evidence::{
 pub use regatta_proto::evidence::{ARTIFACTS_DIR, LOG_FILE, OUTPUTS_DIR};
 
 use crate::meter::TRANSCRIPT_FILE;
+use crate::session_log::KeptLog;
 
 /// Why a session's files could not be stored at all.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +81,9 @@ pub struct Collection {
     pub rejected: Vec<RejectedFile>,
     /// Declared inputs that exist inside the workdir, in declaration order.
     pub inputs: Vec<HashedInput>,
+    /// Every file and folder this collection created or filled, which must
+    /// be durable before the session's result is reported.
+    pub to_sync: Vec<PathBuf>,
 }
 
 impl Collection {
@@ -103,8 +107,8 @@ pub struct SessionFiles {
     pub inputs: Vec<String>,
     /// The session's `REGATTA_ARTIFACT_DIR`.
     pub artifact_dir: PathBuf,
-    /// The session's log on the worker's disk.
-    pub log_path: PathBuf,
+    /// What the session's log kept ([`crate::session_log`]).
+    pub log: KeptLog,
     /// An agent session's transcript on the worker's disk.
     pub transcript_path: Option<PathBuf>,
 }
@@ -133,6 +137,22 @@ impl ArtifactStore {
         session_id: &str,
     ) -> Result<PathBuf, ArtifactError> {
         Ok(session_dir(&self.root, batch_id, unit_id, session_id)?)
+    }
+
+    /// Creates the session's folder of the store and its `session.log`, for
+    /// a log that outgrew memory ([`crate::session_log`]); the evidence
+    /// later hashes it where it is.
+    pub fn open_log(
+        &self,
+        batch_id: &str,
+        unit_id: &str,
+        session_id: &str,
+    ) -> Result<(PathBuf, File), ArtifactError> {
+        let session = session_dir(Path::new(""), batch_id, unit_id, session_id)?;
+        let target = Target::new(&self.root, &session)?;
+        let destination = target.root.join(LOG_FILE);
+        let file = create_new(&destination)?;
+        Ok((destination, file))
     }
 
     /// Copies and hashes a session's outputs, artifacts and log into its
@@ -271,14 +291,19 @@ impl ArtifactStore {
                 ..stored
             });
         }
-        if files.log_path.is_file() {
-            let stored = target.store(&files.log_path, Path::new(LOG_FILE))?;
+        let log = match &files.log {
+            KeptLog::Empty => None,
+            KeptLog::Memory(bytes) => Some(target.store_bytes(bytes, Path::new(LOG_FILE))?),
+            KeptLog::Spilled(path) => Some(target.adopt(path, Path::new(LOG_FILE))?),
+        };
+        if let Some(stored) = log {
             collection.files.push(StoredFile {
                 filename: LOG_FILE.to_owned(),
                 stage: Stage::Log,
                 ..stored
             });
         }
+        collection.to_sync = target.to_sync.into_inner();
         Ok(collection)
     }
 }
@@ -286,6 +311,8 @@ impl ArtifactStore {
 /// A session's folder in the store, resolved once, that every copy must land in.
 struct Target {
     root: PathBuf,
+    /// What was created or written, to be made durable.
+    to_sync: std::cell::RefCell<Vec<PathBuf>>,
 }
 
 impl Target {
@@ -295,38 +322,75 @@ impl Target {
         std::fs::create_dir_all(store_root).map_err(|e| ArtifactError::io(store_root, e))?;
         let store_root =
             std::fs::canonicalize(store_root).map_err(|e| ArtifactError::io(store_root, e))?;
-        let root = create_folders(&store_root, session)?;
-        Ok(Target { root })
+        let mut to_sync = Vec::new();
+        let root = create_folders(&store_root, session, &mut to_sync)?;
+        Ok(Target {
+            root,
+            to_sync: std::cell::RefCell::new(to_sync),
+        })
+    }
+
+    /// Writes `bytes` to `relative` under the session's folder, hashed.
+    fn store_bytes(&self, bytes: &[u8], relative: &Path) -> Result<StoredFile, ArtifactError> {
+        let destination = self.destination(relative)?;
+        let output = create_new(&destination)?;
+        let hashed = copy_hashed(bytes, output).map_err(|e| match e {
+            CopyError::Read(e) | CopyError::Write(e) => ArtifactError::io(&destination, e),
+        })?;
+        self.to_sync.borrow_mut().push(destination);
+        Ok(StoredFile {
+            filename: String::new(),
+            sha256: hashed.sha256,
+            stage: Stage::Artifact,
+            path: slash_path(relative),
+            bytes: hashed.bytes,
+        })
+    }
+
+    /// Hashes a file the worker already wrote at `relative` (a spilled
+    /// log), refusing one that is anywhere else.
+    fn adopt(&self, path: &Path, relative: &Path) -> Result<StoredFile, ArtifactError> {
+        if path != self.root.join(relative) {
+            return Err(ArtifactError::Escapes(path.display().to_string()));
+        }
+        let hashed = File::open(path)
+            .and_then(hash_reader)
+            .map_err(|e| ArtifactError::io(path, e))?;
+        self.to_sync.borrow_mut().push(path.to_path_buf());
+        Ok(StoredFile {
+            filename: String::new(),
+            sha256: hashed.sha256,
+            stage: Stage::Artifact,
+            path: slash_path(relative),
+            bytes: hashed.bytes,
+        })
+    }
+
+    /// Creates the folders of `relative`'s parent and returns where the
+    /// file goes, with nothing (a planted symlink) left in its place.
+    fn destination(&self, relative: &Path) -> Result<PathBuf, ArtifactError> {
+        let (Some(parent), Some(name)) = (relative.parent(), relative.file_name()) else {
+            return Err(ArtifactError::Escapes(slash_path(relative)));
+        };
+        let folder = create_folders(&self.root, parent, &mut self.to_sync.borrow_mut())?;
+        Ok(folder.join(name))
     }
 
     /// Copies `source` to `relative` under the session's folder, hashing the
     /// bytes as they pass; `filename` and `stage` are for the caller to set.
     fn store(&self, source: &Path, relative: &Path) -> Result<StoredFile, ArtifactError> {
-        let (Some(parent), Some(name)) = (relative.parent(), relative.file_name()) else {
-            return Err(ArtifactError::Escapes(slash_path(relative)));
-        };
-        let destination = create_folders(&self.root, parent)?.join(name);
-        // `create_new` refuses to follow a symlink at the destination itself.
-        match std::fs::symlink_metadata(&destination) {
-            Ok(_) => std::fs::remove_file(&destination)
-                .map_err(|e| ArtifactError::io(&destination, e))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(ArtifactError::io(&destination, e)),
-        }
+        let destination = self.destination(relative)?;
         let source_error = |e| ArtifactError::Source {
             path: source.display().to_string(),
             source: e,
         };
         let input = File::open(source).map_err(source_error)?;
-        let output = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&destination)
-            .map_err(|e| ArtifactError::io(&destination, e))?;
+        let output = create_new(&destination)?;
         let hashed = copy_hashed(input, output).map_err(|e| match e {
             CopyError::Read(e) => source_error(e),
             CopyError::Write(e) => ArtifactError::io(&destination, e),
         })?;
+        self.to_sync.borrow_mut().push(destination);
         Ok(StoredFile {
             filename: String::new(),
             sha256: hashed.sha256,
@@ -337,21 +401,50 @@ impl Target {
     }
 }
 
+/// Creates a new file at `destination`; whatever is there is removed first,
+/// and `create_new` refuses to follow a symlink planted meanwhile.
+fn create_new(destination: &Path) -> Result<File, ArtifactError> {
+    match std::fs::symlink_metadata(destination) {
+        Ok(_) => {
+            std::fs::remove_file(destination).map_err(|e| ArtifactError::io(destination, e))?
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ArtifactError::io(destination, e)),
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(destination)
+        .map_err(|e| ArtifactError::io(destination, e))
+}
+
 /// Creates the folders of `relative` under `base` one segment at a time and
 /// returns the last; a segment that exists as anything but a real folder (a
 /// symlink planted in the store would redirect writes, or create folders
-/// elsewhere) is refused.
-fn create_folders(base: &Path, relative: &Path) -> Result<PathBuf, ArtifactError> {
+/// elsewhere) is refused. The parent of each folder created goes into
+/// `to_sync`, whose entry it now holds, and the last folder, whose entries
+/// follow.
+fn create_folders(
+    base: &Path,
+    relative: &Path,
+    to_sync: &mut Vec<PathBuf>,
+) -> Result<PathBuf, ArtifactError> {
     let mut folder = base.to_path_buf();
     for segment in relative.components() {
         let Component::Normal(segment) = segment else {
             return Err(ArtifactError::Escapes(slash_path(relative)));
         };
+        let parent = folder.clone();
         folder.push(segment);
         // Create first, then look: sessions of one batch create its folder
         // concurrently, and `create_dir` never follows a symlink.
         match std::fs::create_dir(&folder) {
-            Ok(()) => continue,
+            Ok(()) => {
+                if !to_sync.contains(&parent) {
+                    to_sync.push(parent);
+                }
+                continue;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(ArtifactError::io(&folder, e)),
         }
@@ -360,6 +453,9 @@ fn create_folders(base: &Path, relative: &Path) -> Result<PathBuf, ArtifactError
             Ok(_) => return Err(ArtifactError::Escapes(slash_path(relative))),
             Err(e) => return Err(ArtifactError::io(&folder, e)),
         }
+    }
+    if !to_sync.contains(&folder) {
+        to_sync.push(folder.clone());
     }
     Ok(folder)
 }

@@ -12,20 +12,21 @@ use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 
 use crate::containment::Containment;
-use crate::session_log::capture;
+use crate::session_log::{capture, SessionLog};
 use crate::{cgroup, leader, Error};
 
 /// What to run and how.
 #[derive(Debug, Clone)]
 pub struct CommandSpec {
-    /// A shell command line, run with `/bin/sh -c`.
+    /// A shell command line, run with `/bin/sh -c` (or as the same program
+    /// without the shell when it is plain: [`crate::plain_command`]).
     pub command: String,
     pub workdir: PathBuf,
     pub env: Vec<(String, String)>,
     pub timeout: Duration,
-    /// The log the command's stdout and stderr are appended to.
-    pub log_path: PathBuf,
-    pub max_log_bytes: u64,
+    /// The session's log, which the command's stdout and stderr are
+    /// appended to (bounded: see [`crate::session_log`]).
+    pub log: SessionLog,
     /// Between SIGTERM and SIGKILL of the process group.
     pub grace: Duration,
     /// The leader, the session's user and its cgroup.
@@ -87,15 +88,6 @@ pub async fn run_command(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Dur
 
 /// [`run_command`] without its span.
 async fn run_contained(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Duration), Error> {
-    let log = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&spec.log_path)
-        .await
-        .map_err(|source| Error::WorkDir {
-            path: spec.log_path.display().to_string(),
-            source,
-        })?;
     let (reader, writer) = std::io::pipe().map_err(Error::Spawn)?;
     let writer_err = writer.try_clone().map_err(Error::Spawn)?;
     // An agent's stdout is its transcript, parsed as it comes; stderr
@@ -184,13 +176,13 @@ async fn run_contained(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Durat
     // Our copies of the pipe's write end went into the child; once every
     // process of the session closes it, the capture sees end of file.
     drop(command);
-    let capture = tokio::spawn(capture(reader, log, spec.max_log_bytes));
+    let capture = tokio::spawn(capture(reader, spec.log.clone()));
     let transcript = transcript.map(|(out_reader, out_writer, file, meter)| {
         drop(out_writer);
         tokio::spawn(crate::transcript::capture(
             out_reader,
             file,
-            spec.max_log_bytes,
+            spec.log.limit(),
             meter,
         ))
     });
@@ -269,7 +261,11 @@ async fn run_contained(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Durat
     }
     if let Ok(Ok(Err(source))) = tokio::time::timeout(Duration::from_secs(5), capture).await {
         return Err(Error::SessionLog {
-            path: spec.log_path.display().to_string(),
+            path: spec
+                .log
+                .store_path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "in memory".to_owned()),
             source,
         });
     }

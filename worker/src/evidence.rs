@@ -21,6 +21,7 @@ use regatta_proto::{EvidenceRef, GateReport, Outcome, WorkOrder};
 use sha2::{Digest, Sha256};
 
 use crate::artifact::{ArtifactError, ArtifactStore, Collection, SessionFiles};
+use crate::session_log::KeptLog;
 
 /// What the worker knows about a session once it is over.
 #[derive(Debug, Clone)]
@@ -33,7 +34,10 @@ pub struct SessionEnd<'a> {
     pub exit_code: Option<i32>,
     pub reason: Option<&'a str>,
     pub gates: &'a [GateReport],
-    pub log_path: &'a Path,
+    /// What the session's log kept ([`crate::session_log`]).
+    pub log: &'a KeptLog,
+    /// The session's `REGATTA_ARTIFACT_DIR`.
+    pub artifact_dir: &'a Path,
     /// The session's trace, when spans are exported.
     pub trace_id: Option<&'a str>,
     /// Git mode: what the session did with the repository.
@@ -97,7 +101,8 @@ pub async fn record_session(
 }
 
 /// Copies the session's files into the store, writes `evidence-pack.json`
-/// beside them and returns where it is and its sha256.
+/// beside them, makes them all durable ([`crate::durable`]) and returns
+/// where the pack is and its sha256.
 pub async fn write_session_pack(
     store: &ArtifactStore,
     end: &SessionEnd<'_>,
@@ -110,17 +115,11 @@ pub async fn write_session_pack(
         workdir: PathBuf::from(&order.workdir),
         outputs: order.outputs.clone(),
         inputs: order.inputs.clone(),
-        // intake.rs keeps a session's log and its REGATTA_ARTIFACT_DIR side
-        // by side: `<work-dir>/<batch>/<unit>/<session>/{session.log,artifacts}`.
-        artifact_dir: end
-            .log_path
-            .parent()
-            .map(|dir| dir.join("artifacts"))
-            .unwrap_or_default(),
-        log_path: end.log_path.to_path_buf(),
+        artifact_dir: end.artifact_dir.to_path_buf(),
+        log: end.log.clone(),
         transcript_path: end.transcript.map(Path::to_path_buf),
     };
-    let collection = store.collect(files).await?;
+    let mut collection = store.collect(files).await?;
     let pack = build_pack(end, &collection, Utc::now());
     let mut bytes = serde_json::to_vec_pretty(&pack)?;
     bytes.push(b'\n');
@@ -137,13 +136,21 @@ pub async fn write_session_pack(
             path: path.display().to_string(),
             source,
         })?;
+    collection.to_sync.push(path.clone());
+    crate::durable::sync(std::mem::take(&mut collection.to_sync))
+        .await
+        .map_err(|why| EvidenceError::Write {
+            path: path.display().to_string(),
+            source: std::io::Error::other(why),
+        })?;
     Ok(EvidenceRef {
         path: path.display().to_string(),
         sha256,
     })
 }
 
-/// Writes a file that must not exist, so a symlink in its place is never followed.
+/// Writes a file that must not exist, so a symlink in its place is never
+/// followed; [`crate::durable`] syncs it with the rest of the session's.
 fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(_) => std::fs::remove_file(path)?,
@@ -154,8 +161,7 @@ fn write_new(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .write(true)
         .create_new(true)
         .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+    file.write_all(bytes)
 }
 
 /// Builds the pack of a session from what it did and what was stored.
@@ -270,7 +276,8 @@ mod tests {
             exit_code: Some(0),
             reason,
             gates,
-            log_path: Path::new("/nowhere/session.log"),
+            log: &KeptLog::Empty,
+            artifact_dir: Path::new("/nowhere/artifacts"),
             usage: None,
             transcript: None,
             prices: None,
@@ -370,7 +377,6 @@ mod tests {
         let temp = tempfile::tempdir().unwrap();
         let session = temp.path().join("work/s");
         std::fs::create_dir_all(session.join("artifacts")).unwrap();
-        std::fs::write(session.join("session.log"), "hello\n").unwrap();
         std::fs::write(session.join("artifacts/notes.md"), "notes").unwrap();
         let mut order = WorkOrder::example();
         order.workdir = temp.path().display().to_string();
@@ -379,10 +385,12 @@ mod tests {
         std::fs::write(temp.path().join("out.sql"), "select 1;").unwrap();
         std::fs::write(temp.path().join("in.sql"), "begin null; end;").unwrap();
         let store = ArtifactStore::new(temp.path().join("store"));
-        let log_path = session.join("session.log");
+        let log = KeptLog::Memory(b"hello\n".to_vec());
+        let artifact_dir = session.join("artifacts");
         let gates = [gate("test", true, 0)];
         let end = SessionEnd {
-            log_path: &log_path,
+            log: &log,
+            artifact_dir: &artifact_dir,
             usage: None,
             transcript: None,
             prices: None,

@@ -28,7 +28,8 @@
 //! The leader ignores SIGTERM itself so that a deadline's SIGTERM to the
 //! group reaches the command, which may clean up during the grace period,
 //! and it exits with the command's status. It is started once per command,
-//! so it stays small: no async runtime, one `poll` loop.
+//! so it stays small: no async runtime, one `poll` loop. A plain command
+//! line runs without `/bin/sh` ([`plain_command`]).
 
 use std::io::Read;
 use std::os::fd::AsFd;
@@ -43,6 +44,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{getpgrp, getpid, getppid, Gid, Pid, Uid};
 
 use crate::containment::SessionUser;
+use crate::plain_command;
 
 /// The hidden subcommand under which the worker binary acts as a leader.
 pub const SUBCOMMAND: &str = "session-leader";
@@ -121,23 +123,36 @@ pub fn main(worker_pid: i32, deadline_ms: u64, command: &str, user: Option<&str>
     if let Some(user) = user {
         hand_artifact_dir_to(user);
     }
-    let mut child = std::process::Command::new("/bin/sh");
-    child.arg("-c").arg(command).stdin(Stdio::null());
     // The command gets the default signal mask back, and its user.
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        child.pre_exec(move || {
-            let os = |e: nix::errno::Errno| std::io::Error::from_raw_os_error(e as i32);
-            if let Some(user) = user {
-                let gid = Gid::from_raw(user.gid);
-                nix::unistd::setgroups(&[gid]).map_err(os)?;
-                nix::unistd::setgid(gid).map_err(os)?;
-                nix::unistd::setuid(Uid::from_raw(user.uid)).map_err(os)?;
-            }
-            SigSet::all().thread_unblock().map_err(os)
-        });
-    }
-    let child = match child.spawn() {
+    let prepare = |child: &mut std::process::Command| {
+        child.stdin(Stdio::null());
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            child.pre_exec(move || {
+                let os = |e: nix::errno::Errno| std::io::Error::from_raw_os_error(e as i32);
+                if let Some(user) = user {
+                    let gid = Gid::from_raw(user.gid);
+                    nix::unistd::setgroups(&[gid]).map_err(os)?;
+                    nix::unistd::setgid(gid).map_err(os)?;
+                    nix::unistd::setuid(Uid::from_raw(user.uid)).map_err(os)?;
+                }
+                SigSet::all().thread_unblock().map_err(os)
+            });
+        }
+    };
+    // A plain command line runs without the shell; one whose program cannot
+    // start goes to the shell after all, which reports it as it would have.
+    let (mut child, direct) = plain_command::command_for(command, |name| std::env::var_os(name));
+    prepare(&mut child);
+    let spawned = match child.spawn() {
+        Err(_) if direct => {
+            let mut sh = plain_command::shell(command);
+            prepare(&mut sh);
+            sh.spawn()
+        }
+        spawned => spawned,
+    };
+    let child = match spawned {
         Ok(child) => child,
         Err(e) => {
             eprintln!("regatta session leader: cannot run /bin/sh: {e}");

@@ -20,14 +20,16 @@
 //!    (heard at once through [`control`]);
 //! 4. [`command`]: the command runs under a [`leader`] process in its own
 //!    process group and [`cgroup`] ([`containment`]), with a deadline, its
-//!    output captured to a bounded log ([`session_log`]); an agent's stdout
+//!    output captured to a bounded log ([`session_log`], in memory until it
+//!    outgrows it); an agent's stdout
 //!    goes to its [`transcript`], and the [`meter`] reads its usage (from
 //!    [`agent_stream`] and [`usage_channel`]) and kills it over its budget;
 //! 5. [`gate`]: verification gates run with their repairs, then the
 //!    declared outputs are checked;
 //! 6. [`artifact`] and [`evidence`]: outputs, artifacts and the log are
 //!    hashed into the artifact store with the session's evidence pack, still
-//!    under the leases;
+//!    under the leases, and made durable ([`durable`], one fsync pass for
+//!    sessions that end together);
 //! 7. [`reporter`]: `finished` goes back to the coordinator, preceded by
 //!    `started` only for a session that outlives a threshold
 //!    ([`start_notice`]); the leases are released once the coordinator
@@ -45,6 +47,7 @@ mod command_span;
 pub mod config;
 pub mod containment;
 pub mod control;
+pub mod durable;
 pub mod error;
 pub mod evidence;
 pub mod fault;
@@ -55,6 +58,8 @@ pub mod leader;
 pub mod lease;
 mod lease_span;
 pub mod meter;
+pub mod plain_command;
+
 pub mod reporter;
 pub mod repository;
 pub mod session;

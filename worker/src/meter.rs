@@ -8,7 +8,6 @@
 //! Problems reading either source are noted in the session's log, a bounded
 //! number of times, and never stop the session.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use regatta_proto::{AgentAdapter, AgentOrder, Budget, Prices, Usage};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent_stream::{LineBuffer, StreamError, StreamMeter};
+use crate::session_log::SessionLog;
 use crate::usage_channel::UsageChannel;
 
 /// How often the usage channel and the wall clock are checked.
@@ -32,7 +32,7 @@ pub struct Meter {
     adapter: Option<AgentAdapter>,
     budget: Budget,
     prices: Option<Prices>,
-    log_path: PathBuf,
+    log: SessionLog,
     transcript_path: PathBuf,
     crossed: CancellationToken,
     state: Mutex<State>,
@@ -49,22 +49,28 @@ struct State {
 }
 
 impl Meter {
-    /// A meter for a session whose folder is `session_dir`; `order` is the
-    /// work order's agent part, if any.
-    pub fn new(order: Option<&AgentOrder>, session_dir: &Path, log_path: PathBuf) -> Meter {
+    /// A meter for a session whose usage channel is `usage_path`, whose
+    /// agent writes its transcript to `transcript_path`, and whose problems
+    /// are noted in `log`; `order` is the work order's agent part, if any.
+    pub fn new(
+        order: Option<&AgentOrder>,
+        usage_path: PathBuf,
+        transcript_path: PathBuf,
+        log: SessionLog,
+    ) -> Meter {
         let order = order.cloned().unwrap_or_default();
         Meter {
             adapter: order.adapter,
             budget: order.budget,
             prices: order.prices,
-            log_path,
-            transcript_path: session_dir.join(TRANSCRIPT_FILE),
+            log,
+            transcript_path,
             crossed: CancellationToken::new(),
             state: Mutex::new(State {
                 stream: order
                     .adapter
                     .map(|adapter| (StreamMeter::new(adapter), LineBuffer::default())),
-                channel: UsageChannel::new(session_dir.join(crate::usage_channel::USAGE_FILE)),
+                channel: UsageChannel::new(usage_path),
                 started: None,
                 reason: None,
                 notes: 0,
@@ -204,14 +210,7 @@ impl Meter {
             _ => return,
         };
         tracing::debug!(source, problem, "usage not read");
-        let written = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log_path)
-            .and_then(|mut log| log.write_all(line.as_bytes()));
-        if let Err(e) = written {
-            tracing::warn!(error = %e, "cannot note a usage problem in the session log");
-        }
+        self.log.note(&line);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -247,7 +246,12 @@ mod tests {
                 )]),
             }),
         };
-        Meter::new(Some(&order), dir, dir.join("session.log"))
+        Meter::new(
+            Some(&order),
+            dir.join(crate::usage_channel::USAGE_FILE),
+            dir.join(TRANSCRIPT_FILE),
+            SessionLog::new(1 << 20, None),
+        )
     }
 
     const TURN: &[u8] =
@@ -296,7 +300,7 @@ mod tests {
         meter.poll();
         assert!(meter.crossed().is_cancelled());
         meter.end_stdout();
-        let log = std::fs::read_to_string(dir.path().join("session.log")).unwrap();
+        let log = meter.log.tail(100);
         assert!(
             log.contains("[regatta: agent stream: line 2 is not JSON"),
             "{log}"

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::command::{run_command, Beats, CommandSpec, Ending, Stop};
 use crate::gate::run_gates;
 use crate::lease::{Heartbeat, StopCause};
-use crate::session_log::log_tail;
+use crate::session_log::{SessionLog, Spill};
 use crate::worker::Shared;
 use crate::Error;
 
@@ -28,7 +28,8 @@ pub struct SessionResult {
     pub gates: Vec<GateReport>,
     /// From the session folder's creation to the end of the last gate.
     pub duration: Duration,
-    pub log_path: PathBuf,
+    /// The session's log, in memory or spilled into the store.
+    pub log: SessionLog,
     /// Git mode: what the session did with the repository.
     pub git: Option<regatta_proto::GitReport>,
     /// Git mode: the worktree, removed once the evidence is stored.
@@ -78,8 +79,7 @@ pub(crate) async fn run(shared: &Shared, order: &WorkOrder, fence: u64, claimed:
     let order = match &order.git {
         Some(_) => {
             let mut moved = order.clone();
-            moved.workdir = session_dir(shared, order)
-                .join("workspace")
+            moved.workdir = beside_session_dir(shared, order, "workspace")
                 .display()
                 .to_string();
             in_worktree = moved;
@@ -92,7 +92,10 @@ pub(crate) async fn run(shared: &Shared, order: &WorkOrder, fence: u64, claimed:
     let started_at = chrono::Utc::now();
     let result = run_under_heartbeat(shared, order, fence).await;
     let ended_at = chrono::Utc::now();
-    let log_tail = log_tail(&result.log_path, 20).await;
+    let log_tail = result.log.tail(20);
+    let log_path = result.log.store_path();
+    let kept_log = result.log.take();
+    let artifact_dir = session_dir(shared, order);
     // Evidence is stored and the result reported still under the leases.
     let renewal = Heartbeat::for_result(
         shared.leases.clone(),
@@ -112,7 +115,8 @@ pub(crate) async fn run(shared: &Shared, order: &WorkOrder, fence: u64, claimed:
         exit_code: result.exit_code,
         reason: result.reason.as_deref(),
         gates: &result.gates,
-        log_path: &result.log_path,
+        log: &kept_log,
+        artifact_dir: &artifact_dir,
         trace_id: trace.as_ref().map(|t| t.trace_id.as_str()),
         git: result.git.as_ref(),
         usage: result.usage.as_ref(),
@@ -143,7 +147,9 @@ pub(crate) async fn run(shared: &Shared, order: &WorkOrder, fence: u64, claimed:
         duration_ms: result.duration.as_millis() as u64,
         reason,
         log_tail,
-        log_path: result.log_path.display().to_string(),
+        log_path: log_path
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
         gates: result.gates,
         evidence,
         git: result.git.map(Box::new),
@@ -177,20 +183,31 @@ pub(crate) async fn run(shared: &Shared, order: &WorkOrder, fence: u64, claimed:
 async fn run_under_heartbeat(shared: &Shared, order: &WorkOrder, fence: u64) -> SessionResult {
     let config = &shared.config;
     let started = Instant::now();
-    let session_dir = session_dir(shared, order);
-    let artifact_dir = session_dir.join("artifacts");
-    let log_path = session_dir.join("session.log");
+    // The session's only folder on the worker is its artifact folder: the
+    // log stays in memory (or spills into the store), the usage channel
+    // and the transcript are files beside it, made only when written.
+    let artifact_dir = session_dir(shared, order);
+    let log = SessionLog::new(
+        config.max_log_bytes,
+        Some(Spill {
+            store: crate::artifact::ArtifactStore::new(&config.artifact_store),
+            batch_id: order.batch_id.clone(),
+            unit_id: order.unit_id.clone(),
+            session_id: order.session_id.clone(),
+        }),
+    );
     let mut git = None;
     let meter = std::sync::Arc::new(crate::meter::Meter::new(
         order.agent.as_ref(),
-        &session_dir,
-        log_path.clone(),
+        beside_session_dir(shared, order, crate::usage_channel::USAGE_FILE),
+        beside_session_dir(shared, order, crate::meter::TRANSCRIPT_FILE),
+        log.clone(),
     ));
     let conclusion = match tokio::fs::create_dir_all(&artifact_dir).await {
         Err(e) => {
             let what = format!(
                 "cannot create the session folder {}: {e}",
-                session_dir.display()
+                artifact_dir.display()
             );
             let (outcome, reason) = crate::fault::worker_fault(&shared.health, &what);
             Conclusion::new(outcome, None, Some(reason))
@@ -215,10 +232,14 @@ async fn run_under_heartbeat(shared: &Shared, order: &WorkOrder, fence: u64) -> 
             let spec = CommandSpec {
                 command: order.run.clone(),
                 workdir: order.workdir.clone().into(),
-                env: session_env(order, fence, &artifact_dir, &session_dir),
+                env: session_env(
+                    order,
+                    fence,
+                    &artifact_dir,
+                    &beside_session_dir(shared, order, crate::usage_channel::USAGE_FILE),
+                ),
                 timeout: Duration::from_millis(order.timeout_ms),
-                log_path: log_path.clone(),
-                max_log_bytes: config.max_log_bytes,
+                log: log.clone(),
                 grace: config.grace.min(Duration::from_secs(30)),
                 containment: config.containment.clone(),
                 // Two renewal periods: the leader kills a stalled worker's
@@ -253,7 +274,7 @@ async fn run_under_heartbeat(shared: &Shared, order: &WorkOrder, fence: u64) -> 
         reason: conclusion.reason,
         gates: conclusion.gates,
         duration: started.elapsed(),
-        log_path,
+        log,
         git: conclusion.git,
         workspace: git,
         usage: meter.finish(),
@@ -262,14 +283,26 @@ async fn run_under_heartbeat(shared: &Shared, order: &WorkOrder, fence: u64) -> 
     }
 }
 
-/// Where a session's files live on this worker.
+/// The session's folder on this worker, `<work-dir>/<batch>/<session>`: its
+/// `REGATTA_ARTIFACT_DIR`, fresh for each session (session ids are unique),
+/// and the one folder a session makes there.
 fn session_dir(shared: &Shared, order: &WorkOrder) -> PathBuf {
     shared
         .config
         .work_dir
         .join(&order.batch_id)
-        .join(&order.unit_id)
         .join(&order.session_id)
+}
+
+/// A path beside the session's folder, `<work-dir>/<batch>/<session>.<what>`,
+/// for what must not be collected as an artifact: the usage channel, an
+/// agent's transcript, a git mode worktree.
+fn beside_session_dir(shared: &Shared, order: &WorkOrder, what: &str) -> PathBuf {
+    shared
+        .config
+        .work_dir
+        .join(&order.batch_id)
+        .join(format!("{}.{what}", order.session_id))
 }
 
 /// Git mode: builds the worktree, runs the steps in it, and commits and
@@ -438,7 +471,7 @@ fn session_env(
     order: &WorkOrder,
     fence: u64,
     artifact_dir: &Path,
-    session_dir: &Path,
+    usage_path: &Path,
 ) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = order
         .env
@@ -459,13 +492,7 @@ fn session_env(
             "REGATTA_ARTIFACT_DIR".into(),
             artifact_dir.display().to_string(),
         ),
-        (
-            "REGATTA_USAGE".into(),
-            session_dir
-                .join(crate::usage_channel::USAGE_FILE)
-                .display()
-                .to_string(),
-        ),
+        ("REGATTA_USAGE".into(), usage_path.display().to_string()),
     ]);
     env
 }

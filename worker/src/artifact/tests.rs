@@ -25,7 +25,6 @@ fn setup(outputs: &[&str]) -> Setup {
     write(&outside, "top secret");
     std::fs::create_dir_all(&workdir).unwrap();
     std::fs::create_dir_all(session.join("artifacts")).unwrap();
-    write(&session.join("session.log"), "log line\n");
     Setup {
         store: ArtifactStore::new(temp.path().join("store")),
         files: SessionFiles {
@@ -36,7 +35,7 @@ fn setup(outputs: &[&str]) -> Setup {
             outputs: outputs.iter().map(|s| s.to_string()).collect(),
             inputs: Vec::new(),
             artifact_dir: session.join("artifacts"),
-            log_path: session.join("session.log"),
+            log: KeptLog::Memory(b"log line\n".to_vec()),
             transcript_path: None,
         },
         outside,
@@ -209,4 +208,41 @@ fn the_input_and_the_copy_of_a_stored_file_have_the_recorded_hash() {
     );
     let copy = std::fs::read(collection.session_dir.join("outputs/big.bin")).unwrap();
     assert_eq!(copy, bytes);
+}
+
+#[test]
+fn an_empty_log_leaves_no_file_and_a_spilled_one_is_hashed_where_it_is() {
+    let mut s = setup(&[]);
+    s.files.log = KeptLog::Empty;
+    let collection = s.store.collect_blocking(&s.files).unwrap();
+    assert!(collection.files.is_empty(), "{:?}", collection.files);
+    assert!(!collection.session_dir.join("session.log").exists());
+    // What a fresh session folder needs synced: the folders that gained an
+    // entry (the store's root, the batch's, the unit's) and its own.
+    let root = std::fs::canonicalize(s.store.root()).unwrap();
+    assert_eq!(
+        collection.to_sync,
+        vec![
+            root.clone(),
+            root.join("b"),
+            root.join("b/u"),
+            root.join("b/u/s")
+        ]
+    );
+
+    let (path, mut file) = s.store.open_log("b", "u", "s2").unwrap();
+    std::io::Write::write_all(&mut file, b"spilled\n").unwrap();
+    s.files.session_id = "s2".into();
+    s.files.log = KeptLog::Spilled(path.clone());
+    let collection = s.store.collect_blocking(&s.files).unwrap();
+    assert_eq!(collection.log().unwrap().sha256, sha("spilled\n"));
+    assert!(
+        collection.to_sync.contains(&path),
+        "{:?}",
+        collection.to_sync
+    );
+    // A spilled log anywhere but its session's folder is refused.
+    s.files.session_id = "s3".into();
+    let error = s.store.collect_blocking(&s.files).unwrap_err();
+    assert!(matches!(error, ArtifactError::Escapes(_)), "{error}");
 }
