@@ -173,11 +173,7 @@ impl Releaser {
         for (session_id, fence, actual_micros) in due {
             self.pending.remove(&session_id);
             tracing::debug!(session = %session_id, "the coordinator has not released the leases: releasing them");
-            if let Err(e) = self
-                .leases
-                .release(&session_id, fence, actual_micros)
-                .await
-            {
+            if let Err(e) = self.leases.release(&session_id, fence, actual_micros).await {
                 tracing::warn!(session = %session_id, error = %e, "releasing leases failed; they expire with their TTL");
             }
         }
