@@ -283,3 +283,27 @@ fn a_batch_without_a_budget_reserves_nothing() {
     assert_eq!(work_order(&fleet[&id], 0, NOW).batch_budget, None);
     assert_eq!(fleet[&id].units[0].history[0].reserved_micros, None);
 }
+
+/// A session shorter than the worker's `--started-after` sends no
+/// `started`: its `Finished` carries the start, and settles at its cost as
+/// Redis does, not as an order refused before it ran.
+#[test]
+fn a_short_sessions_finished_alone_settles_at_its_cost() {
+    let mut fleet = Fleet::new();
+    let id = fleet.insert(
+        batch(
+            "budget: {cost_usd: 3}\nconcurrency: 10",
+            ", budget: {cost_usd: 1}",
+            &units(2),
+        ),
+        (),
+    );
+    assert_eq!(publish(&mut fleet, &id), ["u0", "u1"]);
+    let Report::Finished(mut finish) = finished(Outcome::Succeeded, Some(0.4)) else {
+        unreachable!("finished() builds a Finished")
+    };
+    finish.started_at_ms = Some(NOW + 1);
+    finish.worker = Some("w".into());
+    send(&mut fleet, &id, "u0", Report::Finished(finish));
+    assert_eq!(fleet[&id].budget_spend(), spend(1.0, 0.4, 3.0));
+}

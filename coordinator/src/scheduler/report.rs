@@ -78,8 +78,10 @@ impl Batch {
                 // The budget settles at the reported cost, as Redis does;
                 // an attempt that never took its lease (an order refused
                 // before it ran) reserved nothing there, and settles nothing.
+                // A short session's start comes only in its `Finished`.
                 let cost = finish.usage.as_ref().and_then(|u| u.cost_usd);
                 let never_ran = finish.outcome != Outcome::Lost
+                    && finish.started_at_ms.is_none()
                     && self.units[unit]
                         .current()
                         .is_some_and(|a| a.started_at_ms.is_none());
