@@ -382,10 +382,18 @@ impl Usage {
 
     pub fn sample(&self) -> Sample {
         let workers: f64 = self.workers.iter().map(|p| process_cpu::own(*p)).sum();
+        // A worker's live children too: its session supervisor, which forks
+        // the leaders and reaps them, lives as long as the worker.
         let with_children: f64 = self
             .workers
             .iter()
-            .map(|p| process_cpu::with_reaped_children(*p))
+            .map(|p| {
+                process_cpu::with_reaped_children(*p)
+                    + process_cpu::children_of(*p)
+                        .into_iter()
+                        .map(process_cpu::with_reaped_children)
+                        .sum::<f64>()
+            })
             .sum();
         Sample {
             coordinator: process_cpu::with_reaped_children(self.coordinator),

@@ -91,6 +91,24 @@ pub fn load_average() -> [f64; 3] {
     ]
 }
 
+/// The live children of `parent` (a worker's session supervisor, whose
+/// CPU and whose reaped leaders' the worker only counts once it reaps the
+/// supervisor itself, at its exit).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // Field 4, the parent, is the 2nd after ')'.
+            stat_fields(&Path::new("/proc").join(pid.to_string()).join("stat"))
+                .get(1)
+                .is_some_and(|ppid| *ppid == u64::from(parent))
+        })
+        .collect()
+}
+
 /// Peak resident memory of a process, in MB.
 pub fn peak_mb(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -158,8 +176,10 @@ mod tests {
         assert_ne!(comm, name, "the child took its own name within 3 s");
         let oldest = oldest_named(comm.trim_end()).expect("the child is found by its name");
         assert!(started(oldest) <= started(child.id()));
+        assert!(children_of(std::process::id()).contains(&child.id()));
         let _ = child.kill();
         let _ = child.wait();
+        assert!(!children_of(std::process::id()).contains(&child.id()));
         assert!(load_average()[0] >= 0.0);
         assert!(peak_mb(std::process::id()) > 0.0);
     }

@@ -11,8 +11,12 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 
+use std::os::fd::AsFd;
+
 use crate::containment::Containment;
 use crate::session_log::{capture, SessionLog};
+use crate::supervisor::client::{Ended, Supervisor};
+use crate::supervisor::Request;
 use crate::{cgroup, leader, Error};
 
 /// What to run and how.
@@ -115,67 +119,38 @@ async fn run_contained(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Durat
     }
     .map_err(Error::Spawn)?;
     drop(writer);
-    let stdout = Stdio::from(stdout);
     let containment = &spec.containment;
-    let mut command = tokio::process::Command::new(&containment.leader_exe);
-    // The worker binary leads through a hidden subcommand; the dedicated
-    // leader binary takes the arguments directly.
-    if containment.leader_exe.file_name() != Some(std::ffi::OsStr::new(leader::BINARY)) {
-        command.arg(leader::SUBCOMMAND);
-    }
-    command
-        .arg(std::process::id().to_string())
-        .arg(
-            spec.beats
-                .as_ref()
-                .map_or(0, |b| b.deadline.as_millis() as u64)
-                .to_string(),
-        )
-        .arg(&spec.command)
-        .args(containment.session_user.map(|user| user.to_arg()))
-        .current_dir(&spec.workdir)
-        // The fleet's secrets and connection URLs stay with the worker: a
-        // session that could read REGATTA_SECRET could sign its own orders.
-        .env_remove("REGATTA_SECRET")
-        .env_remove("REGATTA_API_TOKEN")
-        .env_remove("REGATTA_AMQP_URL")
-        .env_remove("REGATTA_REDIS_URL")
-        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(if spec.beats.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(stdout)
-        .stderr(Stdio::from(writer_err))
-        .process_group(0)
-        .kill_on_drop(false);
     // The leader joins the session's cgroup before it runs anything, so
     // every process of the session is in it.
     let cgroup = session_cgroup(containment);
-    if let Some(procs) = cgroup.as_ref().map(cgroup::SessionCgroup::procs_fd) {
-        // SAFETY: one `write` between fork and exec (async-signal-safe).
-        unsafe {
-            command.pre_exec(move || cgroup::join(procs));
-        }
-    }
+    let deadline_ms = spec
+        .beats
+        .as_ref()
+        .map_or(0, |b| b.deadline.as_millis() as u64);
     let started = Instant::now();
-    let mut child = command.spawn().map_err(Error::Spawn)?;
+    let supervisor = containment.supervisor.as_ref().filter(|s| s.is_alive());
+    let (mut child, stdin) = match supervisor {
+        Some(supervisor) => {
+            fork_leader(
+                supervisor,
+                spec,
+                deadline_ms,
+                stdout,
+                writer_err,
+                cgroup.as_ref(),
+            )
+            .await?
+        }
+        None => spawn_leader(spec, deadline_ms, stdout, writer_err, cgroup.as_ref())?,
+    };
     // Forward each renewal to the leader as one byte on its stdin.
-    let forward = match (child.stdin.take(), spec.beats.clone()) {
-        (Some(mut stdin), Some(mut beats)) => Some(tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt;
-            while beats.renewals.changed().await.is_ok() {
-                if stdin.write_all(b".").await.is_err() {
-                    break;
-                }
-            }
-        })),
+    let forward = match (stdin, spec.beats.clone()) {
+        (Some(stdin), Some(beats)) => Some(tokio::spawn(forward_beats(stdin, beats))),
         _ => None,
     };
-    // Our copies of the pipe's write end went into the child; once every
-    // process of the session closes it, the capture sees end of file.
-    drop(command);
+    // Our copies of the pipe's write end went into the child and are
+    // closed here; once every process of the session closes it, the
+    // capture sees end of file.
     let capture = tokio::spawn(capture(reader, spec.log.clone()));
     let transcript = transcript.map(|(out_reader, out_writer, file, meter)| {
         drop(out_writer);
@@ -186,7 +161,7 @@ async fn run_contained(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Durat
             meter,
         ))
     });
-    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    let pgid = child.pid().map(Pid::from_raw);
     // The channel and the wall clock are read on a timer; the stream at
     // every line it writes.
     let crossed = meter
@@ -287,7 +262,7 @@ fn exit_code(status: Option<std::process::ExitStatus>) -> i32 {
 /// once if `now` fires meanwhile.
 async fn terminate_group(
     pgid: Option<Pid>,
-    child: &mut tokio::process::Child,
+    child: &mut Leader,
     grace: Duration,
     now: &CancellationToken,
 ) {
@@ -305,7 +280,7 @@ async fn terminate_group(
 /// SIGHUP, as if the worker died, and kills every process of the session,
 /// those that left its group too; SIGKILL to the group follows, for a
 /// leader that does not answer within a second.
-async fn kill_group(pgid: Option<Pid>, child: &mut tokio::process::Child) {
+async fn kill_group(pgid: Option<Pid>, child: &mut Leader) {
     if let Some(pgid) = pgid {
         let _ = nix::sys::signal::kill(pgid, Signal::SIGHUP);
         let _ = tokio::time::timeout(Duration::from_secs(1), child.wait()).await;
@@ -324,6 +299,168 @@ fn session_cgroup(containment: &Containment) -> Option<cgroup::SessionCgroup> {
         Err(e) => {
             tracing::warn!(parent = %parent.dir().display(), "cannot make the session's cgroup ({e}); its leader alone will kill what it leaves");
             None
+        }
+    }
+}
+
+/// The fleet's secrets and connection URLs stay with the worker: a session
+/// that could read REGATTA_SECRET could sign its own orders.
+pub const WITHHELD: [&str; 4] = [
+    "REGATTA_SECRET",
+    "REGATTA_API_TOKEN",
+    "REGATTA_AMQP_URL",
+    "REGATTA_REDIS_URL",
+];
+
+/// A session's leader: exec'd by the worker, or forked by its supervisor.
+enum Leader {
+    Spawned(tokio::process::Child),
+    Forked {
+        pid: i32,
+        ended: tokio::sync::oneshot::Receiver<Ended>,
+        status: Option<std::process::ExitStatus>,
+    },
+}
+
+impl Leader {
+    /// Its pid, which is its process group; `None` once reaped (spawned).
+    fn pid(&self) -> Option<i32> {
+        match self {
+            Leader::Spawned(child) => child.id().map(|id| id as i32),
+            Leader::Forked { pid, .. } => Some(*pid),
+        }
+    }
+
+    /// Waits for it to end (cancel-safe).
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            Leader::Spawned(child) => child.wait().await,
+            Leader::Forked { ended, status, .. } => {
+                if let Some(status) = status {
+                    return Ok(*status);
+                }
+                // A supervisor that vanished took its leaders with it.
+                let end = ended.await.unwrap_or(Ended::KILLED);
+                Ok(*status.insert(end.status()))
+            }
+        }
+    }
+}
+
+/// Exec's the leader binary for the command (no supervisor).
+fn spawn_leader(
+    spec: &CommandSpec,
+    deadline_ms: u64,
+    stdout: std::io::PipeWriter,
+    stderr: std::io::PipeWriter,
+    cgroup: Option<&cgroup::SessionCgroup>,
+) -> Result<(Leader, Option<Heartbeats>), Error> {
+    let containment = &spec.containment;
+    let mut command = tokio::process::Command::new(&containment.leader_exe);
+    // The worker binary leads through a hidden subcommand; the dedicated
+    // leader binary takes the arguments directly.
+    if containment.leader_exe.file_name() != Some(std::ffi::OsStr::new(leader::BINARY)) {
+        command.arg(leader::SUBCOMMAND);
+    }
+    command
+        .arg(std::process::id().to_string())
+        .arg(deadline_ms.to_string())
+        .arg(&spec.command)
+        .args(containment.session_user.map(|user| user.to_arg()))
+        .current_dir(&spec.workdir)
+        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(if spec.beats.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr))
+        .process_group(0)
+        .kill_on_drop(false);
+    for name in WITHHELD {
+        command.env_remove(name);
+    }
+    if let Some(procs) = cgroup.map(cgroup::SessionCgroup::procs_fd) {
+        // SAFETY: one `write` between fork and exec (async-signal-safe).
+        unsafe {
+            command.pre_exec(move || cgroup::join(procs));
+        }
+    }
+    let mut child = command.spawn().map_err(Error::Spawn)?;
+    let stdin = child.stdin.take().map(Heartbeats::Spawned);
+    Ok((Leader::Spawned(child), stdin))
+}
+
+/// Asks the worker's supervisor to fork a leader for the command.
+async fn fork_leader(
+    supervisor: &Supervisor,
+    spec: &CommandSpec,
+    deadline_ms: u64,
+    stdout: std::io::PipeWriter,
+    stderr: std::io::PipeWriter,
+    cgroup: Option<&cgroup::SessionCgroup>,
+) -> Result<(Leader, Option<Heartbeats>), Error> {
+    let heartbeat = match spec.beats {
+        Some(_) => Some(std::io::pipe().map_err(Error::Spawn)?),
+        None => None,
+    };
+    let mut fds = vec![stdout.as_fd(), stderr.as_fd()];
+    if let Some((reader, _)) = &heartbeat {
+        fds.push(reader.as_fd());
+    }
+    if let Some(procs) = cgroup.map(cgroup::SessionCgroup::procs_fd) {
+        // SAFETY: the cgroup's file stays open for as long as `cgroup` lives,
+        // which outlasts this call.
+        fds.push(unsafe { std::os::fd::BorrowedFd::borrow_raw(procs) });
+    }
+    let request = Request {
+        id: 0,
+        command: spec.command.clone(),
+        workdir: spec.workdir.clone(),
+        env: spec.env.clone(),
+        deadline_ms,
+        user: spec.containment.session_user.map(|user| user.to_arg()),
+        stdin: heartbeat.is_some(),
+        cgroup: cgroup.is_some(),
+    };
+    let forked = supervisor.fork(request, &fds).await.map_err(|e| {
+        Error::Spawn(std::io::Error::other(format!(
+            "the session supervisor: {e}"
+        )))
+    })?;
+    let stdin = match heartbeat {
+        Some((_reader, writer)) => Some(Heartbeats::Forked(
+            tokio::net::unix::pipe::Sender::from_owned_fd(writer.into()).map_err(Error::Spawn)?,
+        )),
+        None => None,
+    };
+    Ok((
+        Leader::Forked {
+            pid: forked.pid,
+            ended: forked.ended,
+            status: None,
+        },
+        stdin,
+    ))
+}
+
+/// Where the worker writes a byte per lease renewal for the leader.
+enum Heartbeats {
+    Spawned(tokio::process::ChildStdin),
+    Forked(tokio::net::unix::pipe::Sender),
+}
+
+/// Writes one byte to the leader per renewal, until either side is gone.
+async fn forward_beats(stdin: Heartbeats, mut beats: Beats) {
+    use tokio::io::AsyncWriteExt;
+    let mut stdin: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>> = match stdin {
+        Heartbeats::Spawned(stdin) => Box::pin(stdin),
+        Heartbeats::Forked(pipe) => Box::pin(pipe),
+    };
+    while beats.renewals.changed().await.is_ok() {
+        if stdin.write_all(b".").await.is_err() {
+            break;
         }
     }
 }

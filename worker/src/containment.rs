@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::cgroup::CgroupParent;
+use crate::supervisor::client::Supervisor;
 use crate::Error;
 
 /// How the worker starts a session's leader, and what contains the session.
@@ -17,6 +18,10 @@ pub struct Containment {
     /// session ends; `None` where the machine has no writable cgroup v2,
     /// and then the leader, a subreaper, kills what its command left.
     pub cgroups: Option<CgroupParent>,
+    /// The process that forks each command's leader (see
+    /// [`crate::supervisor`]); `None`, or one that has died, and the
+    /// worker exec's `leader_exe` per command instead.
+    pub supervisor: Option<std::sync::Arc<Supervisor>>,
 }
 
 impl Containment {
@@ -26,6 +31,7 @@ impl Containment {
             leader_exe,
             session_user: None,
             cgroups: None,
+            supervisor: None,
         }
     }
 

@@ -67,6 +67,14 @@ pub fn executable(worker_exe: &std::path::Path) -> std::path::PathBuf {
 /// Runs the leader: `regatta-worker session-leader <worker pid>
 /// <deadline ms, 0 for none> <command> [<uid>:<gid> to run it as]`.
 pub fn main(worker_pid: i32, deadline_ms: u64, command: &str, user: Option<&str>) -> ExitCode {
+    ExitCode::from(run(worker_pid, deadline_ms, command, user))
+}
+
+/// The leader's work, in an exec'd leader or one forked by the
+/// [`supervisor`](crate::supervisor): `parent_pid` is the process whose
+/// death kills the session (the worker, or the supervisor that dies with
+/// it). Returns the exit status to leave with.
+pub fn run(parent_pid: i32, deadline_ms: u64, command: &str, user: Option<&str>) -> u8 {
     // Only a process that leads its own group may take the group down; a
     // leader started by hand in someone else's group just runs the command.
     let leads_group = getpgrp() == getpid();
@@ -77,7 +85,7 @@ pub fn main(worker_pid: i32, deadline_ms: u64, command: &str, user: Option<&str>
         if leads_group {
             let _ = killpg(getpgrp(), Signal::SIGKILL);
         }
-        ExitCode::from(125)
+        125
     };
     let mut signals = SigSet::empty();
     signals.add(Signal::SIGHUP);
@@ -86,38 +94,39 @@ pub fn main(worker_pid: i32, deadline_ms: u64, command: &str, user: Option<&str>
     // Blocked, they queue on the signalfd instead of acting.
     if let Err(e) = signals.thread_block() {
         eprintln!("regatta session leader: cannot block signals: {e}");
-        return ExitCode::from(125);
+        return 125;
     }
-    let signal_fd = match SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK) {
-        Ok(fd) => fd,
-        Err(e) => {
-            eprintln!("regatta session leader: cannot watch signals: {e}");
-            return ExitCode::from(125);
-        }
-    };
+    let signal_fd =
+        match SignalFd::with_flags(&signals, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC) {
+            Ok(fd) => fd,
+            Err(e) => {
+                eprintln!("regatta session leader: cannot watch signals: {e}");
+                return 125;
+            }
+        };
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGHUP) {
         eprintln!("regatta session leader: cannot watch the worker: {e}");
-        return ExitCode::from(125);
+        return 125;
     }
-    // The worker may have died between fork and prctl.
-    if getppid() != Pid::from_raw(worker_pid) {
+    // The parent may have died between fork and prctl.
+    if getppid() != Pid::from_raw(parent_pid) {
         return kill();
     }
     // execve made this process dumpable again: the session, same user,
     // could otherwise ptrace it or read its memory.
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
         eprintln!("regatta session leader: cannot make itself non-dumpable: {e}");
-        return ExitCode::from(125);
+        return 125;
     }
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         eprintln!("regatta session leader: cannot become the session's subreaper: {e}");
-        return ExitCode::from(125);
+        return 125;
     }
     let user = match user.map(parse_user).transpose() {
         Ok(user) => user,
         Err(e) => {
             eprintln!("regatta session leader: {e}");
-            return ExitCode::from(125);
+            return 125;
         }
     };
     if let Some(user) = user {
@@ -156,7 +165,7 @@ pub fn main(worker_pid: i32, deadline_ms: u64, command: &str, user: Option<&str>
         Ok(child) => child,
         Err(e) => {
             eprintln!("regatta session leader: cannot run /bin/sh: {e}");
-            return ExitCode::from(127);
+            return 127;
         }
     };
     let child_pid = Pid::from_raw(child.id() as i32);
@@ -196,14 +205,14 @@ pub fn main(worker_pid: i32, deadline_ms: u64, command: &str, user: Option<&str>
                 _ => match waitpid(child_pid, Some(WaitPidFlag::WNOHANG)) {
                     Ok(WaitStatus::Exited(_, code)) => {
                         sweep();
-                        return ExitCode::from(code.clamp(0, 255) as u8);
+                        return code.clamp(0, 255) as u8;
                     }
                     Ok(WaitStatus::Signaled(_, signal, _)) => {
                         sweep();
-                        return ExitCode::from((128 + signal as i32).clamp(0, 255) as u8);
+                        return (128 + signal as i32).clamp(0, 255) as u8;
                     }
                     Ok(_) => {}
-                    Err(_) => return ExitCode::from(125),
+                    Err(_) => return 125,
                 },
             }
         }
@@ -230,9 +239,8 @@ pub fn main(worker_pid: i32, deadline_ms: u64, command: &str, user: Option<&str>
 fn sweep() {
     let me = getpid();
     loop {
-        for child in children_of(me) {
-            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-        }
+        // Reaping first: a session that left nothing behind (the usual
+        // case) ends here, without reading every process's `/proc` entry.
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => break,
@@ -240,6 +248,9 @@ fn sweep() {
                 // ECHILD: no child is left.
                 Err(_) => return,
             }
+        }
+        for child in children_of(me) {
+            let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(1));
     }

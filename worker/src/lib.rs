@@ -65,6 +65,7 @@ pub mod repository;
 pub mod session;
 pub mod session_log;
 pub mod start_notice;
+pub mod supervisor;
 pub mod transcript;
 pub mod usage_channel;
 pub mod worker;

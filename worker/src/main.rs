@@ -9,7 +9,8 @@ use clap::Parser;
 use regatta_proto::{Keys, Names, Signer};
 use regatta_worker::cgroup::CgroupParent;
 use regatta_worker::containment::{Containment, SessionUser};
-use regatta_worker::{leader, WorkerConfig};
+use regatta_worker::supervisor::client::Supervisor;
+use regatta_worker::{command, leader, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 /// Takes work orders off RabbitMQ and runs their sessions.
@@ -38,6 +39,10 @@ struct Args {
     /// alone (it kills every process its command left, as their subreaper).
     #[arg(long, env = "REGATTA_SESSION_CGROUPS", value_enum, default_value_t = CgroupMode::Auto)]
     session_cgroups: CgroupMode,
+    /// Exec a leader binary for every command instead of forking it from
+    /// one long-lived supervisor process (slower; the same guarantees).
+    #[arg(long, env = "REGATTA_NO_SESSION_SUPERVISOR")]
+    no_session_supervisor: bool,
     /// How many sessions this worker runs at once.
     #[arg(long, env = "REGATTA_SLOTS", default_value_t = 4)]
     slots: usize,
@@ -171,7 +176,11 @@ async fn run(args: Args, secret: regatta_secret::FleetSecret) -> anyhow::Result<
         name: args.name.unwrap_or_else(WorkerConfig::default_name),
         max_log_bytes: args.max_log_bytes,
         started_after: args.started_after,
-        containment: containment(session_user.as_deref(), args.session_cgroups)?,
+        containment: containment(
+            session_user.as_deref(),
+            args.session_cgroups,
+            !args.no_session_supervisor,
+        )?,
     };
     tracing::info!("{}", config.containment.describe());
     let shutdown = CancellationToken::new();
@@ -182,7 +191,11 @@ async fn run(args: Args, secret: regatta_secret::FleetSecret) -> anyhow::Result<
 
 /// The leader beside this binary, the session user, and a cgroup per
 /// session where this machine lets the worker make them.
-fn containment(session_user: Option<&str>, mode: CgroupMode) -> anyhow::Result<Containment> {
+fn containment(
+    session_user: Option<&str>,
+    mode: CgroupMode,
+    supervise: bool,
+) -> anyhow::Result<Containment> {
     let leader_exe = leader::executable(
         &std::env::current_exe().context("cannot find the worker's own executable")?,
     );
@@ -198,9 +211,26 @@ fn containment(session_user: Option<&str>, mode: CgroupMode) -> anyhow::Result<C
             None
         }
     };
+    // One process forks every leader, cheaper than an exec per command; it
+    // needs the dedicated leader binary (see `supervisor`).
+    let supervisor = match supervise
+        && leader_exe.file_name() == Some(std::ffi::OsStr::new(leader::BINARY))
+    {
+        true => {
+            match Supervisor::start(&leader_exe, &command::WITHHELD) {
+                Ok(supervisor) => Some(supervisor),
+                Err(e) => {
+                    tracing::warn!("cannot start the session supervisor ({e}); each command exec's its own leader");
+                    None
+                }
+            }
+        }
+        false => None,
+    };
     Ok(Containment {
         leader_exe,
         session_user,
         cgroups,
+        supervisor,
     })
 }

@@ -7,6 +7,10 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(regatta_worker::supervisor::SUBCOMMAND) {
+        let worker_pid = argv.get(2).and_then(|p| p.parse().ok()).unwrap_or(0);
+        return regatta_worker::supervisor::main(worker_pid);
+    }
     let worker_pid = argv.get(1).and_then(|p| p.parse().ok()).unwrap_or(0);
     let deadline_ms = argv.get(2).and_then(|d| d.parse().ok()).unwrap_or(0);
     let command = argv.get(3).cloned().unwrap_or_default();
