@@ -15,7 +15,7 @@ use std::os::fd::AsFd;
 
 use crate::containment::Containment;
 use crate::session_log::{capture, SessionLog};
-use crate::supervisor::client::{Ended, Supervisor};
+use crate::supervisor::client::{Ended, ForkError, Supervisor};
 use crate::supervisor::Request;
 use crate::{cgroup, leader, Error};
 
@@ -129,17 +129,42 @@ async fn run_contained(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Durat
         .map_or(0, |b| b.deadline.as_millis() as u64);
     let started = Instant::now();
     let supervisor = containment.supervisor.as_ref().filter(|s| s.is_alive());
-    let (mut child, stdin) = match supervisor {
+    let forked = match supervisor {
         Some(supervisor) => {
-            fork_leader(
+            match fork_leader(
                 supervisor,
                 spec,
                 deadline_ms,
-                stdout,
-                writer_err,
+                &stdout,
+                &writer_err,
                 cgroup.as_ref(),
             )
-            .await?
+            .await
+            {
+                Ok(forked) => Some(forked),
+                // Too large a request, a folder that is not there, a
+                // supervisor gone: the exec'd leader either runs it or
+                // fails as it always did.
+                Err(ForkError::Refused(e)) => {
+                    tracing::debug!("the session supervisor did not start the command ({e}); exec'ing its leader");
+                    None
+                }
+                // A leader may have run and died with the supervisor:
+                // another must not overlap it.
+                Err(lost @ ForkError::Lost(_)) => {
+                    tracing::warn!("{lost}: the command is abandoned");
+                    return Ok((Ending::Abandoned, started.elapsed()));
+                }
+            }
+        }
+        None => None,
+    };
+    let (mut child, stdin) = match forked {
+        Some(forked) => {
+            // Our copies of the pipes' write ends: once every process of
+            // the session closes its own, the capture sees end of file.
+            drop((stdout, writer_err));
+            forked
         }
         None => spawn_leader(spec, deadline_ms, stdout, writer_err, cgroup.as_ref())?,
     };
@@ -392,17 +417,26 @@ fn spawn_leader(
     Ok((Leader::Spawned(child), stdin))
 }
 
-/// Asks the worker's supervisor to fork a leader for the command.
+/// Asks the worker's supervisor to fork a leader for the command; `Err`
+/// says why none runs.
 async fn fork_leader(
     supervisor: &Supervisor,
     spec: &CommandSpec,
     deadline_ms: u64,
-    stdout: std::io::PipeWriter,
-    stderr: std::io::PipeWriter,
+    stdout: &std::io::PipeWriter,
+    stderr: &std::io::PipeWriter,
     cgroup: Option<&cgroup::SessionCgroup>,
-) -> Result<(Leader, Option<Heartbeats>), Error> {
+) -> Result<(Leader, Option<Heartbeats>), ForkError> {
+    // The worker's end is ready before the leader exists: once it is
+    // forked, nothing may fail and leave a second leader to be exec'd.
     let heartbeat = match spec.beats {
-        Some(_) => Some(std::io::pipe().map_err(Error::Spawn)?),
+        Some(_) => {
+            let (reader, writer) = std::io::pipe()
+                .map_err(|e| ForkError::Refused(format!("no pipe for heartbeats: {e}")))?;
+            let writer = tokio::net::unix::pipe::Sender::from_owned_fd(writer.into())
+                .map_err(|e| ForkError::Refused(format!("cannot watch the heartbeat pipe: {e}")))?;
+            Some((reader, writer))
+        }
         None => None,
     };
     let mut fds = vec![stdout.as_fd(), stderr.as_fd()];
@@ -424,17 +458,8 @@ async fn fork_leader(
         stdin: heartbeat.is_some(),
         cgroup: cgroup.is_some(),
     };
-    let forked = supervisor.fork(request, &fds).await.map_err(|e| {
-        Error::Spawn(std::io::Error::other(format!(
-            "the session supervisor: {e}"
-        )))
-    })?;
-    let stdin = match heartbeat {
-        Some((_reader, writer)) => Some(Heartbeats::Forked(
-            tokio::net::unix::pipe::Sender::from_owned_fd(writer.into()).map_err(Error::Spawn)?,
-        )),
-        None => None,
-    };
+    let forked = supervisor.fork(request, &fds).await?;
+    let stdin = heartbeat.map(|(_reader, writer)| Heartbeats::Forked(writer));
     Ok((
         Leader::Forked {
             pid: forked.pid,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use regatta_worker::command::{run_command, Beats, CommandSpec, Ending, Stop};
 use regatta_worker::containment::Containment;
 use regatta_worker::session_log::SessionLog;
-use regatta_worker::supervisor::client::Supervisor;
+use regatta_worker::supervisor::client::{ForkError, Supervisor};
 use regatta_worker::supervisor::Request;
 
 fn leader_exe() -> PathBuf {
@@ -96,11 +96,19 @@ async fn a_forked_leader_runs_the_command_as_an_execd_one_does() {
     let command = "echo out $REGATTA_TEST_WORD; echo err >&2; pwd; exit 3";
     for with in [Some(supervisor.clone()), None] {
         let spec = spec(command, with.clone(), &dir);
+        let started = Instant::now();
         assert_eq!(
             run(&spec).await,
             Ending::Exited(3),
             "under supervisor: {}",
             with.is_some()
+        );
+        // A hang guard, not a timing: a write end of the log's pipe left
+        // open in the worker holds the capture for its 5 s timeout.
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "the log's capture waited {:?}: a copy of its pipe was left open",
+            started.elapsed()
         );
         let log = spec.log.tail(50);
         assert!(log.contains("out tern"), "the session's environment: {log}");
@@ -262,14 +270,20 @@ async fn a_missing_working_folder_is_refused_with_its_name() {
         .await
         .err()
         .unwrap_or_else(|| panic!("a missing folder was not refused"));
-    assert!(refused.contains("/no/such/folder/here"), "{refused}");
+    assert!(
+        matches!(&refused, ForkError::Refused(why) if why.contains("/no/such/folder/here")),
+        "{refused}"
+    );
     // Descriptors that do not match the request are refused too.
     let refused = supervisor
         .fork(request, &[stdout.1.as_fd()])
         .await
         .err()
         .unwrap_or_else(|| panic!("a request short of descriptors was not refused"));
-    assert!(refused.contains("descriptors"), "{refused}");
+    assert!(
+        matches!(&refused, ForkError::Refused(why) if why.contains("descriptors")),
+        "{refused}"
+    );
     assert!(supervisor.is_alive());
 }
 
@@ -285,6 +299,36 @@ async fn many_commands_at_once_each_get_their_own_end() {
         let (n, ending) = handle.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(ending, Ending::Exited(n % 7));
     }
+}
+
+#[tokio::test]
+async fn a_command_too_large_for_the_supervisor_runs_under_an_execd_leader() {
+    let dir = temp();
+    let supervisor = supervisor();
+    let mut large = spec(
+        // The parent of the leader ($PPID of the shell): this process
+        // when the leader was exec'd, the supervisor when forked.
+        "test ${#REGATTA_TEST_LARGE} -eq 100000 && cut -d' ' -f4 /proc/$PPID/stat",
+        Some(supervisor.clone()),
+        &dir,
+    );
+    large
+        .env
+        .push(("REGATTA_TEST_LARGE".to_owned(), "y".repeat(100_000)));
+    assert_eq!(
+        run(&large).await,
+        Ending::Exited(0),
+        "{}",
+        large.log.tail(5)
+    );
+    let parent: u32 = large.log.tail(1).trim().parse().unwrap_or(0);
+    assert_eq!(
+        parent,
+        std::process::id(),
+        "the leader was exec'd by the worker: {}",
+        large.log.tail(5)
+    );
+    assert!(supervisor.is_alive());
 }
 
 fn pipe_writer() -> (std::io::PipeReader, std::io::PipeWriter) {

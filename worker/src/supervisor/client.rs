@@ -24,6 +24,8 @@ use tokio::sync::oneshot;
 
 use super::{Reply, Request, MAX_REQUEST, SUBCOMMAND};
 
+const GONE: &str = "the session supervisor is gone";
+
 /// How a leader ended: its exit code, or the signal that killed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ended {
@@ -59,9 +61,29 @@ pub struct Forked {
     pub ended: oneshot::Receiver<Ended>,
 }
 
+/// Why a request started no leader that the worker knows of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForkError {
+    /// No leader was started: the worker may start one itself.
+    Refused(String),
+    /// The supervisor died with the request in hand: a leader may have
+    /// been forked, and died with it; starting another could overlap it,
+    /// so the command counts as abandoned.
+    Lost(String),
+}
+
+impl std::fmt::Display for ForkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ForkError::Refused(why) => write!(f, "{why}"),
+            ForkError::Lost(why) => write!(f, "{why}; its leader, if forked, died with it"),
+        }
+    }
+}
+
 /// A caller waiting on the supervisor.
 enum Waiting {
-    Start(oneshot::Sender<Result<Forked, String>>),
+    Start(oneshot::Sender<Result<Forked, ForkError>>),
     End(oneshot::Sender<Ended>),
 }
 
@@ -148,18 +170,21 @@ impl Supervisor {
         &self,
         mut request: Request,
         fds: &[BorrowedFd<'_>],
-    ) -> Result<Forked, String> {
+    ) -> Result<Forked, ForkError> {
         request.id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let bytes =
-            rmp_serde::to_vec(&request).map_err(|e| format!("cannot encode the request: {e}"))?;
+        let bytes = rmp_serde::to_vec(&request)
+            .map_err(|e| ForkError::Refused(format!("cannot encode the request: {e}")))?;
         if bytes.len() > MAX_REQUEST {
-            return Err(format!("the command and its environment take {} bytes, over the supervisor's {MAX_REQUEST}", bytes.len()));
+            return Err(ForkError::Refused(format!(
+                "the command and its environment take {} bytes, over the supervisor's {MAX_REQUEST}",
+                bytes.len()
+            )));
         }
         let (sender, receiver) = oneshot::channel();
         self.lock().insert(request.id, Waiting::Start(sender));
         if !self.is_alive() {
             self.lock().remove(&request.id);
-            return Err("the session supervisor is gone".to_owned());
+            return Err(ForkError::Refused(GONE.to_owned()));
         }
         let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
         let sent = loop {
@@ -183,12 +208,15 @@ impl Supervisor {
             }
         };
         if let Err(e) = sent {
+            // Not sent: no leader can exist for it.
             self.lock().remove(&request.id);
-            return Err(format!("cannot reach the session supervisor: {e}"));
+            return Err(ForkError::Refused(format!(
+                "cannot reach the session supervisor: {e}"
+            )));
         }
         receiver
             .await
-            .unwrap_or_else(|_| Err("the session supervisor is gone".to_owned()))
+            .unwrap_or_else(|_| Err(ForkError::Lost(GONE.to_owned())))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiting>> {
@@ -242,7 +270,7 @@ impl Supervisor {
             }
             Reply::NotStarted { id, error } => {
                 if let Some(Waiting::Start(caller)) = waiting.remove(&id) {
-                    let _ = caller.send(Err(error));
+                    let _ = caller.send(Err(ForkError::Refused(error)));
                 }
             }
             Reply::Ended { id, code, signal } => {
@@ -259,7 +287,7 @@ impl Supervisor {
         for (_, caller) in self.lock().drain() {
             match caller {
                 Waiting::Start(caller) => {
-                    let _ = caller.send(Err("the session supervisor is gone".to_owned()));
+                    let _ = caller.send(Err(ForkError::Lost(GONE.to_owned())));
                 }
                 Waiting::End(caller) => {
                     let _ = caller.send(Ended::KILLED);
