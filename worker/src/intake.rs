@@ -4,7 +4,8 @@
 //! must never run is dead-lettered with its reason.
 //!
 //! Intake control (contract 2, docs/contracts.md): each slot has its own channel with a
-//! prefetch of one and consumes only while it is free. On a delivery it
+//! prefetch of one and takes work only while it is free: a unit already in
+//! the queue with one `basic.get`, else by consuming until one arrives. On a delivery it
 //! cancels its consumer *before* acking, so the broker cannot push it a
 //! second unit: a unit never waits in a busy worker's buffer, and a worker
 //! never holds more units than it has free slots. The ack follows the claim
@@ -17,7 +18,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions,
+    BasicQosOptions,
 };
 use lapin::types::FieldTable;
 use lapin::Channel;
@@ -88,6 +90,17 @@ async fn take_one(
     channel: &Channel,
     slot: usize,
 ) -> Result<Option<Delivery>, lapin::Error> {
+    // A unit already waiting is taken with one `basic.get`: to the broker
+    // one command where a consumer costs three (consume, deliver, cancel),
+    // which is what a busy fleet pays per unit. Only an empty queue is
+    // waited on with a consumer.
+    let queue = shared.config.names.work_queue();
+    if let Some(waiting) = channel
+        .basic_get(queue.as_str().into(), BasicGetOptions::default())
+        .await?
+    {
+        return Ok(Some(waiting.delivery));
+    }
     let tag = format!(
         "{}-slot{slot}-{}",
         shared.config.name,
@@ -95,7 +108,7 @@ async fn take_one(
     );
     let mut consumer = channel
         .basic_consume(
-            shared.config.names.work_queue().as_str().into(),
+            queue.as_str().into(),
             tag.as_str().into(),
             BasicConsumeOptions::default(),
             FieldTable::default(),
