@@ -291,6 +291,9 @@ fn become_leader(
     request: Request,
     descriptors: Vec<OwnedFd>,
 ) -> u8 {
+    // Seen as a leader in `ps -o comm` and `top`, not as a second
+    // supervisor (its command line stays the supervisor's).
+    let _ = nix::sys::prctl::set_name(c"regatta-leader");
     // The worker's socket and the supervisor's signals are not the session's.
     let _ = nix::unistd::close(socket.as_raw_fd());
     let _ = nix::unistd::close(signal_fd.as_fd().as_raw_fd());

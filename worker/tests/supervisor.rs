@@ -214,6 +214,12 @@ async fn leaders_are_the_supervisors_children_and_die_with_it() {
         .fork(request, &[stdout.1.as_fd(), stderr.1.as_fd()])
         .await
         .unwrap_or_else(|e| panic!("not forked: {e}"));
+    // A forked leader names itself (just after the fork, so wait for it).
+    let comm = || std::fs::read_to_string(format!("/proc/{}/comm", forked.pid)).unwrap_or_default();
+    wait_for("the leader's name", || {
+        comm().trim_end() == "regatta-leader"
+    })
+    .await;
     assert_eq!(
         parent_of(forked.pid),
         Some(supervisor.pid() as i32),
