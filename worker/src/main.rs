@@ -212,7 +212,10 @@ fn containment(
         }
     };
     // One process forks every leader, cheaper than an exec per command; it
-    // needs the dedicated leader binary (see `supervisor`).
+    // needs the dedicated leader binary (see `supervisor`). Started from the
+    // main thread (this runs inside `block_on`): its death signal follows
+    // the thread that forked it, and only the main thread lives as long as
+    // the worker.
     let supervisor = match supervise
         && leader_exe.file_name() == Some(std::ffi::OsStr::new(leader::BINARY))
     {
