@@ -161,11 +161,7 @@ async fn a_forked_leader_without_heartbeats_kills_its_session() {
     let supervisor = supervisor();
     let mut stalled = spec("sleep 30", Some(supervisor), &dir);
     // Renewals that never come: the leader gives up after its deadline.
-    let (_renew, renewals) = tokio::sync::watch::channel(0u64);
-    stalled.beats = Some(Beats {
-        renewals,
-        deadline: Duration::from_millis(300),
-    });
+    let _renew = listen_for_renewals(&mut stalled);
     let started = Instant::now();
     assert_eq!(run(&stalled).await, Ending::Abandoned);
     assert!(started.elapsed() < Duration::from_secs(10));
@@ -176,11 +172,7 @@ async fn heartbeats_keep_a_forked_leaders_session_alive() {
     let dir = temp();
     let supervisor = supervisor();
     let mut beating = spec("sleep 1; exit 4", Some(supervisor), &dir);
-    let (renew, renewals) = tokio::sync::watch::channel(0u64);
-    beating.beats = Some(Beats {
-        renewals,
-        deadline: Duration::from_millis(300),
-    });
+    let renew = listen_for_renewals(&mut beating);
     let beat = tokio::spawn(async move {
         for n in 1.. {
             if renew.send(n).is_err() {
@@ -335,6 +327,17 @@ async fn a_command_too_large_for_the_supervisor_runs_under_an_execd_leader() {
         large.log.tail(5)
     );
     assert!(supervisor.is_alive());
+}
+
+/// Makes the leader of `spec` expect a renewal every 300 ms; the sender
+/// renews.
+fn listen_for_renewals(spec: &mut CommandSpec) -> tokio::sync::watch::Sender<u64> {
+    let (renew, renewals) = tokio::sync::watch::channel(0u64);
+    spec.beats = Some(Beats {
+        renewals,
+        deadline: Duration::from_millis(300),
+    });
+    renew
 }
 
 fn pipe_writer() -> (std::io::PipeReader, std::io::PipeWriter) {
