@@ -466,3 +466,91 @@ async fn a_unit_too_large_to_start_fails_without_taking_a_worker_out() {
     );
     fleet.stop().await;
 }
+
+/// The live children of `pid` whose command line holds `word`.
+fn children_running(pid: u32, word: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let parent = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            parent == Some(pid) && String::from_utf8_lossy(&cmdline).contains(word)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_killed_session_supervisor_hands_its_sessions_back_without_spending_a_retry() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_file(
+        dir.path(),
+        "manifest.yaml",
+        "batch: supervisor-kill\nretries: 0\nplaybook:\n  name: p\n  run: sleep 3\nunits:\n  - id: a\n  - id: b\n  - id: c\n  - id: d\n",
+    );
+    let m = Manifest::load(&dir.path().join("manifest.yaml")).expect("valid manifest");
+    let fleet = Fleet::start("wf-supervisor", 1, 2, "10s").await;
+    let worker = fleet.workers[0].id();
+    // The worker starts its session supervisor as it starts up.
+    let started = Instant::now();
+    let supervisors = loop {
+        let found = children_running(worker, "supervise");
+        if !found.is_empty() || started.elapsed() > Duration::from_secs(30) {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        supervisors.len(),
+        1,
+        "the worker runs one session supervisor: {supervisors:?}"
+    );
+    let client = fleet.client();
+    let batch = client.enqueue(&m).await.expect("enqueue");
+    // Two sessions run (2 slots), each under a leader the supervisor forked.
+    let started = Instant::now();
+    while children_running(supervisors[0], "supervise").len() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no two sessions ran within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &supervisors[0].to_string()])
+        .status();
+    fleet.wait_for_end(&batch, Duration::from_secs(90)).await;
+    let units = client.units(&batch, None).await.expect("units");
+    // retries: 0, so a counted failure would leave a unit in review: an
+    // interrupted attempt is run again without spending one.
+    assert!(
+        units.iter().all(|u| u.state == UnitState::Succeeded),
+        "every unit succeeds: {units:?}"
+    );
+    let interrupted: Vec<&Attempt> = units
+        .iter()
+        .flat_map(|u| u.history.iter())
+        .filter(|a| a.outcome != Some(Outcome::Succeeded))
+        .collect();
+    assert_eq!(
+        interrupted.len(),
+        2,
+        "the two running sessions were interrupted, no other: {units:?}"
+    );
+    assert!(
+        interrupted
+            .iter()
+            .all(|a| a.outcome == Some(Outcome::Interrupted)
+                && a.reason.as_deref().unwrap_or("").contains("supervisor")),
+        "the reason says why: {interrupted:?}"
+    );
+    // The worker still runs sessions (its leaders exec'd now), and is healthy.
+    let workers = client.workers().await.expect("workers");
+    assert!(workers.iter().all(|w| w.healthy), "{workers:?}");
+    fleet.stop().await;
+}

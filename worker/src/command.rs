@@ -66,6 +66,10 @@ pub enum Ending {
     Abandoned,
     /// The session crossed its budget ([`crate::meter`]); the group was killed.
     OverBudget,
+    /// The worker's session supervisor died while it held the command's
+    /// leader, which died with it, taking the session: the worker's fault,
+    /// not the unit's.
+    SupervisorLost,
 }
 
 /// How the caller tells a running command to stop.
@@ -152,8 +156,8 @@ async fn run_contained(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Durat
                 // A leader may have run and died with the supervisor:
                 // another must not overlap it.
                 Err(lost @ ForkError::Lost(_)) => {
-                    tracing::warn!("{lost}: the command is abandoned");
-                    return Ok((Ending::Abandoned, started.elapsed()));
+                    tracing::warn!("{lost}: the command is given up");
+                    return Ok((Ending::SupervisorLost, started.elapsed()));
                 }
             }
         }
@@ -216,6 +220,7 @@ async fn run_contained(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Durat
         status = child.wait() => {
             use std::os::unix::process::ExitStatusExt;
             match status {
+                Ok(_) if child.lost_with_supervisor() => Ending::SupervisorLost,
                 // The leader reports its command's status with an exit code;
                 // only the leader's own death is a signal.
                 Ok(status) if status.signal() == Some(Signal::SIGKILL as i32) => Ending::Abandoned,
@@ -344,6 +349,8 @@ enum Leader {
         pid: i32,
         ended: tokio::sync::oneshot::Receiver<Ended>,
         status: Option<std::process::ExitStatus>,
+        /// Its supervisor died before it reaped it.
+        lost: bool,
     },
 }
 
@@ -360,15 +367,34 @@ impl Leader {
     async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
         match self {
             Leader::Spawned(child) => child.wait().await,
-            Leader::Forked { ended, status, .. } => {
+            Leader::Forked {
+                ended,
+                status,
+                lost,
+                ..
+            } => {
                 if let Some(status) = status {
                     return Ok(*status);
                 }
                 // A supervisor that vanished took its leaders with it.
-                let end = ended.await.unwrap_or(Ended::KILLED);
+                let end = ended.await.unwrap_or(Ended::LOST);
+                *lost = end.with_supervisor;
                 Ok(*status.insert(end.status()))
             }
         }
+    }
+
+    /// Whether it ended with its supervisor rather than by itself (known
+    /// once [`Leader::wait`] returned).
+    fn lost_with_supervisor(&self) -> bool {
+        matches!(
+            self,
+            Leader::Forked {
+                status: Some(_),
+                lost: true,
+                ..
+            }
+        )
     }
 }
 
@@ -465,6 +491,7 @@ async fn fork_leader(
             pid: forked.pid,
             ended: forked.ended,
             status: None,
+            lost: false,
         },
         stdin,
     ))

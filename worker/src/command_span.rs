@@ -85,6 +85,15 @@ pub(crate) fn describe_ending(
                 "the session leader was killed with the whole session",
             );
         }
+        Ending::SupervisorLost => {
+            span.record("process.signal", Signal::SIGKILL.as_str());
+            span.record("command.ending", "supervisor_lost");
+            status::failed(
+                span,
+                "command.supervisor_lost",
+                "the worker's session supervisor died, and the session's leader with it",
+            );
+        }
         Ending::OverBudget => {
             span.record("command.ending", "over_budget");
             status::failed(

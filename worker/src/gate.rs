@@ -95,7 +95,7 @@ async fn run_gate(
     let passed = loop {
         match run_command(&spec(&gate.run), stop).await?.0 {
             Ending::Exited(0) => break true,
-            Ending::Stopped | Ending::Abandoned => return Ok(None),
+            Ending::Stopped | Ending::Abandoned | Ending::SupervisorLost => return Ok(None),
             Ending::Exited(_) | Ending::TimedOut | Ending::OverBudget => {}
         }
         let Some(fix) = gate.fix.as_deref() else {
@@ -114,7 +114,10 @@ async fn run_gate(
             repair.number = i64::from(repairs),
             repair.of = i64::from(gate.repairs),
         ));
-        if matches!(repair.await?.0, Ending::Stopped | Ending::Abandoned) {
+        if matches!(
+            repair.await?.0,
+            Ending::Stopped | Ending::Abandoned | Ending::SupervisorLost
+        ) {
             return Ok(None);
         }
     };

@@ -408,6 +408,12 @@ async fn run_steps(
                     .to_owned(),
             ),
         ),
+        // The worker's own machinery failed, not the unit: it runs again
+        // without spending a retry, as after a shutdown.
+        Ok((Ending::SupervisorLost, _)) if !(cause.cancelled() || cause.lost()) => {
+            Conclusion::new(Outcome::Interrupted, None, Some(SUPERVISOR_LOST.to_owned()))
+        }
+        Ok((Ending::SupervisorLost, _)) => stopped(cause, None),
         Ok((Ending::Exited(code), _)) => Conclusion::new(
             Outcome::Failed,
             Some(code),
@@ -444,8 +450,12 @@ fn record_usage(span: &tracing::Span, usage: &regatta_proto::Usage) {
     }
 }
 
+/// Why a session whose leader died with the worker's session supervisor
+/// is handed back.
+const SUPERVISOR_LOST: &str = "interrupted: the worker's session supervisor died, and the session's leader with it; the unit runs again without spending a retry";
+
 /// A session that was stopped: cancelled, lost, or interrupted by the
-/// worker's shutdown.
+/// worker's shutdown (or its supervisor's death, during a gate).
 fn stopped(cause: &StopCause, exit_code: Option<i32>) -> Conclusion {
     let (outcome, reason) = if cause.cancelled() {
         (
@@ -460,7 +470,7 @@ fn stopped(cause: &StopCause, exit_code: Option<i32>) -> Conclusion {
     } else {
         (
             Outcome::Interrupted,
-            "the worker shut down before the session ended",
+            "the worker shut down, or lost its session supervisor, before the session ended",
         )
     };
     Conclusion::new(outcome, exit_code, Some(reason.to_owned()))

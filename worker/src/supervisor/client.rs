@@ -31,14 +31,17 @@ const GONE: &str = "the session supervisor is gone";
 pub struct Ended {
     pub code: Option<i32>,
     pub signal: Option<i32>,
+    /// The supervisor died before it reaped the leader, which died with it.
+    pub with_supervisor: bool,
 }
 
 impl Ended {
-    /// A leader that died with its supervisor: killed, as far as the
-    /// worker can tell (the session is abandoned).
-    pub const KILLED: Ended = Ended {
+    /// A leader that died with its supervisor: by its death signal, it
+    /// killed its session and itself.
+    pub const LOST: Ended = Ended {
         code: None,
         signal: Some(nix::sys::signal::Signal::SIGKILL as i32),
+        with_supervisor: true,
     };
 
     /// As a process exit status, for the code that reads one.
@@ -275,7 +278,11 @@ impl Supervisor {
             }
             Reply::Ended { id, code, signal } => {
                 if let Some(Waiting::End(caller)) = waiting.remove(&id) {
-                    let _ = caller.send(Ended { code, signal });
+                    let _ = caller.send(Ended {
+                        code,
+                        signal,
+                        with_supervisor: false,
+                    });
                 }
             }
         }
@@ -290,7 +297,7 @@ impl Supervisor {
                     let _ = caller.send(Err(ForkError::Lost(GONE.to_owned())));
                 }
                 Waiting::End(caller) => {
-                    let _ = caller.send(Ended::KILLED);
+                    let _ = caller.send(Ended::LOST);
                 }
             }
         }
