@@ -139,12 +139,21 @@ pub fn main(worker_pid: i32) -> ExitCode {
                 Ok(Some((length, descriptors))) => {
                     match rmp_serde::from_slice::<Request>(&buffer[..length]) {
                         Ok(request) => {
-                            let reply = start(me, &socket, &signal_fd, request, descriptors, &mut running);
+                            let reply =
+                                start(me, &socket, &signal_fd, request, descriptors, &mut running);
                             if let Err(e) = send(socket.as_raw_fd(), &reply) {
                                 return fail("cannot answer the worker", e);
                             }
                         }
-                        Err(e) => eprintln!("regatta session supervisor: a request that does not decode ({e}); ignored"),
+                        // Another version's worker, or a bug: without its id
+                        // no answer can reach the caller, so this process
+                        // ends, and the worker's callers hear it.
+                        Err(e) => {
+                            eprintln!(
+                                "regatta session supervisor: a request that does not decode ({e})"
+                            );
+                            return ExitCode::from(125);
+                        }
                     }
                 }
                 Err(Errno::EAGAIN | Errno::EINTR) => {}
@@ -202,10 +211,10 @@ fn receive(socket: RawFd, buffer: &mut [u8]) -> Result<Option<(usize, Vec<OwnedF
         return Ok(None);
     }
     if truncated {
-        // Dropping the descriptors closes them; the worker hears nothing
-        // back for this id and times it out.
-        eprintln!("regatta session supervisor: a request over {MAX_REQUEST} bytes or {MAX_FDS} descriptors; ignored");
-        return Err(Errno::EAGAIN);
+        // The worker sends neither (it checks first): without the whole
+        // request no answer can reach its caller, so this process ends.
+        eprintln!("regatta session supervisor: a request over {MAX_REQUEST} bytes or {MAX_FDS} descriptors");
+        return Err(Errno::EMSGSIZE);
     }
     Ok(Some((length, descriptors)))
 }

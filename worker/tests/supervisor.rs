@@ -339,6 +339,31 @@ fn listen_for_renewals(spec: &mut CommandSpec) -> tokio::sync::watch::Sender<u64
     renew
 }
 
+#[tokio::test]
+async fn a_stuck_supervisor_is_killed_and_its_command_given_up_not_run_twice() {
+    let dir = temp();
+    let supervisor = Supervisor::start_answering_within(
+        &leader_exe(),
+        &regatta_worker::command::WITHHELD,
+        Duration::from_millis(500),
+    )
+    .unwrap_or_else(|e| panic!("cannot start the supervisor: {e}"));
+    let pid = nix::unistd::Pid::from_raw(supervisor.pid() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP);
+    let stuck = spec("echo ran >> runs.txt", Some(supervisor.clone()), &dir);
+    assert_eq!(run(&stuck).await, Ending::SupervisorLost);
+    wait_for("the stuck supervisor to be seen gone", || {
+        !supervisor.is_alive()
+    })
+    .await;
+    // Killed while stopped, it never forked: the command did not run.
+    assert!(!dir.path().join("runs.txt").exists());
+    let after = spec("echo ran >> runs.txt", Some(supervisor.clone()), &dir);
+    assert_eq!(run(&after).await, Ending::Exited(0));
+    let runs = std::fs::read_to_string(dir.path().join("runs.txt")).unwrap_or_default();
+    assert_eq!(runs.lines().count(), 1, "{runs}");
+}
+
 fn pipe_writer() -> (std::io::PipeReader, std::io::PipeWriter) {
     std::io::pipe().unwrap_or_else(|e| panic!("no pipe: {e}"))
 }

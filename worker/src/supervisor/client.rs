@@ -26,6 +26,10 @@ use super::{Reply, Request, MAX_REQUEST, SUBCOMMAND};
 
 const GONE: &str = "the session supervisor is gone";
 
+/// How long a fork may take before the supervisor counts as stuck: a fork
+/// takes well under a millisecond.
+pub const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How a leader ended: its exit code, or the signal that killed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ended {
@@ -97,6 +101,8 @@ pub struct Supervisor {
     next_id: AtomicU64,
     alive: AtomicBool,
     pid: u32,
+    /// See [`ANSWER_WITHIN`].
+    answer_within: std::time::Duration,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -113,6 +119,16 @@ impl Supervisor {
     /// the environment the sessions get: the worker's, without `withheld`.
     /// Needs a tokio runtime.
     pub fn start(leader_exe: &Path, withheld: &[&str]) -> std::io::Result<Arc<Supervisor>> {
+        Supervisor::start_answering_within(leader_exe, withheld, ANSWER_WITHIN)
+    }
+
+    /// [`Supervisor::start`], with a bound other than [`ANSWER_WITHIN`] on
+    /// each answer (tests).
+    pub fn start_answering_within(
+        leader_exe: &Path,
+        withheld: &[&str],
+        answer_within: std::time::Duration,
+    ) -> std::io::Result<Arc<Supervisor>> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -144,6 +160,7 @@ impl Supervisor {
             next_id: AtomicU64::new(1),
             alive: AtomicBool::new(true),
             pid: child.id().unwrap_or(0),
+            answer_within,
         });
         let reader = Arc::clone(&supervisor);
         tokio::spawn(async move {
@@ -217,9 +234,28 @@ impl Supervisor {
                 "cannot reach the session supervisor: {e}"
             )));
         }
-        receiver
-            .await
-            .unwrap_or_else(|_| Err(ForkError::Lost(GONE.to_owned())))
+        match tokio::time::timeout(self.answer_within, receiver).await {
+            Ok(answer) => answer.unwrap_or_else(|_| Err(ForkError::Lost(GONE.to_owned()))),
+            Err(_) => {
+                // Stopped or stuck: it is of no more use, and its leaders,
+                // this one perhaps among them, die with it.
+                self.lock().remove(&request.id);
+                let answer_within = self.answer_within;
+                tracing::warn!(
+                    pid = self.pid,
+                    "the session supervisor did not answer within {answer_within:?}; killing it"
+                );
+                if self.pid > 0 {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(self.pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                Err(ForkError::Lost(format!(
+                    "the session supervisor did not answer within {answer_within:?}"
+                )))
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Waiting>> {
