@@ -151,24 +151,27 @@ pub fn run(parent_pid: i32, deadline_ms: u64, command: &str, user: Option<&str>)
     };
     // A plain command line runs without the shell; one whose program cannot
     // start goes to the shell after all, which reports it as it would have.
-    let (mut child, direct) = plain_command::command_for(command, |name| std::env::var_os(name));
-    prepare(&mut child);
-    let spawned = match child.spawn() {
-        Err(_) if direct => {
-            let mut sh = plain_command::shell(command);
-            prepare(&mut sh);
-            sh.spawn()
+    // Without a user to switch to, `posix_spawn` starts it (a vfork: none of
+    // the leader's memory is copied); a switch needs std's fork.
+    let start = |mut child: std::process::Command| match user {
+        None => spawn_light(&child),
+        Some(_) => {
+            prepare(&mut child);
+            child.spawn().map(|child| Pid::from_raw(child.id() as i32))
         }
+    };
+    let (child, direct) = plain_command::command_for(command, |name| std::env::var_os(name));
+    let spawned = match start(child) {
+        Err(_) if direct => start(plain_command::shell(command)),
         spawned => spawned,
     };
-    let child = match spawned {
-        Ok(child) => child,
+    let child_pid = match spawned {
+        Ok(pid) => pid,
         Err(e) => {
             eprintln!("regatta session leader: cannot run /bin/sh: {e}");
             return 127;
         }
     };
-    let child_pid = Pid::from_raw(child.id() as i32);
     let deadline = (deadline_ms > 0).then(|| Duration::from_millis(deadline_ms));
     let mut stdin = std::io::stdin().lock();
     let mut last_beat = Instant::now();
@@ -228,6 +231,53 @@ pub fn run(parent_pid: i32, deadline_ms: u64, command: &str, user: Option<&str>)
             return kill();
         }
     }
+}
+
+/// Starts `command` with `posix_spawnp`: its stdin `/dev/null`, every
+/// signal unblocked and SIGPIPE back to its default (as std's fork path
+/// does), in the leader's environment with the command's own changes.
+fn spawn_light(command: &std::process::Command) -> std::io::Result<Pid> {
+    use nix::spawn::{posix_spawnp, PosixSpawnAttr, PosixSpawnFileActions, PosixSpawnFlags};
+    use std::ffi::{CString, OsStr, OsString};
+    use std::os::unix::ffi::OsStrExt;
+
+    let c_string = |text: &[u8]| {
+        CString::new(text).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the command line holds a NUL byte",
+            )
+        })
+    };
+    let program = c_string(command.get_program().as_bytes())?;
+    let mut args = vec![program.clone()];
+    for arg in command.get_args() {
+        args.push(c_string(arg.as_bytes())?);
+    }
+    let mut env: std::collections::BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+    for (name, value) in command.get_envs() {
+        match value {
+            Some(value) => env.insert(name.to_owned(), value.to_owned()),
+            None => env.remove(name),
+        };
+    }
+    let envp = env
+        .iter()
+        .map(|(name, value)| c_string(&[name.as_bytes(), b"=", OsStr::as_bytes(value)].concat()))
+        .collect::<std::io::Result<Vec<CString>>>()?;
+    // Close-on-exec here; its copy as the child's stdin is not.
+    let null = std::fs::File::open("/dev/null")?;
+    let mut actions = PosixSpawnFileActions::init()?;
+    actions.add_dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0)?;
+    let mut attr = PosixSpawnAttr::init()?;
+    attr.set_sigmask(&SigSet::empty())?;
+    let mut defaults = SigSet::empty();
+    defaults.add(Signal::SIGPIPE);
+    attr.set_sigdefault(&defaults)?;
+    attr.set_flags(
+        PosixSpawnFlags::POSIX_SPAWN_SETSIGMASK | PosixSpawnFlags::POSIX_SPAWN_SETSIGDEF,
+    )?;
+    Ok(posix_spawnp(&program, &actions, &attr, &args, &envp)?)
 }
 
 /// Kills (SIGKILL) and reaps every child of the leader until it has none:

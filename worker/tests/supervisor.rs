@@ -129,6 +129,27 @@ async fn a_forked_leader_runs_the_command_as_an_execd_one_does() {
 }
 
 #[tokio::test]
+async fn a_command_starts_with_no_signal_blocked_and_sigpipe_at_its_default() {
+    let dir = temp();
+    // The leader blocks signals for its own use; the command must not
+    // inherit that (a deadline's SIGTERM would never reach it), nor the
+    // ignored SIGPIPE of a Rust process. Plain words, so no shell (which
+    // clears its own mask) stands between.
+    let masks = spec("grep Sig /proc/self/status", Some(supervisor()), &dir);
+    assert_eq!(run(&masks).await, Ending::Exited(0));
+    let log = masks.log.tail(5);
+    let mask = |name: &str| {
+        log.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or_else(|| panic!("no {name} in {log}"))
+    };
+    assert_eq!(mask("SigBlk:"), 0, "{log}");
+    let sigpipe = 1u64 << (nix::sys::signal::Signal::SIGPIPE as i32 - 1);
+    assert_eq!(mask("SigIgn:") & sigpipe, 0, "{log}");
+}
+
+#[tokio::test]
 async fn deadlines_and_stops_end_a_forked_leaders_session() {
     let dir = temp();
     let supervisor = supervisor();
