@@ -157,6 +157,14 @@ async fn run_contained(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Durat
                 // another must not overlap it.
                 Err(lost @ ForkError::Lost(_)) => {
                     tracing::warn!("{lost}: the command is given up");
+                    // A leader may have been forked for it: it dies with the
+                    // supervisor (its death signal), taking its session. Its
+                    // cgroup makes sure; without one, it gets the time to
+                    // sweep before the unit can run again elsewhere.
+                    match cgroup {
+                        Some(cgroup) => cgroup.kill_and_remove(Duration::from_secs(5)).await,
+                        None => tokio::time::sleep(SWEEP_WITHIN).await,
+                    }
                     return Ok((Ending::SupervisorLost, started.elapsed()));
                 }
             }
@@ -236,6 +244,12 @@ async fn run_contained(spec: &CommandSpec, stop: &Stop) -> Result<(Ending, Durat
             Ending::Stopped
         }
     };
+    // A leader that died with its supervisor is still sweeping what its
+    // session left (a SIGKILL to its group now would stop it half way):
+    // wait until it is gone.
+    if let (true, Some(pgid)) = (child.lost_with_supervisor(), pgid) {
+        wait_until_gone(pgid, SWEEP_WITHIN).await;
+    }
     // A command may exit while its background children still run: they
     // belong to the session and die with it. The leader killed those it
     // could see; the cgroup holds even those of a leader killed first.
@@ -330,6 +344,21 @@ fn session_cgroup(containment: &Containment) -> Option<cgroup::SessionCgroup> {
             tracing::warn!(parent = %parent.dir().display(), "cannot make the session's cgroup ({e}); its leader alone will kill what it leaves");
             None
         }
+    }
+}
+
+/// How long a leader orphaned by its supervisor's death may take to kill
+/// and reap what its session left.
+const SWEEP_WITHIN: Duration = Duration::from_secs(2);
+
+/// Waits until `pid` no longer exists (its new parent reaped it), or
+/// `within` passes.
+async fn wait_until_gone(pid: Pid, within: Duration) {
+    let started = Instant::now();
+    while nix::sys::signal::kill(pid, None) != Err(nix::errno::Errno::ESRCH)
+        && started.elapsed() < within
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

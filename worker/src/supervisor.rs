@@ -47,6 +47,9 @@ pub const SUBCOMMAND: &str = "supervise";
 /// is run by an exec'd leader instead.
 pub const MAX_REQUEST: usize = 60 * 1024;
 
+/// The largest reply: its error text is cut to fit.
+pub const MAX_REPLY: usize = 4096;
+
 /// The most descriptors one request carries: stdout, stderr, the
 /// heartbeat pipe and the cgroup's `cgroup.procs`.
 const MAX_FDS: usize = 4;
@@ -101,6 +104,12 @@ pub fn main(worker_pid: i32) -> ExitCode {
     signals.add(Signal::SIGHUP);
     signals.add(Signal::SIGTERM);
     signals.add(Signal::SIGCHLD);
+    // It shares the worker's process group: a Ctrl-C (or a SIGQUIT) to the
+    // group is the worker's to handle, with its grace period, and would
+    // otherwise end every session at once. Blocked, not ignored, so the
+    // commands (spawned with an empty mask) do not inherit it.
+    signals.add(Signal::SIGINT);
+    signals.add(Signal::SIGQUIT);
     if let Err(e) = signals.thread_block() {
         return fail("cannot block signals", e);
     }
@@ -165,8 +174,9 @@ pub fn main(worker_pid: i32) -> ExitCode {
                 // The worker died: so do this process and, by their own
                 // death signal, its leaders.
                 Ok(Signal::SIGHUP) => return ExitCode::SUCCESS,
-                // A SIGTERM to the worker's group is the worker's to handle.
-                Ok(Signal::SIGTERM) => {}
+                // A SIGTERM, SIGINT or SIGQUIT to the worker's group is the
+                // worker's to handle.
+                Ok(Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT) => {}
                 _ => {
                     for reply in reap(&mut running) {
                         if let Err(e) = send(socket.as_raw_fd(), &reply) {
@@ -220,8 +230,23 @@ fn receive(socket: RawFd, buffer: &mut [u8]) -> Result<Option<(usize, Vec<OwnedF
 }
 
 /// Sends one reply (the socket is blocking on this side: the worker reads
-/// all the time).
+/// all the time), its error text cut to fit in [`MAX_REPLY`].
 fn send(socket: RawFd, reply: &Reply) -> Result<(), Errno> {
+    let capped;
+    let reply = match reply {
+        Reply::NotStarted { id, error } if error.len() > MAX_REPLY / 2 => {
+            let mut cut = MAX_REPLY / 2;
+            while !error.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            capped = Reply::NotStarted {
+                id: *id,
+                error: format!("{}...", &error[..cut]),
+            };
+            &capped
+        }
+        other => other,
+    };
     let bytes = rmp_serde::to_vec(reply).map_err(|_| Errno::EINVAL)?;
     loop {
         match sendmsg::<UnixAddr>(
@@ -256,6 +281,18 @@ fn start(
                 "the request came with {} descriptors, not {wanted}",
                 descriptors.len()
             ),
+        };
+    }
+    // An environment the C library cannot hold is refused before the fork
+    // (the exec'd leader then reports it as a spawn would).
+    if let Some((name, _)) = request
+        .env
+        .iter()
+        .find(|(name, value)| name.is_empty() || name.contains(['=', '\0']) || value.contains('\0'))
+    {
+        return Reply::NotStarted {
+            id,
+            error: format!("the environment variable {name:?} cannot be set"),
         };
     }
     // A folder that is not there fails here, as a spawn would, not as the
@@ -303,8 +340,9 @@ fn become_leader(
     // Seen as a leader in `ps -o comm` and `top`, not as a second
     // supervisor (its command line stays the supervisor's).
     let _ = nix::sys::prctl::set_name(c"regatta-leader");
-    // The worker's socket and the supervisor's signals are not the session's.
-    let _ = nix::unistd::close(socket.as_raw_fd());
+    // The supervisor's signals are not the session's; nor is the worker's
+    // socket, replaced below when it sits on fd 0 (closed first, fd 0
+    // would go to the next file opened, and then be closed with it).
     let _ = nix::unistd::close(signal_fd.as_fd().as_raw_fd());
     let mut descriptors = descriptors.into_iter();
     let (Some(stdout), Some(stderr)) = (descriptors.next(), descriptors.next()) else {
@@ -340,6 +378,9 @@ fn become_leader(
         return 125;
     }
     drop((stdin, stdout, stderr, cgroup));
+    if socket.as_raw_fd() > 2 {
+        let _ = nix::unistd::close(socket.as_raw_fd());
+    }
     if let Err(e) = std::env::set_current_dir(&request.workdir) {
         eprintln!(
             "regatta session leader: cannot enter {}: {e}",

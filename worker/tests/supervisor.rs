@@ -385,6 +385,60 @@ async fn a_stuck_supervisor_is_killed_and_its_command_given_up_not_run_twice() {
     assert_eq!(runs.lines().count(), 1, "{runs}");
 }
 
+#[tokio::test]
+async fn a_session_whose_supervisor_dies_leaves_no_daemon_behind() {
+    let dir = temp();
+    let supervisor = supervisor();
+    let session = spec(
+        "setsid sleep 60 & echo $! > daemon.pid; sleep 60",
+        Some(supervisor.clone()),
+        &dir,
+    );
+    let running = tokio::spawn(async move {
+        let ending = run(&session).await;
+        (ending, session)
+    });
+    let daemon_file = dir.path().join("daemon.pid");
+    wait_for("the daemon's pid", || {
+        std::fs::read_to_string(&daemon_file).is_ok_and(|t| t.trim().parse::<i32>().is_ok())
+    })
+    .await;
+    let daemon: i32 = std::fs::read_to_string(&daemon_file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no daemon pid"));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(supervisor.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let (ending, _) = tokio::time::timeout(Duration::from_secs(15), running)
+        .await
+        .unwrap_or_else(|_| panic!("the session did not end after its supervisor died"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(ending, Ending::SupervisorLost);
+    // Its leader swept the detached daemon before the worker moved on.
+    assert!(!alive(daemon), "the daemon {daemon} outlived its session");
+}
+
+#[tokio::test]
+async fn an_interrupt_to_the_workers_group_leaves_the_supervisor_running() {
+    let dir = temp();
+    let supervisor = supervisor();
+    let pid = nix::unistd::Pid::from_raw(supervisor.pid() as i32);
+    // Once it answers, it has set up its signals.
+    let first = spec("exit 5", Some(supervisor.clone()), &dir);
+    assert_eq!(run(&first).await, Ending::Exited(5));
+    // As a Ctrl-C reaches every process of the worker's group.
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGQUIT);
+    let after = spec("exit 6", Some(supervisor.clone()), &dir);
+    assert_eq!(run(&after).await, Ending::Exited(6));
+    assert!(
+        supervisor.is_alive(),
+        "SIGINT or SIGQUIT ended the supervisor"
+    );
+}
+
 fn pipe_writer() -> (std::io::PipeReader, std::io::PipeWriter) {
     std::io::pipe().unwrap_or_else(|e| panic!("no pipe: {e}"))
 }

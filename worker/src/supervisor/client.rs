@@ -267,7 +267,9 @@ impl Supervisor {
 
     /// Reads replies until the supervisor is gone; returns why it is.
     async fn read_replies(&self) -> String {
-        let mut buffer = vec![0u8; 4096];
+        // Replies are small, and the supervisor caps what it writes in them
+        // (`MAX_REPLY`); a larger or unreadable one means it is broken.
+        let mut buffer = vec![0u8; super::MAX_REPLY];
         loop {
             let mut guard = match self.socket.readable().await {
                 Ok(guard) => guard,
@@ -276,20 +278,28 @@ impl Supervisor {
             let received = guard.try_io(|socket| {
                 let mut iov = [IoSliceMut::new(&mut buffer)];
                 recvmsg::<UnixAddr>(socket.as_raw_fd(), &mut iov, None, MsgFlags::empty())
-                    .map(|message| message.bytes)
+                    .map(|message| (message.bytes, message.flags.contains(MsgFlags::MSG_TRUNC)))
                     .map_err(std::io::Error::from)
             });
             let length = match received {
                 Err(_would_block) => continue,
                 Ok(Err(e)) => return format!("its socket failed: {e}"),
-                Ok(Ok(0)) => return "it closed its socket".to_owned(),
-                Ok(Ok(length)) => length,
+                Ok(Ok((0, _))) => return "it closed its socket".to_owned(),
+                Ok(Ok((_, true))) => return "it sent a reply too large to read".to_owned(),
+                Ok(Ok((length, false))) => length,
             };
             match rmp_serde::from_slice::<Reply>(&buffer[..length]) {
                 Ok(reply) => self.deliver(reply),
-                Err(e) => tracing::warn!(
-                    "the session supervisor sent a reply that does not decode ({e}); ignored"
-                ),
+                // Its caller would never hear: the supervisor is of no use.
+                Err(e) => {
+                    if self.pid > 0 {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(self.pid as i32),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                    return format!("it sent a reply that does not decode ({e})");
+                }
             }
         }
     }
