@@ -1,5 +1,5 @@
 //! Makes a session's evidence durable before its result is reported
-//! (contract 3, docs/contracts.md): every file the store wrote for it (the
+//! (docs/evidence-pack.md, step 3): every file the store wrote for it (the
 //! pack, the log, the copies) and every folder that gained an entry is
 //! fsynced.
 //!
