@@ -238,21 +238,10 @@ async fn leaders_are_the_supervisors_children_and_die_with_it() {
         Some(supervisor.pid() as i32),
         "a leader's parent is the supervisor"
     );
-    let daemon_file = dir.path().join("daemon.pid");
-    wait_for("the daemon's pid", || {
-        std::fs::read_to_string(&daemon_file).is_ok_and(|t| t.trim().parse::<i32>().is_ok())
-    })
-    .await;
-    let daemon: i32 = std::fs::read_to_string(&daemon_file)
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no daemon pid"));
+    let daemon = daemon_pid(&dir).await;
     assert!(alive(daemon));
     // The supervisor dies as when its worker is killed with -9.
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(supervisor.pid() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    kill_supervisor(&supervisor);
     let ended = tokio::time::timeout(Duration::from_secs(10), forked.ended)
         .await
         .unwrap_or_else(|_| panic!("no end heard after the supervisor died"));
@@ -398,19 +387,8 @@ async fn a_session_whose_supervisor_dies_leaves_no_daemon_behind() {
         let ending = run(&session).await;
         (ending, session)
     });
-    let daemon_file = dir.path().join("daemon.pid");
-    wait_for("the daemon's pid", || {
-        std::fs::read_to_string(&daemon_file).is_ok_and(|t| t.trim().parse::<i32>().is_ok())
-    })
-    .await;
-    let daemon: i32 = std::fs::read_to_string(&daemon_file)
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no daemon pid"));
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(supervisor.pid() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    );
+    let daemon = daemon_pid(&dir).await;
+    kill_supervisor(&supervisor);
     let (ending, _) = tokio::time::timeout(Duration::from_secs(15), running)
         .await
         .unwrap_or_else(|_| panic!("the session did not end after its supervisor died"))
@@ -436,6 +414,28 @@ async fn an_interrupt_to_the_workers_group_leaves_the_supervisor_running() {
     assert!(
         supervisor.is_alive(),
         "SIGINT or SIGQUIT ended the supervisor"
+    );
+}
+
+/// The pid the session's command wrote to `daemon.pid`, once it has.
+async fn daemon_pid(dir: &tempfile::TempDir) -> i32 {
+    let file = dir.path().join("daemon.pid");
+    let read = || {
+        std::fs::read_to_string(&file)
+            .ok()?
+            .trim()
+            .parse::<i32>()
+            .ok()
+    };
+    wait_for("the daemon's pid", || read().is_some()).await;
+    read().unwrap_or_else(|| panic!("no daemon pid in {}", file.display()))
+}
+
+/// Kills the supervisor as a `kill -9` of its worker would end it.
+fn kill_supervisor(supervisor: &Supervisor) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(supervisor.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
     );
 }
 
