@@ -85,6 +85,27 @@ pub enum EventKind {
     },
 }
 
+impl EventKind {
+    /// The end of a session that never ran (a cancelled order, a lost
+    /// worker's session): no log, no gates, no evidence, no usage.
+    pub fn ended_without_running(outcome: Outcome, reason: String) -> EventKind {
+        EventKind::Finished {
+            outcome,
+            exit_code: None,
+            duration_ms: 0,
+            reason: Some(reason),
+            log_tail: String::new(),
+            log_path: String::new(),
+            gates: vec![],
+            evidence: None,
+            git: None,
+            usage: None,
+            started_at_ms: None,
+            lease_wait_ms: None,
+        }
+    }
+}
+
 /// How a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Outcome {

@@ -243,20 +243,10 @@ async fn claim_and_hand_over(shared: &Shared, delivery: Delivery, order: WorkOrd
         }
         Ok(Claim::Cancelled) => {
             tracing::info!("batch cancelled; the order is dropped");
-            let cancelled = EventKind::Finished {
-                outcome: Outcome::Cancelled,
-                exit_code: None,
-                duration_ms: 0,
-                reason: Some("the batch was cancelled".into()),
-                log_tail: String::new(),
-                log_path: String::new(),
-                gates: vec![],
-                evidence: None,
-                git: None,
-                usage: None,
-                started_at_ms: None,
-                lease_wait_ms: None,
-            };
+            let cancelled = EventKind::ended_without_running(
+                Outcome::Cancelled,
+                "the batch was cancelled".into(),
+            );
             let _ = shared.report(&order, 0, cancelled).await;
             let _ = delivery.ack(BasicAckOptions::default()).await;
             return;

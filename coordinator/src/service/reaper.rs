@@ -48,23 +48,10 @@ impl Service {
                     fencing: 0,
                     worker: owner.worker.clone(),
                     at_ms: now_ms(),
-                    kind: EventKind::Finished {
-                        outcome: Outcome::Lost,
-                        exit_code: None,
-                        duration_ms: 0,
-                        reason: Some(format!(
-                            "lost: worker {} stopped renewing its leases",
-                            owner.worker
-                        )),
-                        log_tail: String::new(),
-                        log_path: String::new(),
-                        gates: vec![],
-                        evidence: None,
-                        git: None,
-                        usage: None,
-                        started_at_ms: None,
-                        lease_wait_ms: None,
-                    },
+                    kind: EventKind::ended_without_running(
+                        Outcome::Lost,
+                        format!("lost: worker {} stopped renewing its leases", owner.worker),
+                    ),
                 };
                 let span = {
                     let fleet = self.fleet();
