@@ -330,6 +330,24 @@ impl Target {
         })
     }
 
+    /// A file now in the store at `written` (`relative` in the session's
+    /// folder), to be synced with the session's others.
+    fn stored(
+        &self,
+        written: PathBuf,
+        relative: &Path,
+        hashed: regatta_proto::evidence::digest::Hashed,
+    ) -> StoredFile {
+        self.to_sync.borrow_mut().push(written);
+        StoredFile {
+            filename: String::new(),
+            sha256: hashed.sha256,
+            stage: Stage::Artifact,
+            path: slash_path(relative),
+            bytes: hashed.bytes,
+        }
+    }
+
     /// Writes `bytes` to `relative` under the session's folder, hashed.
     fn store_bytes(&self, bytes: &[u8], relative: &Path) -> Result<StoredFile, ArtifactError> {
         let destination = self.destination(relative)?;
@@ -337,14 +355,7 @@ impl Target {
         let hashed = copy_hashed(bytes, output).map_err(|e| match e {
             CopyError::Read(e) | CopyError::Write(e) => ArtifactError::io(&destination, e),
         })?;
-        self.to_sync.borrow_mut().push(destination);
-        Ok(StoredFile {
-            filename: String::new(),
-            sha256: hashed.sha256,
-            stage: Stage::Artifact,
-            path: slash_path(relative),
-            bytes: hashed.bytes,
-        })
+        Ok(self.stored(destination, relative, hashed))
     }
 
     /// Hashes a file the worker already wrote at `relative` (a spilled
@@ -356,14 +367,7 @@ impl Target {
         let hashed = File::open(path)
             .and_then(hash_reader)
             .map_err(|e| ArtifactError::io(path, e))?;
-        self.to_sync.borrow_mut().push(path.to_path_buf());
-        Ok(StoredFile {
-            filename: String::new(),
-            sha256: hashed.sha256,
-            stage: Stage::Artifact,
-            path: slash_path(relative),
-            bytes: hashed.bytes,
-        })
+        Ok(self.stored(path.to_path_buf(), relative, hashed))
     }
 
     /// Creates the folders of `relative`'s parent and returns where the
@@ -390,14 +394,7 @@ impl Target {
             CopyError::Read(e) => source_error(e),
             CopyError::Write(e) => ArtifactError::io(&destination, e),
         })?;
-        self.to_sync.borrow_mut().push(destination);
-        Ok(StoredFile {
-            filename: String::new(),
-            sha256: hashed.sha256,
-            stage: Stage::Artifact,
-            path: slash_path(relative),
-            bytes: hashed.bytes,
-        })
+        Ok(self.stored(destination, relative, hashed))
     }
 }
 
