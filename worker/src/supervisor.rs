@@ -297,11 +297,21 @@ fn start(
     }
     // A folder that is not there fails here, as a spawn would, not as the
     // command's own failure.
-    if let Err(e) = std::fs::read_dir(&request.workdir) {
-        return Reply::NotStarted {
-            id,
-            error: format!("cannot enter {}: {e}", request.workdir.display()),
-        };
+    // One stat, not an open: a folder one may enter but not list is fine.
+    match std::fs::metadata(&request.workdir) {
+        Ok(folder) if folder.is_dir() => {}
+        Ok(_) => {
+            return Reply::NotStarted {
+                id,
+                error: format!("cannot enter {}: not a folder", request.workdir.display()),
+            }
+        }
+        Err(e) => {
+            return Reply::NotStarted {
+                id,
+                error: format!("cannot enter {}: {e}", request.workdir.display()),
+            }
+        }
     }
     // SAFETY: this process is single-threaded, so the child may do all
     // that the parent could.
