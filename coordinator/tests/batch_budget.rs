@@ -26,6 +26,13 @@ fn batch(header: &str, playbook: &str, units: &str) -> Batch {
 }
 
 /// `n` independent units `u0`, `u1`, ...
+/// A fleet holding `batch` alone, and the batch's id.
+fn fleet_of(batch: Batch) -> (Fleet<()>, String) {
+    let mut fleet = Fleet::new();
+    let id = fleet.insert(batch, ());
+    (fleet, id)
+}
+
 fn units(n: usize) -> String {
     (0..n).map(|i| format!("  - {{id: u{i}}}\n")).collect()
 }
@@ -122,18 +129,14 @@ fn the_estimate_is_the_units_cap_then_the_playbooks_then_the_default() {
 
 #[test]
 fn after_calibration_the_estimate_is_the_calibration_units_p90_cost() {
-    let mut fleet = Fleet::new();
-    let id = fleet.insert(
-        batch(
-            "budget: {cost_usd: 1000}\ncalibration: 10\ncalibration_auto: 0.5",
-            ", budget: {cost_usd: 5}",
-            &format!(
-                "{}  - {{id: capped, budget: {{cost_usd: 0.25}}}}\n",
-                units(12)
-            ),
+    let (mut fleet, id) = fleet_of(batch(
+        "budget: {cost_usd: 1000}\ncalibration: 10\ncalibration_auto: 0.5",
+        ", budget: {cost_usd: 5}",
+        &format!(
+            "{}  - {{id: capped, budget: {{cost_usd: 0.25}}}}\n",
+            units(12)
         ),
-        (),
-    );
+    ));
     assert_eq!(publish(&mut fleet, &id).len(), 10);
     // While calibrating, the playbook's cap is the estimate.
     assert_eq!(fleet[&id].reservation(index(&fleet[&id], "u11")), 5_000_000);
@@ -156,15 +159,11 @@ fn after_calibration_the_estimate_is_the_calibration_units_p90_cost() {
 
 #[test]
 fn units_that_do_not_fit_wait_with_the_budget_shown_and_start_once_spend_settles() {
-    let mut fleet = Fleet::new();
-    let id = fleet.insert(
-        batch(
-            "budget: {cost_usd: 3}\nconcurrency: 10",
-            ", budget: {cost_usd: 1}",
-            &units(6),
-        ),
-        (),
-    );
+    let (mut fleet, id) = fleet_of(batch(
+        "budget: {cost_usd: 3}\nconcurrency: 10",
+        ", budget: {cost_usd: 1}",
+        &units(6),
+    ));
     assert_eq!(publish(&mut fleet, &id), ["u0", "u1", "u2"]);
     assert_eq!(fleet[&id].budget_spend(), spend(3.0, 0.0, 3.0));
     let waiting = fleet.waiting_for(&id, index(&fleet[&id], "u3"));
@@ -206,15 +205,11 @@ fn units_that_do_not_fit_wait_with_the_budget_shown_and_start_once_spend_settles
 
 #[test]
 fn a_hand_back_gives_its_reservation_back_and_shows_redis_reason() {
-    let mut fleet = Fleet::new();
-    let id = fleet.insert(
-        batch(
-            "budget: {cost_usd: 10}",
-            ", budget: {cost_usd: 1}",
-            &units(2),
-        ),
-        (),
-    );
+    let (mut fleet, id) = fleet_of(batch(
+        "budget: {cost_usd: 10}",
+        ", budget: {cost_usd: 1}",
+        &units(2),
+    ));
     assert_eq!(publish(&mut fleet, &id).len(), 2);
     let reason = "batch budget: $9.50 reserved + $0.00 spent of $10.00";
     send(
@@ -233,15 +228,11 @@ fn a_hand_back_gives_its_reservation_back_and_shows_redis_reason() {
 
 #[test]
 fn a_restarted_coordinator_rebuilds_the_ledger_from_the_records() {
-    let mut fleet = Fleet::new();
-    let id = fleet.insert(
-        batch(
-            "budget: {cost_usd: 10}",
-            ", budget: {cost_usd: 2}",
-            &units(3),
-        ),
-        (),
-    );
+    let (mut fleet, id) = fleet_of(batch(
+        "budget: {cost_usd: 10}",
+        ", budget: {cost_usd: 2}",
+        &units(3),
+    ));
     assert_eq!(publish(&mut fleet, &id).len(), 3);
     run(&mut fleet, &id, "u0", Outcome::Succeeded, Some(0.75));
     send(&mut fleet, &id, "u1", started());
@@ -257,15 +248,11 @@ fn a_restarted_coordinator_rebuilds_the_ledger_from_the_records() {
 
 #[test]
 fn a_redis_that_lost_its_data_gets_running_reservations_back_as_spent() {
-    let mut fleet = Fleet::new();
-    let id = fleet.insert(
-        batch(
-            "budget: {cost_usd: 10}",
-            ", budget: {cost_usd: 2}",
-            &units(3),
-        ),
-        (),
-    );
+    let (mut fleet, id) = fleet_of(batch(
+        "budget: {cost_usd: 10}",
+        ", budget: {cost_usd: 2}",
+        &units(3),
+    ));
     assert_eq!(publish(&mut fleet, &id).len(), 3);
     run(&mut fleet, &id, "u0", Outcome::Succeeded, Some(0.5));
     send(&mut fleet, &id, "u1", started());
@@ -276,8 +263,7 @@ fn a_redis_that_lost_its_data_gets_running_reservations_back_as_spent() {
 
 #[test]
 fn a_batch_without_a_budget_reserves_nothing() {
-    let mut fleet = Fleet::new();
-    let id = fleet.insert(batch("concurrency: 3", "", &units(4)), ());
+    let (mut fleet, id) = fleet_of(batch("concurrency: 3", "", &units(4)));
     assert_eq!(publish(&mut fleet, &id).len(), 3);
     assert_eq!(fleet[&id].budget_spend(), None);
     assert_eq!(work_order(&fleet[&id], 0, NOW).batch_budget, None);
@@ -289,15 +275,11 @@ fn a_batch_without_a_budget_reserves_nothing() {
 /// Redis does, not as an order refused before it ran.
 #[test]
 fn a_short_sessions_finished_alone_settles_at_its_cost() {
-    let mut fleet = Fleet::new();
-    let id = fleet.insert(
-        batch(
-            "budget: {cost_usd: 3}\nconcurrency: 10",
-            ", budget: {cost_usd: 1}",
-            &units(2),
-        ),
-        (),
-    );
+    let (mut fleet, id) = fleet_of(batch(
+        "budget: {cost_usd: 3}\nconcurrency: 10",
+        ", budget: {cost_usd: 1}",
+        &units(2),
+    ));
     assert_eq!(publish(&mut fleet, &id), ["u0", "u1"]);
     let Report::Finished(mut finish) = finished(Outcome::Succeeded, Some(0.4)) else {
         unreachable!("finished() builds a Finished")
